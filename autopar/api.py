@@ -1,0 +1,114 @@
+"""The library entry point: `autopar.solve(model, hardware, workload, ...) -> Plan`.
+
+The CLI is a thin shell over this module; other planners call it directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .calibration import Calibration
+from .cost import Problem
+from .errors import InfeasibleError, InputError
+from .experts import placements_for
+from .plan import Plan, build_plan
+from .search import PIN_KEYS, SearchOptions, fits, search
+from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
+
+__all__ = ["solve", "load_model", "load_hardware", "Plan", "make_problem"]
+
+
+def make_problem(model: ModelSpec | ModelFile | str | Path,
+                 hardware: HardwareSpec | str | Path,
+                 workload: Workload | None = None,
+                 calibration: Calibration | None = None,
+                 flash_attention: bool = True) -> Problem:
+    mf = model if isinstance(model, ModelFile) else (
+        ModelFile(model) if isinstance(model, ModelSpec) else load_model(model))
+    hw = hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
+    wl = workload or mf.workload
+    if wl is None:
+        raise InputError(mf.source or "model", "workload",
+                         "no workload: add a workload section or pass one")
+    return Problem(mf.model, hw, wl, calibration or Calibration(), flash_attention)
+
+
+def solve(model: ModelSpec | ModelFile | str | Path,
+          hardware: HardwareSpec | str | Path,
+          workload: Workload | None = None,
+          *,
+          pins: dict[str, Any] | None = None,
+          time_limit_s: float = 10.0,
+          seed: int = 0,
+          workers: int = 1,
+          calibration: Calibration | None = None,
+          flash_attention: bool = True,
+          progress: Callable[[str], None] | None = None) -> Plan:
+    """Find the fastest layout and return its plan; raise InfeasibleError (with the smallest
+    change that would fit) when no layout fits."""
+    p = make_problem(model, hardware, workload, calibration, flash_attention)
+    pins = dict(pins or {})
+    bad = [k for k in pins if k not in PIN_KEYS]
+    if bad:
+        raise InputError("pins", bad[0], f"unknown option; known: {', '.join(PIN_KEYS)}")
+    opts = SearchOptions(pins=pins, time_limit_s=time_limit_s, seed=seed, workers=workers)
+    result = search(p, opts, progress)
+    if result.best is None:
+        raise InfeasibleError(*explain_infeasible(p, opts, result))
+    placed = placements_for(p, result.best.strategy, result.placement, seed, workers)
+    return build_plan(p, opts, result, placed)
+
+
+def explain_infeasible(p: Problem, opts: SearchOptions, result) -> tuple[str, str]:
+    """Why nothing fits (the closest layout and what overflows) and the smallest fix."""
+    c = result.closest
+    ev = c.evaluation
+    st = max(ev.stages, key=lambda x: x.memory.total)
+    mem = st.memory
+    parts = {"weights": mem.weights, "gradients": mem.gradients, "optimizer": mem.optimizer,
+             "activations": mem.activations, "kv_cache": mem.kv_cache}
+    top = max(parts, key=parts.get)
+    cap = p.hw.gpu.memory_bytes
+    short = mem.total - cap
+    reason = (f"no layout fits in {cap / GB:.1f} GB per GPU; the closest "
+              f"({c.strategy.describe()}) needs {mem.total / GB:.1f} GB on stage {st.index}, "
+              f"{short / GB:.1f} GB short (largest term: {top} {parts[top] / GB:.1f} GB)")
+    need = _gpus_needed(p, opts)
+    fixes = [f"{need} GPUs ({need // p.hw.gpus_per_node} nodes of {p.hw.gpus_per_node})"
+             if need else f"more GPUs than {64 * p.hw.num_gpus}"]
+    fixes.append(f"or GPUs with at least {(mem.total + 0.5 * GB) / GB:.0f} GB each")
+    if opts.pins:
+        fixes.append("or fewer pinned options")
+    return reason, "would fit with " + " ".join(fixes)
+
+
+def _gpus_needed(p: Problem, opts: SearchOptions, max_factor: int = 64) -> int | None:
+    """The fewest whole nodes (a multiple of today's) on which some layout fits in memory.
+
+    Starts at the count that the model's static bytes alone demand (every byte shardable),
+    so only a few sizes are tried; time is ignored."""
+    static = _static_bytes(p)
+    start = max(2, math.ceil(static / (p.hw.usable_bytes * p.hw.num_gpus)))
+    for k in range(start, max_factor + 1):
+        hw = replace(p.hw, nodes=p.hw.nodes * k)
+        try:
+            if fits(replace(p, hw=hw), opts):
+                return hw.num_gpus
+        except InfeasibleError:
+            continue
+    return None
+
+
+def _static_bytes(p: Problem) -> float:
+    """Bytes the model needs wherever it runs: weights (+ gradients and optimizer states)."""
+    from .components import param_count
+
+    n = param_count(p.model)["total"]
+    per = p.model.dtype_bytes
+    if p.training:
+        per += p.workload.grad_bytes + p.workload.optimizer_bytes
+    return n * per

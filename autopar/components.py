@@ -1,0 +1,143 @@
+"""Expand a model into per-layer components with FLOPs, parameters and activation bytes.
+
+Counts are per token and forward; backward is twice the forward GEMM work. Activation bytes
+follow Korthikanti et al. 2022 (sec. 4), written per component so that the paper's
+`s b h (34 + 5 a s / h)` comes out for a GPT layer with dropout, and gated MLPs, GQA/MLA and
+MoE layers get their own terms instead of a silent GPT assumption.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .spec import ModelSpec
+
+# Tensor-parallel roles (Megatron): column-parallel splits output features, row-parallel the
+# input features, "heads" the attention heads; "replicated" lives whole on every TP rank;
+# "expert" belongs to an expert and is placed by EP; "vocab" is split over the vocabulary.
+ROLES = ("column", "row", "heads", "replicated", "expert", "vocab")
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    role: str
+    params: int  # expert components: parameters of ONE expert
+    flops_per_token: float  # forward FLOPs per token this component processes
+    act_bytes_sharded: float  # saved activations per token that TP splits
+    act_bytes_replicated: float  # saved activations per token that only sequence parallel splits
+    gemm: tuple[int, int] = (0, 0)  # (k, n) of the weight GEMM, for the efficiency curve
+    tokens_per_token: float = 1.0  # expert: top_k / experts routed copies per input token
+
+    @property
+    def is_expert(self) -> bool:
+        return self.role == "expert"
+
+
+def _attention(m: ModelSpec, ctx: float, causal: bool, flash: bool, drop: int) -> list[Component]:
+    h, a, b = m.hidden, m.heads, m.dtype_bytes
+    if m.mla is None:
+        qk_dim, v_dim = m.head_dim, m.head_dim
+        q_out, kv_out = a * m.head_dim, 2 * m.kv_heads * m.head_dim
+        qkv_params = h * (q_out + kv_out)
+        saved_qkv = b * (q_out + kv_out)  # Q, K, V kept for the attention backward
+        qkv_gemm = (h, q_out + kv_out)
+    else:
+        x = m.mla
+        qk_dim, v_dim = x.qk_nope_head_dim + x.qk_rope_head_dim, x.v_head_dim
+        q_params = (h * x.q_lora_rank + x.q_lora_rank * a * qk_dim) if x.q_lora_rank \
+            else h * a * qk_dim
+        kv_params = h * (x.kv_lora_rank + x.qk_rope_head_dim) + x.kv_lora_rank * a * (
+            x.qk_nope_head_dim + v_dim
+        )
+        qkv_params = q_params + kv_params
+        saved_qkv = b * (a * qk_dim * 2 + a * v_dim + x.q_lora_rank + x.kv_lora_rank)
+        qkv_gemm = (h, a * (qk_dim * 2 + v_dim))
+    score_flops = 2 * a * (qk_dim + v_dim) * ctx * (0.5 if causal else 1.0)
+    scores_saved = 0.0 if flash else 5 * a * ctx  # softmax out 2as, dropout mask as, its out 2as
+    return [
+        Component("norm_attn", "replicated", h, 5 * h, 0, b * h),
+        Component("qkv", "column", qkv_params, 2 * qkv_params, 0, b * h, qkv_gemm),
+        Component("attn", "heads", 0, score_flops, saved_qkv + scores_saved, 0),
+        Component("out", "row", a * v_dim * h, 2 * a * v_dim * h, b * a * v_dim, drop * h,
+                  (a * v_dim, h)),
+    ]
+
+
+def _mlp(prefix: str, role_in: str, role_out: str, h: int, f: int, gated: bool, b: int,
+         drop: int, tokens: float = 1.0) -> list[Component]:
+    up = (2 if gated else 1) * f
+    saved_mid = b * (up + f)  # FC1 output(s) and the activation's output (FC2 input)
+    fc1_in_sharded = b * h if role_in == "expert" else 0  # dispatched copies live with the expert
+    fc1_in_repl = 0 if role_in == "expert" else b * h
+    return [
+        Component(f"{prefix}fc1", role_in, h * up, 2 * h * up, fc1_in_sharded + saved_mid,
+                  fc1_in_repl, (h, up), tokens),
+        Component(f"{prefix}fc2", role_out, f * h, 2 * f * h, 0,
+                  0 if role_out == "expert" else drop * h, (f, h), tokens),
+    ]
+
+
+def layer_components(m: ModelSpec, layer: int, ctx: float, causal: bool = True,
+                     flash: bool = True) -> list[Component]:
+    """The components of transformer layer `layer` (0-based) for a given attention context."""
+    h, b = m.hidden, m.dtype_bytes
+    drop = 1 if m.dropout else 0  # dropout masks are one byte per element
+    comps = _attention(m, ctx, causal, flash, drop)
+    comps.append(Component("norm_mlp", "replicated", h, 5 * h, 0, b * h))
+    if not m.is_moe_layer(layer):
+        comps += _mlp("", "column", "row", h, m.ffn_hidden, m.gated_mlp, b, drop)
+        return comps
+    comps.append(Component("router", "replicated", h * m.experts, 2 * h * m.experts, 0,
+                           b * h + 4 * m.experts, (h, m.experts)))
+    share = m.top_k / m.experts
+    comps += _mlp("expert_", "expert", "expert", h, m.expert_ffn_hidden, m.gated_mlp, b, 0, share)
+    if m.shared_experts:
+        f = m.shared_experts * m.shared_expert_ffn_hidden
+        comps += _mlp("shared_", "column", "row", h, f, m.gated_mlp, b, 0)
+    return comps
+
+
+def embedding_components(m: ModelSpec) -> list[Component]:
+    return [Component("embedding", "vocab", m.vocab * m.hidden, 0, 0,
+                      (1 if m.dropout else 0) * m.hidden)]
+
+
+def head_components(m: ModelSpec) -> list[Component]:
+    """Final norm and LM head; the loss keeps fp32 logits (4 B per vocab entry) per token."""
+    h = m.hidden
+    return [
+        Component("final_norm", "replicated", h, 5 * h, 0, m.dtype_bytes * h),
+        Component("lm_head", "vocab", m.vocab * h, 2 * h * m.vocab, 4 * m.vocab,
+                  m.dtype_bytes * h, (h, m.vocab)),
+    ]
+
+
+def expert_count(c: Component, m: ModelSpec) -> int:
+    return m.experts if c.is_expert else 1
+
+
+def param_count(m: ModelSpec) -> dict[str, int]:
+    """Total and active parameters (active: what one token touches)."""
+    total = active = 0
+    for layer in range(m.layers):
+        for c in layer_components(m, layer, 1):
+            n = c.params * expert_count(c, m)
+            total += n
+            active += c.params * (m.top_k if c.is_expert else 1)
+    emb = m.vocab * m.hidden
+    head = sum(c.params for c in head_components(m))
+    shared = emb if m.tie_embeddings else 0
+    total += emb + head - shared
+    active += emb + head - shared  # the usual convention: embeddings count as active
+    return {"total": total, "active": active}
+
+
+def model_flops_per_token(m: ModelSpec, ctx: float, causal: bool = True) -> float:
+    """Forward FLOPs per token with uniform routing (top_k experts per token)."""
+    total = 0.0
+    for layer in range(m.layers):
+        for c in layer_components(m, layer, ctx, causal):
+            total += c.flops_per_token * (m.top_k if c.is_expert else 1)
+    total += sum(c.flops_per_token for c in head_components(m))
+    return total

@@ -1,0 +1,547 @@
+"""Build the deployment plan (DESIGN sec. 5) from a solved layout, and read/write it.
+
+Everything here is derived from `evaluate` and the placement: no figure is set by hand, and
+each cost figure carries the name of the formula that produced it (`docs/cost-model.md`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .components import embedding_components, head_components, layer_components, param_count
+from .cost import Problem, kv_bytes_per_token_layer
+from .evaluate import Evaluation, Memory, StageCost
+from .placement import Placement
+from .search import SearchOptions, SearchResult
+from .shards import split, tp_shard
+from .strategy import Strategy
+
+SCHEMA_VERSION = "1.0"
+
+
+@dataclass
+class Plan:
+    """A deployment plan: the JSON document plus the objects it was built from."""
+
+    data: dict[str, Any]
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.data, indent=indent, sort_keys=False)
+
+    def write(self, path: str | Path) -> Path:
+        return write_atomic(path, self.to_json())
+
+    @property
+    def strategy(self) -> dict[str, Any]:
+        return self.data["strategy"]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.data["metrics"]
+
+    @property
+    def solver(self) -> dict[str, Any]:
+        return self.data["solver"]
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write via a temp file and rename, so a reader never sees half a plan."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.write("\n")
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+# --------------------------------------------------------------------------- inputs echo
+def inputs_echo(p: Problem, opts: SearchOptions) -> dict[str, Any]:
+    m, hw, w = p.model, p.hw, p.workload
+    model = asdict(m)
+    model["dense_layers"] = list(m.dense_layers)
+    return {
+        "model": model,
+        "hardware": {
+            "name": hw.name,
+            "gpu": {"name": hw.gpu.name, "memory_bytes": hw.gpu.memory_bytes,
+                    "peak_flops": hw.gpu.peak_flops, "hbm_bytes_per_s": hw.gpu.hbm_bytes_per_s,
+                    "sources": list(hw.gpu.sources)},
+            "nodes": hw.nodes, "gpus_per_node": hw.gpus_per_node, "num_gpus": hw.num_gpus,
+            "intra_node": asdict(hw.intra), "inter_node": asdict(hw.inter),
+            "reserved_bytes": hw.reserved_bytes,
+        },
+        "workload": asdict(w),
+        "options": {"pins": dict(opts.pins), "time_limit_s": opts.time_limit_s,
+                    "seed": opts.seed, "workers": opts.workers,
+                    "flash_attention": p.flash_attention},
+        "calibration": asdict(p.calib),
+    }
+
+
+# --------------------------------------------------------------------------- placement
+def _runs(layers: list[int], key) -> list[tuple[int, int, Any]]:
+    """Group consecutive layers with the same key: [(first, last, key)]."""
+    out: list[tuple[int, int, Any]] = []
+    for layer in layers:
+        k = key(layer)
+        if out and out[-1][2] == k and out[-1][1] == layer - 1:
+            out[-1] = (out[-1][0], layer, k)
+        else:
+            out.append((layer, layer, k))
+    return out
+
+
+def _dims(p: Problem, name: str) -> dict[str, int]:
+    m = p.model
+    v_dim = m.mla.v_head_dim if m.mla else m.head_dim
+    f = m.ffn_hidden
+    if name.startswith("shared_"):
+        f = m.shared_experts * m.shared_expert_ffn_hidden
+    kv = {} if m.mla else {"kv_heads": m.kv_heads}
+    return {
+        "qkv": {"heads": m.heads, **kv}, "attn": {"heads": m.heads},
+        "out": {"rows": m.heads * v_dim},
+        "fc1": {"columns": f}, "fc2": {"rows": f},
+        "shared_fc1": {"columns": f}, "shared_fc2": {"rows": f},
+        "embedding": {"vocab": m.vocab}, "lm_head": {"vocab": m.vocab},
+    }.get(name, {})
+
+
+def _gpu_components(p: Problem, s: Strategy, ev: Evaluation, gpu: int,
+                    placed: list[Placement] | None) -> tuple[list, list, float]:
+    """Component entries of one GPU (grouped over identical consecutive layers), its expert
+    table, and its FLOPs per step.
+
+    When DP does not divide the batch, replicas take split(batch, dp) samples: the step time
+    is set by the fullest, the FLOPs count what each replica really runs.
+    """
+    m = p.model
+    st = ev.stages[s.stage_of(gpu)]
+    c = s.coords(gpu)
+    moe_index = {layer: i for i, layer in enumerate(
+        [x for x in range(m.layers) if m.is_moe_layer(x)])}
+    passes = 3 if p.training else 1  # forward + backward (2x)
+    per_replica = -(-p.workload.batch // s.dp)
+    lo, hi = split(p.workload.batch, s.dp, c["dp_rank"])
+    f_dense = (hi - lo) / per_replica  # this replica's share of a full replica's work
+    f_expert = p.workload.batch / (per_replica * s.dp)  # experts see every replica's tokens
+    entries, experts, flops_total = [], [], 0.0
+    layers = list(range(st.first_layer, st.end_layer))
+
+    def kind(layer: int) -> bool:
+        return m.is_moe_layer(layer)
+
+    for first, last, is_moe in _runs(layers, kind):
+        lc = ev.stages[s.stage_of(gpu)].layer_costs[first - st.first_layer]
+        comps = layer_components(m, first, p.workload.context_len, p.workload.causal,
+                                 p.flash_attention)
+        for comp, cc in zip(comps, lc.components, strict=True):
+            if comp.is_expert:
+                continue
+            n_layers = last - first + 1
+            flops = cc.flops * s.num_micro_batches * n_layers * passes
+            flops += _recompute_flops(s, comp.role, cc.flops) * s.num_micro_batches * n_layers
+            flops *= f_dense
+            flops_total += flops
+            entries.append({
+                "name": comp.name, "role": comp.role, "layers": [first, last],
+                "shard": tp_shard(comp.name, comp.role, _dims(p, comp.name), s.tp, c["tp_rank"]),
+                "params": cc.params * n_layers, "flops_per_step": flops,
+                "forward_time_s_per_micro_batch": cc.time_s,
+                "formula": "roofline",
+            })
+        if is_moe and placed is not None:
+            per_layer = {}
+            for layer in range(first, last + 1):
+                pl = placed[moe_index[layer]]
+                mine = list(pl.gpu_experts[c["ep_rank"]])
+                share = pl.gpu_load[c["ep_rank"]] / (sum(pl.gpu_load) / len(pl.gpu_load))
+                per_layer[layer] = (tuple(mine), share)
+            for a, b, (mine, share) in _runs(list(per_layer), per_layer.__getitem__):
+                exp_cc = [x for comp, x in zip(comps, lc.components, strict=True)
+                          if comp.is_expert]
+                # FLOPs follow this rank's routed tokens; cc.flops is the EP-group mean
+                f = sum(x.flops for x in exp_cc) * share * s.num_micro_batches * (b - a + 1)
+                f *= (passes + (1 if s.recompute == "full" else 0)) * f_expert
+                flops_total += f
+                experts.append({"layers": [a, b], "experts": list(mine),
+                                "etp_shard": list(split(m.expert_ffn_hidden, s.etp,
+                                                        c["etp_rank"])),
+                                "load_over_mean": share, "flops_per_step": f})
+        elif is_moe:  # EP = 1: every expert on every GPU, columns split by ETP
+            exp_cc = [x for comp, x in zip(comps, lc.components, strict=True) if comp.is_expert]
+            f = sum(x.flops for x in exp_cc) * s.num_micro_batches * (last - first + 1)
+            f *= (passes + (1 if s.recompute == "full" else 0)) * f_expert
+            flops_total += f
+            experts.append({"layers": [first, last], "experts": list(range(m.experts)),
+                            "etp_shard": list(split(m.expert_ffn_hidden, s.etp, c["etp_rank"])),
+                            "load_over_mean": 1.0, "flops_per_step": f})
+    for edge in st.edges:
+        comps = embedding_components(m) if edge.components[0].name == "embedding" \
+            else head_components(m)
+        for comp, cc in zip(comps, edge.components, strict=True):
+            flops = cc.flops * s.num_micro_batches * passes * f_dense
+            flops_total += flops
+            entries.append({
+                "name": comp.name, "role": comp.role, "layers": None,
+                "shard": tp_shard(comp.name, comp.role, _dims(p, comp.name), s.tp, c["tp_rank"]),
+                "params": cc.params, "flops_per_step": flops,
+                "forward_time_s_per_micro_batch": cc.time_s, "formula": "roofline",
+            })
+    return entries, experts, flops_total
+
+
+def _recompute_flops(s: Strategy, role: str, fwd: float) -> float:
+    """FLOPs a backward pass spends recomputing this component's forward."""
+    if s.recompute == "full" or (s.recompute == "selective" and role == "heads"):
+        return fwd
+    return 0.0
+
+
+def _memory(mem: Memory, capacity: float) -> dict[str, float]:
+    total = mem.total
+    return {
+        "weights_bytes": mem.weights, "gradients_bytes": mem.gradients,
+        "optimizer_bytes": mem.optimizer, "activations_bytes": mem.activations,
+        "activations_no_recompute_bytes": mem.activations_no_recompute,
+        "activation_saving_bytes": mem.activations_no_recompute - mem.activations,
+        "kv_cache_bytes": mem.kv_cache, "workspace_bytes": mem.workspace,
+        "tp_overhead_bytes": mem.tp_overhead, "reserved_bytes": mem.reserved,
+        "total_bytes": total, "capacity_bytes": capacity, "headroom_bytes": capacity - total,
+        "utilization": total / capacity,
+        "formula": "memory-training" if mem.kv_cache == 0 and mem.gradients else "memory",
+    }
+
+
+# --------------------------------------------------------------------------- communication
+def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, Any]]:
+    from .cost import strategy_groups
+
+    groups = strategy_groups(p, s)
+    m_mb = s.num_micro_batches
+    out = []
+    full = s.recompute == "full"
+    for st in ev.stages:
+        n_layers = len(st.layer_costs)
+        if not n_layers:
+            continue
+        if s.tp > 1:
+            lc = st.layer_costs[0]
+            per_call = lc.tp_fwd / 2
+            calls = n_layers * m_mb * (2 + (2 if p.training else 0) + (2 if full else 0))
+            out.append(_coll("reduce_scatter+all_gather" if s.sequence_parallel
+                             else "all_reduce", "tp", groups["tp"], st.index, lc.tp_bytes,
+                             calls, per_call, True, "tp-comm"))
+        moe_costs = [c for c in st.layer_costs if c.ep_bytes]
+        if moe_costs and (s.ep > 1 or s.etp > 1):
+            worst = max(moe_costs, key=lambda c: c.ep_fwd)
+            per_call = sum(c.ep_fwd for c in moe_costs) / (2 * len(moe_costs))
+            calls = len(moe_costs) * m_mb * (2 + (2 if p.training else 0) + (2 if full else 0))
+            out.append(_coll("all_to_all", "ep", groups["ep"], st.index, worst.ep_bytes, calls,
+                             per_call, True, "ep-comm"))
+        if st.p2p_fwd:
+            out.append(_coll("send_recv", "pp", None, st.index,
+                             _p2p_bytes(p, s), m_mb, st.p2p_fwd, True, "p2p", "forward"))
+        if st.p2p_bwd:
+            out.append(_coll("send_recv", "pp", None, st.index,
+                             _p2p_bytes(p, s), m_mb, st.p2p_bwd, True, "p2p", "backward"))
+        if p.training and st.dp_sync:
+            dense = sum(c.params for c in st.layer_costs) + sum(c.params for c in st.edges)
+            kind = "reduce_scatter+all_gather" if s.zero >= 1 else "all_reduce"
+            e = _coll(kind, "dp", groups["dp"], st.index, dense * p.workload.grad_bytes, 1,
+                      st.dp_sync, st.dp_exposed > 0, "dp-comm")
+            e["exposed_s"] = st.dp_exposed
+            out.append(e)
+    return out
+
+
+def _p2p_bytes(p: Problem, s: Strategy) -> float:
+    return s.micro_batch * p.workload.tokens_per_sample * p.model.hidden * \
+        p.model.dtype_bytes / s.tp
+
+
+def _coll(kind: str, group: str, g, stage: int, nbytes: float, calls: int, per_call: float,
+          exposed: bool, formula: str, direction: str | None = None) -> dict[str, Any]:
+    e = {"collective": kind, "group": group, "stage": stage,
+         "group_size": g.size if g else 2, "link": g.name if g else "stage-to-stage",
+         "bytes_per_call": nbytes, "calls_per_step": calls,
+         "bytes_per_step": nbytes * calls, "time_per_call_s": per_call,
+         "time_per_step_s": per_call * calls, "exposed": exposed, "formula": formula}
+    if direction:
+        e["direction"] = direction
+    return e
+
+
+# --------------------------------------------------------------------------- timing
+def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
+    per_stage = []
+    for st in ev.stages:
+        lcs = st.layer_costs + st.edges
+        per_stage.append({
+            "stage": st.index, "layers": [st.first_layer, st.end_layer - 1],
+            "forward_compute_s": sum(c.compute_fwd for c in lcs),
+            "backward_compute_s": sum(c.compute_bwd for c in lcs) if p.training else 0.0,
+            "recompute_s": sum(c.recompute for c in lcs) if p.training else 0.0,
+            "tp_comm_s": sum(c.tp_fwd + (c.tp_bwd if p.training else 0) for c in lcs),
+            "ep_comm_s": sum(c.ep_fwd + (c.ep_bwd if p.training else 0) for c in lcs),
+            "pp_comm_s": st.p2p_fwd + st.p2p_bwd,
+            "per_micro_batch_s": st.busy,
+            "dp_sync_s": st.dp_sync, "dp_exposed_s": st.dp_exposed,
+            "optimizer_s": st.optimizer,
+        })
+    slow = max(ev.stages, key=lambda x: x.busy)
+    crit = per_stage[slow.index]
+    mb = s.num_micro_batches
+    pipeline = sum(x.busy for x in ev.stages) + (mb - 1) * slow.busy
+    return {
+        "schedule": "1f1b" if p.training else "forward-pipeline",
+        "micro_batches": mb,
+        "critical_stage": slow.index,
+        "forward_s": crit["forward_compute_s"] * mb,
+        "backward_s": crit["backward_compute_s"] * mb,
+        "recompute_s": crit["recompute_s"] * mb,
+        "tp_comm_exposed_s": crit["tp_comm_s"] * mb,
+        "ep_comm_exposed_s": crit["ep_comm_s"] * mb,
+        "pp_comm_exposed_s": crit["pp_comm_s"] * mb,
+        "pipeline_s": pipeline,
+        "bubble_s": ev.bubble,
+        "dp_exposed_s": max(x.dp_exposed for x in ev.stages),
+        "optimizer_s": max(x.optimizer for x in ev.stages),
+        "step_time_s": ev.step_time,
+        "formula": "1f1b" if p.training else "forward-pipeline",
+        "per_stage": per_stage,
+    }
+
+
+# --------------------------------------------------------------------------- build
+def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
+               placed: list[Placement] | None) -> Plan:
+    best = result.best
+    s, ev = best.strategy, best.evaluation
+    m, hw, w = p.model, p.hw, p.workload
+    gpus = []
+    flops_sum = 0.0
+    for g in range(hw.num_gpus):
+        st = ev.stages[s.stage_of(g)]
+        comps, experts, flops = _gpu_components(p, s, ev, g, placed)
+        flops_sum += flops
+        mem = _gpu_memory(p, s, st, g, placed)
+        gpus.append({
+            "id": g, "node": hw.node_of(g), "type": hw.gpu.name, "stage": st.index,
+            "ranks": s.coords(g),
+            "layers": [st.first_layer, st.end_layer - 1],
+            "memory": _memory(mem, hw.gpu.memory_bytes),
+            "components": comps, "experts": experts,
+            "flops_per_step": flops,
+            "busy_time_s": flops / hw.gpu.flops(m.dtype) if flops else 0.0,
+        })
+    T_step = w.batch * w.tokens_per_sample
+    fwd_per_token = _fwd_flops_per_token(p)
+    model_flops = fwd_per_token * T_step * (3 if p.training else 1)
+    step = ev.step_time
+    peak = hw.gpu.flops(m.dtype) * hw.num_gpus
+    loads = [pl.max_over_mean for pl in placed] if placed else [1.0]
+    busy = [x.busy for x in ev.stages]
+    compute_time = sum(
+        sum(c.compute_fwd + (c.compute_bwd + c.recompute if p.training else 0)
+            for c in st.layer_costs + st.edges) * s.num_micro_batches
+        for st in ev.stages) * s.stage_width
+    metrics = {
+        "step_time_s": step,
+        "flops_per_step": flops_sum,
+        "model_flops_per_step": model_flops,
+        "throughput_samples_per_s": w.batch / step,
+        "throughput_tokens_per_s": T_step / step,
+        "achieved_flops_per_s": flops_sum / step,
+        "peak_flops_per_s": peak,
+        "mfu": model_flops / (step * peak),
+        "hfu": flops_sum / (step * peak),
+        "expert_load_max_over_mean": max(loads),
+        "compute_load_balance_max_over_mean": max(busy) / (sum(busy) / len(busy)),
+        "scaling_efficiency": compute_time / (hw.num_gpus * step),
+        "memory_max_over_capacity": max(x["memory"]["total_bytes"] for x in gpus)
+        / hw.gpu.memory_bytes,
+        "formula": "metrics",
+    }
+    if not p.training:
+        metrics["tokens_per_s_per_gpu"] = T_step / step / hw.num_gpus
+        if w.phase == "prefill":
+            metrics["ttft_s"] = step
+        else:
+            metrics["tpot_s"] = step
+    counts = param_count(m)
+    data: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "generator": {"name": "autopar", "version": _version()},
+        "name": f"{m.name}-{hw.name}",
+        "inputs": inputs_echo(p, opts),
+        "model_summary": {"params_total": counts["total"], "params_active": counts["active"],
+                          "forward_flops_per_token": fwd_per_token,
+                          "moe_layers": m.moe_layer_count,
+                          "kv_cache_bytes_per_token_per_layer": kv_bytes_per_token_layer(m, 1)},
+        "strategy": {**s.to_dict(), "num_gpus": hw.num_gpus, "stage_width": s.stage_width,
+                     "schedule": "1f1b" if p.training else "forward-pipeline",
+                     "samples_per_replica": -(-w.batch // s.dp),
+                     "stage_layers": [[x.first_layer, x.end_layer - 1] for x in ev.stages]},
+        "gpus": gpus,
+        "experts": _expert_section(p, s, placed),
+        "flops": _flops_section(p, gpus),
+        "communication": _communication(p, s, ev),
+        "timing": _timing(p, s, ev),
+        "metrics": metrics,
+        "solver": _solver_section(result, opts),
+        "formulas": formula_index(),
+    }
+    from .selfcheck import validations
+
+    data["validation"] = validations(p, data)
+    return Plan(data)
+
+
+def _fwd_flops_per_token(p: Problem) -> float:
+    from .components import model_flops_per_token
+
+    f = model_flops_per_token(p.model, p.workload.context_len, p.workload.causal)
+    if not p.training and p.workload.phase == "prefill":
+        head = sum(c.flops_per_token for c in head_components(p.model))
+        f -= head * (1 - 1 / p.workload.input_len)  # logits for the last position only
+    return f
+
+
+def _gpu_memory(p: Problem, s: Strategy, st: StageCost, gpu: int,
+                placed: list[Placement] | None) -> Memory:
+    """The stage's memory (sized for its fullest EP rank) with this GPU's own expert count."""
+    mem = Memory(**asdict(st.memory))
+    if not placed or not p.model.is_moe:
+        return mem
+    m = p.model
+    moe_layers = [x for x in range(m.layers) if m.is_moe_layer(x)]
+    idx = {layer: i for i, layer in enumerate(moe_layers)}
+    rank = s.coords(gpu)["ep_rank"]
+    per_expert = sum(c.params for c in layer_components(m, moe_layers[0], 1) if c.is_expert)
+    delta = 0.0
+    for layer in range(st.first_layer, st.end_layer):
+        if layer in idx:
+            pl = placed[idx[layer]]
+            full = max(len(e) for e in pl.gpu_experts)
+            delta += (len(pl.gpu_experts[rank]) - full) * per_expert / s.etp
+    if p.training:
+        mem.weights += delta * m.dtype_bytes / (s.edp if s.zero >= 3 else 1)
+        mem.gradients += delta * p.workload.grad_bytes / (s.edp if s.zero >= 2 else 1)
+        mem.optimizer += delta * p.workload.optimizer_bytes / (s.edp if s.zero >= 1 else 1)
+    else:
+        mem.weights += delta * m.dtype_bytes
+    return mem
+
+
+def _expert_section(p: Problem, s: Strategy, placed: list[Placement] | None) -> dict | None:
+    m = p.model
+    if not m.is_moe:
+        return None
+    layers = [x for x in range(m.layers) if m.is_moe_layer(x)]
+    out: dict[str, Any] = {"ep": s.ep, "etp": s.etp, "edp": s.edp,
+                           "load_profile": p.workload.expert_load, "layers": []}
+    for i, layer in enumerate(layers):
+        if placed is None:
+            out["layers"].append({"layer": layer, "max_over_mean": 1.0, "cross_node_share": 0.0,
+                                  "replicas": 0, "solver": None,
+                                  "gpu_experts": [list(range(m.experts))]})
+            continue
+        pl = placed[i]
+        phy2log = [e for slots in pl.gpu_experts for e in slots]
+        log2phy: dict[int, list[int]] = {}
+        for slot, e in enumerate(phy2log):
+            log2phy.setdefault(e, []).append(slot)
+        out["layers"].append({
+            "layer": layer, "max_over_mean": pl.max_over_mean,
+            "cross_node_share": pl.cross_node_share,
+            "replicas": len(phy2log) - m.experts,
+            "gpu_experts": [list(x) for x in pl.gpu_experts],
+            "gpu_load": list(pl.gpu_load),
+            "phy2log": phy2log,
+            "log2phy": [log2phy.get(e, []) for e in range(m.experts)],
+            "logcnt": [len(log2phy.get(e, [])) for e in range(m.experts)],
+            "solver": {"method": pl.method, "status": pl.status, "objective": pl.objective,
+                       "best_bound": pl.best_bound, "gap": pl.gap,
+                       "solve_time_s": pl.solve_time_s},
+        })
+    return out
+
+
+def _flops_section(p: Problem, gpus: list[dict]) -> dict[str, Any]:
+    per_component: dict[str, float] = {}
+    for g in gpus:
+        for c in g["components"]:
+            per_component[c["name"]] = per_component.get(c["name"], 0.0) + c["flops_per_step"]
+        for e in g["experts"]:
+            per_component["experts"] = per_component.get("experts", 0.0) + e["flops_per_step"]
+    return {"per_component": per_component,
+            "per_gpu": [g["flops_per_step"] for g in gpus],
+            "total": sum(per_component.values()),
+            "formula": "flops"}
+
+
+def _solver_section(r: SearchResult, opts: SearchOptions) -> dict[str, Any]:
+    gap = 0.0 if r.objective == r.best_bound else (r.objective - r.best_bound) / max(
+        abs(r.objective), 1e-30)
+    return {"status": r.status, "objective": r.objective, "objective_name": "step_time_s",
+            "best_bound": r.best_bound, "gap": gap, "solve_time_s": r.solve_time_s,
+            "seed": opts.seed, "time_limit_s": opts.time_limit_s, "workers": opts.workers,
+            "candidates": r.candidates, "pruned_by_bound": r.pruned_by_bound,
+            "memory_infeasible": r.infeasible, "cpsat_models": r.cpsat_models,
+            "method": "enumerate degrees; CP-SAT expert placement and stage cut"}
+
+
+def formula_index() -> dict[str, str]:
+    """Names used in the plan's `formula` fields; each is written out in docs/cost-model.md."""
+    return {
+        "roofline": "time = max(FLOPs / (peak x eff), bytes / (HBM BW x hbm_eff))",
+        "tp-comm": "2 all-reduces (or RS+AG) of T*h*bytes per layer forward, 2 backward, "
+                   "ring: 2(n-1)/n S/B + 2(n-1) alpha",
+        "ep-comm": "dispatch + combine all-to-all of T/tp*top_k*h*bytes per GPU, "
+                   "(n-1)/n S/B, busiest rank x imbalance",
+        "p2p": "S/B + alpha per micro-batch per stage boundary, S = T*h*bytes/tp",
+        "dp-comm": "all-reduce of grads, or reduce-scatter grads + all-gather params (ZeRO>=1); "
+                   "exposed = max(0, sync - backward of the last micro-batch)",
+        "memory-training": "weights + grads + optimizer (ZeRO-sharded) + in-flight micro-batches"
+                           " x activations (Korthikanti 2022) + workspace + reserved",
+        "memory": "weights + KV cache + one layer's activations + workspace + reserved",
+        "1f1b": "sum over stages of one micro-batch + (m-1) x slowest stage + exposed DP sync"
+                " + optimizer step",
+        "forward-pipeline": "sum over stages + (m-1) x slowest stage",
+        "flops": "per GPU: sum over its components of tokens x FLOPs/token x (3 training, "
+                 "+1 forward with full recompute)",
+        "metrics": "MFU = model FLOPs / (step x GPUs x peak); HFU counts recompute",
+    }
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def read_plan(path: str | Path) -> dict[str, Any]:
+    from .errors import InputError
+    from .spec import read_data
+
+    data = read_data(path)
+    if not isinstance(data, dict):
+        raise InputError(str(path), "", "a plan must be a JSON object")
+    return data
+
+
+__all__ = ["Plan", "build_plan", "read_plan", "write_atomic", "math"]

@@ -1,0 +1,112 @@
+"""One validated parallel layout, and the rank layout that maps its groups onto GPUs.
+
+Rank order follows Megatron-Core: TP varies fastest, then DP, then PP; inside a stage the
+experts fold onto the same W = TP x DP GPUs as ETP (fastest), EP, then EDP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+RECOMPUTE = ("none", "selective", "full")
+
+
+class StrategyError(ValueError):
+    """A layout whose degrees clash; the message names the values."""
+
+
+@dataclass(frozen=True)
+class Strategy:
+    num_gpus: int
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    ep: int = 1
+    etp: int = 1
+    micro_batch: int = 1
+    num_micro_batches: int = 1
+    recompute: str = "none"
+    zero: int = 0
+    sequence_parallel: bool = False
+
+    def __post_init__(self) -> None:
+        if min(self.tp, self.pp, self.dp, self.ep, self.etp, self.micro_batch,
+               self.num_micro_batches) < 1:
+            raise StrategyError(f"every degree must be >= 1: {self.describe()}")
+        if self.tp * self.dp * self.pp != self.num_gpus:
+            raise StrategyError(
+                f"tp({self.tp}) * dp({self.dp}) * pp({self.pp}) = "
+                f"{self.tp * self.dp * self.pp} != GPUs({self.num_gpus})"
+            )
+        if self.stage_width % (self.ep * self.etp):
+            raise StrategyError(
+                f"ep({self.ep}) * etp({self.etp}) must divide tp*dp ({self.stage_width})"
+            )
+        if self.recompute not in RECOMPUTE:
+            raise StrategyError(f"recompute {self.recompute!r} is not one of {RECOMPUTE}")
+        if self.zero not in (0, 1, 2, 3):
+            raise StrategyError(f"zero stage {self.zero} is not 0, 1, 2 or 3")
+        if self.sequence_parallel and self.tp == 1:
+            raise StrategyError("sequence_parallel needs tp > 1")
+
+    @property
+    def stage_width(self) -> int:
+        return self.tp * self.dp
+
+    @property
+    def edp(self) -> int:
+        return self.stage_width // (self.ep * self.etp)
+
+    def describe(self) -> str:
+        return (f"TP={self.tp} PP={self.pp} DP={self.dp} EP={self.ep} ETP={self.etp} "
+                f"mb={self.micro_batch}x{self.num_micro_batches} recompute={self.recompute} "
+                f"zero={self.zero} sp={int(self.sequence_parallel)}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("num_gpus")
+        d["edp"] = self.edp
+        return d
+
+    # ---- rank layout -------------------------------------------------------------
+    def rank(self, stage: int, dp_rank: int, tp_rank: int) -> int:
+        return stage * self.stage_width + dp_rank * self.tp + tp_rank
+
+    def stage_of(self, gpu: int) -> int:
+        return gpu // self.stage_width
+
+    def coords(self, gpu: int) -> dict[str, int]:
+        local = gpu % self.stage_width
+        return {
+            "stage": self.stage_of(gpu),
+            "tp_rank": local % self.tp,
+            "dp_rank": local // self.tp,
+            "etp_rank": local % self.etp,
+            "ep_rank": (local // self.etp) % self.ep,
+            "edp_rank": local // (self.etp * self.ep),
+        }
+
+    def tp_group(self, gpu: int) -> list[int]:
+        base = gpu - gpu % self.tp
+        return list(range(base, base + self.tp))
+
+    def dp_group(self, gpu: int) -> list[int]:
+        stage0 = self.stage_of(gpu) * self.stage_width
+        tp_rank = gpu % self.tp
+        return [stage0 + d * self.tp + tp_rank for d in range(self.dp)]
+
+    def ep_group(self, gpu: int) -> list[int]:
+        stage0 = self.stage_of(gpu) * self.stage_width
+        c = self.coords(gpu)
+        return [stage0 + c["etp_rank"] + self.etp * (e + self.ep * c["edp_rank"])
+                for e in range(self.ep)]
+
+    def etp_group(self, gpu: int) -> list[int]:
+        base = gpu - gpu % self.etp
+        return list(range(base, base + self.etp))
+
+    def edp_group(self, gpu: int) -> list[int]:
+        stage0 = self.stage_of(gpu) * self.stage_width
+        local = gpu % self.stage_width
+        inner = local % (self.etp * self.ep)
+        return [stage0 + inner + self.etp * self.ep * r for r in range(self.edp)]
