@@ -47,15 +47,28 @@ def solve(model: ModelSpec | ModelFile | str | Path,
           workers: int = 1,
           calibration: Calibration | None = None,
           flash_attention: bool = True,
-          progress: Callable[[str], None] | None = None) -> Plan:
+          progress: Callable[[str], None] | None = None,
+          frontier: bool = False,
+          disaggregate: bool = False,
+          decode_hw: HardwareSpec | str | Path | None = None) -> Plan:
     """Find the fastest layout and return its plan; raise InfeasibleError (with the smallest
-    change that would fit) when no layout fits."""
+    change that would fit) when no layout fits.
+
+    Serving (an inference workload with phase both or TTFT / TPOT targets, or any of
+    `frontier`, `disaggregate`, `decode_hw`) goes to `serveplan.serve`: the most tokens/s
+    per GPU under the targets, the Pareto frontier, the disaggregated comparison."""
     p = make_problem(model, hardware, workload, calibration, flash_attention)
     pins = dict(pins or {})
     bad = [k for k in pins if k not in PIN_KEYS]
     if bad:
         raise InputError("pins", bad[0], f"unknown option; known: {', '.join(PIN_KEYS)}")
     opts = SearchOptions(pins=pins, time_limit_s=time_limit_s, seed=seed, workers=workers)
+    from .serveplan import serve, wants_serving
+
+    if wants_serving(p.workload) or frontier or disaggregate or decode_hw is not None:
+        dhw = decode_hw if decode_hw is None or isinstance(decode_hw, HardwareSpec) \
+            else load_hardware(decode_hw)
+        return serve(p, opts, frontier, disaggregate, dhw)
     result = search(p, opts, progress)
     if result.best is None:
         raise InfeasibleError(*explain_infeasible(p, opts, result))

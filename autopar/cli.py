@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,13 +14,14 @@ from . import api
 from .calibration import parse_calibration
 from .errors import AutoparError, InputError
 from .report import summary
+from .serving_flags import apply_targets, serving_options, serving_summary, solve_kwargs
 from .spec import load_model, parse_workload, read_data
 
 EXIT_INFEASIBLE = 3
 
 
 def _workload_from_flags(base, source: str, kind, batch, seq_len, phase, input_len, output_len,
-                         expert_load, spare_slots):
+                         expert_load, spare_slots, precision=None):
     data = {}
     if base is not None:
         data = {"kind": base.kind}
@@ -30,15 +32,19 @@ def _workload_from_flags(base, source: str, kind, batch, seq_len, phase, input_l
                                    "state_dtype": base.state_dtype})
         else:
             data.update(batch=base.batch, phase=base.phase, input_len=base.input_len,
-                        output_len=base.output_len)
+                        output_len=base.output_len, ttft_ms=base.ttft_ms,
+                        tpot_ms=base.tpot_ms)
         data.update(expert_load=base.expert_load, spare_slots=base.spare_slots,
                     causal=base.causal)
+        if base.precision:
+            data["precision"] = base.precision
     if kind:
         if base is not None and kind != base.kind:
             data = {"expert_load": data.get("expert_load", "uniform")}
         data["kind"] = kind
     flags = {"seq_len": seq_len, "phase": phase, "input_len": input_len,
-             "output_len": output_len, "expert_load": expert_load, "spare_slots": spare_slots}
+             "output_len": output_len, "expert_load": expert_load, "spare_slots": spare_slots,
+             "precision": precision}
     if batch is not None:
         data["global_batch" if data.get("kind") == "training" else "batch"] = batch
     data.update({k: v for k, v in flags.items() if v is not None})
@@ -67,7 +73,8 @@ def main() -> None:
 @click.option("--batch", type=click.IntRange(1, 10_000_000), default=None,
               help="global batch (training) or concurrent sequences (inference)")
 @click.option("--seq-len", type=click.IntRange(1, 10_000_000), default=None)
-@click.option("--phase", type=click.Choice(["prefill", "decode"]), default=None)
+@click.option("--phase", type=click.Choice(["prefill", "decode", "both"]), default=None,
+              help="inference: one prefill, one decode step, or whole requests (serving)")
 @click.option("--input-len", type=click.IntRange(1, 10_000_000), default=None)
 @click.option("--output-len", type=click.IntRange(0, 10_000_000), default=None)
 @click.option("--expert-load", default=None, help="uniform | zipf:S[:SEED] | FILE")
@@ -81,6 +88,16 @@ def main() -> None:
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None)
 @click.option("--zero", type=click.IntRange(0, 3), default=None)
 @click.option("--sequence-parallel/--no-sequence-parallel", default=None)
+@click.option("--num-micro-batches", type=click.IntRange(1, 10_000_000), default=None,
+              help="gradient-accumulation steps per replica")
+@click.option("--virtual-stages", type=click.IntRange(1, 10_000), default=None,
+              help="interleaved 1F1B: model chunks per pipeline stage")
+@click.option("--overlap-grad-reduce/--no-overlap-grad-reduce", default=None,
+              help="DP gradient reduction behind the backward (default on)")
+@click.option("--tp-comm-overlap/--no-tp-comm-overlap", default=None,
+              help="TP collectives behind the GEMMs (needs sequence parallel; default off)")
+@click.option("--precision", type=click.Choice(["bf16", "fp16", "fp8"]), default=None,
+              help="GEMM precision (fp8 where the GPU has fp8 tensor cores)")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
               help="YAML of measured efficiencies overriding the defaults")
 @click.option("--time-limit", type=click.FloatRange(0.01, 86_400), default=10.0,
@@ -88,30 +105,36 @@ def main() -> None:
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True)
 @click.option("--quiet", is_flag=True, help="no table on the terminal")
+@serving_options
 def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_len,
           output_len, expert_load, spare_slots, tp, pp, dp, ep, etp, micro_batch, recompute,
-          zero, sequence_parallel, calibration, time_limit, seed, workers, quiet) -> None:
+          zero, sequence_parallel, num_micro_batches, virtual_stages, overlap_grad_reduce,
+          tp_comm_overlap, precision, calibration, time_limit, seed, workers, quiet,
+          **serving) -> None:
     """Find the fastest layout of MODEL on HW and write its deployment plan."""
     def run():
         mf = load_model(model_path)
         wl = _workload_from_flags(mf.workload, "command line", kind, batch, seq_len, phase,
-                                  input_len, output_len, expert_load, spare_slots)
+                                  input_len, output_len, expert_load, spare_slots, precision)
+        wl = apply_targets(wl, serving)
         if wl is None:
             raise InputError(model_path, "workload",
                              "no workload section; pass --kind and --batch/--seq-len etc.")
         pins = {k: v for k, v in dict(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp,
                                       micro_batch=micro_batch, recompute=recompute, zero=zero,
-                                      sequence_parallel=sequence_parallel).items()
+                                      sequence_parallel=sequence_parallel,
+                                      num_micro_batches=num_micro_batches,
+                                      virtual_stages=virtual_stages,
+                                      overlap_grad_reduce=overlap_grad_reduce,
+                                      overlap_tp_comm=tp_comm_overlap).items()
                 if v is not None}
         calib = parse_calibration(read_data(calibration), calibration) if calibration else None
-        progress = None
-        if not quiet and not as_json and sys.stderr.isatty():
-            def progress(msg: str) -> None:
-                click.echo(f"\r{msg}", err=True, nl=False)
+        progress = None if quiet else Progress()
         plan = api.solve(replace(mf, workload=wl), hw_path, pins=pins, time_limit_s=time_limit,
-                         seed=seed, workers=workers, calibration=calib, progress=progress)
+                         seed=seed, workers=workers, calibration=calib, progress=progress,
+                         **solve_kwargs(serving))
         if progress:
-            click.echo("", err=True)
+            progress.done()
         return plan
 
     plan = _guard(run)
@@ -124,7 +147,64 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
     _guard(lambda: plan.write(path))
     if not quiet:
         click.echo(summary(plan.data))
+        if "serving" in plan.data:
+            click.echo(serving_summary(plan.data))
     click.echo(f"plan written to {path}", err=True)
+
+
+class Progress:
+    """Progress on stderr for long solves only: silent for the first second, then at most
+    one line a second (rewritten in place on a terminal)."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        self.start = time.monotonic()
+        self.last = self.start
+        self.every = every_s
+        self.shown = False
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, msg: str) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        self.shown = True
+        line = f"[{now - self.start:6.1f} s] {msg}"
+        click.echo(f"\r{line}" if self.tty else line, err=True, nl=not self.tty)
+
+    def done(self) -> None:
+        if self.shown and self.tty:
+            click.echo("", err=True)
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLAN.json", type=click.Path(dir_okay=False))
+@click.option("--hw", "hw_path", type=click.Path(dir_okay=False), default=None,
+              help="hardware YAML (default: the plan's inputs)")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="model YAML or HF config.json (default: the plan's inputs)")
+@click.option("--json", "as_json", is_flag=True, help="print the findings as JSON")
+def check(plan_path, hw_path, model_path, as_json) -> None:
+    """Recompute PLAN.json from its inputs and list every inconsistency.
+
+    Exit 0 when sound (warnings only), 1 with errors, 2 for unusable input."""
+    import json
+
+    from .check import check_plan, exit_code, format_findings
+
+    def run():
+        return check_plan(read_data(plan_path), model_path, hw_path,
+                          base_dir=Path(plan_path).parent, source=plan_path)
+
+    findings = _guard(run)
+    if as_json:
+        errors = sum(x.severity == "error" for x in findings)
+        click.echo(json.dumps({"plan": plan_path, "errors": errors,
+                               "warnings": len(findings) - errors,
+                               "findings": [x.to_dict() for x in findings]}, indent=1))
+    else:
+        click.echo(format_findings(findings))
+    sys.exit(exit_code(findings))
 
 
 def _guard(fn):
@@ -147,3 +227,6 @@ def _guard(fn):
 
 if __name__ == "__main__":
     main()
+
+
+from . import cli_serving  # noqa: E402,F401  (registers `frontier` and `export`)

@@ -18,6 +18,7 @@ from .cost import (
     layer_cost,
     strategy_groups,
 )
+from .spec import DTYPE_BYTES
 from .strategy import Strategy
 
 
@@ -52,7 +53,7 @@ class StageCost:
     dp_exposed: float
     optimizer: float
     memory: Memory
-    in_flight: int
+    in_flight: float
     overlap_window: float = 0.0  # backward compute the gradient sync can hide behind
     layer_costs: list[LayerCost] = field(repr=False, default_factory=list)
     edges: list[LayerCost] = field(repr=False, default_factory=list)
@@ -106,9 +107,19 @@ class PeakTerms:
                          2 * max(c.ep_bytes for c in costs))
 
 
-def in_flight(s: Strategy, stage: int, training: bool) -> int:
-    """Micro-batches whose activations a stage holds at once under 1F1B [pipeline-memory]."""
-    return min(s.pp - stage, s.num_micro_batches) if training else 1
+def in_flight(s: Strategy, stage: int, training: bool) -> float:
+    """Micro-batches whose activations a stage holds at once under 1F1B [pipeline-memory].
+
+    Interleaved (v chunks per stage): Megatron's warm-up runs 2 (p - k - 1) + (v - 1) p chunk
+    forwards before the first backward; with the one in flight each holds 1/v of the stage's
+    layers, so stage 0 holds p (1 + (p - 1) / (p v)) micro-batches' worth (Korthikanti
+    et al. 2022 sec. 4.2.3)."""
+    if not training:
+        return 1
+    p, v, m = s.pp, s.virtual_stages, s.num_micro_batches
+    if v == 1:
+        return min(p - stage, m)
+    return min(2 * (p - stage - 1) + (v - 1) * p + 1, m * v) / v
 
 
 def _stage_memory(p: Problem, s: Strategy, stage: int, layers: list[LayerCost],
@@ -176,7 +187,7 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
     Every field is a sum over `lc` plus terms that do not depend on it (affine), which is
     what lets `stages.StageInputs` turn it into prefix sums for the exact stage models.
     """
-    eff = p.calib.link_eff
+    eff = p.calib
     fwd = sum(c.fwd for c in lc) + sum(c.fwd for c in edges)
     bwd = sum(c.bwd for c in lc) + sum(c.bwd for c in edges) if p.training else 0.0
     # [p2p] activations forward, gradients backward, over the link between stages
@@ -185,10 +196,15 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
         a, bnext = k * s.stage_width, min(k + 1, s.pp - 1) * s.stage_width
         same = p.hw.node_of(a) == p.hw.node_of(bnext)
         link, name = (p.hw.intra, "intra") if same else (p.hw.inter, "inter")
-        if k < s.pp - 1:
-            p2p_f = comm.p2p(ctx.p2p_bytes, link, name, eff)
-        if k > 0 and p.training:
-            p2p_b = comm.p2p(ctx.p2p_bytes, link, name, eff)
+        # interleaved: every chunk boundary is a send (the last chunk of the last stage and
+        # the first chunk of the first stage have none)
+        v = s.virtual_stages
+        one = comm.p2p(ctx.p2p_bytes, link, name, eff)
+        if s.tp > 1 and not s.sequence_parallel:  # [p2p] scatter-gather: each TP rank sends
+            one += comm.all_gather(ctx.p2p_bytes * s.tp, ctx.groups["tp"], eff)  # 1/t, gathers
+        p2p_f = one * (v if k < s.pp - 1 else v - 1)
+        if p.training:
+            p2p_b = one * (v if k > 0 else v - 1)
     mem = _stage_memory(p, s, k, lc, edges, ctx.seqs, ctx.peak)
     dp_sync = opt = exposed = last_bwd = 0.0
     if p.training:
@@ -209,6 +225,8 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
             gather = comm.all_gather(p.model.dtype_bytes * dense, ctx.groups["dp"], eff)
             fwd += gather
             bwd += gather
+        if not s.overlap_grad_reduce:  # reduced after the last backward, nothing hidden
+            last_bwd = 0.0
         exposed = max(0.0, dp_sync - last_bwd)  # [dp-overlap] buckets reduce during backward
         shard = s.dp if s.zero >= 1 else 1
         eshard = s.edp if s.zero >= 1 else 1
@@ -218,11 +236,18 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
                      opt, mem, in_flight(s, k, p.training), last_bwd, lc, edges)
 
 
-def compose(stages: list[StageCost], m: int) -> tuple[float, float]:
-    """[1f1b] step = sum over stages of one micro-batch + (m - 1) x the slowest stage, plus
-    the exposed gradient sync and the optimizer step of the slowest stage; and the bubble."""
+def pipeline_time(sum_busy: float, max_busy: float, m: int, v: int = 1) -> float:
+    """[1f1b] sum over stages of one micro-batch + (m - 1) x the slowest stage; interleaving
+    over v chunks shrinks the fill and drain by v: sum / v + (m - 1/v) x the slowest.
+    Increasing in both busy figures, so bounds on them bound the pipeline."""
+    return sum_busy / v + (m - 1 / v) * max_busy
+
+
+def compose(stages: list[StageCost], m: int, v: int = 1) -> tuple[float, float]:
+    """Step = pipeline + the largest exposed gradient sync + the largest optimizer step; and
+    the bubble (the pipeline beyond m x the slowest stage)."""
     busy = [st.busy for st in stages]
-    pipeline = sum(busy) + (m - 1) * max(busy)
+    pipeline = pipeline_time(sum(busy), max(busy), m, v)
     bubble = pipeline - m * max(busy)
     step = pipeline + max(st.dp_exposed for st in stages) + max(st.optimizer for st in stages)
     return step, bubble
@@ -236,15 +261,23 @@ def evaluate(p: Problem, s: Strategy, bounds: list[int], moe: list[MoEState],
     ctx = Context.of(p, s, costs)
     stages = [stage_cost(p, s, k, costs[bounds[k]:bounds[k + 1]], ctx.edges(s, k), ctx,
                          bounds[k], bounds[k + 1]) for k in range(s.pp)]
-    step, bubble = compose(stages, s.num_micro_batches)
+    step, bubble = compose(stages, s.num_micro_batches, s.virtual_stages)
     return Evaluation(s, stages, step, bubble, p.hw.gpu.memory_bytes)
 
 
 def adam_traffic(p: Problem) -> float:
-    """[optimizer] bytes the Adam step moves per local parameter: read the gradient, read and
-    write master weights and both moments, write the bf16 weights."""
-    w = p.workload
-    return w.grad_bytes + 2 * w.optimizer_bytes + p.model.dtype_bytes
+    """[optimizer] bytes the optimizer step moves per local parameter, pass by pass (Megatron's
+    mixed-precision optimizer): 16-bit gradients are first copied into fp32 main gradients;
+    the clipping norm reads them; Adam reads them and reads and writes the master weights and
+    both moments; the master weights are copied back into the model's weights. fp16 adds the
+    loss-scale pass (unscale the main gradients in place, checking for inf / NaN)."""
+    w, b = p.workload, p.model.dtype_bytes
+    master = 0 if w.master_dtype == "none" else DTYPE_BYTES[w.master_dtype]
+    main = max(w.grad_bytes, master)
+    cast = w.grad_bytes + main if main != w.grad_bytes else 0
+    unscale = 2 * main if p.model.dtype == "fp16" else 0
+    copy_back = master + b if master else 2 * b  # no master: Adam updates the weights in place
+    return cast + unscale + main + main + 2 * w.optimizer_bytes + copy_back
 
 
 def _grad_sync(params: float, grad_bytes: int, param_bytes: int, g: comm.GroupLink,

@@ -45,6 +45,16 @@ def placements_for(p: Problem, s: Strategy, cache: dict, seed: int = 0,
 
 
 def moe_states(p: Problem, s: Strategy, cache: dict, opts) -> list[MoEState]:
+    """MoE state of every layer (dense layers get the neutral state); cached with the
+    placements, since it depends on nothing else."""
+    m = p.model
+    key = ("states", s.ep, ep_geometry(p, s), slots_per_gpu(p, s) if m.is_moe else 0)
+    if key not in cache:
+        cache[key] = _moe_states(p, s, cache, opts)
+    return cache[key]
+
+
+def _moe_states(p: Problem, s: Strategy, cache: dict, opts) -> list[MoEState]:
     m = p.model
     plain = MoEState(1.0, m.experts, None)
     placed = placements_for(p, s, cache, opts.seed, opts.workers,

@@ -95,10 +95,18 @@ def _assignments(experts: int, ranks: int):
         yield out
 
 
-def exhaustive(p: Problem, opts: SearchOptions | None = None) -> OracleResult:
+def exhaustive(p: Problem, opts: SearchOptions | None = None,
+               budget_s: float = math.inf) -> OracleResult:
+    """Brute force; raises TimeoutError past `budget_s` seconds (benchmarks use a budget)."""
+    import time
+
     opts = opts or SearchOptions()
     best = OracleResult(None, None, math.inf, 0)
+    t0 = time.perf_counter()
     for s in enumerate_strategies(p, opts):
+        if time.perf_counter() - t0 > budget_s:
+            raise TimeoutError(f"exhaustive enumeration over {budget_s:g} s after "
+                               f"{best.evaluated} layouts")
         moe_state = best_uniform_moe(p, s)
         moe = [moe_state if p.model.is_moe_layer(i) else MoEState()
                for i in range(p.model.layers)]

@@ -11,16 +11,18 @@ w_e * (p_n / c_en + U_e / R_e), with p_n = s_n / G, c_en the replicas of e on n,
 them and U_e the origin share of the nodes without one; U_e * w_e tokens cross nodes.
 
 CP-SAT model (no free split, so its objective IS the routing-rule load): replica counts are fixed
-by water-filling, and an expert's replicas sit on d nodes of equal size with R_e / d replicas on
-each. Under the routing rule every replica then carries exactly w_e / R_e. Phase 1 minimises the
-most loaded GPU; phase 2 keeps that and maximises the node spread of the replicas (and puts
-co-activated experts on common nodes). Large groups go hierarchical: nodes (or 8-GPU blocks)
-first, then GPUs inside each. The greedy baseline is the hint, the upper bound and the fallback.
+by water-filling (all spare slots, or a quarter of the GPUs' spare slots fewer when that packs
+better), and an expert's replicas sit on d nodes of equal size with R_e / d replicas on each.
+Under the routing rule every replica then carries exactly w_e / R_e. Phase 1 minimises the most
+loaded GPU; phase 2 keeps that and maximises the node spread of the replicas (and puts
+co-activated experts on common nodes). Large groups go hierarchical: node (or 8-GPU block)
+counts, then GPUs inside each, then pairwise exchanges and CP-SAT windows across nodes. A
+node-aware LPT (or the greedy baseline) polished by exchanges is the hint, the upper bound and
+the fallback; the result is never worse than it, nor than greedy (else greedy is returned).
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import heapq
 import math
@@ -39,7 +41,7 @@ FLAT_MAX_BOOLS = 6000  # above this the model goes hierarchical (cpsat.md: keep 
 LNS_WINDOW = 4  # GPUs re-solved together when repairing a hierarchical placement
 WINDOW_TIME_S = 0.01  # per LNS window: an improving swap is found fast, proofs are not needed
 BLOCK_GPUS = 8  # block size when one big node is split for the hierarchical model
-UNITS_PER_GPU = 20000  # integer resolution: the mean GPU load is this many units
+UNITS_PER_GPU = 1_000_000  # integer resolution: the mean GPU load is this many units
 MAX_COACT_PAIRS = 256  # co-activated pairs the phase-2 model looks at (the heaviest)
 
 
@@ -121,8 +123,8 @@ class Placement:
     coactivation_together: float | None = None  # co-activated token share on a common node
 
     @property
-    def logcnt(self) -> tuple[int, ...]:
-        """Replicas per logical expert."""
+    def replicas(self) -> tuple[int, ...]:
+        """GPUs holding each logical expert."""
         cnt = [0] * self.num_experts
         for experts in self.gpu_experts:
             for e in experts:
@@ -131,12 +133,25 @@ class Placement:
 
     @property
     def phy2log(self) -> tuple[int, ...]:
-        """Physical slot g * slots_per_gpu + j -> logical expert (-1 for an empty slot)."""
+        """Physical slot g * slots_per_gpu + j -> logical expert, every slot filled.
+
+        Engines expect a full table. A free slot repeats a single-copy expert already on that
+        GPU: all its tokens come to this GPU anyway, so the routed loads do not change.
+        Only a GPU with no single-copy expert keeps -1 (empty) in a free slot.
+        """
+        reps = self.replicas
         out = []
         for experts in self.gpu_experts:
+            solo = [e for e in experts if reps[e] == 1]
+            free = self.slots_per_gpu - len(experts)
             out.extend(experts)
-            out.extend([-1] * (self.slots_per_gpu - len(experts)))
+            out.extend(solo[i % len(solo)] if solo else -1 for i in range(free))
         return tuple(out)
+
+    @property
+    def logcnt(self) -> tuple[int, ...]:
+        """Physical slots per logical expert (matches phy2log and log2phy)."""
+        return tuple(len(s) for s in self.log2phy)
 
     @property
     def log2phy(self) -> tuple[tuple[int, ...], ...]:
@@ -210,6 +225,10 @@ def lower_bound(problem: PlacementProblem) -> float:
     budget = problem.num_gpus * problem.slot_cap - len(w)
     counts = _water_fill(w, budget, lambda r: r <= problem.num_gpus)
     item = max(x / r for x, r in zip(w, counts, strict=True))
+    if budget == 0:  # every slot holds one distinct expert: the hottest has cap - 1 neighbours
+        rest = sorted(w)
+        rest.remove(max(w))
+        item = max(w) + sum(rest[: problem.slot_cap - 1])
     return max(sum(w) / problem.num_gpus, item)
 
 
@@ -489,13 +508,60 @@ def _pattern_ok(core: _Core, assign: list[list[int]]) -> bool:
     return True
 
 
-def _solve_core(core: _Core, limit: float, seed: int, workers: int, deterministic: bool) -> _Solved:
-    """Flat model when small, else hierarchical; always returns a feasible assignment."""
-    hint = _lpt(core)
+def _solve_core(
+    core: _Core,
+    limit: float,
+    seed: int,
+    workers: int,
+    deterministic: bool,
+    hint: list[list[int]] | None = None,
+) -> _Solved:
+    """Flat model when small, else hierarchical; always returns a feasible assignment that is
+    no worse than the hint (LPT when none is given)."""
+    if hint is None:
+        hint = _lpt(core)
     n_bools = sum(1 for r in core.counts if r) * len(core.node_of)
     if n_bools > FLAT_MAX_BOOLS and len(core.node_of) > BLOCK_GPUS:
-        return _solve_hier(core, hint, limit, seed, workers, deterministic)
-    return _solve_flat(core, hint, limit, seed, workers, deterministic)
+        solved = _solve_hier(core, hint, limit, seed, workers, deterministic)
+    else:
+        solved = _solve_flat(core, hint, limit, seed, workers, deterministic)
+    if hint is not None and _peak(core, hint) < _peak(core, solved.assign):
+        return _Solved(hint, solved.status + "->start", solved.bound_units)
+    return solved
+
+
+def _peak(core: _Core, assign: list[list[int]]) -> int:
+    return max(sum(core.a[e] for e in ex) for ex in assign)
+
+
+def _start(
+    problem: PlacementProblem, base: list[list[int]]
+) -> tuple[_Core, list[list[int]] | None, float]:
+    """Pick the replica budget: all spare slots, or a quarter of the GPUs' spare slots fewer.
+
+    With every slot used, each GPU must hold exactly `cap` items, which can leave no good
+    packing (many replicas just under half a GPU); a little slack often packs far better.
+    Each candidate is scored by LPT plus pairwise polish (milliseconds); ties keep more replicas.
+    The greedy baseline `base` is a candidate too when it fits the model (same counts, spans).
+    """
+    full = problem.num_gpus * problem.slot_cap - problem.num_experts
+    budgets = [full]
+    if problem.spare_slots is not None and full > 0:
+        budgets.append(max(0, full - -(-problem.num_gpus // 4)))
+    best = None
+    for budget in budgets:
+        core, scale = _make_core(problem, budget)
+        for hint in (_lpt(core), [list(ex) for ex in base]):
+            if hint is None or not _pattern_ok(core, hint):
+                continue
+            _swap_descent(core, hint, list(core.node_of))
+            score = _peak(core, hint)
+            if best is None or score < best[0]:
+                best = (score, core, hint, scale)
+    if best is None:
+        core, scale = _make_core(problem, full)
+        return core, None, scale
+    return best[1], best[2], best[3]
 
 
 def _solve_flat(core, hint, limit, seed, workers, deterministic) -> _Solved:
@@ -567,7 +633,7 @@ def _solve_flat(core, hint, limit, seed, workers, deterministic) -> _Solved:
         m.add_hint(t, t_star)
         m.maximize(sum(terms))
         solver2 = cp_model.CpSolver()
-        rest = limit - (time.perf_counter() - t0)
+        rest = 0.4 * limit if deterministic else limit - (time.perf_counter() - t0)
         _params(solver2, max(rest, 0.1 * limit), seed, workers, deterministic)
         st2 = solver2.solve(m)
         if st2 in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -756,13 +822,16 @@ def _solve_hier(core, hint, limit, seed, workers, deterministic) -> _Solved:
             core.cap,
             False,
         )
-        rest = 0.4 * limit - (time.perf_counter() - t0)
-        solved = _solve_core(sub, rest / (n_groups - n), seed, workers, deterministic)
+        if deterministic:  # fixed shares, so the result does not depend on machine speed
+            share = 0.2 * limit / n_groups
+        else:
+            share = (0.4 * limit - (time.perf_counter() - t0)) / (n_groups - n)
+        solved = _solve_core(sub, share, seed, workers, deterministic)
         statuses.append(solved.status)
         for k, g in enumerate(gpus):
             out[g] = [members[i] for i in solved.assign[k]]
     worst = "OPTIMAL" if all(s.startswith("OPTIMAL") for s in statuses) else "FEASIBLE"
-    rest = limit - (time.perf_counter() - t0)
+    rest = 0.4 * limit if deterministic else limit - (time.perf_counter() - t0)
     out, moves = _lns(core, out, group_of, rest, seed, deterministic)
     return _Solved(out, f"{status},L2={worst},LNS={moves}", float(lb_t))
 
@@ -812,36 +881,54 @@ def _lns(
 
 def _swap_descent(core: _Core, assign: list[list[int]], group_of: list[int]) -> None:
     """Cheap polish before the CP-SAT windows: exchange up to two items each way between the
-    hottest GPU and another while that lowers the pair's max (same pinning as _window)."""
+    hottest GPU and another while that lowers the pair's max (same pinning as _window).
+    Vectorised over all partner subsets; the best few candidates are checked for validity."""
     a = core.a
-    load = [sum(a[e] for e in ex) for ex in assign]
-    for _ in range(20 * len(assign)):
-        h = max(range(len(assign)), key=lambda g: (load[g], -g))
-        hs = _subsets(assign[h], a)
-        sums = [t[0] for t in hs]
-        best: tuple[int, tuple | None] = (load[h], None)
-        for g in range(len(assign)):
-            gap = load[h] - load[g]
-            if g == h or gap <= 1:
-                continue
-            for sg, jg in _subsets(assign[g], a):
-                k = bisect.bisect_left(sums, sg + gap / 2)
-                for sh, jh in hs[max(0, k - 3) : k + 3]:
-                    delta = sh - sg
-                    if not 0 < delta < gap:
-                        continue
-                    hi = max(load[h] - delta, load[g] + delta)
-                    if hi < best[0] and _exchange_ok(core, assign, group_of, h, g, jh, jg):
-                        best = (hi, (g, jh, jg))
-        if best[1] is None:
+    n_gpu = len(assign)
+    load = np.array([sum(a[e] for e in ex) for ex in assign], dtype=np.int64)
+    subs: list[tuple[np.ndarray, list[tuple[int, ...]]] | None] = [None] * n_gpu
+
+    def subsets(g: int) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+        if subs[g] is None:
+            pairs = _subsets(assign[g], a)
+            subs[g] = (np.array([t[0] for t in pairs], dtype=np.int64), [t[1] for t in pairs])
+        return subs[g]
+
+    for _ in range(20 * n_gpu):
+        h = int(np.argmax(load))
+        hs, hidx = subsets(h)
+        parts = [g for g in range(n_gpu) if g != h and load[h] - load[g] > 1]
+        if not parts:
             return
-        g, jh, jg = best[1]
-        give = [assign[h][i] for i in jh]
-        take = [assign[g][j] for j in jg]
-        assign[h] = [e for i, e in enumerate(assign[h]) if i not in jh] + take
-        assign[g] = [e for j, e in enumerate(assign[g]) if j not in jg] + give
-        load[h] = sum(a[e] for e in assign[h])
-        load[g] = sum(a[e] for e in assign[g])
+        sg = np.concatenate([subsets(g)[0] for g in parts])
+        gid = np.concatenate([np.full(len(subsets(g)[0]), g) for g in parts])
+        pos = np.concatenate([np.arange(len(subsets(g)[0])) for g in parts])
+        gap = load[h] - load[gid]
+        k = np.searchsorted(hs, sg + gap / 2)
+        cand = np.clip(k[:, None] + np.arange(-3, 3)[None, :], 0, len(hs) - 1)
+        delta = hs[cand] - sg[:, None]
+        hi = np.maximum(load[h] - delta, load[gid][:, None] + delta)
+        hi = np.where((delta > 0) & (delta < gap[:, None]), hi, np.iinfo(np.int64).max)
+        flat = np.argsort(hi, axis=None, kind="stable")
+        done = False
+        for f in flat[:64]:
+            row, col = divmod(int(f), cand.shape[1])
+            if hi[row, col] >= load[h]:
+                break
+            g = int(gid[row])
+            jh, jg = hidx[int(cand[row, col])], subsets(g)[1][int(pos[row])]
+            if _exchange_ok(core, assign, group_of, h, g, jh, jg):
+                give = [assign[h][i] for i in jh]
+                take = [assign[g][j] for j in jg]
+                assign[h] = [e for i, e in enumerate(assign[h]) if i not in jh] + take
+                assign[g] = [e for j, e in enumerate(assign[g]) if j not in jg] + give
+                for x in (h, g):
+                    load[x] = sum(a[e] for e in assign[x])
+                    subs[x] = None
+                done = True
+                break
+        if not done:
+            return
 
 
 def _subsets(experts: list[int], a: list[int]) -> list[tuple[int, tuple[int, ...]]]:
@@ -992,27 +1079,27 @@ def place_experts(
     if method == "node_local":
         return _finish(problem, node_local(problem), method, "HEURISTIC", lb, t0)
     base = greedy(problem)
-    core, scale = _make_core(problem)
+    core, start, scale = _start(problem, base)
     try:
-        solved = _solve_core(core, time_limit_s, seed, workers, deterministic)
+        solved = _solve_core(core, time_limit_s, seed, workers, deterministic, start)
     except RuntimeError as exc:
         return _finish(problem, base, "greedy", "FALLBACK", lb, t0, model_status=str(exc))
     bound = solved.bound_units / scale if scale else 0.0
     res = _finish(problem, solved.assign, "cpsat", "", lb, t0, solved.status, bound)
-    ref = _finish(problem, base, "greedy", "FALLBACK", lb, t0, solved.status, bound)
-    if ref.objective < res.objective * (1 - 1e-9):
-        return ref
+    if float(route_loads(problem, base)[0].max()) < res.objective * (1 - 1e-12):
+        ref = _finish(problem, base, "greedy", "", lb, t0, solved.status + ";greedy kept", bound)
+        return ref if ref.status == "OPTIMAL" else dataclasses.replace(ref, status="FALLBACK")
     return res
 
 
-def _make_core(problem: PlacementProblem) -> tuple[_Core, float]:
+def _make_core(problem: PlacementProblem, budget: int) -> tuple[_Core, float]:
+    """Integer instance: water-filled replica counts within `budget` spare slots."""
     w, g_total = problem.loads, problem.num_gpus
     total = sum(w)
     scale = UNITS_PER_GPU * g_total / total if total > 0 else 0.0
     sizes = list(problem.node_sizes)
     aware = len(sizes) > 1
     probe = _Core([], [], [], sizes, problem.slot_cap, aware)
-    budget = g_total * problem.slot_cap - len(w)
 
     def realizable(r: int) -> bool:
         return r <= g_total and bool(probe.spans(r))

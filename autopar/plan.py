@@ -14,12 +14,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .components import embedding_components, head_components, layer_components, param_count
+from .components import (
+    EW_BWD,
+    embedding_components,
+    head_components,
+    layer_components,
+    param_count,
+)
 from .cost import Problem, kv_bytes_per_token_layer
-from .evaluate import Evaluation, Memory, StageCost
+from .evaluate import Evaluation, Memory, StageCost, pipeline_time
 from .placement import Placement
 from .search import SearchOptions, SearchResult
 from .shards import split, tp_shard
+from .spec import DTYPE_BYTES
 from .strategy import Strategy
 
 SCHEMA_VERSION = "1.0"
@@ -147,7 +154,7 @@ def _gpu_components(p: Problem, s: Strategy, ev: Evaluation, gpu: int,
     for first, last, is_moe in _runs(layers, kind):
         lc = ev.stages[s.stage_of(gpu)].layer_costs[first - st.first_layer]
         comps = layer_components(m, first, p.workload.context_len, p.workload.causal,
-                                 p.flash_attention)
+                                 p.flash_attention, p.workload.decoding)
         for comp, cc in zip(comps, lc.components, strict=True):
             if comp.is_expert:
                 continue
@@ -211,9 +218,10 @@ def _recompute_flops(s: Strategy, role: str, fwd: float) -> float:
     return 0.0
 
 
-def _memory(mem: Memory, capacity: float) -> dict[str, float]:
+def _memory(mem: Memory, capacity: float, p: Problem | None = None,
+            s: Strategy | None = None) -> dict[str, Any]:
     total = mem.total
-    return {
+    out = {
         "weights_bytes": mem.weights, "gradients_bytes": mem.gradients,
         "optimizer_bytes": mem.optimizer, "activations_bytes": mem.activations,
         "activations_no_recompute_bytes": mem.activations_no_recompute,
@@ -224,6 +232,23 @@ def _memory(mem: Memory, capacity: float) -> dict[str, float]:
         "utilization": total / capacity,
         "formula": "memory-training" if mem.kv_cache == 0 and mem.gradients else "memory",
     }
+    if p is not None and s is not None and p.training:
+        out["optimizer_states"] = optimizer_states(p, s, mem.optimizer)
+    return out
+
+
+def optimizer_states(p: Problem, s: Strategy, optimizer_bytes: float) -> dict[str, Any]:
+    """The optimizer bytes split into the fp32 master copy and Adam's two moments, with the
+    ZeRO stage that shards them (1+: states over DP, experts' over EDP)."""
+    w = p.workload
+    master = 0 if w.master_dtype == "none" else DTYPE_BYTES[w.master_dtype]
+    state = DTYPE_BYTES[w.state_dtype]
+    per = optimizer_bytes / w.optimizer_bytes if w.optimizer_bytes else 0.0
+    return {"master_bytes": per * master, "adam_m_bytes": per * state,
+            "adam_v_bytes": per * state, "zero_stage": s.zero,
+            "sharded_over": {"dense": s.dp if s.zero >= 1 else 1,
+                             "expert": s.edp if s.zero >= 1 else 1},
+            "bytes_per_param_unsharded": w.optimizer_bytes}
 
 
 # --------------------------------------------------------------------------- communication
@@ -252,12 +277,15 @@ def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, An
             calls = len(moe_costs) * m_mb * (2 + (2 if p.training else 0) + (2 if full else 0))
             out.append(_coll("all_to_all", "ep", groups["ep"], st.index, worst.ep_bytes, calls,
                              per_call, True, "ep-comm"))
+        v = s.virtual_stages  # interleaved: a send per chunk boundary
+        sends_f = v if st.index < s.pp - 1 else v - 1
+        sends_b = v if st.index > 0 else v - 1
         if st.p2p_fwd:
-            out.append(_coll("send_recv", "pp", None, st.index,
-                             _p2p_bytes(p, s), m_mb, st.p2p_fwd, True, "p2p", "forward"))
+            out.append(_coll("send_recv", "pp", None, st.index, _p2p_bytes(p, s),
+                             m_mb * sends_f, st.p2p_fwd / sends_f, True, "p2p", "forward"))
         if st.p2p_bwd:
-            out.append(_coll("send_recv", "pp", None, st.index,
-                             _p2p_bytes(p, s), m_mb, st.p2p_bwd, True, "p2p", "backward"))
+            out.append(_coll("send_recv", "pp", None, st.index, _p2p_bytes(p, s),
+                             m_mb * sends_b, st.p2p_bwd / sends_b, True, "p2p", "backward"))
         if p.training and st.dp_sync:
             dense = sum(c.params for c in st.layer_costs) + sum(c.params for c in st.edges)
             kind = "reduce_scatter+all_gather" if s.zero >= 1 else "all_reduce"
@@ -304,12 +332,15 @@ def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
         })
     slow = max(ev.stages, key=lambda x: x.busy)
     crit = per_stage[slow.index]
-    mb = s.num_micro_batches
-    pipeline = sum(x.busy for x in ev.stages) + (mb - 1) * slow.busy
-    return {
-        "schedule": "1f1b" if p.training else "forward-pipeline",
+    mb, v = s.num_micro_batches, s.virtual_stages
+    pipeline = pipeline_time(sum(x.busy for x in ev.stages), slow.busy, mb, v)
+    schedule = ("interleaved-1f1b" if v > 1 else "1f1b") if p.training else "forward-pipeline"
+    out = {
+        "schedule": schedule,
         "micro_batches": mb,
+        "virtual_stages": v,
         "critical_stage": slow.index,
+        # the phases of the critical stage over the step; they add up to step_time_s
         "forward_s": crit["forward_compute_s"] * mb,
         "backward_s": crit["backward_compute_s"] * mb,
         "recompute_s": crit["recompute_s"] * mb,
@@ -321,9 +352,36 @@ def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
         "dp_exposed_s": max(x.dp_exposed for x in ev.stages),
         "optimizer_s": max(x.optimizer for x in ev.stages),
         "step_time_s": ev.step_time,
+        # of forward/backward/recompute: the memory-bound kernels [elementwise]
+        "elementwise_s": _elementwise(p, s, slow) * mb,
         "formula": "1f1b" if p.training else "forward-pipeline",
         "per_stage": per_stage,
     }
+    out["dominant_term"] = dominant_term(out)
+    return out
+
+
+PHASES = ("forward_s", "backward_s", "recompute_s", "tp_comm_exposed_s", "ep_comm_exposed_s",
+          "pp_comm_exposed_s", "bubble_s", "dp_exposed_s", "optimizer_s")
+
+
+def dominant_term(timing: dict[str, Any]) -> str:
+    """The phase that takes the largest share of the step (what to attack first)."""
+    return max(PHASES, key=lambda k: timing.get(k, 0.0)).removesuffix("_s")
+
+
+def _elementwise(p: Problem, s: Strategy, st: StageCost) -> float:
+    """Per micro-batch: the memory-bound kernels' share of the stage's compute (forward,
+    EW_BWD x in the backward, again when recomputed)."""
+    total = 0.0
+    for lc in st.layer_costs + st.edges:
+        for c in lc.components:
+            total += c.ew_s
+            if p.training:
+                again = s.recompute == "full" and lc.recompute > 0 or (
+                    s.recompute == "selective" and c.role == "heads")
+                total += EW_BWD * c.ew_s + (c.ew_s if again else 0.0)
+    return total
 
 
 # --------------------------------------------------------------------------- build
@@ -343,7 +401,7 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
             "id": g, "node": hw.node_of(g), "type": hw.gpu.name, "stage": st.index,
             "ranks": s.coords(g),
             "layers": [st.first_layer, st.end_layer - 1],
-            "memory": _memory(mem, hw.gpu.memory_bytes),
+            "memory": _memory(mem, hw.gpu.memory_bytes, p, s),
             "components": comps, "experts": experts,
             "flops_per_step": flops,
             "busy_time_s": flops / hw.gpu.flops(m.dtype) if flops else 0.0,
@@ -376,6 +434,8 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
         / hw.gpu.memory_bytes,
         "formula": "metrics",
     }
+    timing = _timing(p, s, ev)
+    metrics["dominant_term"] = timing["dominant_term"]
     if not p.training:
         metrics["tokens_per_s_per_gpu"] = T_step / step / hw.num_gpus
         if w.phase == "prefill":
@@ -393,14 +453,14 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
                           "moe_layers": m.moe_layer_count,
                           "kv_cache_bytes_per_token_per_layer": kv_bytes_per_token_layer(m, 1)},
         "strategy": {**s.to_dict(), "num_gpus": hw.num_gpus, "stage_width": s.stage_width,
-                     "schedule": "1f1b" if p.training else "forward-pipeline",
+                     "schedule": timing["schedule"],
                      "samples_per_replica": -(-w.batch // s.dp),
                      "stage_layers": [[x.first_layer, x.end_layer - 1] for x in ev.stages]},
         "gpus": gpus,
         "experts": _expert_section(p, s, placed),
         "flops": _flops_section(p, gpus),
         "communication": _communication(p, s, ev),
-        "timing": _timing(p, s, ev),
+        "timing": timing,
         "metrics": metrics,
         "solver": _solver_section(result, opts),
         "formulas": formula_index(),
@@ -414,7 +474,8 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
 def _fwd_flops_per_token(p: Problem) -> float:
     from .components import model_flops_per_token
 
-    f = model_flops_per_token(p.model, p.workload.context_len, p.workload.causal)
+    f = model_flops_per_token(p.model, p.workload.context_len, p.workload.causal,
+                              p.workload.decoding)
     if not p.training and p.workload.phase == "prefill":
         head = sum(c.flops_per_token for c in head_components(p.model))
         f -= head * (1 - 1 / p.workload.input_len)  # logits for the last position only
@@ -508,19 +569,23 @@ def _solver_section(r: SearchResult, opts: SearchOptions) -> dict[str, Any]:
 def formula_index() -> dict[str, str]:
     """Names used in the plan's `formula` fields; each is written out in docs/cost-model.md."""
     return {
-        "roofline": "time = max(FLOPs / (peak x eff), bytes / (HBM BW x hbm_eff))",
+        "roofline": "time = max(FLOPs / (peak x eff), bytes / (HBM BW x hbm_eff)) + the "
+                    "memory-bound elementwise kernels at HBM speed; backward 2x GEMMs, "
+                    "1.5x elementwise",
         "tp-comm": "2 all-reduces (or RS+AG) of T*h*bytes per layer forward, 2 backward, "
                    "ring: 2(n-1)/n S/B + 2(n-1) alpha",
         "ep-comm": "dispatch + combine all-to-all of T/tp*top_k*h*bytes per GPU, "
                    "(n-1)/n S/B, busiest rank x imbalance",
-        "p2p": "S/B + alpha per micro-batch per stage boundary, S = T*h*bytes/tp",
+        "p2p": "S/B + alpha per micro-batch per chunk boundary (v per stage interleaved), "
+               "S = T*h*bytes/tp, + a TP all-gather without sequence parallelism",
         "dp-comm": "all-reduce of grads, or reduce-scatter grads + all-gather params (ZeRO>=1); "
-                   "exposed = max(0, sync - backward of the last micro-batch)",
+                   "exposed = max(0, sync - backward of the last micro-batch), all of it "
+                   "without overlap; rings across nodes run at members-per-node x NIC",
         "memory-training": "weights + grads + optimizer (ZeRO-sharded) + in-flight micro-batches"
                            " x activations (Korthikanti 2022) + workspace + reserved",
         "memory": "weights + KV cache + one layer's activations + workspace + reserved",
-        "1f1b": "sum over stages of one micro-batch + (m-1) x slowest stage + exposed DP sync"
-                " + optimizer step",
+        "1f1b": "sum over stages of one micro-batch / v + (m - 1/v) x slowest stage + exposed "
+                "DP sync + optimizer step (v: interleaved chunks per stage)",
         "forward-pipeline": "sum over stages + (m-1) x slowest stage",
         "flops": "per GPU: sum over its components of tokens x FLOPs/token x (3 training, "
                  "+1 forward with full recompute)",

@@ -146,6 +146,8 @@ class GPUSpec:
     peak_flops: dict[str, float]  # dtype -> FLOP/s, dense
     hbm_bytes_per_s: float
     sources: tuple[str, ...] = ()
+    gemm_eff: float | None = None  # measured large-GEMM fraction of the 16-bit peak (catalogue)
+    nvlink_eff: float | None = None  # measured NVLink all-reduce bus bandwidth / line rate
 
     def flops(self, dtype: str) -> float:
         if dtype in self.peak_flops:
@@ -223,6 +225,9 @@ def _read_gpu(f: Fields) -> tuple[GPUSpec, float | None]:
         peak_flops={k: v * 1e12 for k, v in tflops.items()},
         hbm_bytes_per_s=hbm * 1e12,
         sources=tuple(base.get("sources", ())),
+        gemm_eff=base["gemm_tflops"] / base["tflops"]["bf16"] if "gemm_tflops" in base else None,
+        nvlink_eff=base["allreduce_busbw_gbps"] / nvlink
+        if "allreduce_busbw_gbps" in base and nvlink else None,
     )
     return gpu, nvlink
 
@@ -268,15 +273,18 @@ class Workload:
     kind: str  # "training" | "inference"
     batch: int  # global batch (training) or concurrent sequences (inference)
     seq_len: int = 0  # training sequence length
-    phase: str = "prefill"  # inference only: "prefill" | "decode"
+    phase: str = "prefill"  # inference only: "prefill" | "decode" | "both" (whole requests)
     input_len: int = 0
     output_len: int = 0
+    ttft_ms: float | None = None  # serving latency targets (inference); None: no limit
+    tpot_ms: float | None = None
     expert_load: str = "uniform"
     spare_slots: int | None = None
     causal: bool = True
     grad_dtype: str = "fp32"  # main gradients (Megatron keeps fp32 for bf16 training)
     master_dtype: str = "fp32"  # optimizer's master copy of the weights ("none": no copy)
     state_dtype: str = "fp32"  # Adam m and v
+    precision: str | None = None  # GEMM compute precision ("fp8": fp8 tensor cores); None: dtype
 
     @property
     def grad_bytes(self) -> int:
@@ -304,6 +312,11 @@ class Workload:
         return self.input_len + self.output_len / 2
 
     @property
+    def decoding(self) -> bool:
+        """A decode step: one new token per sequence over its cached context."""
+        return self.kind == "inference" and self.phase == "decode"
+
+    @property
     def kv_len(self) -> int:
         """Tokens whose KV cache each sequence must hold (inference)."""
         return self.input_len + self.output_len
@@ -314,6 +327,7 @@ def _read_workload_fields(f: Fields) -> Workload:
     load = f.str("expert_load", default="uniform")
     spare = f.int("spare_slots", 0, 1024, default=None)
     causal = f.bool("causal", default=True)
+    precision = f.str("precision", ("bf16", "fp16", "fp8"), default=None)
     if kind == "training":
         opt = {}
         if f.has("optimizer"):
@@ -335,18 +349,26 @@ def _read_workload_fields(f: Fields) -> Workload:
             expert_load=load,
             spare_slots=spare,
             causal=causal,
+            precision=precision,
             **opt,
         )
     else:
+        ttft = f.float("ttft_ms", 1e-3, 1e9, default=None)
+        tpot = f.float("tpot_ms", 1e-3, 1e9, default=None)
+        targeted = ttft is not None or tpot is not None
         w = Workload(
             kind,
-            batch=f.int("batch", 1, 10_000_000),
-            phase=f.str("phase", ("prefill", "decode")),
+            # with a latency target the concurrency is searched, so the batch may be left out
+            batch=f.int("batch", 1, 10_000_000, default=1 if targeted else MISSING),
+            phase=f.str("phase", ("prefill", "decode", "both")),
             input_len=f.int("input_len", 1, 10_000_000),
             output_len=f.int("output_len", 0, 10_000_000, default=0),
+            ttft_ms=ttft,
+            tpot_ms=tpot,
             expert_load=load,
             spare_slots=spare,
             causal=causal,
+            precision=precision,
         )
     f.finish()
     return w

@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 from ortools.sat.python import cp_model
 
 from .cost import LayerCost, Problem
-from .evaluate import Context, Evaluation, stage_cost
+from .evaluate import Context, Evaluation, in_flight, pipeline_time, stage_cost
 from .strategy import Strategy
 
 TIME_STEPS = 10_000_000  # time resolution: the upper bound split into this many units
@@ -40,21 +41,25 @@ class StageInputs:
     c_dp: list[float]
     c_opt: list[float]
     c_mem: list[float]
+    virtual: int = 1  # interleaved chunks per stage (evaluate.pipeline_time)
 
     @staticmethod
     def build(p: Problem, s: Strategy, costs: list[LayerCost], ctx: Context) -> StageInputs:
-        empty = [stage_cost(p, s, k, [], [], ctx) for k in range(s.pp)]
+        """Per-layer pieces from single-layer stage costs minus empty-stage costs (the stage
+        cost is affine in its layers). Only distinct (layer cost, in-flight count) pairs are
+        costed: a model has a handful of distinct layers and a pipeline few in-flight counts."""
+        flights = [in_flight(s, k, p.training) for k in range(s.pp)]
+        first_of = {f: flights.index(f) for f in set(flights)}  # a stage with that count
+        empty = {f: stage_cost(p, s, k, [], [], ctx) for f, k in first_of.items()}
+        distinct = {id(c): c for c in costs}
+        one = {(i, f): stage_cost(p, s, k, [c], [], ctx)
+               for i, c in distinct.items() for f, k in first_of.items()}
         base = [stage_cost(p, s, k, [], ctx.edges(s, k), ctx) for k in range(s.pp)]
-        per_layer: dict[tuple[int, int], object] = {}
-
-        def one(k: int, c: LayerCost):
-            key = (id(c), in_flight_key(p, s, k))
-            if key not in per_layer:
-                per_layer[key] = stage_cost(p, s, k, [c], [], ctx)
-            return per_layer[key]
-
-        ref = [one(0, c) for c in costs]
-        e0 = empty[0]
+        f0 = flights[0]
+        e0 = empty[f0]
+        ref = [one[(id(c), f0)] for c in costs]
+        mem_of = {f: {i: one[(i, f)].memory.total - empty[f].memory.total for i in distinct}
+                  for f in first_of}
         return StageInputs(
             layers=len(costs), stages=s.pp, micro_batches=s.num_micro_batches,
             capacity=p.hw.gpu.memory_bytes,
@@ -62,13 +67,13 @@ class StageInputs:
             bwd=[r.overlap_window - e0.overlap_window for r in ref],
             dp=[r.dp_sync - e0.dp_sync for r in ref],
             opt=[r.optimizer - e0.optimizer for r in ref],
-            mem=[[one(k, c).memory.total - empty[k].memory.total for c in costs]
-                 for k in range(s.pp)],
+            mem=[[mem_of[f][id(c)] for c in costs] for f in flights],
             c_busy=[b.busy for b in base],
             c_bwd=[b.overlap_window for b in base],
             c_dp=[b.dp_sync for b in base],
             c_opt=[b.optimizer for b in base],
             c_mem=[b.memory.total for b in base],
+            virtual=s.virtual_stages,
         )
 
     def lower_bound(self, bottleneck: float) -> float:
@@ -78,49 +83,44 @@ class StageInputs:
         total_busy = sum(self.busy) + sum(self.c_busy)
         exposed = (sum(self.dp) + sum(self.c_dp) - sum(self.bwd) - sum(self.c_bwd)) / P
         opt = (sum(self.opt) + sum(self.c_opt)) / P
-        return total_busy + (self.micro_batches - 1) * bottleneck + max(0.0, exposed) + opt
-
-
-def in_flight_key(p: Problem, s: Strategy, k: int) -> int:
-    from .evaluate import in_flight
-
-    return in_flight(s, k, p.training)
+        return (pipeline_time(total_busy, bottleneck, self.micro_batches, self.virtual)
+                + max(0.0, exposed) + opt)
 
 
 def dp_partition(x: StageInputs) -> tuple[list[int] | None, float]:
     """Exact min-max cut into contiguous stages of >= 1 layer under each stage's memory.
 
-    best[k][j]: the smallest slowest-stage time for layers [0, j) on stages 0..k-1.
+    best[k][j]: the smallest slowest-stage time for layers [0, j) on stages 0..k-1; each
+    stage is one vectorized (i, j) table, so the DP costs P numpy steps of L x L.
     """
     L, P = x.layers, x.stages
     if P > L:
         return None, math.inf
-    pre_busy = _prefix(x.busy)
-    pre_mem = [_prefix(row) for row in x.mem]
-    inf = math.inf
-    best = [[inf] * (L + 1) for _ in range(P + 1)]
-    arg = [[-1] * (L + 1) for _ in range(P + 1)]
-    best[0][0] = 0.0
-    for k in range(1, P + 1):
-        st = k - 1
-        for j in range(k, L - (P - k) + 1):
-            for i in range(k - 1, j):
-                if best[k - 1][i] == inf:
-                    continue
-                mem = pre_mem[st][j] - pre_mem[st][i] + x.c_mem[st]
-                if mem > x.capacity:
-                    continue
-                t = max(best[k - 1][i], pre_busy[j] - pre_busy[i] + x.c_busy[st])
-                if t < best[k][j]:
-                    best[k][j], arg[k][j] = t, i
-    if best[P][L] == inf:
-        return None, inf
+    pre_busy = np.concatenate([[0.0], np.cumsum(x.busy)])
+    idx = np.arange(L + 1)
+    later = idx[:, None] < idx[None, :]  # i < j: the stage takes layers [i, j)
+    prev = np.full(L + 1, np.inf)
+    prev[0] = 0.0
+    args = []
+    for k in range(P):
+        pre_mem = np.concatenate([[0.0], np.cumsum(x.mem[k])])
+        fits = (pre_mem[None, :] - pre_mem[:, None] + x.c_mem[k] <= x.capacity) & later
+        span = pre_busy[None, :] - pre_busy[:, None] + x.c_busy[k]
+        table = np.where(fits, np.maximum(prev[:, None], span), np.inf)
+        arg = np.argmin(table, axis=0)
+        prev = table[arg, idx]
+        args.append(arg)
+    if not np.isfinite(prev[L]):
+        return None, math.inf
     bounds = [L]
     j = L
-    for k in range(P, 0, -1):
-        j = arg[k][j]
+    for k in range(P - 1, -1, -1):
+        j = int(args[k][j])
         bounds.append(j)
-    return bounds[::-1], best[P][L]
+    bounds = bounds[::-1]
+    if bounds[0] != 0:
+        return None, math.inf
+    return bounds, float(prev[L])
 
 
 def _prefix(v: list[float]) -> list[float]:
@@ -137,13 +137,15 @@ class StageSolution:
     objective_s: float
     bound_s: float
     wall_s: float
+    num_vars: int = 0
+    num_constraints: int = 0
 
 
 def solve_stages(x: StageInputs, hint: list[int], time_limit_s: float, seed: int,
                  workers: int, upper_s: float | None = None) -> StageSolution:
     """CP-SAT over the P-1 stage boundaries (boundaries + element on prefix sums, the
     formulation measured fastest in reference/cpsat.md), hinted with the DP cut."""
-    L, P, m = x.layers, x.stages, x.micro_batches
+    L, P, m, v = x.layers, x.stages, x.micro_batches, x.virtual
     hint_obj = _objective(x, hint)
     unit = max(hint_obj / TIME_STEPS, 1e-12)
 
@@ -186,7 +188,7 @@ def solve_stages(x: StageInputs, hint: list[int], time_limit_s: float, seed: int
         lo = elem(mem_t, c[k], f"m{k}a") if 0 < k < P else mem_t[0]
         hi = elem(mem_t, c[k + 1], f"m{k}b") if 0 < k + 1 < P else mem_t[L]
         model.add(hi - lo + math.ceil(x.c_mem[k] / KIB) <= cap)
-    model.minimize((m - 1) * T + E + opt)
+    model.minimize((v * m - 1) * T + v * (E + opt))  # v x (pipeline_time - sum / v)
     for k in range(1, P):
         model.add_hint(c[k], hint[k])
     solver = cp_model.CpSolver()
@@ -196,12 +198,14 @@ def solve_stages(x: StageInputs, hint: list[int], time_limit_s: float, seed: int
     prm.num_workers = max(1, workers)
     status = solver.solve(model)
     name = solver.status_name(status)
-    const = sum(x.busy) + sum(x.c_busy)
+    const = (sum(x.busy) + sum(x.c_busy)) / v
+    size = (len(model.proto.variables), len(model.proto.constraints))
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         bounds = [0] + [solver.value(c[k]) for k in range(1, P)] + [L]
         return StageSolution(bounds, name, _objective(x, bounds),
-                             const + solver.best_objective_bound * unit, solver.wall_time)
-    return StageSolution(None, name, math.inf, -math.inf, solver.wall_time)
+                             const + solver.best_objective_bound * unit / v, solver.wall_time,
+                             *size)
+    return StageSolution(None, name, math.inf, -math.inf, solver.wall_time, *size)
 
 
 def _objective(x: StageInputs, bounds: list[int]) -> float:
@@ -213,7 +217,7 @@ def _objective(x: StageInputs, bounds: list[int]) -> float:
         busy.append(sum(x.busy[a:b]) + x.c_busy[k])
         exposed.append(max(0.0, sum(x.dp[a:b]) + x.c_dp[k] - sum(x.bwd[a:b]) - x.c_bwd[k]))
         opt.append(sum(x.opt[a:b]) + x.c_opt[k])
-    return sum(busy) + (m - 1) * max(busy) + max(exposed) + max(opt)
+    return pipeline_time(sum(busy), max(busy), m, x.virtual) + max(exposed) + max(opt)
 
 
 __all__ = ["StageInputs", "dp_partition", "solve_stages", "Evaluation"]

@@ -28,6 +28,9 @@ class Strategy:
     recompute: str = "none"
     zero: int = 0
     sequence_parallel: bool = False
+    virtual_stages: int = 1  # interleaved 1F1B: model chunks per pipeline stage
+    overlap_grad_reduce: bool = True  # DP gradient reduction runs behind the backward
+    overlap_tp_comm: bool = False  # TP collectives hidden behind the GEMMs (TE userbuffers)
 
     def __post_init__(self) -> None:
         if min(self.tp, self.pp, self.dp, self.ep, self.etp, self.micro_batch,
@@ -48,6 +51,15 @@ class Strategy:
             raise StrategyError(f"zero stage {self.zero} is not 0, 1, 2 or 3")
         if self.sequence_parallel and self.tp == 1:
             raise StrategyError("sequence_parallel needs tp > 1")
+        if self.virtual_stages < 1:
+            raise StrategyError(f"virtual_stages must be >= 1, got {self.virtual_stages}")
+        if self.virtual_stages > 1 and (self.pp == 1 or self.num_micro_batches % self.pp):
+            raise StrategyError(
+                f"interleaving (virtual_stages={self.virtual_stages}) needs pp > 1 and "
+                f"micro-batches ({self.num_micro_batches}) a multiple of pp ({self.pp})")
+        if self.overlap_tp_comm and not self.sequence_parallel:
+            raise StrategyError("overlap_tp_comm needs sequence_parallel (the overlapped "
+                                "collectives are its all-gather and reduce-scatter)")
 
     @property
     def stage_width(self) -> int:
@@ -60,7 +72,10 @@ class Strategy:
     def describe(self) -> str:
         return (f"TP={self.tp} PP={self.pp} DP={self.dp} EP={self.ep} ETP={self.etp} "
                 f"mb={self.micro_batch}x{self.num_micro_batches} recompute={self.recompute} "
-                f"zero={self.zero} sp={int(self.sequence_parallel)}")
+                f"zero={self.zero} sp={int(self.sequence_parallel)}"
+                + (f" v={self.virtual_stages}" if self.virtual_stages > 1 else "")
+                + ("" if self.overlap_grad_reduce else " no-dp-overlap")
+                + (" tp-overlap" if self.overlap_tp_comm else ""))
 
     def to_dict(self) -> dict:
         d = asdict(self)

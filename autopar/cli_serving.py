@@ -1,0 +1,111 @@
+"""Serving commands: `autopar frontier` (the throughput/latency frontier as a table, JSON
+and PNG) and `autopar export` (a plan's vLLM / SGLang launch configuration)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from .api import make_problem
+from .calibration import parse_calibration
+from .cli import _guard, _workload_from_flags, main
+from .disagg import disagg_search
+from .errors import InputError
+from .export import ENGINES, export_text
+from .frontier import Targets, serving_search
+from .plan import read_plan, write_atomic
+from .search import SearchOptions
+from .serving import Evaluator
+from .serving_report import frontier_document, frontier_png, frontier_table
+from .spec import load_hardware, load_model, read_data
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--hw", "hw_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print the frontier JSON to stdout")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="write the frontier JSON here")
+@click.option("--png", type=click.Path(dir_okay=False), default=None,
+              help="plot the frontier to this PNG (needs the plot extra)")
+@click.option("--phase", type=click.Choice(["both", "decode", "prefill"]), default="both",
+              show_default=True)
+@click.option("--input-len", type=click.IntRange(1, 10_000_000), default=None)
+@click.option("--output-len", type=click.IntRange(0, 10_000_000), default=None)
+@click.option("--expert-load", default=None, help="uniform | zipf:S[:SEED] | FILE")
+@click.option("--ttft-ms", type=click.FloatRange(0.001, 1e9), default=None)
+@click.option("--tpot-ms", type=click.FloatRange(0.001, 1e9), default=None)
+@click.option("--disaggregate", is_flag=True, help="add the disaggregated frontier")
+@click.option("--decode-hw", type=click.Path(dir_okay=False), default=None)
+@click.option("--tp", type=click.IntRange(1, 100_000), default=None)
+@click.option("--pp", type=click.IntRange(1, 100_000), default=None)
+@click.option("--dp", type=click.IntRange(1, 100_000), default=None)
+@click.option("--ep", type=click.IntRange(1, 100_000), default=None)
+@click.option("--etp", type=click.IntRange(1, 100_000), default=None)
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None)
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True)
+def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_len,
+             expert_load, ttft_ms, tpot_ms, disaggregate, decode_hw, tp, pp, dp, ep, etp,
+             calibration, seed, workers) -> None:
+    """Tokens/s per GPU against tokens/s per user for every serving layout and load."""
+    def run():
+        mf = load_model(model_path)
+        base = mf.workload if mf.workload and mf.workload.kind == "inference" else None
+        wl = _workload_from_flags(base, "command line", "inference",
+                                  None if base else 1, None, phase, input_len,
+                                  output_len, expert_load, None)
+        wl = replace(wl, ttft_ms=wl.ttft_ms if ttft_ms is None else ttft_ms,
+                     tpot_ms=wl.tpot_ms if tpot_ms is None else tpot_ms)
+        calib = parse_calibration(read_data(calibration), calibration) if calibration else None
+        p = make_problem(replace(mf, workload=wl), hw_path, calibration=calib)
+        pins = {k: v for k, v in dict(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp).items()
+                if v is not None}
+        opts = SearchOptions(pins=pins, seed=seed, workers=workers)
+        targets = Targets(wl.ttft_ms, wl.tpot_ms)
+        res = serving_search(p, opts, targets, None, Evaluator(p, opts))
+        dis = None
+        if disaggregate or decode_hw:
+            if phase != "both":
+                raise InputError("command line", "--phase", "disaggregation needs phase both")
+            dhw = load_hardware(decode_hw) if decode_hw else None
+            dis = disagg_search(p, opts, targets, dhw)
+        return p, res, dis
+
+    p, res, dis = _guard(run)
+    doc = frontier_document(p, res, dis)
+    if out:
+        _guard(lambda: write_atomic(out, json.dumps(doc, indent=1)))
+    if png:
+        _guard(lambda: frontier_png(res, png, f"{p.model.name} on {p.hw.name}", dis))
+    if as_json:
+        click.echo(json.dumps(doc, indent=1))
+    else:
+        click.echo(frontier_table(res, dis))
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLAN.json", type=click.Path(dir_okay=False))
+@click.option("--to", "engine", required=True, type=click.Choice(list(ENGINES)))
+@click.option("--format", "fmt", type=click.Choice(["command", "yaml"]), default="command",
+              show_default=True, help="a command line, or a YAML file for the engine's --config")
+@click.option("--model-path", default=None,
+              help="model name or path for the engine (default: the plan's model name)")
+def export(plan_path, engine, fmt, model_path) -> None:
+    """Print the vLLM or SGLang launch configuration of a plan."""
+    plan = _guard(lambda: read_plan(plan_path))
+    text = _guard(lambda: _export(plan, engine, fmt, model_path, plan_path))
+    click.echo(text.rstrip("\n"))
+
+
+def _export(plan, engine, fmt, model_path, source) -> str:
+    try:
+        return export_text(plan, engine, fmt, model_path)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(str(Path(source)), "", f"not an autopar plan: missing {exc}") from None
+
+
+__all__ = ["frontier", "export"]

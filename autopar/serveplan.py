@@ -1,0 +1,174 @@
+"""Turn a serving search into a deployment plan: the usual plan body (GPUs, memory, timing,
+communication) for the chosen layout at the chosen concurrency, plus a `serving` section
+(TTFT, TPOT, throughput, max concurrency, the frontier, the disaggregated comparison) and a
+`launch` section for vLLM and SGLang.
+
+The body is built by `plan.build_plan` for one decode step (prefill for a prefill-only
+workload) with `batch` = the chosen concurrency, so `autopar check` can recompute it from
+`inputs` like any other plan; the request as given (phase, targets) is echoed in
+`serving.workload`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from .cost import Problem
+from .disagg import DisaggResult, disagg_search
+from .errors import InfeasibleError, InputError
+from .experts import placements_for
+from .export import launch_section
+from .frontier import ServingResult, Targets, serving_search
+from .plan import Plan, build_plan
+from .search import Candidate, SearchOptions, SearchResult
+from .serving import Evaluator, ServingPoint, phase_problem
+from .spec import HardwareSpec, Workload
+
+
+def wants_serving(w: Workload) -> bool:
+    """Whole requests (phase both) or a latency target make an inference workload a
+    serving search; a plain prefill or decode step keeps the step-time search."""
+    return w.kind == "inference" and (
+        w.phase == "both" or w.ttft_ms is not None or w.tpot_ms is not None)
+
+
+def serve(p: Problem, opts: SearchOptions, frontier: bool = False, disaggregate: bool = False,
+          decode_hw: HardwareSpec | None = None) -> Plan:
+    """Serving search and plan: the most tokens/s per GPU under the workload's TTFT / TPOT
+    targets, or without targets the lowest request latency at its concurrency (`batch`)."""
+    w = p.workload
+    if w.kind != "inference":
+        raise InputError("workload", "kind", "serving needs an inference workload")
+    if (disaggregate or decode_hw is not None) and w.phase != "both":
+        raise InputError("workload", "phase",
+                         "disaggregated serving needs phase both (whole requests)")
+    targets = Targets(w.ttft_ms, w.tpot_ms)
+    ev = Evaluator(p, opts)
+    given = None if targets.any else w.batch
+    res = serving_search(p, opts, targets, given, ev)
+    if frontier and given is not None:  # the frontier spans every load, not only this one
+        ladder = serving_search(p, opts, targets, None, ev)
+        res.frontier, res.points = ladder.frontier, res.points + ladder.points
+        res.search_time_s += ladder.search_time_s
+    if res.best is None:
+        raise InfeasibleError(*_why_not(p, res, targets, given))
+    dis = disagg_search(p, opts, targets, decode_hw) if (disaggregate or decode_hw) else None
+    return build_serving_plan(p, opts, res, ev, frontier, dis)
+
+
+def _why_not(p: Problem, res: ServingResult, targets: Targets,
+             given: int | None) -> tuple[str, str]:
+    if not res.points:
+        return (f"no layout of {p.model.name} on {p.hw.num_gpus} GPUs holds the weights and "
+                "the KV cache of one sequence", "more GPUs or GPUs with more memory")
+    if given is not None:
+        top = max(pt.max_concurrency for pt in res.points)
+        return (f"no layout holds {given} concurrent sequences of "
+                f"{p.workload.input_len + p.workload.output_len} tokens (at most {top})",
+                f"a batch of at most {top}, or more GPUs")
+    parts = []
+    if targets.ttft_ms is not None:
+        low = min(pt.ttft_s for pt in res.points if pt.ttft_s is not None) * 1e3
+        parts.append(f"lowest TTFT {low:.1f} ms (target {targets.ttft_ms:g})")
+    if targets.tpot_ms is not None:
+        low = min(pt.tpot_s for pt in res.points if pt.tpot_s is not None) * 1e3
+        parts.append(f"lowest TPOT {low:.2f} ms (target {targets.tpot_ms:g})")
+    return ("no layout meets the latency targets: " + ", ".join(parts),
+            "looser targets, or more / faster GPUs")
+
+
+def frontier_rows(points: list) -> list[dict[str, Any]]:
+    return [pt.to_dict() for pt in points]
+
+
+def serving_section(p: Problem, res: ServingResult, frontier: bool,
+                    disagg: DisaggResult | None) -> dict[str, Any]:
+    best = res.best
+    out: dict[str, Any] = {
+        "mode": "aggregated",
+        "workload": asdict(p.workload),
+        "objective": res.objective,
+        "targets": {"ttft_ms": res.targets.ttft_ms, "tpot_ms": res.targets.tpot_ms},
+        "point": best.to_dict(),
+        "max_concurrency": best.max_concurrency,
+        "search": {"layouts": res.layouts, "evaluations": res.evaluations,
+                   "points": len(res.points), "search_time_s": res.search_time_s,
+                   "method": "every layout x a doubling ladder of concurrencies up to what "
+                             "the KV cache holds; under targets, bisection to the largest "
+                             "concurrency that meets them"},
+        "formulas": ["serving-decode", "serving-aggregated", "serving-kv", "serving-little"],
+    }
+    if frontier:
+        out["frontier"] = frontier_rows(res.frontier)
+    if disagg is not None:
+        out["disaggregated"] = disagg_section(best, disagg)
+    return out
+
+
+def disagg_section(agg: ServingPoint | None, d: DisaggResult) -> dict[str, Any]:
+    """The best disaggregated deployment and which mode wins, by how much (tokens/s/GPU at
+    the same targets)."""
+    out: dict[str, Any] = {"best": d.best.to_dict() if d.best else None,
+                           "splits": d.splits, "search_time_s": d.search_time_s,
+                           "frontier": [x.to_dict() for x in d.frontier],
+                           "formulas": ["serving-disagg", "serving-kv-transfer"]}
+    a = agg.tokens_per_s_per_gpu if agg else 0.0
+    b = d.best.tokens_per_s_per_gpu if d.best else 0.0
+    if a == b == 0.0:
+        out["winner"], out["ratio"] = None, None
+    else:
+        out["winner"] = "disaggregated" if b > a else "aggregated"
+        out["ratio"] = max(a, b) / max(min(a, b), 1e-30)
+    return out
+
+
+def build_serving_plan(p: Problem, opts: SearchOptions, res: ServingResult, ev: Evaluator,
+                       frontier: bool = False, disagg: DisaggResult | None = None) -> Plan:
+    best = res.best
+    lay = best.layout
+    body_phase = "prefill" if p.workload.phase == "prefill" else "decode"
+    pc = ev.phase(lay, body_phase, best.per_replica, best.bounds)
+    s, e = pc.evaluation.strategy, pc.evaluation
+    body = phase_problem(p, body_phase, best.per_replica * lay.dp)
+    moe = ev.moe(lay, s)
+    cand = Candidate(s, moe, e.step_time, pc.bounds, e.step_time, "OPTIMAL", evaluation=e)
+    result = SearchResult(cand, "OPTIMAL", e.step_time, e.step_time, res.search_time_s,
+                          len(res.points), 0, 0, 0, ev._placements)
+    placed = placements_for(body, s, ev._placements, opts.seed, opts.workers)
+    plan = build_plan(body, opts, result, placed)
+    d = plan.data
+    d["serving"] = serving_section(p, res, frontier, disagg)
+    fullest = max(d["gpus"], key=lambda g: g["memory"]["total_bytes"])["memory"]
+    static = fullest["weights_bytes"] + fullest["kv_cache_bytes"]
+    d["launch"] = launch_section(lay.to_dict(), p.model.is_moe, best.per_replica,
+                                 best.memory_bytes, static, best.capacity_bytes,
+                                 p.workload.input_len + p.workload.output_len,
+                                 -(-p.hw.num_gpus // p.hw.gpus_per_node))
+    mt = d["metrics"]
+    mt.update({"tokens_per_s_per_gpu": best.tokens_per_s_per_gpu,
+               "tokens_per_s_per_user": best.tokens_per_s_per_user,
+               "request_latency_s": best.request_latency_s,
+               "requests_per_s": best.requests_per_s,
+               "concurrency": best.concurrency, "max_concurrency": best.max_concurrency})
+    for key in ("ttft_s", "tpot_s"):
+        v = getattr(best, key)
+        if v is None:
+            mt.pop(key, None)
+        else:
+            mt[key] = v
+    d["solver"].update({
+        "objective": best.tokens_per_s_per_gpu if "tokens" in res.objective
+        else best.request_latency_s,
+        "objective_name": "tokens_per_s_per_gpu" if "tokens" in res.objective
+        else "request_latency_s",
+        "best_bound": best.tokens_per_s_per_gpu if "tokens" in res.objective
+        else best.request_latency_s,
+        "gap": 0.0, "solve_time_s": res.search_time_s, "candidates": len(res.points),
+        "method": "serving: every layout, concurrency by doubling ladder and bisection; "
+                  "exact DP stage cut; CP-SAT expert placement",
+    })
+    return plan
+
+
+__all__ = ["build_serving_plan", "serving_section", "disagg_section", "frontier_rows"]

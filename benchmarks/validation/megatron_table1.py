@@ -1,0 +1,251 @@
+"""Predicted against published training throughput: Megatron-LM on Selene (A100-80GB).
+
+For each row of Narayanan et al. SC'21 Table 1 the published layout is pinned (TP, PP, DP,
+micro-batch, interleaving, full recompute, DDP overlap as launched by the paper's script) and
+evaluated with the package defaults; TFLOP/s per GPU are counted the paper's way (the
+recomputed forward included). Each row is then solved unpinned, to see whether autopar finds
+a layout at least as fast under its own model, and which term dominates its step. The
+full-recompute runs of Korthikanti et al. 2022 (Table 5) are evaluated the same way.
+
+    python benchmarks/validation/megatron_table1.py [--time-limit 20] [--out results/...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import yaml
+
+from autopar.cost import MoEState, Problem
+from autopar.evaluate import Evaluation, evaluate
+from autopar.plan import PHASES
+from autopar.search import SearchOptions, search
+from autopar.spec import HardwareSpec, ModelSpec, Workload, load_hardware
+from autopar.strategy import Strategy
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).with_name("megatron_runs.yaml")
+SEQ, VOCAB = 2048, 51200
+
+
+@dataclass
+class Row:
+    label: str
+    data: dict
+    ev: Evaluation
+    eval_s: float
+    flops: float
+
+    @property
+    def tflops(self) -> float:
+        return self.flops / self.ev.step_time / self.data["gpus"] / 1e12
+
+
+def gpt(r: dict) -> ModelSpec:
+    """The paper's GPT: learned positions, GeLU MLP of 4h, dropout, tied embeddings."""
+    h, a = r["hidden"], r["heads"]
+    return ModelSpec(name=f"gpt-{r.get('name', r.get('params_b'))}", layers=r["layers"],
+                     hidden=h, heads=a, kv_heads=a, head_dim=h // a, ffn_hidden=4 * h,
+                     gated_mlp=False, vocab=VOCAB, dtype="fp16", dropout=True,
+                     tie_embeddings=True)
+
+
+def selene(gpus: int) -> HardwareSpec:
+    hw = load_hardware(ROOT / "problems" / "hw" / "selene-a100.yaml")
+    return replace(hw, nodes=max(1, gpus // hw.gpus_per_node),
+                   gpus_per_node=min(hw.gpus_per_node, gpus))
+
+
+def problem(r: dict, fused_grad_accumulation: bool) -> Problem:
+    """fp16 weights and gradients, fp32 master and Adam states; no flash attention."""
+    wl = Workload("training", batch=r["global_batch"], seq_len=SEQ, grad_dtype="fp16")
+    return Problem(gpt(r), selene(r["gpus"]), wl, flash_attention=False,
+                   fused_grad_accumulation=fused_grad_accumulation)
+
+
+def published(r: dict) -> Strategy:
+    mb = r["micro_batch"]
+    return Strategy(r["gpus"], r["tp"], r["pp"], r["dp"], micro_batch=mb,
+                    num_micro_batches=r["global_batch"] // r["dp"] // mb, recompute="full",
+                    zero=0, sequence_parallel=False, virtual_stages=r["virtual_stages"],
+                    overlap_grad_reduce=r.get("ddp", "torch") == "torch")
+
+
+def paper_flops(r: dict) -> float:
+    """Narayanan et al. eq. (3): 96 B s L h^2 (1 + s / 6h + V / 16 L h), recompute counted."""
+    B, L, h = r["global_batch"], r["layers"], r["hidden"]
+    return 96 * B * SEQ * L * h * h * (1 + SEQ / (6 * h) + VOCAB / (16 * L * h))
+
+
+def even_cut(layers: int, pp: int) -> list[int]:
+    return [round(k * layers / pp) for k in range(pp + 1)]
+
+
+def run_pinned(r: dict, fused: bool) -> tuple[Problem, Row]:
+    p = problem(r, fused)
+    s = published(r)
+    t0 = time.perf_counter()
+    ev = evaluate(p, s, even_cut(r["layers"], r["pp"]), [MoEState()] * r["layers"])
+    return p, Row(str(r.get("name", r.get("params_b"))), r, ev, time.perf_counter() - t0,
+                  paper_flops(r))
+
+
+def timing_of(p: Problem, ev: Evaluation) -> dict:
+    from autopar.plan import _timing
+
+    return _timing(p, ev.strategy, ev)
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:+.1f}%"
+
+
+def table1(time_limit: float) -> tuple[list[str], list[float]]:
+    rows = yaml.safe_load(DATA.read_text())["table1"]
+    lines = [
+        "| params (B) | GPUs | TP | PP | DP | MBS | v | DDP | published TFLOP/s | predicted "
+        "TFLOP/s | error | dominant term | pinned memory (GB) | pinned solve (s) | "
+        "autopar unpinned | its step vs published | its dominant term |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    errors = []
+    for r in rows:
+        p, row = run_pinned(r, fused=False)
+        err = row.tflops / r["tflops_per_gpu"] - 1
+        errors.append(err)
+        tm = timing_of(p, row.ev)
+        s = published(r)
+        pins = {k: getattr(s, k) for k in ("tp", "pp", "dp", "micro_batch", "recompute",
+                                           "zero", "sequence_parallel", "virtual_stages",
+                                           "overlap_grad_reduce")}
+        t0 = time.perf_counter()
+        pinned = search(p, SearchOptions(pins=pins, time_limit_s=time_limit))
+        pin_s = time.perf_counter() - t0
+        free = search(p, SearchOptions(time_limit_s=time_limit))
+        if free.best is None:
+            found, vs, dom = "none fits", "", ""
+        else:
+            fs = free.best.strategy
+            found = (f"TP{fs.tp} PP{fs.pp} DP{fs.dp} mb{fs.micro_batch} v{fs.virtual_stages} "
+                     f"{fs.recompute} Z{fs.zero} SP{int(fs.sequence_parallel)} "
+                     f"({free.status})")
+            vs = f"{free.best.value / row.ev.step_time:.3f}x"
+            dom = timing_of(p, free.best.evaluation)["dominant_term"]
+        pin_note = f"{pin_s:.1f}" + ("" if pinned.best is not None else " (none)")
+        lines.append(
+            f"| {r['params_b']} | {r['gpus']} | {r['tp']} | {r['pp']} | {r['dp']} | "
+            f"{r['micro_batch']} | {r['virtual_stages']} | {r['ddp']} | {r['tflops_per_gpu']} | "
+            f"{row.tflops:.1f} | {pct(err)} | {tm['dominant_term']} | "
+            f"{row.ev.max_memory / 1e9:.1f}{'' if row.ev.feasible else ' (over)'} | "
+            f"{pin_note} | {found} | {vs} | {dom} |")
+    return lines, errors
+
+
+def korthikanti() -> tuple[list[str], list[float]]:
+    rows = yaml.safe_load(DATA.read_text())["korthikanti2022"]
+    lines = ["| model | GPUs | TP | PP | MBS x m | v | measured (s) | predicted (s) | error |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    errors = []
+    for r in rows:
+        _, row = run_pinned(r, fused=True)
+        err = r["iteration_s"] / row.ev.step_time - 1  # as a throughput error
+        errors.append(err)
+        m = r["global_batch"] // r["dp"] // r["micro_batch"]
+        lines.append(f"| {r['name']} | {r['gpus']} | {r['tp']} | {r['pp']} | "
+                     f"{r['micro_batch']} x {m} | {r['virtual_stages']} | {r['iteration_s']} | "
+                     f"{row.ev.step_time:.2f} | {pct(err)} |")
+    return lines, errors
+
+
+def breakdown() -> list[str]:
+    """Where the step goes for each Table 1 row under the published layout."""
+    rows = yaml.safe_load(DATA.read_text())["table1"]
+    head = "| params (B) | " + " | ".join(k.removesuffix("_s") for k in PHASES) + \
+        " | of which elementwise |"
+    lines = [head, "|" + "---|" * (len(PHASES) + 2)]
+    for r in rows:
+        p, row = run_pinned(r, fused=False)
+        tm = timing_of(p, row.ev)
+        step = tm["step_time_s"]
+        cells = " | ".join(f"{100 * tm[k] / step:.1f}%" for k in PHASES)
+        lines.append(f"| {r['params_b']} | {cells} | {100 * tm['elementwise_s'] / step:.1f}% |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--time-limit", type=float, default=20.0,
+                    help="seconds per search (pinned and unpinned)")
+    ap.add_argument("--out", default=str(ROOT / "results" / "validation-training.md"))
+    args = ap.parse_args()
+    t1, e1 = table1(args.time_limit)
+    t2, e2 = korthikanti()
+    mean1, max1 = sum(map(abs, e1)) / len(e1), max(map(abs, e1))
+    mean2, max2 = sum(map(abs, e2)) / len(e2), max(map(abs, e2))
+    signed1 = sum(e1) / len(e1)
+    text = "\n".join([
+        "# Training validation: Megatron-LM on Selene (A100-SXM4-80GB)",
+        "",
+        "Generated by `benchmarks/validation/megatron_table1.py` with the package defaults "
+        "(no per-row settings beyond the published layout). Inputs and sources: "
+        "`benchmarks/validation/megatron_runs.yaml`, `problems/hw/selene-a100.yaml`.",
+        "",
+        "## Narayanan et al. SC'21, Table 1",
+        "",
+        "TFLOP/s per GPU are counted as the paper counts them, recomputed forward included: "
+        "`96 B s L h^2 (1 + s/(6h) + V/(16 L h))` FLOPs per iteration over the predicted step "
+        "time. Each row's published layout is pinned: TP, PP, DP, micro-batch and interleaving "
+        "from the paper's launch script (`examples/sc21/run_table_1.sh`), full recompute, "
+        "fp16, no sequence parallelism, no distributed optimizer (ZeRO 0), unfused attention, "
+        "unfused gradient accumulation, and the DP all-reduce overlapped with the backward "
+        "only under `torch` DDP. The stage cut is Megatron's even split. Error = predicted / "
+        "published - 1.",
+        "",
+        *t1,
+        "",
+        f"**Mean absolute error {100 * mean1:.1f}%, max {100 * max1:.1f}%** "
+        f"(targets: 5%, 10%).",
+        "",
+        f"Reading: the errors are one-sided (mean signed {pct(signed1)}): the model is faster "
+        "than the 2021 runs, while it matches the 2022 runs of the same code base below "
+        "(mean 1-2%), from which its A100 GEMM figure comes. What it knows of the 2021 "
+        "software is what the table states (unfused attention, unfused gradient accumulation, "
+        "the DDP overlap); the rest of the year's kernel and library improvements are not "
+        "modeled, so a cluster running 2021 software should calibrate (`docs/calibration.md`).",
+        "",
+        "The unpinned columns are autopar's own search on the same problem (same model, "
+        "hardware and software assumptions), with its whole option space (ZeRO 1-3, "
+        "sequence parallelism, selective recompute, interleaving, DP overlap); "
+        "`its step vs published` < 1 means it found a faster layout under its own model. "
+        "`pinned solve` is the wall time of a search with every option pinned (the search "
+        "still cuts the stages).",
+        "",
+        "### Where the step goes (published layouts, share of the predicted step)",
+        "",
+        *breakdown(),
+        "",
+        "## Korthikanti et al. 2022, Table 5 (full recompute)",
+        "",
+        "Measured iteration times of the same code base a year later (gradient accumulation "
+        "assumed fused into the weight-gradient GEMM, Megatron's default by then), DP 1. "
+        "The A100 GEMM efficiency default is derived from the 22B row "
+        "(`benchmarks/validation/fit_a100_gemm.py`); the other rows and all of Table 1 "
+        "are held out. Error = measured / predicted - 1 (as a throughput "
+        "error).",
+        "",
+        *t2,
+        "",
+        f"Mean absolute error {100 * mean2:.1f}%, max {100 * max2:.1f}%.",
+        "",
+    ])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""Serving: KV cache, decode roofline, latency targets, the frontier, disaggregation, export."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from click.testing import CliRunner
+from conftest import PROBLEMS
+
+from autopar.api import make_problem, solve
+from autopar.cli import main
+from autopar.cost import Problem, kv_bytes_per_token_layer
+from autopar.disagg import disagg_search
+from autopar.errors import InfeasibleError
+from autopar.export import export_text
+from autopar.frontier import Targets, pareto, serving_search
+from autopar.search import SearchOptions
+from autopar.serving import Evaluator, Layout, decode_time
+from autopar.spec import GB, GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload, load_model
+
+SEED_HW = PROBLEMS / "hw" / "seed-3gpu.yaml"
+SEED_SERVE = PROBLEMS / "models" / "seed-moe-serve.yaml"
+H100 = PROBLEMS / "hw" / "h100-8x.yaml"
+
+
+# ----------------------------------------------------------------------------- KV cache
+def test_kv_bytes_per_token_gqa_by_hand():
+    m = load_model(PROBLEMS / "models" / "mixtral-8x7b-serve.yaml").model
+    # K and V, 8 KV heads of 128, bf16: 2 * 8 * 128 * 2 B per token per layer
+    assert kv_bytes_per_token_layer(m, 1) == 4096
+    assert kv_bytes_per_token_layer(m, 2) == 2048  # heads split over TP
+    assert kv_bytes_per_token_layer(m, 16) == 512  # TP > KV heads: one head replicated
+    assert kv_bytes_per_token_layer(m, 1) * m.layers == 131072  # 128 KiB per token
+
+
+def test_kv_bytes_per_token_mla_by_hand():
+    m = load_model(PROBLEMS / "models" / "deepseek-v3.yaml").model
+    # the compressed latent (512) and the decoupled RoPE key (64), bf16, on every TP rank
+    assert kv_bytes_per_token_layer(m, 1) == (512 + 64) * 2 == 1152
+    assert kv_bytes_per_token_layer(m, 8) == 1152
+    assert kv_bytes_per_token_layer(m, 1) * m.layers == 70272
+
+
+def _hw(gpus: int = 1, hbm_tbps: float = 2.0, mem_gb: float = 80.0) -> HardwareSpec:
+    gpu = GPUSpec("g", mem_gb * GB, {"bf16": 1e15}, hbm_tbps * 1e12)
+    return HardwareSpec("h", gpu, 1, gpus, LinkSpec(4e11, 3e-6), LinkSpec(5e10, 8e-6),
+                        reserved_bytes=1 * GB)
+
+
+def _llama_like(**kw) -> ModelSpec:
+    base = dict(name="l", layers=8, hidden=4096, heads=32, kv_heads=8, head_dim=128,
+                ffn_hidden=14336, gated_mlp=True, vocab=32000)
+    return ModelSpec(**{**base, **kw})
+
+
+def test_kv_cache_memory_and_max_concurrency():
+    m = _llama_like()
+    p = Problem(m, _hw(), Workload("inference", 4, phase="both", input_len=1000,
+                                   output_len=24))
+    ev = Evaluator(p)
+    dec = ev.phase(Layout(1, 1, 1, 1, 1), "decode", 4)
+    kv = 4 * 1024 * m.layers * 2 * 8 * 128 * 2  # sequences x tokens x layers x K,V bytes
+    assert dec.evaluation.stages[0].memory.kv_cache == pytest.approx(kv)
+    from autopar.serving import point
+    pt = point(ev, Layout(1, 1, 1, 1, 1), 4)
+    free = p.hw.gpu.memory_bytes - pt.memory_bytes + dec.evaluation.stages[0].memory.kv_cache
+    assert pt.max_concurrency == int(free // (kv / 4))
+
+
+# ----------------------------------------------------------------------------- decode roofline
+def test_decode_small_batch_is_bound_by_hbm_reads():
+    """One sequence: a decode step reads every weight and the KV cache once, at HBM speed."""
+    m = _llama_like()
+    hw = _hw(hbm_tbps=2.0)
+    p = Problem(m, hw, Workload("inference", 1, phase="decode", input_len=2048, output_len=0))
+    ev = Evaluator(p)
+    dec = ev.phase(Layout(1, 1, 1, 1, 1), "decode", 1)
+    h, f, V = 4096, 14336, 32000
+    per_layer = h * (32 * 128 + 2 * 8 * 128) + 32 * 128 * h + 3 * h * f + 2 * h
+    weights = (m.layers * per_layer + V * h + h) * 2  # LM head read, embedding only gathered
+    kv = 2048 * m.layers * 2 * 8 * 128 * 2
+    hand = (weights + kv) / (hw.gpu.hbm_bytes_per_s * p.calib.hbm_eff)
+    t = decode_time(dec, 1)
+    assert hand <= t <= hand * 1.03  # activations and kernel I/O are a few KB
+    flops = 2 * (weights / 2)  # ~2 FLOPs per weight: compute would take far less
+    assert flops / hw.gpu.flops("bf16") < 0.05 * t
+
+
+def test_decode_reads_only_the_experts_a_small_batch_routes_to():
+    """One token, top-2 of 8 experts: only 2 experts' weights are read per layer."""
+    m = ModelSpec(name="moe", layers=4, hidden=2048, heads=16, kv_heads=4, head_dim=128,
+                  ffn_hidden=0, gated_mlp=True, vocab=1000, experts=8, top_k=2,
+                  expert_ffn_hidden=4096)
+    p = Problem(m, _hw(), Workload("inference", 1, phase="decode", input_len=64, output_len=0))
+    dec = Evaluator(p).phase(Layout(1, 1, 1, 1, 1), "decode", 1)
+    lc = dec.evaluation.stages[0].layer_costs[0]
+    experts = [c for c in lc.components if c.role == "expert"]
+    one_expert = 3 * 2048 * 4096 * 2  # gated: up, gate, down; bf16
+    read = 2 * one_expert  # 2 of 8 experts
+    hbm = p.hw.gpu.hbm_bytes_per_s * p.calib.hbm_eff
+    t = sum(c.time_s for c in experts)
+    assert read / hbm <= t <= 1.02 * read / hbm
+    assert t < 0.3 * 8 * one_expert / hbm  # far from reading all eight
+
+
+# ----------------------------------------------------------------------------- targets
+@pytest.fixture(scope="module")
+def qwen() -> Problem:
+    p = make_problem(PROBLEMS / "models" / "qwen3-30b-a3b.yaml", H100)
+    return replace(p, workload=replace(p.workload, phase="both"))
+
+
+def test_latency_target_that_excludes_the_fastest_layout_changes_the_choice(qwen):
+    free = serving_search(qwen).best  # the most tokens/s per GPU, no target
+    tight = 0.7 * min(pt.tpot_s for pt in serving_search(
+        qwen, SearchOptions(pins={"tp": free.layout.tp, "dp": free.layout.dp,
+                                  "ep": free.layout.ep, "etp": free.layout.etp,
+                                  "pp": free.layout.pp})).points)
+    res = serving_search(qwen, targets=Targets(tpot_ms=tight * 1e3))
+    best = res.best
+    assert best is not None and best.tpot_s <= tight
+    assert best.layout != free.layout  # its layout cannot reach the target at any load
+    assert best.tokens_per_s_per_gpu < free.tokens_per_s_per_gpu
+    # the constrained choice is the best among the points that meet the target
+    ok = [pt for pt in res.points if pt.meets(None, tight * 1e3)]
+    assert best.tokens_per_s_per_gpu == max(pt.tokens_per_s_per_gpu for pt in ok)
+
+
+def test_tpot_target_bisects_concurrency_to_the_limit(qwen):
+    res = serving_search(qwen, targets=Targets(tpot_ms=20.0))
+    b = res.best
+    assert b.tpot_s * 1e3 <= 20.0
+    ev = Evaluator(qwen)
+    from autopar.serving import point
+    nxt = point(ev, b.layout, b.per_replica + 1)
+    assert nxt is None or nxt.tpot_s * 1e3 > 20.0  # one more sequence breaks the target
+
+
+def test_frontier_is_pareto(qwen):
+    res = serving_search(qwen)
+    f = res.frontier
+    assert len(f) >= 3
+    for a, b in zip(f, f[1:], strict=False):
+        assert a.tokens_per_s_per_user > b.tokens_per_s_per_user
+        assert a.tokens_per_s_per_gpu < b.tokens_per_s_per_gpu
+    for pt in res.points:  # nothing beats a frontier point on both axes
+        assert not any(pt.tokens_per_s_per_user > x.tokens_per_s_per_user * (1 + 1e-9)
+                       and pt.tokens_per_s_per_gpu > x.tokens_per_s_per_gpu * (1 + 1e-9)
+                       for x in f)
+    assert pareto(list(reversed(res.points))) == pareto(res.points)
+
+
+def test_unreachable_target_is_infeasible_with_the_closest_figure():
+    mf = load_model(SEED_SERVE)
+    wl = replace(mf.workload, tpot_ms=0.01)
+    with pytest.raises(InfeasibleError, match="lowest TPOT"):
+        solve(replace(mf, workload=wl), SEED_HW, time_limit_s=5)
+
+
+# ----------------------------------------------------------------------------- seed, 3 GPUs
+@pytest.fixture(scope="module")
+def seed_plan():
+    return solve(SEED_SERVE, SEED_HW, time_limit_s=5, disaggregate=True, frontier=True)
+
+
+def test_seed_inference_uses_all_three_gpus(seed_plan):
+    d = seed_plan.data
+    s = d["strategy"]
+    assert s["tp"] * s["pp"] * s["dp"] == 3 and 3 in (s["ep"], s["pp"], s["dp"] * s["tp"])
+    for g in d["gpus"]:  # every GPU holds layers and, with EP, a third of the experts
+        assert g["components"] and g["memory"]["kv_cache_bytes"] > 0
+    if s["ep"] == 3:
+        assert sorted(e for g in d["gpus"] for e in g["experts"][0]["experts"]) == \
+            list(range(63))
+    # faster than leaving one GPU idle: the best two-GPU deployment serves fewer tokens/s
+    p = make_problem(SEED_SERVE, SEED_HW)
+    two = serving_search(replace(p, hw=replace(p.hw, gpus_per_node=2)),
+                         targets=Targets(p.workload.ttft_ms, p.workload.tpot_ms)).best
+    three = d["serving"]["point"]
+    assert three["tokens_per_s"] > 1.2 * two.tokens_per_s
+    assert three["tpot_s"] * 1e3 <= 50 and three["ttft_s"] * 1e3 <= 2000
+
+
+def test_seed_plan_reports_serving_metrics(seed_plan):
+    d = seed_plan.data
+    mt, sv = d["metrics"], d["serving"]
+    assert mt["max_concurrency"] >= mt["concurrency"] == sv["point"]["concurrency"]
+    assert mt["tokens_per_s_per_gpu"] == pytest.approx(sv["point"]["tokens_per_s"] / 3)
+    assert mt["request_latency_s"] == pytest.approx(mt["ttft_s"] + 255 * mt["tpot_s"])
+    assert all(v["passed"] for v in d["validation"]), d["validation"]
+    assert sv["frontier"] and sv["disaggregated"]["winner"] in ("aggregated", "disaggregated")
+
+
+def test_disaggregated_pools_split_the_gpus_and_balance_rates(seed_plan):
+    dd = seed_plan.data["serving"]["disaggregated"]
+    best = dd["best"]
+    assert best["prefill_gpus"] + best["decode_gpus"] == 3
+    assert best["requests_per_s"] == pytest.approx(
+        min(best["prefill_requests_per_s"], best["decode_requests_per_s"]))
+    assert best["tokens_per_s_per_gpu"] == pytest.approx(best["requests_per_s"] * 256 / 3)
+    assert best["ttft_s"] == pytest.approx(best["prefill"]["ttft_s"] + best["kv_transfer_s"])
+    assert {(s["prefill_gpus"], s["decode_gpus"]) for s in dd["splits"]} == {(1, 2), (2, 1)}
+    ratio = dd["ratio"]
+    agg = seed_plan.data["serving"]["point"]["tokens_per_s_per_gpu"]
+    assert ratio == pytest.approx(max(agg, best["tokens_per_s_per_gpu"])
+                                  / min(agg, best["tokens_per_s_per_gpu"]))
+
+
+def test_disaggregation_on_another_gpu_type_uses_its_pool():
+    p = make_problem(SEED_SERVE, SEED_HW)
+    fast = replace(p.hw, name="fast", gpu=replace(p.hw.gpu, hbm_bytes_per_s=4.8e12),
+                   gpus_per_node=2)
+    res = disagg_search(p, targets=Targets(p.workload.ttft_ms, p.workload.tpot_ms),
+                        decode_hw=fast)
+    assert res.best is not None and res.best.decode.gpus <= 2
+    assert res.best.prefill.gpus <= 3
+
+
+# ----------------------------------------------------------------------------- export
+def test_export_has_the_plans_parallel_sizes(seed_plan):
+    d = seed_plan.data
+    s = d["strategy"]
+    v = export_text(d, "vllm")
+    assert f"--tensor-parallel-size {s['tp']}" in v
+    assert f"--pipeline-parallel-size {s['pp']}" in v
+    assert f"--data-parallel-size {s['dp']}" in v
+    assert ("--enable-expert-parallel" in v) == (s["ep"] > 1)
+    per_replica = d["serving"]["point"]["per_replica"]
+    assert f"--max-num-seqs {per_replica}" in v
+    g = export_text(d, "sglang")
+    assert f"--tp-size {s['tp'] * s['dp']}" in g and f"--pp-size {s['pp']}" in g
+    if s["ep"] > 1:
+        assert f"--ep-size {s['ep']}" in g
+    frac = float(v.split("--gpu-memory-utilization ")[1].split()[0])
+    used = max(x["memory"]["total_bytes"] for x in d["gpus"]) / d["gpus"][0]["memory"][
+        "capacity_bytes"]
+    assert used <= frac < used + 0.05
+
+
+def test_export_flags_layouts_an_engine_cannot_express():
+    from autopar.export import launch_section
+    ls = launch_section({"tp": 2, "pp": 1, "dp": 4, "ep": 2, "etp": 1}, True, 8, 40e9, 30e9,
+                        80e9, 4096, 1)
+    assert not ls["vllm"]["exact"] and "EP" in ls["vllm"]["why"]
+    assert not ls["sglang"]["exact"]
+    ok = launch_section({"tp": 2, "pp": 1, "dp": 4, "ep": 8, "etp": 1}, True, 8, 40e9, 30e9,
+                        80e9, 4096, 1)
+    assert ok["vllm"]["exact"] and ok["sglang"]["exact"]
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_frontier_json_and_export(tmp_path, seed_plan):
+    r = CliRunner().invoke(main, ["frontier", "--hw", str(SEED_HW), "--model", str(SEED_SERVE),
+                                  "--json", "--out", str(tmp_path / "f.json")])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["frontier"] and doc["best"]["gpus"] == 3
+    assert json.loads((tmp_path / "f.json").read_text())["frontier"] == doc["frontier"]
+    plan = tmp_path / "plan.json"
+    seed_plan.write(plan)
+    r = CliRunner().invoke(main, ["export", str(plan), "--to", "sglang", "--format", "yaml"])
+    assert r.exit_code == 0, r.output
+    assert "tp-size:" in r.output and "model-path: seed-moe" in r.output
+
+
+def test_cli_solve_targets_override_the_file(tmp_path):
+    out = tmp_path / "p.json"
+    r = CliRunner().invoke(main, ["solve", "--hw", str(SEED_HW), "--model", str(SEED_SERVE),
+                                  "--tpot-ms", "20", "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    assert d["serving"]["targets"]["tpot_ms"] == 20
+    assert d["metrics"]["tpot_s"] * 1e3 <= 20
+
+
+def test_workload_reads_phase_both_and_targets(write_yaml):
+    from autopar.errors import InputError
+    from autopar.spec import parse_workload
+    w = parse_workload({"kind": "inference", "phase": "both", "input_len": 10, "output_len": 5,
+                        "ttft_ms": 100, "tpot_ms": 20}, "x")
+    assert (w.phase, w.ttft_ms, w.tpot_ms, w.batch) == ("both", 100.0, 20.0, 1)
+    with pytest.raises(InputError, match="batch"):  # without a target the load is needed
+        parse_workload({"kind": "inference", "phase": "both", "input_len": 10}, "x")
+    with pytest.raises(InputError, match="tpot_ms"):
+        parse_workload({"kind": "inference", "phase": "both", "input_len": 10,
+                        "tpot_ms": -1}, "x")
+
+
+def test_check_recomputes_the_serving_plan(seed_plan):
+    import copy
+
+    from autopar.check import check_plan
+    assert not [x for x in check_plan(copy.deepcopy(seed_plan.data)) if x.severity == "error"]
+    bad = copy.deepcopy(seed_plan.data)
+    bad["metrics"]["tpot_s"] *= 0.5  # a TPOT the serving point does not give
+    assert any("tpot_s" in x.to_dict()["path"] for x in check_plan(bad))
+
+
+def test_frontier_png_with_the_plot_extra(tmp_path):
+    pytest.importorskip("matplotlib")
+    r = CliRunner().invoke(main, ["frontier", "--hw", str(SEED_HW), "--model", str(SEED_SERVE),
+                                  "--png", str(tmp_path / "f.png")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "TPOT <= 50 ms" in r.output  # the model file's targets are kept
