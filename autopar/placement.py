@@ -652,17 +652,26 @@ def _read(solver, x, g_total) -> list[list[int]]:
 
 def _patterns(m: cp_model.CpModel, core: _Core, x, items) -> tuple[dict, dict]:
     """Span patterns: replicas of e on d equal nodes, r / d on each (so each gets w / r)."""
-    u: dict[tuple[int, int], object] = {}
-    q: dict[tuple[int, int], cp_model.IntVar] = {}
     if not core.node_aware:
-        return u, q
+        return {}, {}
+
+    def copies_on(e: int, n: int):
+        return sum(x[e, g] for g in range(len(core.node_of)) if core.node_of[g] == n
+                   and (e, g) in x)
+
+    return _span_model(m, core, items, copies_on)
+
+
+def _span_model(m: cp_model.CpModel, core: _Core, items, copies_on) -> tuple[dict, dict]:
+    """u[e, n]: expert e has copies on node n; q[e, d]: its copies span d nodes, r / d on
+    each. `copies_on(e, n)` is the model's expression for e's copies on node n (one
+    variable per GPU in the flat model, one count per node in the hierarchical one)."""
+    u: dict = {}
+    q: dict = {}
     n_nodes = len(core.sizes)
     for e in items:
         r = core.counts[e]
-        per_node = [
-            sum(x[e, g] for g in range(len(core.node_of)) if core.node_of[g] == n and (e, g) in x)
-            for n in range(n_nodes)
-        ]
+        per_node = [copies_on(e, n) for n in range(n_nodes)]
         if r == 1:
             for n in range(n_nodes):
                 u[e, n] = per_node[n]
@@ -1016,28 +1025,7 @@ def _window(core, assign, load, win, group_of, seed, deterministic) -> list[list
 
 
 def _hier_patterns(m, core: _Core, y, items) -> tuple[dict, dict]:
-    u: dict = {}
-    q: dict = {}
-    n_nodes = len(core.sizes)
-    for e in items:
-        r = core.counts[e]
-        if r == 1:
-            for n in range(n_nodes):
-                u[e, n] = y[e, n]
-            continue
-        for n in range(n_nodes):
-            u[e, n] = m.new_bool_var(f"u{e}_{n}")
-        spans = core.spans(r)
-        for d in spans:
-            q[e, d] = m.new_bool_var(f"q{e}_{d}")
-        m.add_exactly_one(q[e, d] for d in spans)
-        for d in spans:
-            m.add(sum(u[e, n] for n in range(n_nodes)) == d).only_enforce_if(q[e, d])
-            for n in range(n_nodes):
-                if d > 1 and core.sizes[n] != core.full:
-                    m.add_implication(q[e, d], ~u[e, n])
-                m.add(y[e, n] == (r // d) * u[e, n]).only_enforce_if(q[e, d])
-    return u, q
+    return _span_model(m, core, items, lambda e, n: y[e, n])
 
 
 def _hint_hier(m, core: _Core, y, u, q, cnt, items) -> None:
