@@ -101,7 +101,9 @@ def render(rows: list[dict], repeats: int) -> str:
         pt = d["serving"]["point"]
         lay = pt["layout"]
         dis = r["dis"].best
-        dtxt = "none meets the targets" if dis is None else (
+        whys = sorted({x["why"] for x in r["dis"].splits if x.get("why")})
+        dtxt = ("none: " + "; ".join(whys) if whys else "none meets the targets") \
+            if dis is None else (
             f"P {dis.prefill.gpus} GPU {dis.prefill.layout.describe()} / D {dis.decode.gpus} "
             f"GPU {dis.decode.layout.describe()}: {dis.tokens_per_s_per_gpu:.0f} tok/s/GPU")
         a = pt["tokens_per_s_per_gpu"]
