@@ -7,6 +7,8 @@ from typing import Any
 from tabulate import tabulate
 
 GB = 1e9
+UNITS = {"step_time_s": " s", "tokens_per_s_per_gpu": " tokens/s/GPU",
+         "request_latency_s": " s"}
 
 
 def summary(plan: dict[str, Any]) -> str:
@@ -50,8 +52,10 @@ def summary(plan: dict[str, Any]) -> str:
         thr += f"  {mt['tokens_per_s_per_gpu']:.0f} tokens/s/GPU"
     lines.append(thr)
     failed = [v["name"] for v in plan["validation"] if not v["passed"]]
+    unit = UNITS.get(sv.get("objective_name", "step_time_s"), "")
     lines.append(
-        f"solver {sv['status']}  objective {sv['objective']:.6g} s  bound {sv['best_bound']:.6g}"
+        f"solver {sv['status']}  objective {sv['objective']:.6g}{unit}  "
+        f"bound {sv['best_bound']:.6g}{unit}"
         f"  gap {sv['gap']:.2%}  {sv['solve_time_s']:.3f} s  ({sv['candidates']} candidates, "
         f"{sv['pruned_by_bound']} pruned by bound, {sv['memory_infeasible']} over memory, "
         f"{sv['cpsat_models']} CP-SAT stage models)  seed {sv['seed']}")

@@ -68,12 +68,12 @@ def _why_not(p: Problem, res: ServingResult, targets: Targets,
                 f"{p.workload.input_len + p.workload.output_len} tokens (at most {top})",
                 f"a batch of at most {top}, or more GPUs")
     parts = []
-    if targets.ttft_ms is not None:
-        low = min(pt.ttft_s for pt in res.points if pt.ttft_s is not None) * 1e3
-        parts.append(f"lowest TTFT {low:.1f} ms (target {targets.ttft_ms:g})")
-    if targets.tpot_ms is not None:
-        low = min(pt.tpot_s for pt in res.points if pt.tpot_s is not None) * 1e3
-        parts.append(f"lowest TPOT {low:.2f} ms (target {targets.tpot_ms:g})")
+    ttfts = [pt.ttft_s for pt in res.points if pt.ttft_s is not None]
+    tpots = [pt.tpot_s for pt in res.points if pt.tpot_s is not None]
+    if targets.ttft_ms is not None and ttfts:
+        parts.append(f"lowest TTFT {min(ttfts) * 1e3:.1f} ms (target {targets.ttft_ms:g})")
+    if targets.tpot_ms is not None and tpots:
+        parts.append(f"lowest TPOT {min(tpots) * 1e3:.2f} ms (target {targets.tpot_ms:g})")
     return ("no layout meets the latency targets: " + ", ".join(parts),
             "looser targets, or more / faster GPUs")
 

@@ -130,8 +130,12 @@ class ServingPoint:
 
 
 def phase_problem(p: Problem, phase: str, batch: int) -> Problem:
-    """The same instance with its workload set to one phase and a global batch."""
-    return replace(p, workload=replace(p.workload, phase=phase, batch=batch))
+    """The same instance with its workload set to one phase and a global batch; a latency
+    target of the other phase does not apply to it (and would not validate)."""
+    w = p.workload
+    return replace(p, workload=replace(
+        w, phase=phase, batch=batch, ttft_ms=w.ttft_ms if phase == "prefill" else None,
+        tpot_ms=w.tpot_ms if phase == "decode" else None))
 
 
 class Evaluator:

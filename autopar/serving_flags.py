@@ -38,6 +38,12 @@ def apply_targets(wl, serving: dict):
     t = {k: serving.get(k) for k in ("ttft_ms", "tpot_ms") if serving.get(k) is not None}
     if t and wl.kind != "inference":
         raise InputError("command line", "--ttft-ms/--tpot-ms", "need an inference workload")
+    if "ttft_ms" in t and wl.phase == "decode":
+        raise InputError("command line", "--ttft-ms",
+                         "a TTFT target needs a prefill: use --phase prefill or both")
+    if "tpot_ms" in t and wl.phase == "prefill":
+        raise InputError("command line", "--tpot-ms",
+                         "a TPOT target needs decoding: use --phase decode or both")
     return replace(wl, **t) if t else wl
 
 

@@ -370,6 +370,10 @@ def _read_workload_fields(f: Fields) -> Workload:
             causal=causal,
             precision=precision,
         )
+        if ttft is not None and w.phase == "decode":
+            raise f.error("ttft_ms", "a TTFT target needs a prefill: use phase prefill or both")
+        if tpot is not None and w.phase == "prefill":
+            raise f.error("tpot_ms", "a TPOT target needs decoding: use phase decode or both")
     f.finish()
     return w
 

@@ -305,3 +305,17 @@ def test_frontier_png_with_the_plot_extra(tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "TPOT <= 50 ms" in r.output  # the model file's targets are kept
+
+
+def test_target_without_its_phase_is_an_input_error():
+    """A TTFT limit on a decode-only step (or TPOT on prefill) cannot be met or missed."""
+    from autopar.errors import InputError
+    from autopar.spec import parse_workload
+
+    base = {"kind": "inference", "batch": 8, "input_len": 128, "output_len": 16}
+    with pytest.raises(InputError, match="ttft_ms: a TTFT target needs a prefill"):
+        parse_workload({**base, "phase": "decode", "ttft_ms": 100}, "w.yaml")
+    with pytest.raises(InputError, match="tpot_ms: a TPOT target needs decoding"):
+        parse_workload({**base, "phase": "prefill", "tpot_ms": 10}, "w.yaml")
+    assert parse_workload({**base, "phase": "both", "ttft_ms": 100, "tpot_ms": 10},
+                          "w.yaml").ttft_ms == 100
