@@ -20,8 +20,7 @@ def ep_geometry(p: Problem, s: Strategy) -> tuple[int, int]:
 
 
 def slots_per_gpu(p: Problem, s: Strategy) -> int:
-    spare = p.workload.spare_slots or 0
-    return -(-p.model.experts // s.ep) + spare
+    return -(-p.model.experts // s.ep) + s.spare_slots
 
 
 def placements_for(p: Problem, s: Strategy, cache: dict, seed: int = 0,
@@ -37,7 +36,7 @@ def placements_for(p: Problem, s: Strategy, cache: dict, seed: int = 0,
         loads = profile.per_layer(1_000_000.0)
         problems = [PlacementProblem(loads=tuple(float(v) for v in row), num_gpus=s.ep,
                                      gpus_per_node=per_node, slots_per_gpu=slots_per_gpu(p, s),
-                                     spare_slots=p.workload.spare_slots)
+                                     spare_slots=s.spare_slots)
                     for row in loads]
         cache[key] = place_layers(problems, method="cpsat", time_limit_s=time_limit_s,
                                   seed=seed, workers=workers)

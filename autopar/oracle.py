@@ -110,11 +110,14 @@ def exhaustive(p: Problem, opts: SearchOptions | None = None,
         moe_state = best_uniform_moe(p, s)
         moe = [moe_state if p.model.is_moe_layer(i) else MoEState()
                for i in range(p.model.layers)]
-        n = 0
+        cuts = math.comb(p.model.layers - 1, s.pp - 1)
+        if cuts > MAX_CUTS:
+            raise ValueError(f"oracle: {cuts} stage cuts for {s.pp} stages of "
+                             f"{p.model.layers} layers is too many to enumerate")
         for bounds in all_cuts(p.model.layers, s.pp):
-            n += 1
-            if n > MAX_CUTS:
-                raise ValueError("oracle: too many stage cuts")
+            if time.perf_counter() - t0 > budget_s:
+                raise TimeoutError(f"exhaustive enumeration over {budget_s:g} s after "
+                                   f"{best.evaluated} layouts")
             ev = evaluate(p, s, bounds, moe)
             best.evaluated += 1
             if ev.feasible and ev.step_time < best.step_time:

@@ -31,7 +31,8 @@ from .strategy import RECOMPUTE, Strategy, StrategyError
 
 PIN_KEYS = ("tp", "pp", "dp", "ep", "etp", "micro_batch", "num_micro_batches", "recompute",
             "zero", "sequence_parallel", "virtual_stages", "overlap_grad_reduce",
-            "overlap_tp_comm")
+            "overlap_tp_comm", "spare_slots")
+SPARE_CHOICES = (0, 1, 2)  # redundant expert slots per GPU tried under a skewed load
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,27 @@ def _options(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb:
     if "virtual_stages" in pins:  # interleaving is a training schedule
         vs = [pins["virtual_stages"]] if training or pins["virtual_stages"] == 1 else []
     flags = {k: pins[k] for k in ("overlap_grad_reduce", "overlap_tp_comm") if k in pins}
+    for spare in _spare_choices(p, ep, pins):
+        _variants(G, tp, pp, dp, ep, etp, mb, nmb, recomputes, zeros, vs,
+                  {**flags, "spare_slots": spare}, pins, out)
+
+
+def _spare_choices(p: Problem, ep: int, pins: dict) -> tuple[int, ...]:
+    """Redundant expert slots: what the user fixed, else a few when the load is skewed (the
+    search weighs their memory against the balance they buy); none for a uniform load, where
+    the placement already fills the slots an uneven split leaves free."""
+    if not p.model.is_moe or ep == 1:
+        return (0,)
+    if "spare_slots" in pins:
+        return (pins["spare_slots"],)
+    if p.workload.spare_slots is not None:
+        return (p.workload.spare_slots,)
+    return SPARE_CHOICES if p.workload.expert_load != "uniform" else (0,)
+
+
+def _variants(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb: int,
+              recomputes: tuple, zeros: tuple, vs: list, flags: dict, pins: dict,
+              out: list[Strategy]) -> None:
     for rc in recomputes:
         if pins.get("recompute", rc) != rc:
             continue
@@ -178,7 +200,7 @@ class _CostCache:
 
     def _entry(self, s: Strategy) -> tuple:
         key = (s.tp, s.pp, s.dp, s.ep, s.etp, s.micro_batch, s.recompute, s.sequence_parallel,
-               s.overlap_tp_comm)
+               s.overlap_tp_comm, s.spare_slots)
         if key not in self.costs:
             moe = moe_states(self.p, s, self.placements, self.opts)
             costs = layer_costs(self.p, s, moe)

@@ -31,6 +31,7 @@ class Strategy:
     virtual_stages: int = 1  # interleaved 1F1B: model chunks per pipeline stage
     overlap_grad_reduce: bool = True  # DP gradient reduction runs behind the backward
     overlap_tp_comm: bool = False  # TP collectives hidden behind the GEMMs (TE userbuffers)
+    spare_slots: int = 0  # redundant expert slots per GPU beyond ceil(experts / EP)
 
     def __post_init__(self) -> None:
         if min(self.tp, self.pp, self.dp, self.ep, self.etp, self.micro_batch,
@@ -51,6 +52,8 @@ class Strategy:
             raise StrategyError(f"zero stage {self.zero} is not 0, 1, 2 or 3")
         if self.sequence_parallel and self.tp == 1:
             raise StrategyError("sequence_parallel needs tp > 1")
+        if self.spare_slots < 0:
+            raise StrategyError(f"spare_slots must be >= 0, got {self.spare_slots}")
         if self.virtual_stages < 1:
             raise StrategyError(f"virtual_stages must be >= 1, got {self.virtual_stages}")
         if self.virtual_stages > 1 and (self.pp == 1 or self.num_micro_batches % self.pp):
@@ -75,7 +78,8 @@ class Strategy:
                 f"zero={self.zero} sp={int(self.sequence_parallel)}"
                 + (f" v={self.virtual_stages}" if self.virtual_stages > 1 else "")
                 + ("" if self.overlap_grad_reduce else " no-dp-overlap")
-                + (" tp-overlap" if self.overlap_tp_comm else ""))
+                + (" tp-overlap" if self.overlap_tp_comm else "")
+                + (f" spare={self.spare_slots}" if self.spare_slots else ""))
 
     def to_dict(self) -> dict:
         d = asdict(self)

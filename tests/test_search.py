@@ -13,7 +13,7 @@ from autopar.cost import Problem
 from autopar.errors import InfeasibleError
 from autopar.oracle import exhaustive
 from autopar.search import SearchOptions, search
-from autopar.spec import GB, GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload
+from autopar.spec import GB, GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload, load_model
 
 OPTS = SearchOptions(time_limit_s=20.0, seed=0, workers=1)
 
@@ -145,3 +145,20 @@ def test_same_seed_same_plan():
     b = solve(PROBLEMS / "models" / "seed-moe.yaml", PROBLEMS / "hw" / "seed-3gpu.yaml", seed=3)
     for key in ("strategy", "gpus", "metrics"):
         assert a.data[key] == b.data[key]
+
+
+def test_spare_expert_slots_are_chosen_when_the_load_is_skewed():
+    """Under a skewed load the search buys balance with redundant expert slots (within
+    memory); pinning zero spare slots is never better, and a uniform load needs none."""
+    mf = load_model(PROBLEMS / "models" / "seed-moe.yaml")
+    hw = PROBLEMS / "hw" / "seed-3gpu.yaml"
+    pins = {"ep": 3, "dp": 3, "pp": 1}
+    skewed = replace(mf, workload=replace(mf.workload, expert_load="zipf:1.4:0"))
+    free = solve(skewed, hw, pins=pins)
+    none = solve(skewed, hw, pins={**pins, "spare_slots": 0})
+    assert free.strategy["spare_slots"] > 0
+    assert free.metrics["step_time_s"] < none.metrics["step_time_s"]
+    assert free.metrics["expert_load_max_over_mean"] < none.metrics["expert_load_max_over_mean"]
+    replicas = free.data["experts"]["layers"][0]["replicas"]
+    assert 0 < replicas <= 3 * free.strategy["spare_slots"]
+    assert solve(mf, hw, pins=pins).strategy["spare_slots"] == 0
