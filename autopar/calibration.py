@@ -37,6 +37,10 @@ class Calibration:
     gemm_table: tuple[tuple[float, float], ...] = ()
     attention_eff: float = 0.55  # fused (flash) attention, fraction of dense peak
     hbm_eff: float = 0.80  # achieved fraction of HBM bandwidth for streaming kernels
+    # Shortest time a kernel occupies the GPU, however little it does (launch, ramp-up and
+    # tail): what a one-token decode step is made of. aiconfigurator 0.12.0's H100 silicon
+    # database times a one-token fused add + RMSNorm at 3.1 us (results/vs-aiconfigurator.md).
+    kernel_floor_s: float = 3.0e-6
     # Achieved fraction of nominal link rate (NCCL bus bandwidth): NVLink from the catalogue's
     # measured all-reduce bus bandwidth (None until resolved); NDR IB 46-48 of 50 GB/s
     # (nccl-tests #290).
@@ -102,6 +106,9 @@ def parse_calibration(data: Any, source: str) -> Calibration:
         v = f.float(name, lo, hi, default=None)
         if v is not None:
             values[name] = v
+    floor_us = f.float("kernel_floor_us", 0.0, 1000.0, default=None)
+    if floor_us is not None:
+        values["kernel_floor_s"] = floor_us * 1e-6
     if f.has("gemm"):
         values["gemm_table"] = _gemm_rows(f, "gemm")
     else:

@@ -136,13 +136,20 @@ def kv_bytes_per_token_layer(m: ModelSpec, tp: int) -> float:
 
 
 def _time(flops: float, nbytes: float, eff: float, p: Problem, dtype: str | None = None) -> float:
-    """Roofline [roofline]: the slower of compute at achieved efficiency and HBM traffic."""
+    """Roofline [roofline]: the slower of compute at achieved efficiency and HBM traffic, and
+    never under one kernel's floor."""
     gpu = p.hw.gpu
-    return max(flops / (gpu.flops(dtype or p.model.dtype) * eff), _hbm(nbytes, p))
+    return max(flops / (gpu.flops(dtype or p.model.dtype) * eff), _hbm(nbytes, p),
+               p.calib.kernel_floor_s)
 
 
 def _hbm(nbytes: float, p: Problem) -> float:
     return nbytes / (p.hw.gpu.hbm_bytes_per_s * p.calib.hbm_eff)
+
+
+def _elementwise(nbytes: float, p: Problem) -> float:
+    """[elementwise] The memory-bound kernels after a component: HBM speed, one kernel floor."""
+    return max(_hbm(nbytes, p), p.calib.kernel_floor_s) if nbytes > 0 else 0.0
 
 
 def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
@@ -197,11 +204,10 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
         act = T * c.act_bytes_sharded / tp + T * c.act_bytes_replicated / sp_div
         ew = T * c.ew_bytes / tp + T * c.ew_bytes_repl / sp_div
     t = _time(flops_busiest if c.is_expert else flops, nbytes, eff, p, dtype)
+    ew_s = _elementwise(ew, p)
     if not k and c.role not in ("heads", "expert"):  # norms and gathers are elementwise too
-        ew_s = t + _hbm(ew, p)
-    else:
-        ew_s = _hbm(ew, p)
-    return ComponentCost(c.name, c.role, params, flops, t + _hbm(ew, p), ew_s), act
+        ew_s += t
+    return ComponentCost(c.name, c.role, params, flops, t + _elementwise(ew, p), ew_s), act
 
 
 def _collectives(p: Problem, s: Strategy, T: float, moe_layer: bool, moe: MoEState,

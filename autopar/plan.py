@@ -569,9 +569,9 @@ def _solver_section(r: SearchResult, opts: SearchOptions) -> dict[str, Any]:
 def formula_index() -> dict[str, str]:
     """Names used in the plan's `formula` fields; each is written out in docs/cost-model.md."""
     return {
-        "roofline": "time = max(FLOPs / (peak x eff), bytes / (HBM BW x hbm_eff)) + the "
-                    "memory-bound elementwise kernels at HBM speed; backward 2x GEMMs, "
-                    "1.5x elementwise",
+        "roofline": "time = max(FLOPs / (peak x eff), bytes / (HBM BW x hbm_eff), "
+                    "kernel_floor) + the memory-bound elementwise kernels at HBM speed (each "
+                    "at least kernel_floor); backward 2x GEMMs, 1.5x elementwise",
         "tp-comm": "2 all-reduces (or RS+AG) of T*h*bytes per layer forward, 2 backward, "
                    "ring: 2(n-1)/n S/B + 2(n-1) alpha",
         "ep-comm": "dispatch + combine all-to-all of T/tp*top_k*h*bytes per GPU, "

@@ -245,6 +245,8 @@ def test_calibration_defaults_come_from_the_gpu_catalogue():
     {"gemm": [{"gflop": 1, "efficiency": 1.5}]},
     {"gemm": [{"gflop": 1, "efficiency": 0.5}, {"gflop": 1, "efficiency": 0.6}]},
     {"collectives": {"intra": [{"group": 8, "bytes": 1e6}]}},
+    {"kernel_floor_us": -1},
+    {"kernel_floor_us": 5000},
     {"collectives": {"nvlink": []}},
 ])
 def test_bad_calibration_files_name_the_field(bad):
