@@ -34,6 +34,11 @@ def make_problem(model: ModelSpec | ModelFile | str | Path,
     if wl is None:
         raise InputError(mf.source or "model", "workload",
                          "no workload: add a workload section or pass one")
+    m = mf.model
+    if wl.kind == "training" and m.weight_dtype not in (None, m.dtype):
+        raise InputError(mf.source or "model", "model.weight_dtype",
+                         f"{m.weight_dtype} weights are a serving checkpoint; training keeps "
+                         f"{m.dtype} weights (workload.precision: fp8 runs fp8 GEMMs)")
     return Problem(mf.model, hw, wl, calibration or Calibration(), flash_attention)
 
 
@@ -118,10 +123,7 @@ def _gpus_needed(p: Problem, opts: SearchOptions, max_factor: int = 64) -> int |
 
 def _static_bytes(p: Problem) -> float:
     """Bytes the model needs wherever it runs: weights (+ gradients and optimizer states)."""
-    from .components import param_count
+    from .components import param_count, weight_bytes
 
-    n = param_count(p.model)["total"]
-    per = p.model.dtype_bytes
-    if p.training:
-        per += p.workload.grad_bytes + p.workload.optimizer_bytes
-    return n * per
+    states = p.workload.grad_bytes + p.workload.optimizer_bytes if p.training else 0
+    return weight_bytes(p.model) + param_count(p.model)["total"] * states

@@ -16,6 +16,8 @@ from .spec import ModelSpec
 # input features, "heads" the attention heads; "replicated" lives whole on every TP rank;
 # "expert" belongs to an expert and is placed by EP; "vocab" is split over the vocabulary.
 ROLES = ("column", "row", "heads", "replicated", "expert", "vocab")
+# The blocks' linear layers: what a quantized checkpoint stores in `weight_dtype`.
+LINEAR_ROLES = ("column", "row", "expert")
 # Backward over forward bytes of a memory-bound elementwise kernel: its backward reads the
 # saved input and the incoming gradient and writes one gradient, 3 tensor passes against the
 # forward's 2 (softmax, GeLU, layer norm; dropout's is 1x, a residual add's ~2x).
@@ -158,20 +160,33 @@ def expert_count(c: Component, m: ModelSpec) -> int:
     return m.experts if c.is_expert else 1
 
 
+def param_bytes(m: ModelSpec, role: str) -> int:
+    """Bytes per stored weight of a component with this role."""
+    return m.linear_bytes if role in LINEAR_ROLES else m.dtype_bytes
+
+
 def param_count(m: ModelSpec) -> dict[str, int]:
-    """Total and active parameters (active: what one token touches)."""
-    total = active = 0
+    """Total and active parameters (active: what one token touches), and the total in the
+    blocks' linear layers (`linear`, stored in `weight_dtype`)."""
+    total = active = linear = 0
     for layer in range(m.layers):
         for c in layer_components(m, layer, 1):
             n = c.params * expert_count(c, m)
             total += n
+            linear += n if c.role in LINEAR_ROLES else 0
             active += c.params * (m.top_k if c.is_expert else 1)
     emb = m.vocab * m.hidden
     head = sum(c.params for c in head_components(m))
     shared = emb if m.tie_embeddings else 0
     total += emb + head - shared
     active += emb + head - shared  # the usual convention: embeddings count as active
-    return {"total": total, "active": active}
+    return {"total": total, "active": active, "linear": linear}
+
+
+def weight_bytes(m: ModelSpec) -> float:
+    """Bytes of the whole model's weights, each part in its stored precision."""
+    n = param_count(m)
+    return n["total"] * m.dtype_bytes + n["linear"] * (m.linear_bytes - m.dtype_bytes)
 
 
 def model_flops_per_token(m: ModelSpec, ctx: float, causal: bool = True,

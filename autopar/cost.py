@@ -14,6 +14,7 @@ from . import comm
 from .calibration import Calibration
 from .components import (
     EW_BWD,
+    LINEAR_ROLES,
     Component,
     embedding_components,
     head_components,
@@ -45,8 +46,9 @@ class Problem:
 
     @property
     def gemm_dtype(self) -> str:
-        """The precision weight GEMMs run in (fp8 only where the GPU has fp8 tensor cores)."""
-        return self.workload.precision or self.model.dtype
+        """The precision weight GEMMs run in (fp8 only where the GPU has fp8 tensor cores);
+        an fp8 checkpoint runs fp8 GEMMs, as vLLM and SGLang do on GPUs that have them."""
+        return self.workload.precision or self.model.weight_dtype or self.model.dtype
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class LayerCost:
     tp_bytes: float  # per collective
     ep_bytes: float  # per all-to-all, per GPU
     components: list[ComponentCost]
+    params_linear: float = 0.0  # of `params`, in the blocks' linear layers (weight_dtype)
 
     @property
     def fwd(self) -> float:
@@ -162,7 +165,8 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
     sp_div = tp if s.sequence_parallel else 1
     k, n = c.gemm
     # fp8 runs the transformer blocks' linear layers; router and LM head stay 16-bit (as TE)
-    dtype = p.gemm_dtype if k and c.role in ("column", "row", "expert") else m.dtype
+    dtype = p.gemm_dtype if k and c.role in LINEAR_ROLES else m.dtype
+    wb = m.linear_bytes if c.role in LINEAR_ROLES else b  # bytes per stored weight
     if c.is_expert:
         routed = T * m.top_k * s.etp / tp * moe.imbalance  # tokens this EP rank's experts see
         params = moe.max_slots * c.params / s.etp
@@ -172,7 +176,7 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
         eff = p.calib.gemm_eff(per_expert, n / s.etp if c.name.endswith("fc1") else n,
                                k if c.name.endswith("fc1") else k / s.etp)
         touched = 1.0 if p.training else experts_touched(m, routed, moe.max_slots)
-        nbytes = params * b * touched + routed * (k + n) * b / s.etp
+        nbytes = params * wb * touched + routed * (k + n) * b / s.etp
         act = routed * c.act_bytes_sharded / s.etp
         ew = routed * (c.ew_bytes + c.ew_bytes_repl) / s.etp
     elif c.role == "replicated":
@@ -200,7 +204,7 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
         else:
             kk, nn = (k, n / tp) if c.role in ("column", "vocab") else (k / tp, n)
             eff = p.calib.gemm_eff(T, nn, kk) if k else 1.0
-            nbytes = params * b + T * (kk + nn) * b
+            nbytes = params * wb + T * (kk + nn) * b
         act = T * c.act_bytes_sharded / tp + T * c.act_bytes_replicated / sp_div
         ew = T * c.ew_bytes / tp + T * c.ew_bytes_repl / sp_div
     t = _time(flops_busiest if c.is_expert else flops, nbytes, eff, p, dtype)
@@ -324,6 +328,7 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         tp_bytes=tp_b,
         ep_bytes=ep_b,
         components=costs,
+        params_linear=sum(c.params for c in costs if c.role in ("column", "row")),
     )
 
 

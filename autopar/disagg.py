@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
-from .components import param_count
+from .components import weight_bytes
 from .cost import Problem, kv_bytes_per_token_layer
 from .frontier import ServingResult, Targets, pareto, serving_search
 from .search import SearchOptions
@@ -151,7 +151,7 @@ def disagg_search(p: Problem, opts: SearchOptions | None = None,
     all_points: list[DisaggPoint] = []
     splits: list[dict] = []
     best: DisaggPoint | None = None
-    weights = param_count(p.model)["total"] * p.model.dtype_bytes
+    weights = weight_bytes(p.model)
     for pshape, dshape in pairs:
         entry = {"prefill_gpus": pshape[0] * pshape[1], "decode_gpus": dshape[0] * dshape[1],
                  "prefill_nodes_x_gpus": list(pshape), "decode_nodes_x_gpus": list(dshape)}

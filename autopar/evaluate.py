@@ -145,8 +145,9 @@ def _stage_memory(p: Problem, s: Strategy, stage: int, layers: list[LayerCost],
                                             + sum(c.act_bytes_none for c in edges))
         if s.recompute == "full":  # one layer's activations live during its recompute
             mem.activations += peak.layer_act
-    else:
-        mem.weights = b * (dense + expert)
+    else:  # serving: the blocks' linear layers in the checkpoint's weight_dtype
+        linear = sum(c.params_linear for c in layers)
+        mem.weights = b * (dense - linear) + m.linear_bytes * (linear + expert)
         mem.tp_overhead = b * repl
         kv = kv_bytes_per_token_layer(m, s.tp)
         mem.kv_cache = seqs * p.workload.kv_len * len(layers) * kv

@@ -53,6 +53,14 @@ def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
         raise InputError(source, "head_dim", "required: hidden_size is not a multiple of heads")
     act = f.str("hidden_act", default="silu")
     dtype = _DTYPES.get(f.str("torch_dtype", default="bfloat16"), "bf16")
+    weight_dtype = None
+    if f.has("quantization_config"):  # DeepSeek-V3's block-scaled fp8 linear layers
+        q = f.section("quantization_config")
+        method = q.str("quant_method")
+        if method != "fp8":
+            raise q.error("quant_method", f"{method!r} checkpoints are not modelled (fp8 is); "
+                                          "drop quantization_config to plan the 16-bit model")
+        weight_dtype = "fp8"
     model = ModelSpec(
         name=f.str("_name_or_path", default="") or f.str("model_type", default="hf-model"),
         layers=layers,
@@ -74,5 +82,6 @@ def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
         tie_embeddings=f.bool("tie_word_embeddings", default=False),
         dtype=dtype,
         mla=mla,
+        weight_dtype=weight_dtype,
     )
     return _check_model(model, f)

@@ -504,7 +504,7 @@ def _gpu_memory(p: Problem, s: Strategy, st: StageCost, gpu: int,
         mem.gradients += delta * p.workload.grad_bytes / (s.edp if s.zero >= 2 else 1)
         mem.optimizer += delta * p.workload.optimizer_bytes / (s.edp if s.zero >= 1 else 1)
     else:
-        mem.weights += delta * m.dtype_bytes
+        mem.weights += delta * m.linear_bytes
     return mem
 
 

@@ -143,6 +143,7 @@ class StageParams:
     dense: float  # non-expert parameters one GPU holds (TP-split ones divided)
     replicated: float  # of those, the ones every TP rank holds whole (TP > 1 only)
     expert: float  # expert parameters one GPU holds
+    linear: float = 0.0  # of `dense`, the blocks' linear layers (stored in weight_dtype)
 
 
 def stage_params(m: ModelSpec, lay: Layout, stage: int,
@@ -150,7 +151,7 @@ def stage_params(m: ModelSpec, lay: Layout, stage: int,
     """Parameters on one GPU of `stage`; `own_experts[layer]` is how many experts (replicas
     included) this GPU's EP rank holds in that MoE layer."""
     first, last = lay.stage_layers[stage]
-    dense = repl = expert = 0.0
+    dense = repl = expert = linear = 0.0
     for layer in range(first, last + 1):
         for c in layer_components(m, layer, 1.0):
             if c.is_expert:
@@ -160,6 +161,7 @@ def stage_params(m: ModelSpec, lay: Layout, stage: int,
                 repl += c.params if lay.tp > 1 else 0.0
             else:
                 dense += c.params / lay.tp
+                linear += c.params / lay.tp if c.role in ("column", "row") else 0.0
     edges = (embedding_components(m) if stage == 0 else []) + (
         head_components(m) if stage == lay.pp - 1 else [])
     for c in edges:
@@ -167,7 +169,7 @@ def stage_params(m: ModelSpec, lay: Layout, stage: int,
         repl += c.params if c.role == "replicated" and lay.tp > 1 else 0.0
     if m.tie_embeddings and lay.pp == 1:  # one table serves as embedding and LM head
         dense -= m.vocab * m.hidden / lay.tp
-    return StageParams(dense, repl, expert)
+    return StageParams(dense, repl, expert, linear)
 
 
 def kv_bytes_per_token_layer(m: ModelSpec, tp: int) -> float:
@@ -216,8 +218,9 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
             sum(acts[x][1] for x in layers) + edges)
         if lay.recompute == "full":  # one layer's activations live while it is recomputed
             out["activations_bytes"] += peak
-    else:
-        out["weights_bytes"] = b * (par.dense + par.expert)
+    else:  # the blocks' linear layers in the checkpoint's weight_dtype
+        out["weights_bytes"] = b * (par.dense - par.linear) + m.linear_bytes * (
+            par.linear + par.expert)
         out["tp_overhead_bytes"] = b * par.replicated
         out["kv_cache_bytes"] = (samples_per_replica(w, lay) * w.kv_len * (last - first + 1)
                                  * kv_bytes_per_token_layer(m, lay.tp))
@@ -231,10 +234,10 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
 def static_bytes_lower_bound(m: ModelSpec, w: Workload, num_gpus: int) -> float:
     """Per-GPU bytes no layout can go below: every parameter's weights (and, for training,
     gradients and optimizer states) stored once, spread evenly over all GPUs."""
-    from .components import param_count
+    from .components import param_count, weight_bytes
 
-    per = m.dtype_bytes + (w.grad_bytes + w.optimizer_bytes if w.kind == "training" else 0)
-    return param_count(m)["total"] * per / num_gpus
+    states = w.grad_bytes + w.optimizer_bytes if w.kind == "training" else 0
+    return (weight_bytes(m) + param_count(m)["total"] * states) / num_gpus
 
 
 # --------------------------------------------------------------------------- communication

@@ -56,6 +56,10 @@ class ModelSpec:
     dtype: str = "bf16"
     dropout: bool = False
     mla: MLASpec | None = None
+    # Stored precision of the blocks' linear layers (QKV, out, MLP, experts) in a quantized
+    # serving checkpoint (DeepSeek-V3's fp8); None: `dtype`. Norms, router, embedding and LM
+    # head, the KV cache and activations stay `dtype`.
+    weight_dtype: str | None = None
 
     @property
     def is_moe(self) -> bool:
@@ -71,6 +75,11 @@ class ModelSpec:
     @property
     def dtype_bytes(self) -> int:
         return DTYPE_BYTES[self.dtype]
+
+    @property
+    def linear_bytes(self) -> int:
+        """Bytes per stored weight of the blocks' linear layers."""
+        return DTYPE_BYTES[self.weight_dtype or self.dtype]
 
 
 def _check_model(m: ModelSpec, f: Fields) -> ModelSpec:
@@ -132,6 +141,7 @@ def _read_model_fields(f: Fields) -> ModelSpec:
         dtype=f.str("dtype", tuple(DTYPE_BYTES), default="bf16"),
         dropout=f.bool("dropout", default=False),
         mla=mla,
+        weight_dtype=f.str("weight_dtype", ("bf16", "fp16", "fp8"), default=None),
     )
     if m.shared_experts and not m.shared_expert_ffn_hidden:
         m = replace(m, shared_expert_ffn_hidden=m.expert_ffn_hidden)

@@ -10,16 +10,25 @@ from click.testing import CliRunner
 from conftest import PROBLEMS
 
 from autopar.api import make_problem, solve
-from autopar.calibration import parse_calibration
+from autopar.calibration import Calibration, parse_calibration
 from autopar.cli import main
 from autopar.cost import Problem, kv_bytes_per_token_layer
 from autopar.disagg import disagg_search
-from autopar.errors import InfeasibleError
+from autopar.errors import InfeasibleError, InputError
 from autopar.export import export_text
 from autopar.frontier import Targets, pareto, serving_search
 from autopar.search import SearchOptions
 from autopar.serving import Evaluator, Layout, decode_time
-from autopar.spec import GB, GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload, load_model
+from autopar.spec import (
+    GB,
+    GPUSpec,
+    HardwareSpec,
+    LinkSpec,
+    ModelSpec,
+    Workload,
+    load_hardware,
+    load_model,
+)
 
 SEED_HW = PROBLEMS / "hw" / "seed-3gpu.yaml"
 SEED_SERVE = PROBLEMS / "models" / "seed-moe-serve.yaml"
@@ -340,3 +349,57 @@ def test_target_without_its_phase_is_an_input_error():
         parse_workload({**base, "phase": "prefill", "tpot_ms": 10}, "w.yaml")
     assert parse_workload({**base, "phase": "both", "ttft_ms": 100, "tpot_ms": 10},
                           "w.yaml").ttft_ms == 100
+
+
+# ----------------------------------------------------------------------------- fp8 checkpoint
+def test_fp8_checkpoint_stores_and_reads_linear_layers_in_one_byte():
+    """weight_dtype fp8: the blocks' linear layers take 1 B per weight in memory and in a
+    decode step's HBM reads; norms, router, embedding and LM head stay bf16 (2 B)."""
+    m16 = ModelSpec(name="moe", layers=2, hidden=1024, heads=8, kv_heads=8, head_dim=128,
+                    ffn_hidden=0, gated_mlp=True, vocab=5000, experts=4, top_k=4,
+                    expert_ffn_hidden=2048)
+    m8 = replace(m16, weight_dtype="fp8")
+    wl = Workload("inference", 1, phase="decode", input_len=64, output_len=0)
+    h, f, V, L = 1024, 2048, 5000, 2
+    linear = L * (4 * h * h + 4 * 3 * h * f)  # QKV + out, 4 experts of 3 h f (all touched)
+    other = L * (2 * h + h * 4) + 2 * V * h + h  # 2 norms and router per layer; emb, head, norm
+    mem, step = {}, {}
+    for m in (m16, m8):
+        p = Problem(m, _hw(), wl, Calibration(kernel_floor_s=0.0))  # bandwidth alone
+        dec = Evaluator(p).phase(Layout(1, 1, 1, 1, 1), "decode", 1)
+        mem[m.weight_dtype] = dec.evaluation.stages[0].memory.weights
+        step[m.weight_dtype] = decode_time(dec, 1)
+    assert mem[None] == pytest.approx(2 * (linear + other))
+    assert mem["fp8"] == pytest.approx(linear + 2 * other)
+    hbm = 2e12 * Calibration().hbm_eff
+    # a one-token step reads each linear weight once (the embedding only gathers one row)
+    assert step[None] - step["fp8"] == pytest.approx(linear / hbm, rel=0.02)
+
+
+def test_fp8_serving_plan_passes_check_and_fits_where_bf16_does_not(tmp_path):
+    from autopar.check import check_plan
+
+    mf = load_model(SEED_SERVE)  # 7.6 B parameters, 7.3 B of them in linear layers
+    one = load_hardware(SEED_HW)
+    one = replace(one, gpus_per_node=1, gpu=replace(one.gpu, memory_bytes=14 * GB))
+    with pytest.raises(InfeasibleError):  # 15.2 GB of bf16 weights
+        solve(mf, one, time_limit_s=5)
+    fp8 = replace(mf, model=replace(mf.model, weight_dtype="fp8"))
+    plan = solve(fp8, one, time_limit_s=5)  # 7.9 GB of weights, the rest for the KV cache
+    assert plan.data["inputs"]["model"]["weight_dtype"] == "fp8"
+    assert not [x for x in check_plan(plan.data) if x.severity == "error"]
+
+
+def test_fp8_weights_are_for_serving_and_hf_fp8_config_is_read(tmp_path):
+    mf = load_model(PROBLEMS / "models" / "deepseek-v3-train.yaml")
+    fp8 = replace(mf, model=replace(mf.model, weight_dtype="fp8"))
+    with pytest.raises(InputError, match="model.weight_dtype: fp8 weights are a serving"):
+        make_problem(fp8, PROBLEMS / "hw" / "h800-32node.yaml")
+    hf = json.loads((PROBLEMS / "models" / "hf" / "deepseek-v3-config.json").read_text())
+    assert load_model(PROBLEMS / "models" / "hf" / "deepseek-v3-config.json").model \
+        .weight_dtype == "fp8"
+    hf["quantization_config"] = {"quant_method": "awq", "bits": 4}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(hf))
+    with pytest.raises(InputError, match="quantization_config.quant_method: 'awq'"):
+        load_model(path)
