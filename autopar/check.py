@@ -70,11 +70,11 @@ def resolve_inputs(plan: dict, f: Findings, model_file: Any = None, hw: Any = No
         base = Path(base_dir) if base_dir is not None else Path(".")
         try:  # file references, relative to the plan
             if isinstance(raw.get("model"), str) and model_file is None:
-                mf = load_model(base / raw["model"])
+                mf = load_model(_named_file(base, raw["model"], source, "inputs.model"))
                 echo = Inputs(mf.model, echo.hardware, echo.workload, echo.flash_attention)
                 ref_workload = mf.workload
             if isinstance(raw.get("hardware"), str) and hw is None:
-                hw = load_hardware(base / raw["hardware"])
+                hw = load_hardware(_named_file(base, raw["hardware"], source, "inputs.hardware"))
         except (InputError, ValueError) as exc:
             f.error("inputs", "inputs", f"cannot read a file the plan names: {exc}")
     model, file_workload = None, None
@@ -95,6 +95,16 @@ def resolve_inputs(plan: dict, f: Findings, model_file: Any = None, hw: Any = No
                "checking against the hardware given", echo.hardware.name, hw.name)
     wl = workload or echo.workload or ref_workload or file_workload
     return Inputs(model or echo.model, hw or echo.hardware, wl, echo.flash_attention)
+
+
+def _named_file(base: Path, name: str, source: str, field: str) -> Path:
+    """A spec file a plan names: a relative YAML or JSON path, so that a plan from elsewhere
+    cannot make `check` read arbitrary files (pass --model / --hw for anything else)."""
+    path = Path(name)
+    if path.is_absolute() or path.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise InputError(source, field, f"{name!r}: a plan may name only relative .yaml / "
+                                        ".yml / .json files; pass --model / --hw instead")
+    return base / path
 
 
 def _hw_key(hw: HardwareSpec) -> tuple:

@@ -428,3 +428,14 @@ def test_divisibility_rules():
     assert "experts do" in found(tp=3, ep=4, listed=False)  # 6 experts over 4: uneven ...
     assert found(tp=3, ep=4, listed=True) == set()  # ... allowed when the placement is listed
     assert "more EP" in found(tp=3, ep=8, listed=True)
+
+
+@pytest.mark.parametrize("name", ["/etc/hostname", "../hw/seed-3gpu.txt", "model"])
+def test_plan_may_name_only_relative_spec_files(name):
+    """A plan from elsewhere cannot make check read arbitrary files: absolute paths and files
+    that are not YAML / JSON are refused with a finding, and nothing is read."""
+    plan = json.loads(SEED_ORIGINAL.read_text())
+    plan["inputs"]["hardware"] = name
+    found = check_plan(plan, base_dir=SEED_ORIGINAL.parent)
+    msgs = [x.message for x in found if x.check == "inputs"]
+    assert any("inputs.hardware" in m and "relative .yaml" in m for m in msgs), msgs
