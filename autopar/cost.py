@@ -19,6 +19,7 @@ from .components import (
     embedding_components,
     head_components,
     layer_components,
+    param_bytes,
 )
 from .spec import GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload
 from .strategy import Strategy
@@ -166,7 +167,7 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
     k, n = c.gemm
     # fp8 runs the transformer blocks' linear layers; router and LM head stay 16-bit (as TE)
     dtype = p.gemm_dtype if k and c.role in LINEAR_ROLES else m.dtype
-    wb = m.linear_bytes if c.role in LINEAR_ROLES else b  # bytes per stored weight
+    wb = param_bytes(m, c.role)
     if c.is_expert:
         routed = T * m.top_k * s.etp / tp * moe.imbalance  # tokens this EP rank's experts see
         params = moe.max_slots * c.params / s.etp
