@@ -1,6 +1,6 @@
 """Solver speed and scale (issue 7): one command, one table.
 
-    python benchmarks/solver_scale.py [--quick] [--repeats N] [--time-limit S]
+    python benchmarks/solver_scale.py [--quick] [--repeats N] [--time-limit S] [--replot]
 
 For each case of a fixed matrix it runs `autopar.search` in a fresh subprocess (so peak
 memory is the case's own), `--repeats` times, and records candidates enumerated / pruned /
@@ -114,7 +114,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--time-limit", type=float, default=120.0)
     ap.add_argument("--out", default=str(ROOT / "results" / "solver-scale.md"))
+    ap.add_argument("--replot", action="store_true",
+                    help="redraw the PNG from the JSON of the last run, solving nothing")
     args = ap.parse_args()
+    if args.replot:
+        raw = json.loads(Path(args.out).with_suffix(".json").read_text())
+        _plot([(c["case"], statistics.median(r["wall_s"] for r in c["runs"])) for c in raw
+               if "error" not in c["runs"][0]], Path(args.out).with_suffix(".png"))
+        return
     rows, raw = [], []
     for i, (name, model, hw_spec) in enumerate(CASES):
         if args.quick and i not in QUICK:
@@ -162,14 +169,18 @@ def main() -> None:
              "(enumeration, bounds, expert placement, stage cuts) in a fresh process.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    if all(r[1] == "error" for r in rows):  # a broken install, not a result: keep the old one
+        sys.exit(f"every case failed (first: {rows[0][2]}); {args.out} left as it was")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     Path(args.out).with_suffix(".json").write_text(json.dumps(raw, indent=1))
-    _plot(rows, Path(args.out).with_suffix(".png"))
+    _plot([(r[0], float(r[2])) for r in rows if r[1] != "error"],
+          Path(args.out).with_suffix(".png"))
     print(f"wrote {args.out}", file=sys.stderr)
 
 
-def _plot(rows: list, path: Path) -> None:
+def _plot(walls: list[tuple[str, float]], path: Path) -> None:
+    """Median wall time per case (the `plot` extra; nothing without matplotlib)."""
     try:
         import matplotlib
 
@@ -177,9 +188,8 @@ def _plot(rows: list, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    ok = [r for r in rows if r[1] != "error"]
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.barh([r[0] for r in ok], [float(r[2]) for r in ok])
+    ax.barh([name for name, _ in walls], [wall for _, wall in walls])
     ax.set_xscale("log")
     ax.set_xlabel("solve wall time, s (log)")
     fig.tight_layout()
