@@ -15,6 +15,9 @@ from typing import Any
 import yaml
 
 ENGINES = ("vllm", "sglang")
+# Above this fraction an engine has little room of its own (CUDA graphs, NCCL buffers,
+# sampler); vLLM's default gpu-memory-utilization is 0.90.
+TIGHT_FRACTION = 0.95
 
 
 def _fraction(nbytes: float, capacity: float) -> float:
@@ -75,12 +78,19 @@ def launch_section(degrees: dict[str, int], moe: bool, per_replica: int, memory_
     `memory_bytes` is the plan's fullest GPU (vLLM's utilization covers everything it
     allocates); `static_bytes` its weights and KV cache (SGLang's static pool)."""
     d = {k: int(degrees[k]) for k in ("tp", "pp", "dp", "ep", "etp")}
-    return {
+    out = {
         "vllm": _vllm(d, moe, per_replica, _fraction(memory_bytes, capacity_bytes),
                       max_model_len, nodes),
         "sglang": _sglang(d, moe, per_replica, _fraction(static_bytes, capacity_bytes),
                           max_model_len, nodes),
     }
+    used = memory_bytes / capacity_bytes
+    for entry in out.values():
+        entry["note"] = "" if used <= TIGHT_FRACTION else (
+            f"the plan fills {used:.1%} of each GPU, leaving the engine little room for CUDA "
+            "graphs and NCCL buffers (vLLM's default utilization is 0.90); raise the "
+            "hardware file's reserved_gb and plan again for more headroom")
+    return out
 
 
 def launch_from_plan(plan: dict[str, Any]) -> dict[str, Any]:
@@ -123,9 +133,10 @@ def export_text(plan: dict[str, Any], engine: str, fmt: str = "command",
     entry = launch_from_plan(plan)[engine]
     name = model_path or plan["inputs"]["model"]["name"]
     body = command(engine, entry, name) if fmt == "command" else config_yaml(entry, name, engine)
+    if entry.get("note"):
+        body = f"# note: {entry['note']}\n" + body
     if not entry["exact"]:
-        note = f"# not exact: {entry['why']}\n"
-        body = note + body
+        body = f"# not exact: {entry['why']}\n" + body
     return body
 
 

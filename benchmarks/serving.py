@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from autopar.api import load_model, make_problem, solve  # noqa: E402
 from autopar.disagg import disagg_search  # noqa: E402
+from autopar.export import command  # noqa: E402
 from autopar.frontier import Targets, serving_search  # noqa: E402
 from autopar.serving_report import frontier_png  # noqa: E402
 
@@ -124,10 +125,10 @@ def render(rows: list[dict], repeats: int) -> str:
                        f"{_ms(pt.tpot_s)} | {pt.tokens_per_s_per_user:.1f} | "
                        f"{pt.tokens_per_s_per_gpu:.0f} | "
                        f"{'yes' if pt.meets(t.ttft_ms, t.tpot_ms) else 'no'} |")
-        launch = r["plan"]["launch"]
-        out += ["", "Launch (vLLM): `" + " ".join(
-            f"--{k}" if v is True else f"--{k} {v}" for k, v in launch["vllm"]["args"].items())
-            + "`" + ("" if launch["vllm"]["exact"] else f" (not exact: {launch['vllm']['why']})")]
+        v = r["plan"]["launch"]["vllm"]
+        out += ["", f"Launch (vLLM): `{command('vllm', v, r['plan']['inputs']['model']['name'])}`"
+                + ("" if v["exact"] else f" (not exact: {v['why']})")
+                + (f" (note: {v['note']})" if v.get("note") else "")]
     return "\n".join(out) + "\n"
 
 

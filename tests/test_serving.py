@@ -267,6 +267,18 @@ def test_export_has_the_plans_parallel_sizes(seed_plan):
     used = max(x["memory"]["total_bytes"] for x in d["gpus"]) / d["gpus"][0]["memory"][
         "capacity_bytes"]
     assert used <= frac < used + 0.05
+    assert ("# note: the plan fills" in v) == (used > 0.95)  # headroom warned about
+
+
+def test_export_warns_when_the_plan_leaves_the_engine_no_headroom():
+    from autopar.export import launch_section
+
+    deg = {"tp": 1, "pp": 1, "dp": 8, "ep": 8, "etp": 1}
+    tight = launch_section(deg, True, 200, 79e9, 78e9, 80e9, 3072, 1)
+    roomy = launch_section(deg, True, 200, 70e9, 69e9, 80e9, 3072, 1)
+    assert "98.8%" in tight["vllm"]["note"] and "reserved_gb" in tight["sglang"]["note"]
+    assert roomy["vllm"]["note"] == roomy["sglang"]["note"] == ""
+    assert tight["vllm"]["args"]["gpu-memory-utilization"] == 0.99
 
 
 def test_export_flags_layouts_an_engine_cannot_express():
