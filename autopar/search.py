@@ -211,13 +211,18 @@ class _CostCache:
 
 
 def summed(costs: list[LayerCost]) -> LayerCost:
-    """One LayerCost whose every numeric field is the sum over `costs`."""
+    """One LayerCost whose every numeric field is the sum over `costs`. Identical layers
+    share one LayerCost object, so each distinct one is counted once, times its copies."""
     first = costs[0]
+    copies: dict[int, list] = {}
+    for c in costs:
+        copies.setdefault(id(c), [c, 0])[1] += 1
+    distinct = list(copies.values())
     values = {}
     for f in fields(first):
         v = getattr(first, f.name)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            values[f.name] = math.fsum(getattr(c, f.name) for c in costs)
+            values[f.name] = math.fsum(getattr(c, f.name) * n for c, n in distinct)
         else:
             values[f.name] = type(v)() if isinstance(v, list) else v
     return LayerCost(**values)
