@@ -1066,6 +1066,10 @@ def place_experts(
         return _finish(problem, greedy(problem), method, "HEURISTIC", lb, t0)
     if method == "node_local":
         return _finish(problem, node_local(problem), method, "HEURISTIC", lb, t0)
+    if _filled_evenly(problem):
+        return _finish(problem, round_robin(problem), "round_robin", "", lb, t0,
+                       "not needed: equal loads fill every slot once, contiguous blocks meet "
+                       "the bound and no replica can move a token")
     base = greedy(problem)
     core, start, scale = _start(problem, base)
     try:
@@ -1078,6 +1082,15 @@ def place_experts(
         ref = _finish(problem, base, "greedy", "", lb, t0, solved.status + ";greedy kept", bound)
         return ref if ref.status == "OPTIMAL" else dataclasses.replace(ref, status="FALLBACK")
     return res
+
+
+def _filled_evenly(problem: PlacementProblem) -> bool:
+    """Equal loads and exactly one slot per expert: every GPU carries the mean whatever the
+    placement, and with no replica each node keeps the same tokens local, so the contiguous
+    blocks are optimal on both objectives (the common uniform-routing case, solved at once)."""
+    w = problem.loads
+    return (problem.num_gpus * problem.slot_cap == len(w) and problem.coactivation is None
+            and max(w) == min(w))
 
 
 def _make_core(problem: PlacementProblem, budget: int) -> tuple[_Core, float]:

@@ -174,3 +174,25 @@ def test_baselines_shapes():
     check_placement(p, g)
     assert sum(len(x) for x in g) == 15  # every spare slot used
     assert lower_bound(p) >= sum(p.loads) / 3
+
+
+@pytest.mark.parametrize(("experts", "gpus", "per_node"), [(64, 16, 4), (48, 12, 8), (8, 8, 8)])
+def test_equal_loads_filling_every_slot_skip_the_solver_and_are_optimal(experts, gpus, per_node):
+    """Uniform routing with one slot per expert: contiguous blocks, proven optimal by the
+    bound, and no other balanced placement does better on load or cross-node share."""
+    import random
+
+    pb = PlacementProblem(loads=(100.0,) * experts, num_gpus=gpus, gpus_per_node=per_node,
+                          slots_per_gpu=experts // gpus, spare_slots=0)
+    pl = place_experts(pb)
+    assert pl.method == "round_robin" and pl.status == "OPTIMAL" and pl.gap == 0
+    assert pl.max_over_mean == 1.0
+    rng = random.Random(0)
+    for _ in range(20):
+        order = list(range(experts))
+        rng.shuffle(order)
+        k = experts // gpus
+        other = [order[i * k:(i + 1) * k] for i in range(gpus)]
+        loads, cross = route_loads(pb, other)
+        assert float(loads.max()) == pytest.approx(pl.objective)
+        assert cross / sum(pb.loads) == pytest.approx(pl.cross_node_share)
