@@ -209,10 +209,10 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
         act = T * c.act_bytes_sharded / tp + T * c.act_bytes_replicated / sp_div
         ew = T * c.ew_bytes / tp + T * c.ew_bytes_repl / sp_div
     t = _time(flops_busiest if c.is_expert else flops, nbytes, eff, p, dtype)
-    ew_s = _elementwise(ew, p)
-    if not k and c.role not in ("heads", "expert"):  # norms and gathers are elementwise too
-        ew_s += t
-    return ComponentCost(c.name, c.role, params, flops, t + _elementwise(ew, p), ew_s), act
+    ew_t = _elementwise(ew, p)
+    # norms and gathers are elementwise too
+    ew_s = ew_t + t if not k and c.role not in ("heads", "expert") else ew_t
+    return ComponentCost(c.name, c.role, params, flops, t + ew_t, ew_s), act
 
 
 def _collectives(p: Problem, s: Strategy, T: float, moe_layer: bool, moe: MoEState,
