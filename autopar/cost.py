@@ -37,6 +37,10 @@ class Problem:
     # The weight-gradient GEMM accumulates into the main gradient in its epilogue (Megatron's
     # gradient_accumulation_fusion); False: a separate add after every micro-batch.
     fused_grad_accumulation: bool = True
+    # Backward: each column-parallel layer's input-gradient all-reduce (reduce-scatter under
+    # sequence parallelism) runs behind its weight-gradient GEMM (Megatron's
+    # async_tensor_model_parallel_allreduce, on by default since late 2021); False: exposed.
+    async_tp_allreduce: bool = True
 
     def __post_init__(self) -> None:  # measured defaults of this GPU fill what is unset
         object.__setattr__(self, "calib", self.calib.resolve(self.hw.gpu))
@@ -302,6 +306,8 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
     if s.overlap_tp_comm:  # [tp-overlap] hidden behind the column / row GEMMs next to it
         window = sum(c.time_s - c.ew_s for c in costs if c.role in ("column", "row"))
         tp_f, tp_b1 = max(0.0, tp_t - window), max(0.0, tp_t - 2 * window)
+    elif p.training and p.async_tp_allreduce and s.tp > 1:
+        tp_b1 = tp_t - async_tp_hidden(p, s, costs, groups["tp"], T)
     sp_div = s.tp if s.sequence_parallel else 1
     act_input = T * m.hidden * m.dtype_bytes / sp_div
     if s.recompute == "full":  # [recompute] one more forward, its comm included
@@ -331,6 +337,19 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         components=costs,
         params_linear=sum(c.params for c in costs if c.role in ("column", "row")),
     )
+
+
+def async_tp_hidden(p: Problem, s: Strategy, costs: list[ComponentCost],
+                    group: comm.GroupLink, T: int) -> float:
+    """[tp-async] Backward TP time hidden by Megatron's asynchronous input-gradient collective:
+    a column-parallel layer launches the all-reduce (reduce-scatter under sequence
+    parallelism) of its input gradient and then computes its weight gradient, a GEMM as long
+    as its forward one; each block's collective hides up to that GEMM's time."""
+    nbytes = T * p.model.hidden * p.model.dtype_bytes
+    one = (comm.reduce_scatter(nbytes, group, p.calib) if s.sequence_parallel
+           else comm.all_reduce(nbytes, group, p.calib))
+    gemms = [c.time_s - c.ew_s for c in costs if c.role == "column"]
+    return sum(min(one, t) for t in gemms[:2])  # one collective per block: attention, MLP
 
 
 def grad_accumulation(p: Problem, params: float) -> float:

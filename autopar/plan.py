@@ -93,7 +93,9 @@ def inputs_echo(p: Problem, opts: SearchOptions) -> dict[str, Any]:
         "workload": asdict(w),
         "options": {"pins": dict(opts.pins), "time_limit_s": opts.time_limit_s,
                     "seed": opts.seed, "workers": opts.workers,
-                    "flash_attention": p.flash_attention},
+                    "flash_attention": p.flash_attention,
+                    "fused_grad_accumulation": p.fused_grad_accumulation,
+                    "async_tp_allreduce": p.async_tp_allreduce},
         "calibration": asdict(p.calib),
     }
 
