@@ -26,7 +26,11 @@ def make_problem(model: ModelSpec | ModelFile | str | Path,
                  hardware: HardwareSpec | str | Path,
                  workload: Workload | None = None,
                  calibration: Calibration | None = None,
-                 flash_attention: bool = True) -> Problem:
+                 flash_attention: bool = True,
+                 fused_grad_accumulation: bool = True,
+                 async_tp_allreduce: bool = True) -> Problem:
+    """The validated instance. The three switches describe the training software, not the
+    layout (`docs/calibration.md`, software-stack switches)."""
     mf = model if isinstance(model, ModelFile) else (
         ModelFile(model) if isinstance(model, ModelSpec) else load_model(model))
     hw = hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
@@ -39,7 +43,8 @@ def make_problem(model: ModelSpec | ModelFile | str | Path,
         raise InputError(mf.source or "model", "model.weight_dtype",
                          f"{m.weight_dtype} weights are a serving checkpoint; training keeps "
                          f"{m.dtype} weights (workload.precision: fp8 runs fp8 GEMMs)")
-    return Problem(mf.model, hw, wl, calibration or Calibration(), flash_attention)
+    return Problem(mf.model, hw, wl, calibration or Calibration(), flash_attention,
+                   fused_grad_accumulation, async_tp_allreduce)
 
 
 def solve(model: ModelSpec | ModelFile | str | Path,
@@ -52,6 +57,8 @@ def solve(model: ModelSpec | ModelFile | str | Path,
           workers: int = 1,
           calibration: Calibration | None = None,
           flash_attention: bool = True,
+          fused_grad_accumulation: bool = True,
+          async_tp_allreduce: bool = True,
           progress: Callable[[str], None] | None = None,
           frontier: bool = False,
           disaggregate: bool = False,
@@ -62,7 +69,8 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     Serving (an inference workload with phase both or TTFT / TPOT targets, or any of
     `frontier`, `disaggregate`, `decode_hw`) goes to `serveplan.serve`: the most tokens/s
     per GPU under the targets, the Pareto frontier, the disaggregated comparison."""
-    p = make_problem(model, hardware, workload, calibration, flash_attention)
+    p = make_problem(model, hardware, workload, calibration, flash_attention,
+                     fused_grad_accumulation, async_tp_allreduce)
     pins = dict(pins or {})
     bad = [k for k in pins if k not in PIN_KEYS]
     if bad:

@@ -96,6 +96,14 @@ def main() -> None:
               help="DP gradient reduction behind the backward (default on)")
 @click.option("--tp-comm-overlap/--no-tp-comm-overlap", default=None,
               help="TP collectives behind the GEMMs (needs sequence parallel; default off)")
+@click.option("--flash-attention/--no-flash-attention", default=True, show_default=True,
+              help="fused attention kernel; off: unfused masked softmax (software switch)")
+@click.option("--async-tp-allreduce/--no-async-tp-allreduce", default=True, show_default=True,
+              help="backward TP all-reduce behind the weight-gradient GEMM (Megatron since "
+                   "late 2021; software switch)")
+@click.option("--fused-grad-accumulation/--no-fused-grad-accumulation", default=True,
+              show_default=True, help="gradient accumulation inside the weight-gradient GEMM "
+                                      "(Megatron since 2022; software switch)")
 @click.option("--precision", type=click.Choice(["bf16", "fp16", "fp8"]), default=None,
               help="GEMM precision (fp8 where the GPU has fp8 tensor cores)")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
@@ -109,8 +117,8 @@ def main() -> None:
 def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_len,
           output_len, expert_load, spare_slots, tp, pp, dp, ep, etp, micro_batch, recompute,
           zero, sequence_parallel, num_micro_batches, virtual_stages, overlap_grad_reduce,
-          tp_comm_overlap, precision, calibration, time_limit, seed, workers, quiet,
-          **serving) -> None:
+          tp_comm_overlap, flash_attention, async_tp_allreduce, fused_grad_accumulation,
+          precision, calibration, time_limit, seed, workers, quiet, **serving) -> None:
     """Find the fastest layout of MODEL on HW and write its deployment plan."""
     def run():
         mf = load_model(model_path)
@@ -132,6 +140,8 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
         progress = None if quiet else Progress()
         plan = api.solve(replace(mf, workload=wl), hw_path, pins=pins, time_limit_s=time_limit,
                          seed=seed, workers=workers, calibration=calib, progress=progress,
+                         flash_attention=flash_attention, async_tp_allreduce=async_tp_allreduce,
+                         fused_grad_accumulation=fused_grad_accumulation,
                          **solve_kwargs(serving))
         if progress:
             progress.done()

@@ -322,6 +322,33 @@ def test_cli_pins_training_options_and_plan_reports_phases(tmp_path, write_yaml)
     assert mem["activations_no_recompute_bytes"] > mem["activations_bytes"] > 0
 
 
+def test_cli_software_switches_reach_the_cost_model_and_the_plan(tmp_path, write_yaml):
+    """--no-async-tp-allreduce / --no-fused-grad-accumulation model older Megatron: the same
+    pinned TP 8 layout takes longer, and the plan echoes the switches."""
+    hw_path = write_yaml("a100-8node.yaml", {
+        "name": "a100-8node", "gpu": {"type": "A100-SXM4-80GB"}, "nodes": 8,
+        "gpus_per_node": 8, "intra_node": {"bandwidth_gbps": 300},
+        "inter_node": {"bandwidth_gbps": 25}})
+
+    def solve(*flags: str) -> dict:
+        out = tmp_path / f"plan{len(flags)}.json"
+        r = CliRunner().invoke(main, [
+            "solve", "--model", str(PROBLEMS / "models" / "llama3-70b.yaml"),
+            "--hw", str(hw_path), "--batch", "8", "--seq-len", "2048",
+            "--tp", "8", "--pp", "8", "--dp", "1", "--micro-batch", "1",
+            "--recompute", "full", "--zero", "0", "--no-sequence-parallel",
+            "--time-limit", "5", "--quiet", "--out", str(out), *flags])
+        assert r.exit_code == 0, r.output
+        return json.loads(out.read_text())
+
+    new, old = solve(), solve("--no-async-tp-allreduce", "--no-fused-grad-accumulation")
+    assert new["inputs"]["options"]["async_tp_allreduce"] is True
+    assert old["inputs"]["options"]["async_tp_allreduce"] is False
+    assert old["inputs"]["options"]["fused_grad_accumulation"] is False
+    assert old["timing"]["tp_comm_exposed_s"] > new["timing"]["tp_comm_exposed_s"]
+    assert old["timing"]["step_time_s"] > new["timing"]["step_time_s"]
+
+
 def test_a100_gemm_default_is_what_the_fit_derives():
     """The catalogue figure must follow the cost model: re-run the fit when either changes."""
     import sys
