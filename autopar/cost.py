@@ -307,7 +307,7 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         window = sum(c.time_s - c.ew_s for c in costs if c.role in ("column", "row"))
         tp_f, tp_b1 = max(0.0, tp_t - window), max(0.0, tp_t - 2 * window)
     elif p.training and p.async_tp_allreduce and s.tp > 1:
-        tp_b1 = tp_t - async_tp_hidden(p, s, costs, groups["tp"], T)
+        tp_b1 = tp_t - async_tp_hidden(costs, tp_t, s.sequence_parallel)
     sp_div = s.tp if s.sequence_parallel else 1
     act_input = T * m.hidden * m.dtype_bytes / sp_div
     if s.recompute == "full":  # [recompute] one more forward, its comm included
@@ -339,15 +339,14 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
     )
 
 
-def async_tp_hidden(p: Problem, s: Strategy, costs: list[ComponentCost],
-                    group: comm.GroupLink, T: int) -> float:
+def async_tp_hidden(costs: list[ComponentCost], tp_time: float, sp: bool) -> float:
     """[tp-async] Backward TP time hidden by Megatron's asynchronous input-gradient collective:
     a column-parallel layer launches the all-reduce (reduce-scatter under sequence
     parallelism) of its input gradient and then computes its weight gradient, a GEMM as long
-    as its forward one; each block's collective hides up to that GEMM's time."""
-    nbytes = T * p.model.hidden * p.model.dtype_bytes
-    one = (comm.reduce_scatter(nbytes, group, p.calib) if s.sequence_parallel
-           else comm.all_reduce(nbytes, group, p.calib))
+    as its forward one; each block's collective hides up to that GEMM's time. `tp_time` is
+    the layer's two block collectives from `_collectives`; under SP each is a reduce-scatter
+    plus an all-gather of the same cost, so the reduce-scatter is half of it."""
+    one = tp_time / (4 if sp else 2)
     gemms = [c.time_s - c.ew_s for c in costs if c.role == "column"]
     return sum(min(one, t) for t in gemms[:2])  # one collective per block: attention, MLP
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import yaml
-from megatron_table1 import DATA, even_cut, problem, published
+from megatron_table1 import even_cut, problem, published, runs
 
 from autopar.calibration import Calibration
 from autopar.cost import MoEState
@@ -43,7 +42,7 @@ def fit(r: dict, lo: float = 0.3, hi: float = 1.0) -> float:
 
 def anchor() -> dict:
     """The 22B full-recompute row, the one run the default is fitted on."""
-    return next(r for r in yaml.safe_load(DATA.read_text())["korthikanti2022"]
+    return next(r for r in runs("korthikanti2022")
                 if r["name"] == "22B" and r.get("recompute", "full") == "full")
 
 

@@ -44,6 +44,11 @@ class Row:
         return self.flops / self.ev.step_time / self.data["gpus"] / 1e12
 
 
+def runs(table: str) -> list[dict]:
+    """The rows of one table of `megatron_runs.yaml`."""
+    return yaml.safe_load(DATA.read_text())[table]
+
+
 def gpt(r: dict) -> ModelSpec:
     """The paper's GPT: learned positions, GeLU MLP of 4h, dropout, tied embeddings."""
     h, a = r["hidden"], r["heads"]
@@ -110,7 +115,7 @@ def pct(x: float) -> str:
 
 
 def table1(time_limit: float) -> tuple[list[str], list[float]]:
-    rows = yaml.safe_load(DATA.read_text())["table1"]
+    rows = runs("table1")
     lines = [
         "| params (B) | GPUs | TP | PP | DP | MBS | v | DDP | published TFLOP/s | predicted "
         "TFLOP/s | error | dominant term | pinned memory (GB) | pinned solve (s) | "
@@ -153,7 +158,7 @@ def table1(time_limit: float) -> tuple[list[str], list[float]]:
 def table2() -> tuple[list[str], list[float]]:
     """SC'21 Table 2 (PTD-P rows): pinned like Table 1, under the assumed interleaving and
     under the default schedule, since the table does not say which it ran."""
-    rows = yaml.safe_load(DATA.read_text())["table2"]
+    rows = runs("table2")
     lines = ["| params (B) | GPUs | TP | PP | DP | m | published TFLOP/s | v (assumed) | "
              "predicted | error | predicted at v 1 | error at v 1 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -163,7 +168,7 @@ def table2() -> tuple[list[str], list[float]]:
         _, flat = run_pinned({**r, "virtual_stages": 1}, 2021)
         err, err1 = (x.tflops / r["tflops_per_gpu"] - 1 for x in (row, flat))
         errors.append(err)
-        m = r["global_batch"] // r["dp"] // r["micro_batch"]
+        m = published(r).num_micro_batches
         lines.append(f"| {r['params_b']} | {r['gpus']} | {r['tp']} | {r['pp']} | {r['dp']} | "
                      f"{m} | {r['tflops_per_gpu']} | {r['virtual_stages']} | {row.tflops:.1f} | "
                      f"{pct(err)} | {flat.tflops:.1f} | {pct(err1)} |")
@@ -171,7 +176,7 @@ def table2() -> tuple[list[str], list[float]]:
 
 
 def korthikanti() -> tuple[list[str], list[float]]:
-    rows = yaml.safe_load(DATA.read_text())["korthikanti2022"]
+    rows = runs("korthikanti2022")
     lines = ["| model | GPUs | TP | PP | MBS x m | v | recompute | SP | measured (s) | "
              "predicted (s) | error |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -180,7 +185,7 @@ def korthikanti() -> tuple[list[str], list[float]]:
         _, row = run_pinned(r, 2022)
         err = r["iteration_s"] / row.ev.step_time - 1  # as a throughput error
         errors.append(err)
-        m = r["global_batch"] // r["dp"] // r["micro_batch"]
+        m = published(r).num_micro_batches
         lines.append(f"| {r['name']} | {r['gpus']} | {r['tp']} | {r['pp']} | "
                      f"{r['micro_batch']} x {m} | {r['virtual_stages']} | "
                      f"{r.get('recompute', 'full')} | "
@@ -192,7 +197,7 @@ def korthikanti() -> tuple[list[str], list[float]]:
 
 def breakdown() -> list[str]:
     """Where the step goes for each Table 1 row under the published layout."""
-    rows = yaml.safe_load(DATA.read_text())["table1"]
+    rows = runs("table1")
     head = "| params (B) | " + " | ".join(k.removesuffix("_s") for k in PHASES) + \
         " | of which elementwise |"
     lines = [head, "|" + "---|" * (len(PHASES) + 2)]
