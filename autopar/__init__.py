@@ -1,4 +1,35 @@
 """autopar: find the parallel layout of a transformer on a GPU cluster that minimizes step
-latency, and emit it as a deployment plan whose every figure can be recomputed."""
+latency, and emit it as a deployment plan whose every figure can be recomputed.
+
+The public API: `solve` (search a layout and return its `Plan`), `check` (verify a plan
+independently of the search), the loaders `load_model` / `load_hardware` and the spec
+dataclasses, so other planners can build inputs in code.
+"""
 
 __version__ = "0.1.0"
+
+# `check` below is the function: import the submodule of the same name first, so that a
+# later `import autopar.check` finds it loaded and does not rebind the attribute.
+from . import check as _check_module  # noqa: F401  (isort: keep first)
+from .api import check, make_problem, solve  # noqa: E402
+from .calibration import Calibration  # noqa: E402
+from .errors import AutoparError, InfeasibleError, InputError  # noqa: E402
+from .finding import Finding  # noqa: E402
+from .plan import Plan  # noqa: E402
+from .spec import (  # noqa: E402
+    GPUSpec,
+    HardwareSpec,
+    LinkSpec,
+    MLASpec,
+    ModelFile,
+    ModelSpec,
+    Workload,
+    load_hardware,
+    load_model,
+)
+
+__all__ = [
+    "solve", "check", "make_problem", "load_model", "load_hardware", "Plan", "Finding",
+    "ModelSpec", "ModelFile", "MLASpec", "HardwareSpec", "GPUSpec", "LinkSpec", "Workload",
+    "Calibration", "AutoparError", "InputError", "InfeasibleError", "__version__",
+]

@@ -19,7 +19,7 @@ from .plan import Plan, build_plan
 from .search import PIN_KEYS, SearchOptions, fits, search
 from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
 
-__all__ = ["solve", "load_model", "load_hardware", "Plan", "make_problem"]
+__all__ = ["solve", "check", "load_model", "load_hardware", "Plan", "make_problem"]
 
 
 def make_problem(model: ModelSpec | ModelFile | str | Path,
@@ -87,6 +87,27 @@ def solve(model: ModelSpec | ModelFile | str | Path,
         raise InfeasibleError(*explain_infeasible(p, opts, result))
     placed = placements_for(p, result.best.strategy, result.placement, seed, workers)
     return build_plan(p, opts, result, placed)
+
+
+def check(plan: Plan | dict | str | Path,
+          model: ModelSpec | ModelFile | str | Path | None = None,
+          hardware: HardwareSpec | str | Path | None = None,
+          workload: Workload | None = None) -> list:
+    """Verify a plan (a `Plan`, its parsed JSON or a plan file) against its inputs,
+    independently of the search: the findings `autopar check` prints, errors first.
+
+    Model, hardware and workload default to the plan's own `inputs`."""
+    from .check import check_plan
+    from .plan import read_plan
+
+    base, source = None, "plan"
+    if isinstance(plan, Plan):
+        data = plan.data
+    elif isinstance(plan, dict):
+        data = plan
+    else:
+        data, base, source = read_plan(plan), Path(plan).parent, str(plan)
+    return check_plan(data, model, hardware, workload, base_dir=base, source=source)
 
 
 def explain_infeasible(p: Problem, opts: SearchOptions, result) -> tuple[str, str]:

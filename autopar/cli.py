@@ -235,8 +235,9 @@ def _guard(fn):
         sys.exit(70)
 
 
-if __name__ == "__main__":
-    main()
-
-
 from . import cli_serving  # noqa: E402,F401  (registers `frontier` and `export`)
+
+if __name__ == "__main__":  # `python -m autopar.cli`: run the package's copy, which has
+    from autopar.cli import main as _main  # every command registered (`python -m autopar`)
+
+    _main(prog_name="autopar")
