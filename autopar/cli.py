@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from . import api
+from . import cli_options as opt
 from .calibration import parse_calibration
 from .errors import AutoparError, InputError
 from .report import summary
@@ -61,33 +62,32 @@ def main() -> None:
     """autopar: auto-parallelism search for dense and MoE transformers."""
 
 
-@main.command()
-@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
-              help="model YAML (with an optional workload section) or HF config.json")
-@click.option("--hw", "hw_path", required=True, type=click.Path(dir_okay=False),
-              help="hardware YAML")
+@main.command(epilog=opt.epilog("solve"))
+@opt.model_hw
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="plan JSON path (default results/<model>-<hw>.json)")
 @click.option("--json", "as_json", is_flag=True, help="print the plan JSON to stdout")
-@click.option("--kind", type=click.Choice(["training", "inference"]), default=None)
+@click.option("--kind", type=click.Choice(["training", "inference"]), default=None,
+              help="workload kind (default: the model file's workload section)")
 @click.option("--batch", type=click.IntRange(1, 10_000_000), default=None,
               help="global batch (training) or concurrent sequences (inference)")
-@click.option("--seq-len", type=click.IntRange(1, 10_000_000), default=None)
+@click.option("--seq-len", type=click.IntRange(1, 10_000_000), default=None,
+              help="training: tokens per sample")
 @click.option("--phase", type=click.Choice(["prefill", "decode", "both"]), default=None,
               help="inference: one prefill, one decode step, or whole requests (serving)")
-@click.option("--input-len", type=click.IntRange(1, 10_000_000), default=None)
-@click.option("--output-len", type=click.IntRange(0, 10_000_000), default=None)
-@click.option("--expert-load", default=None, help="uniform | zipf:S[:SEED] | FILE")
-@click.option("--spare-slots", type=click.IntRange(0, 1024), default=None)
-@click.option("--tp", type=click.IntRange(1, 100_000), default=None)
-@click.option("--pp", type=click.IntRange(1, 100_000), default=None)
-@click.option("--dp", type=click.IntRange(1, 100_000), default=None)
-@click.option("--ep", type=click.IntRange(1, 100_000), default=None)
-@click.option("--etp", type=click.IntRange(1, 100_000), default=None)
-@click.option("--micro-batch", type=click.IntRange(1, 10_000_000), default=None)
-@click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None)
-@click.option("--zero", type=click.IntRange(0, 3), default=None)
-@click.option("--sequence-parallel/--no-sequence-parallel", default=None)
+@opt.request_lengths
+@click.option("--spare-slots", type=click.IntRange(0, 1024), default=None,
+              help="extra expert slots per GPU for replicas of hot experts (default: searched "
+                   "under skew)")
+@opt.degree_pins
+@click.option("--micro-batch", type=click.IntRange(1, 10_000_000), default=None,
+              help="pin the micro-batch size (samples)")
+@click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None,
+              help="pin activation recompute (selective: the attention core only)")
+@click.option("--zero", type=click.IntRange(0, 3), default=None,
+              help="pin the ZeRO stage (1 optimizer states, 2 + gradients, 3 + weights)")
+@click.option("--sequence-parallel/--no-sequence-parallel", default=None,
+              help="pin Megatron sequence parallelism on or off")
 @click.option("--num-micro-batches", type=click.IntRange(1, 10_000_000), default=None,
               help="gradient-accumulation steps per replica")
 @click.option("--virtual-stages", type=click.IntRange(1, 10_000), default=None,
@@ -106,13 +106,11 @@ def main() -> None:
                                       "(Megatron since 2022; software switch)")
 @click.option("--precision", type=click.Choice(["bf16", "fp16", "fp8"]), default=None,
               help="GEMM precision (fp8 where the GPU has fp8 tensor cores)")
-@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
-              help="YAML of measured efficiencies overriding the defaults")
+@opt.calibration
 @click.option("--time-limit", type=click.FloatRange(0.01, 86_400), default=10.0,
               show_default=True, help="seconds for the whole search")
-@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True)
-@click.option("--quiet", is_flag=True, help="no table on the terminal")
+@opt.solver_controls
+@click.option("--quiet", is_flag=True, help="no table and no progress on the terminal")
 @serving_options
 def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_len,
           output_len, expert_load, spare_slots, tp, pp, dp, ep, etp, micro_batch, recompute,
@@ -187,7 +185,7 @@ class Progress:
             click.echo("", err=True)
 
 
-@main.command()
+@main.command(epilog=opt.epilog("check"))
 @click.argument("plan_path", metavar="PLAN.json", type=click.Path(dir_okay=False))
 @click.option("--hw", "hw_path", type=click.Path(dir_okay=False), default=None,
               help="hardware YAML (default: the plan's inputs)")
@@ -195,9 +193,7 @@ class Progress:
               help="model YAML or HF config.json (default: the plan's inputs)")
 @click.option("--json", "as_json", is_flag=True, help="print the findings as JSON")
 def check(plan_path, hw_path, model_path, as_json) -> None:
-    """Recompute PLAN.json from its inputs and list every inconsistency.
-
-    Exit 0 when sound (warnings only), 1 with errors, 2 for unusable input."""
+    """Recompute PLAN.json from its inputs and list every inconsistency."""
     import json
 
     from .check import check_plan, exit_code, format_findings

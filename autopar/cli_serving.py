@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from . import cli_options as opt
 from .api import make_problem
 from .calibration import parse_calibration
 from .cli import _guard, _workload_from_flags, main
@@ -23,31 +24,24 @@ from .serving_report import frontier_document, frontier_png, frontier_table
 from .spec import load_hardware, load_model, read_data
 
 
-@main.command()
-@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--hw", "hw_path", required=True, type=click.Path(dir_okay=False))
+@main.command(epilog=opt.epilog("frontier"))
+@opt.model_hw
 @click.option("--json", "as_json", is_flag=True, help="print the frontier JSON to stdout")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="write the frontier JSON here")
 @click.option("--png", type=click.Path(dir_okay=False), default=None,
               help="plot the frontier to this PNG (needs the plot extra)")
 @click.option("--phase", type=click.Choice(["both", "decode", "prefill"]), default="both",
-              show_default=True)
-@click.option("--input-len", type=click.IntRange(1, 10_000_000), default=None)
-@click.option("--output-len", type=click.IntRange(0, 10_000_000), default=None)
-@click.option("--expert-load", default=None, help="uniform | zipf:S[:SEED] | FILE")
-@click.option("--ttft-ms", type=click.FloatRange(0.001, 1e9), default=None)
-@click.option("--tpot-ms", type=click.FloatRange(0.001, 1e9), default=None)
+              show_default=True, help="what one frontier point is: whole requests, one decode "
+                                      "step or one prefill")
+@opt.request_lengths
+@opt.latency_targets
 @click.option("--disaggregate", is_flag=True, help="add the disaggregated frontier")
-@click.option("--decode-hw", type=click.Path(dir_okay=False), default=None)
-@click.option("--tp", type=click.IntRange(1, 100_000), default=None)
-@click.option("--pp", type=click.IntRange(1, 100_000), default=None)
-@click.option("--dp", type=click.IntRange(1, 100_000), default=None)
-@click.option("--ep", type=click.IntRange(1, 100_000), default=None)
-@click.option("--etp", type=click.IntRange(1, 100_000), default=None)
-@click.option("--calibration", type=click.Path(dir_okay=False), default=None)
-@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--decode-hw", type=click.Path(dir_okay=False), default=None,
+              help="hardware YAML of the decode pool (implies --disaggregate)")
+@opt.degree_pins
+@opt.calibration
+@opt.solver_controls
 def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_len,
              expert_load, ttft_ms, tpot_ms, disaggregate, decode_hw, tp, pp, dp, ep, etp,
              calibration, seed, workers) -> None:
@@ -87,9 +81,10 @@ def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_le
         click.echo(frontier_table(res, dis))
 
 
-@main.command()
+@main.command(epilog=opt.epilog("export"))
 @click.argument("plan_path", metavar="PLAN.json", type=click.Path(dir_okay=False))
-@click.option("--to", "engine", required=True, type=click.Choice(list(ENGINES)))
+@click.option("--to", "engine", required=True, type=click.Choice(list(ENGINES)),
+              help="the serving engine to launch the plan on")
 @click.option("--format", "fmt", type=click.Choice(["command", "yaml"]), default="command",
               show_default=True, help="a command line, or a YAML file for the engine's --config")
 @click.option("--model-path", default=None,

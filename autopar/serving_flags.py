@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import click
 
+from .cli_options import latency_targets
 from .errors import InputError
 from .export import ENGINES, export_text
 
@@ -15,10 +16,7 @@ from .export import ENGINES, export_text
 def serving_options(f):
     """The options `solve` takes for serving (collected into its **serving kwargs)."""
     opts = [
-        click.option("--ttft-ms", type=click.FloatRange(0.001, 1e9), default=None,
-                     help="time-to-first-token limit (ms): a serving constraint"),
-        click.option("--tpot-ms", type=click.FloatRange(0.001, 1e9), default=None,
-                     help="time-per-output-token limit (ms): a serving constraint"),
+        latency_targets,
         click.option("--frontier", "with_frontier", is_flag=True,
                      help="add the throughput/latency Pareto frontier to the plan"),
         click.option("--disaggregate", is_flag=True,
