@@ -14,9 +14,11 @@ from . import api
 from . import cli_options as opt
 from .calibration import parse_calibration
 from .errors import AutoparError, InputError
+from .output import check_target, default_plan_path, workload_label
 from .report import summary
+from .serveplan import wants_serving
 from .serving_flags import apply_targets, serving_options, serving_summary, solve_kwargs
-from .spec import load_model, parse_workload, read_data
+from .spec import load_hardware, load_model, parse_workload, read_data
 
 EXIT_INFEASIBLE = 3
 
@@ -65,7 +67,8 @@ def main() -> None:
 @main.command(epilog=opt.epilog("solve"))
 @opt.model_hw
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="plan JSON path (default results/<model>-<hw>.json)")
+              help="plan JSON path (default results/<model>-<hw>-<workload>.json, workload: "
+                   "training, prefill, decode or serving)")
 @click.option("--json", "as_json", is_flag=True, help="print the plan JSON to stdout")
 @click.option("--kind", type=click.Choice(["training", "inference"]), default=None,
               help="workload kind (default: the model file's workload section)")
@@ -135,23 +138,28 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
                                       overlap_tp_comm=tp_comm_overlap).items()
                 if v is not None}
         calib = parse_calibration(read_data(calibration), calibration) if calibration else None
+        hw = load_hardware(hw_path)
+        target = None
+        if out or not as_json:  # refuse a bad destination before the search, not after it
+            label = workload_label(wl.kind, wl.phase, wants_serving(wl) or any(
+                solve_kwargs(serving).values()))
+            target = check_target(out or default_plan_path(mf.model.name, hw.name, label))
         progress = None if quiet else Progress()
-        plan = api.solve(replace(mf, workload=wl), hw_path, pins=pins, time_limit_s=time_limit,
+        plan = api.solve(replace(mf, workload=wl), hw, pins=pins, time_limit_s=time_limit,
                          seed=seed, workers=workers, calibration=calib, progress=progress,
                          flash_attention=flash_attention, async_tp_allreduce=async_tp_allreduce,
                          fused_grad_accumulation=fused_grad_accumulation,
                          **solve_kwargs(serving))
         if progress:
             progress.done()
-        return plan
+        return plan, target
 
-    plan = _guard(run)
+    plan, path = _guard(run)
     if as_json:
         click.echo(plan.to_json())
-        if out:
-            plan.write(out)
+        if path:
+            _guard(lambda: plan.write(path))
         return
-    path = Path(out) if out else Path("results") / f"{plan.data['name']}.json"
     _guard(lambda: plan.write(path))
     if not quiet:
         click.echo(summary(plan.data))

@@ -14,11 +14,13 @@ from .api import make_problem
 from .calibration import parse_calibration
 from .cli import _guard, _workload_from_flags, main
 from .disagg import disagg_search
-from .errors import InputError
+from .errors import InfeasibleError, InputError
 from .export import ENGINES, export_text
 from .frontier import Targets, serving_search
+from .output import check_target, require_extra
 from .plan import read_plan, write_atomic
 from .search import SearchOptions
+from .serveplan import why_not_served
 from .serving import Evaluator
 from .serving_report import frontier_document, frontier_png, frontier_table
 from .spec import load_hardware, load_model, read_data
@@ -39,19 +41,27 @@ from .spec import load_hardware, load_model, read_data
 @click.option("--disaggregate", is_flag=True, help="add the disaggregated frontier")
 @click.option("--decode-hw", type=click.Path(dir_okay=False), default=None,
               help="hardware YAML of the decode pool (implies --disaggregate)")
+@click.option("--spare-slots", type=click.IntRange(0, 1024), default=None,
+              help="extra expert slots per GPU for replicas of hot experts (default: searched "
+                   "under skew)")
 @opt.degree_pins
 @opt.calibration
 @opt.solver_controls
 def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_len,
-             expert_load, ttft_ms, tpot_ms, disaggregate, decode_hw, tp, pp, dp, ep, etp,
-             calibration, seed, workers) -> None:
+             expert_load, ttft_ms, tpot_ms, disaggregate, decode_hw, spare_slots, tp, pp, dp,
+             ep, etp, calibration, seed, workers) -> None:
     """Tokens/s per GPU against tokens/s per user for every serving layout and load."""
     def run():
+        if png:  # say what is missing or unwritable before the search, not after it
+            require_extra("matplotlib", "plot", "--png")
+            check_target(png, "--png")
+        if out:
+            check_target(out)
         mf = load_model(model_path)
         base = mf.workload if mf.workload and mf.workload.kind == "inference" else None
         wl = _workload_from_flags(base, "command line", "inference",
                                   None if base else 1, None, phase, input_len,
-                                  output_len, expert_load, None)
+                                  output_len, expert_load, spare_slots)
         wl = replace(wl, ttft_ms=wl.ttft_ms if ttft_ms is None else ttft_ms,
                      tpot_ms=wl.tpot_ms if tpot_ms is None else tpot_ms)
         calib = parse_calibration(read_data(calibration), calibration) if calibration else None
@@ -60,13 +70,13 @@ def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_le
                 if v is not None}
         opts = SearchOptions(pins=pins, seed=seed, workers=workers)
         targets = Targets(wl.ttft_ms, wl.tpot_ms)
+        if (disaggregate or decode_hw) and phase != "both":
+            raise InputError("command line", "--phase", "disaggregation needs phase both")
+        dhw = load_hardware(decode_hw) if decode_hw else None
         res = serving_search(p, opts, targets, None, Evaluator(p, opts))
-        dis = None
-        if disaggregate or decode_hw:
-            if phase != "both":
-                raise InputError("command line", "--phase", "disaggregation needs phase both")
-            dhw = load_hardware(decode_hw) if decode_hw else None
-            dis = disagg_search(p, opts, targets, dhw)
+        if res.best is None:  # the answer, exit code and advice of `solve`
+            raise InfeasibleError(*why_not_served(p, opts, res, targets, None))
+        dis = disagg_search(p, opts, targets, dhw) if (disaggregate or decode_hw) else None
         return p, res, dis
 
     p, res, dis = _guard(run)

@@ -58,11 +58,16 @@ class Plan:
 
 
 def write_atomic(path: str | Path, text: str) -> Path:
-    """Write via a temp file and rename, so a reader never sees half a plan."""
-    p = Path(path)
+    """Write via a temp file and rename, so a reader never sees half a plan; only over a
+    regular file or a new path (`output.check_target`), with the mode open() would give."""
+    from .output import check_target, file_mode
+
+    p = check_target(path)
+    mode = file_mode(p)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.write("\n")
@@ -255,47 +260,64 @@ def optimizer_states(p: Problem, s: Strategy, optimizer_bytes: float) -> dict[st
 
 # --------------------------------------------------------------------------- communication
 def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, Any]]:
+    """Every collective of every stage: its time on the link (`time_per_*_s`, what the
+    transfer takes) and the part of it the step waits for (`exposed_s`, per step: less
+    where it overlaps compute [tp-async, tp-overlap, dp-comm]). Per stage, the exposed
+    parts add up to the stage's `timing.per_stage` communication x micro-batches."""
     from .cost import strategy_groups
 
     groups = strategy_groups(p, s)
     m_mb = s.num_micro_batches
     out = []
     full = s.recompute == "full"
+    passes = 1 + (1 if p.training else 0) + (1 if full else 0)  # forward, backward, recompute
     for st in ev.stages:
         n_layers = len(st.layer_costs)
         if not n_layers:
             continue
         if s.tp > 1:
-            lc = st.layer_costs[0]
-            per_call = lc.tp_fwd / 2
-            calls = n_layers * m_mb * (2 + (2 if p.training else 0) + (2 if full else 0))
+            lc = st.layer_costs[0]  # every layer's TP collectives move the same bytes
+            exposed = sum(c.tp_fwd + (c.tp_bwd if p.training else 0.0)
+                          for c in st.layer_costs) * m_mb
             out.append(_coll("reduce_scatter+all_gather" if s.sequence_parallel
                              else "all_reduce", "tp", groups["tp"], st.index, lc.tp_bytes,
-                             calls, per_call, True, "tp-comm"))
+                             2 * passes * n_layers * m_mb, lc.tp_link / 2, exposed,
+                             "tp-comm"))
+            for edge, part in zip(st.edges, _edge_parts(s, st.index), strict=True):
+                # vocab-parallel embedding / loss: one all-reduce per pass, never hidden
+                calls = m_mb * (2 if p.training else 1)
+                out.append(_coll("all_reduce", "tp", groups["tp"], st.index, edge.tp_bytes,
+                                 calls, edge.tp_link, edge.tp_link * calls, "tp-comm",
+                                 part=part))
         moe_costs = [c for c in st.layer_costs if c.ep_bytes]
         if moe_costs and (s.ep > 1 or s.etp > 1):
             worst = max(moe_costs, key=lambda c: c.ep_fwd)
             per_call = sum(c.ep_fwd for c in moe_costs) / (2 * len(moe_costs))
-            calls = len(moe_costs) * m_mb * (2 + (2 if p.training else 0) + (2 if full else 0))
+            calls = len(moe_costs) * m_mb * 2 * passes
             out.append(_coll("all_to_all", "ep", groups["ep"], st.index, worst.ep_bytes, calls,
-                             per_call, True, "ep-comm"))
+                             per_call, per_call * calls, "ep-comm"))
         v = s.virtual_stages  # interleaved: a send per chunk boundary
         sends_f = v if st.index < s.pp - 1 else v - 1
         sends_b = v if st.index > 0 else v - 1
         if st.p2p_fwd:
             out.append(_coll("send_recv", "pp", None, st.index, _p2p_bytes(p, s),
-                             m_mb * sends_f, st.p2p_fwd / sends_f, True, "p2p", "forward"))
+                             m_mb * sends_f, st.p2p_fwd / sends_f, st.p2p_fwd * m_mb, "p2p",
+                             direction="forward"))
         if st.p2p_bwd:
             out.append(_coll("send_recv", "pp", None, st.index, _p2p_bytes(p, s),
-                             m_mb * sends_b, st.p2p_bwd / sends_b, True, "p2p", "backward"))
+                             m_mb * sends_b, st.p2p_bwd / sends_b, st.p2p_bwd * m_mb, "p2p",
+                             direction="backward"))
         if p.training and st.dp_sync:
             dense = sum(c.params for c in st.layer_costs) + sum(c.params for c in st.edges)
             kind = "reduce_scatter+all_gather" if s.zero >= 1 else "all_reduce"
-            e = _coll(kind, "dp", groups["dp"], st.index, dense * p.workload.grad_bytes, 1,
-                      st.dp_sync, st.dp_exposed > 0, "dp-comm")
-            e["exposed_s"] = st.dp_exposed
-            out.append(e)
+            out.append(_coll(kind, "dp", groups["dp"], st.index, dense * p.workload.grad_bytes,
+                             1, st.dp_sync, st.dp_exposed, "dp-comm"))
     return out
+
+
+def _edge_parts(s: Strategy, stage: int) -> list[str]:
+    """Names of a stage's edge pseudo-layers, in `StageCost.edges` order."""
+    return (["embedding"] if stage == 0 else []) + (["lm_head"] if stage == s.pp - 1 else [])
 
 
 def _p2p_bytes(p: Problem, s: Strategy) -> float:
@@ -304,14 +326,19 @@ def _p2p_bytes(p: Problem, s: Strategy) -> float:
 
 
 def _coll(kind: str, group: str, g, stage: int, nbytes: float, calls: int, per_call: float,
-          exposed: bool, formula: str, direction: str | None = None) -> dict[str, Any]:
+          exposed_s: float, formula: str, direction: str | None = None,
+          part: str | None = None) -> dict[str, Any]:
+    """One collective entry; `per_call` is the link time, `exposed_s` the step's share."""
     e = {"collective": kind, "group": group, "stage": stage,
          "group_size": g.size if g else 2, "link": g.name if g else "stage-to-stage",
          "bytes_per_call": nbytes, "calls_per_step": calls,
          "bytes_per_step": nbytes * calls, "time_per_call_s": per_call,
-         "time_per_step_s": per_call * calls, "exposed": exposed, "formula": formula}
+         "time_per_step_s": per_call * calls, "exposed": exposed_s > 0,
+         "exposed_s": exposed_s, "formula": formula}
     if direction:
         e["direction"] = direction
+    if part:
+        e["part"] = part
     return e
 
 
@@ -412,7 +439,9 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
     fwd_per_token = _fwd_flops_per_token(p)
     model_flops = fwd_per_token * T_step * (3 if p.training else 1)
     step = ev.step_time
-    peak = hw.gpu.flops(m.dtype) * hw.num_gpus
+    # [metrics] MFU and HFU against the peak of the precision the GEMMs run at (fp8 when
+    # the workload or checkpoint asks for it), so that neither can pass 1
+    peak = hw.gpu.flops(p.gemm_dtype) * hw.num_gpus
     loads = [pl.max_over_mean for pl in placed] if placed else [1.0]
     busy = [x.busy for x in ev.stages]
     compute_time = sum(
@@ -427,6 +456,7 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
         "throughput_tokens_per_s": T_step / step,
         "achieved_flops_per_s": flops_sum / step,
         "peak_flops_per_s": peak,
+        "peak_dtype": p.gemm_dtype,
         "mfu": model_flops / (step * peak),
         "hfu": flops_sum / (step * peak),
         "expert_load_max_over_mean": max(loads),
@@ -591,7 +621,8 @@ def formula_index() -> dict[str, str]:
         "forward-pipeline": "sum over stages + (m-1) x slowest stage",
         "flops": "per GPU: sum over its components of tokens x FLOPs/token x (3 training, "
                  "+1 forward with full recompute)",
-        "metrics": "MFU = model FLOPs / (step x GPUs x peak); HFU counts recompute",
+        "metrics": "MFU = model FLOPs / (step x GPUs x peak of the GEMM precision, "
+                   "peak_dtype); HFU counts recompute",
     }
 
 

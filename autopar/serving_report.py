@@ -97,8 +97,11 @@ def frontier_png(res: ServingResult, path: str | Path, title: str,
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ImportError("the PNG needs matplotlib: pip install 'autopar[plot]'") from exc
+    except ImportError:
+        from .errors import InputError
+
+        raise InputError("--png", "", "needs matplotlib, which is not installed: "
+                                      "pip install 'autopar[plot]'") from None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     cloud = [(x.tokens_per_s_per_user, x.tokens_per_s_per_gpu) for x in res.points]
     if cloud:
