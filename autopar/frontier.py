@@ -48,27 +48,31 @@ class ServingResult:
 
 
 def layouts(p: Problem, opts: SearchOptions) -> list[Layout]:
-    """Every legal (TP, PP, DP, EP, ETP) for serving, after pins: the training search's
-    degrees plus experts TP-sharded over the rest of the stage (ETP = W / EP), which is how
-    vLLM (ETP = W without EP) and SGLang (EP x ETP = W) lay MoE layers out."""
+    """Every legal (TP, PP, DP, EP, ETP, spare slots) for serving, after pins: the training
+    search's degrees plus experts TP-sharded over the rest of the stage (ETP = W / EP), which
+    is how vLLM (ETP = W without EP) and SGLang (EP x ETP = W) lay MoE layers out. Spare
+    expert slots are the training search's choices (`search._spare_choices`): the pinned or
+    given count, else a few under a skewed load, weighed by the cost like any degree."""
     probe = phase_problem(p, "decode", 1)
-    pins = {k: v for k, v in opts.pins.items() if k in ("tp", "pp", "dp", "ep", "etp")}
+    pins = {k: v for k, v in opts.pins.items()
+            if k in ("tp", "pp", "dp", "ep", "etp", "spare_slots")}
     seen: dict[tuple, Layout] = {}
     for s in enumerate_strategies(probe, SearchOptions(pins=pins, max_tp=opts.max_tp)):
-        seen.setdefault((s.tp, s.pp, s.dp, s.ep, s.etp), Layout(s.tp, s.pp, s.dp, s.ep, s.etp))
+        lay = Layout(s.tp, s.pp, s.dp, s.ep, s.etp, s.spare_slots)
+        seen.setdefault(astuple(lay), lay)
     if p.model.is_moe:
         for lay in list(seen.values()):
             W = lay.tp * lay.dp
             etp = W // lay.ep
             if etp in (lay.etp, 1) or pins.get("etp", etp) != etp:
                 continue
-            cand = Layout(lay.tp, lay.pp, lay.dp, lay.ep, etp)
+            cand = Layout(lay.tp, lay.pp, lay.dp, lay.ep, etp, lay.spare)
             try:
                 cand.strategy(p.hw.num_gpus)
             except StrategyError:
                 continue
-            seen.setdefault((cand.tp, cand.pp, cand.dp, cand.ep, cand.etp), cand)
-    return sorted(seen.values(), key=lambda x: (x.pp, x.tp, x.dp, x.ep, x.etp))
+            seen.setdefault(astuple(cand), cand)
+    return sorted(seen.values(), key=lambda x: (x.pp, x.tp, x.dp, x.ep, x.etp, x.spare))
 
 
 def ladder(top: int) -> list[int]:

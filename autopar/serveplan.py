@@ -11,19 +11,22 @@ workload) with `batch` = the chosen concurrency, so `autopar check` can recomput
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import math
+import time
+from dataclasses import asdict, replace
 from typing import Any
 
+from .components import weight_bytes
 from .cost import Problem
 from .disagg import DisaggResult, disagg_search
 from .errors import InfeasibleError, InputError
 from .experts import placements_for
 from .export import launch_section
-from .frontier import ServingResult, Targets, serving_search
+from .frontier import ServingResult, Targets, layouts, serving_search
 from .plan import Plan, build_plan
 from .search import Candidate, SearchOptions, SearchResult
-from .serving import Evaluator, ServingPoint, phase_problem
-from .spec import HardwareSpec, Workload
+from .serving import Evaluator, Layout, ServingPoint, peak_memory, phase_problem, point
+from .spec import GB, HardwareSpec, Workload
 
 
 def wants_serving(w: Workload) -> bool:
@@ -52,30 +55,114 @@ def serve(p: Problem, opts: SearchOptions, frontier: bool = False, disaggregate:
         res.frontier, res.points = ladder.frontier, res.points + ladder.points
         res.search_time_s += ladder.search_time_s
     if res.best is None:
-        raise InfeasibleError(*_why_not(p, res, targets, given))
+        raise InfeasibleError(*why_not_served(p, opts, res, targets, given))
     dis = disagg_search(p, opts, targets, decode_hw) if (disaggregate or decode_hw) else None
     return build_serving_plan(p, opts, res, ev, frontier, dis)
 
 
-def _why_not(p: Problem, res: ServingResult, targets: Targets,
-             given: int | None) -> tuple[str, str]:
+def why_not_served(p: Problem, opts: SearchOptions, res: ServingResult, targets: Targets,
+                   given: int | None) -> tuple[str, str]:
+    """(reason, what would make it fit) when a serving search found no point to choose;
+    `solve` and `frontier` both raise InfeasibleError with it."""
     if not res.points:
-        return (f"no layout of {p.model.name} on {p.hw.num_gpus} GPUs holds the weights and "
-                "the KV cache of one sequence", "more GPUs or GPUs with more memory")
+        return _why_nothing_fits(p, opts)
     if given is not None:
         top = max(pt.max_concurrency for pt in res.points)
         return (f"no layout holds {given} concurrent sequences of "
                 f"{p.workload.input_len + p.workload.output_len} tokens (at most {top})",
                 f"a batch of at most {top}, or more GPUs")
-    parts = []
+    parts, missed = [], False
     ttfts = [pt.ttft_s for pt in res.points if pt.ttft_s is not None]
     tpots = [pt.tpot_s for pt in res.points if pt.tpot_s is not None]
     if targets.ttft_ms is not None and ttfts:
         parts.append(f"lowest TTFT {min(ttfts) * 1e3:.1f} ms (target {targets.ttft_ms:g})")
+        missed |= min(ttfts) * 1e3 > targets.ttft_ms
     if targets.tpot_ms is not None and tpots:
         parts.append(f"lowest TPOT {min(tpots) * 1e3:.2f} ms (target {targets.tpot_ms:g})")
-    return ("no layout meets the latency targets: " + ", ".join(parts),
+        missed |= min(tpots) * 1e3 > targets.tpot_ms
+    both = "" if missed or len(parts) < 2 else " (each is met alone, never both at once)"
+    return ("no layout meets the latency targets: " + ", ".join(parts) + both,
             "looser targets, or more / faster GPUs")
+
+
+def _why_nothing_fits(p: Problem, opts: SearchOptions) -> tuple[str, str]:
+    """No layout holds one sequence: the closest layout and its memory, then the fewest whole
+    nodes on which one would fit (or the memory per GPU that would)."""
+    cap = p.hw.gpu.memory_bytes
+    reason = (f"no layout of {p.model.name} on {p.hw.num_gpus} GPUs holds the weights and "
+              "the KV cache of one sequence")
+    closest = _closest(p, opts)
+    fixes = []
+    if closest is not None:
+        lay, mem = closest
+        reason += (f"; the closest ({lay.describe()}) needs {mem / GB:.1f} GB per GPU of "
+                   f"{cap / GB:.1f} GB, {(mem - cap) / GB:.1f} GB short")
+    need, tried = _gpus_needed(p, opts)
+    gpn = p.hw.gpus_per_node
+    fixes.append(f"{need} GPUs ({need // gpn} nodes of {gpn})" if need
+                 else f"more than {tried} GPUs")
+    if closest is not None:
+        fixes.append(f"or GPUs with at least {(closest[1] + 0.5 * GB) / GB:.0f} GB each")
+    if opts.pins:
+        fixes.append("or fewer pinned options")
+    return reason, "would fit with " + " ".join(fixes)
+
+
+def _closest(p: Problem, opts: SearchOptions) -> tuple[Layout, float] | None:
+    """The layout whose fullest GPU needs the least memory for one sequence (even stage
+    cut; prefill workspace included when both phases share the GPUs)."""
+    ev = Evaluator(p, opts)
+    phase = "prefill" if p.workload.phase == "prefill" else "decode"
+    best: tuple[Layout, float] | None = None
+    for lay in layouts(p, opts):
+        L = p.model.layers
+        bounds = [round(k * L / lay.pp) for k in range(lay.pp + 1)]
+        pc = ev.phase(lay, phase, 1, bounds)
+        if pc is None:
+            continue
+        pre = ev.prefill(lay, bounds) if p.workload.phase == "both" else None
+        mem = peak_memory(pc, pre)
+        if best is None or mem < best[1]:
+            best = (lay, mem)
+    return best
+
+
+def _gpus_needed(p: Problem, opts: SearchOptions, max_factor: int = 64,
+                 budget_s: float = 10.0) -> tuple[int | None, int]:
+    """(the fewest GPUs, in whole nodes a multiple of today's, on which some layout serves
+    one sequence, or None; the most GPUs known not to be enough). Starts where the weights
+    alone would fill every GPU, tries the most memory-frugal layouts first, and gives up past
+    `max_factor` times today's nodes or after `budget_s`."""
+    t0 = time.perf_counter()
+    start = max(2, math.ceil(weight_bytes(p.model) / (p.hw.usable_bytes * p.hw.num_gpus)))
+    tried = p.hw.num_gpus
+    for k in range(start, max_factor + 1):
+        sub = replace(p, hw=replace(p.hw, nodes=p.hw.nodes * k))
+        ev = Evaluator(sub, opts)
+        try:
+            lays = layouts(sub, opts)
+        except InfeasibleError:
+            lays = []
+        for lay in sorted(lays, key=lambda x: (-x.pp, -x.tp, -x.ep, x.spare)):
+            if point(ev, lay, 1) is not None:
+                return sub.hw.num_gpus, tried
+            if time.perf_counter() - t0 > budget_s:
+                return None, tried
+        tried = sub.hw.num_gpus
+    return None, tried
+
+
+def _mark_replicas(launch: dict[str, Any], lay: Layout, experts: int) -> None:
+    """The launch arguments place each expert once; a plan with replicas of hot experts in
+    spare slots says so (rather than silently launching a slower, unbalanced layout)."""
+    slots = lay.ep * (-(-experts // lay.ep) + lay.spare)
+    why = (f"the plan replicates hot experts in {lay.spare} spare slot(s) per GPU "
+           f"({slots} expert slots for {experts} experts per EP group of {lay.ep}); give the "
+           "engine the plan's experts.layers[*].phy2log as its expert placement, with "
+           f"{slots - experts} redundant experts")
+    for entry in launch.values():
+        entry["exact"] = False
+        entry["why"] = f"{entry['why']}; {why}" if entry["why"] else why
 
 
 def frontier_rows(points: list) -> list[dict[str, Any]]:
@@ -145,6 +232,8 @@ def build_serving_plan(p: Problem, opts: SearchOptions, res: ServingResult, ev: 
                                  best.memory_bytes, static, best.capacity_bytes,
                                  p.workload.input_len + p.workload.output_len,
                                  -(-p.hw.num_gpus // p.hw.gpus_per_node))
+    if lay.spare and lay.ep > 1:
+        _mark_replicas(d["launch"], lay, p.model.experts)
     mt = d["metrics"]
     mt.update({"tokens_per_s_per_gpu": best.tokens_per_s_per_gpu,
                "tokens_per_s_per_user": best.tokens_per_s_per_user,
@@ -171,4 +260,5 @@ def build_serving_plan(p: Problem, opts: SearchOptions, res: ServingResult, ev: 
     return plan
 
 
-__all__ = ["build_serving_plan", "serving_section", "disagg_section", "frontier_rows"]
+__all__ = ["build_serving_plan", "serving_section", "disagg_section", "frontier_rows",
+           "why_not_served", "wants_serving", "serve"]

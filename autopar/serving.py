@@ -28,13 +28,16 @@ from .strategy import Strategy, StrategyError
 
 @dataclass(frozen=True)
 class Layout:
-    """The degrees of a serving deployment (the batch is decided per point)."""
+    """The degrees of a serving deployment (the batch is decided per point), and the
+    redundant expert slots per GPU that hold replicas of the hot experts under a skewed
+    load (their memory and the imbalance they remove both enter the cost)."""
 
     tp: int
     pp: int
     dp: int
     ep: int
     etp: int
+    spare: int = 0
 
     @property
     def gpus(self) -> int:
@@ -42,13 +45,15 @@ class Layout:
 
     def strategy(self, num_gpus: int, micro_batch: int = 1, micro_batches: int = 1) -> Strategy:
         return Strategy(num_gpus, self.tp, self.pp, self.dp, self.ep, self.etp, micro_batch,
-                        micro_batches, "none", 0, False)
+                        micro_batches, "none", 0, False, spare_slots=self.spare)
 
     def describe(self) -> str:
-        return f"TP{self.tp} PP{self.pp} DP{self.dp} EP{self.ep} ETP{self.etp}"
+        return (f"TP{self.tp} PP{self.pp} DP{self.dp} EP{self.ep} ETP{self.etp}"
+                + (f" +{self.spare} spare" if self.spare else ""))
 
     def to_dict(self) -> dict[str, int]:
-        return {"tp": self.tp, "pp": self.pp, "dp": self.dp, "ep": self.ep, "etp": self.etp}
+        return {"tp": self.tp, "pp": self.pp, "dp": self.dp, "ep": self.ep, "etp": self.etp,
+                "spare_slots": self.spare}
 
 
 @dataclass
@@ -222,7 +227,9 @@ def _prefill_extra(dec: PhaseCost, pre: PhaseCost | None, k: int) -> float:
     return max(0.0, (b.activations + b.workspace) - (a.activations + a.workspace))
 
 
-def _memory(dec: PhaseCost, pre: PhaseCost | None) -> float:
+def peak_memory(dec: PhaseCost, pre: PhaseCost | None) -> float:
+    """The fullest GPU's bytes: the decode step's memory plus, where prefills share the
+    GPUs, the larger prefill activations and buffers."""
     return max(st.memory.total + _prefill_extra(dec, pre, k)
                for k, st in enumerate(dec.evaluation.stages))
 
@@ -239,7 +246,7 @@ def point(ev: Evaluator, layout: Layout, per_replica: int) -> ServingPoint | Non
     pre = ev.prefill(layout, dec.bounds) if w.phase == "both" else None
     if w.phase == "both" and pre is None:
         return None
-    mem = _memory(dec, pre)
+    mem = peak_memory(dec, pre)
     cap = p.hw.gpu.memory_bytes
     if mem > cap:
         return None
@@ -302,4 +309,4 @@ def _prefill_point(ev: Evaluator, layout: Layout, per_replica: int) -> ServingPo
 
 
 __all__ = ["Layout", "PhaseCost", "ServingPoint", "Evaluator", "point", "decode_time",
-           "aggregated_times", "max_concurrency", "phase_problem"]
+           "aggregated_times", "max_concurrency", "phase_problem", "peak_memory"]

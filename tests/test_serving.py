@@ -415,3 +415,101 @@ def test_fp8_weights_are_for_serving_and_hf_fp8_config_is_read(tmp_path):
     path.write_text(json.dumps(hf))
     with pytest.raises(InputError, match="quantization_config.quant_method: 'awq'"):
         load_model(path)
+
+
+# ----------------------------------------------------------------------------- spare slots
+MIXTRAL_SERVE = PROBLEMS / "models" / "mixtral-8x7b-serve.yaml"
+
+
+def _skewed_mixtral(spare: int | None, load: str = "zipf:1.2"):
+    mf = load_model(MIXTRAL_SERVE)
+    return replace(mf, workload=replace(mf.workload, expert_load=load, spare_slots=spare,
+                                        tpot_ms=50.0))
+
+
+def test_serving_spare_slots_hold_replicas_whose_memory_and_balance_are_costed():
+    """--spare-slots in serving: the placement replicates hot experts into the spare slots,
+    the replicas' weights are in each GPU's memory (fewer sequences fit) and are read by a
+    decode step, the lower expert imbalance shortens the prefill, and `check` agrees with
+    every figure."""
+    from autopar.check import check_plan
+    pins = {"tp": 1, "dp": 8, "ep": 2, "etp": 4}
+    plans = {n: solve(_skewed_mixtral(n), H100, pins=pins, time_limit_s=4).data for n in (0, 2)}
+    flat, spare = plans[0], plans[2]
+    assert spare["strategy"]["spare_slots"] == 2
+    assert spare["serving"]["point"]["layout"]["spare_slots"] == 2
+    assert all(len(ex) == 4 + 2 for lay in spare["experts"]["layers"] for ex in lay["gpu_experts"])
+    assert max(x["max_over_mean"] for x in spare["experts"]["layers"]) < 1.01
+    assert min(x["max_over_mean"] for x in flat["experts"]["layers"]) > 1.1
+    m = load_model(MIXTRAL_SERVE).model
+    copy_bytes = 3 * m.hidden * m.expert_ffn_hidden * 2 / 4  # one expert, bf16, ETP 4
+    extra = spare["gpus"][0]["memory"]["weights_bytes"] - flat["gpus"][0]["memory"]["weights_bytes"]
+    assert extra == pytest.approx(2 * m.layers * copy_bytes, rel=1e-9)
+    assert spare["metrics"]["max_concurrency"] < flat["metrics"]["max_concurrency"]
+    ev = Evaluator(make_problem(_skewed_mixtral(None), H100))
+    lays = [Layout(1, 1, 8, 2, 4, n) for n in (0, 2)]
+    prefill = [ev.prefill(lay, None).latency for lay in lays]
+    assert prefill[1] < 0.95 * prefill[0]  # compute-bound: the busiest GPU's load is what counts
+    decode = [ev.phase(lay, "decode", 1).latency for lay in lays]
+    assert decode[1] > decode[0]  # one token's step reads weights: replicas are read too
+    assert not [x for x in check_plan(spare) if x.severity == "error"]
+    assert not spare["launch"]["sglang"]["exact"]  # the engine is told about the replicas
+    assert "redundant experts" in spare["launch"]["sglang"]["why"]
+
+
+def test_serving_searches_spare_slots_under_skew_only():
+    """Not pinned: under a skewed load each layout with EP > 1 is tried with 0, 1 and 2 spare
+    slots and the best is kept (here one with replicas, beating every layout without them);
+    a uniform load gets none."""
+    free = solve(_skewed_mixtral(None), H100, time_limit_s=4).data
+    none = solve(_skewed_mixtral(0), H100, time_limit_s=4).data
+    assert free["strategy"]["spare_slots"] > 0
+    assert free["metrics"]["tokens_per_s_per_gpu"] > none["metrics"]["tokens_per_s_per_gpu"]
+    from autopar.frontier import layouts
+    skew = layouts(make_problem(_skewed_mixtral(None), H100), SearchOptions())
+    assert {x.spare for x in skew if x.ep > 1} == {0, 1, 2}
+    assert {x.spare for x in skew if x.ep == 1} == {0}
+    flat = layouts(make_problem(_skewed_mixtral(None, "uniform"), H100), SearchOptions())
+    assert {x.spare for x in flat} == {0}
+
+
+# ----------------------------------------------------------------------------- infeasible frontier
+def _stderr_line(r) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+def test_frontier_with_nothing_that_fits_answers_like_solve(tmp_path, write_yaml):
+    """A 671B model on one GPU: `frontier` exits 3 with solve's one-line explanation (why,
+    the closest layout, and how many GPUs or how much memory would fit) and writes nothing."""
+    hw = write_yaml("one.yaml", {"name": "one-h100", "gpu": {"type": "H100-SXM5-80GB"},
+                                 "nodes": 1, "gpus_per_node": 1,
+                                 "intra_node": {"bandwidth_gbps": 450, "latency_us": 3}})
+    model = str(PROBLEMS / "models" / "deepseek-v3.yaml")
+    out, png = tmp_path / "f.json", tmp_path / "f.png"
+    r = CliRunner().invoke(main, ["frontier", "--hw", str(hw), "--model", model,
+                                  "--out", str(out), "--png", str(png)])
+    if "plot" in r.stderr and r.exit_code == 2:  # no matplotlib here: retry without --png
+        r = CliRunner().invoke(main, ["frontier", "--hw", str(hw), "--model", model,
+                                      "--out", str(out)])
+    assert r.exit_code == 3, r.output
+    line = _stderr_line(r)
+    assert line.startswith("autopar: error: infeasible: no layout of deepseek-v3 on 1 GPUs")
+    assert "needs 677.2 GB per GPU of 80.0 GB" in line
+    assert "would fit with 10 GPUs (10 nodes of 1) or GPUs with at least 678 GB" in line
+    assert not out.exists() and not png.exists()
+    s = CliRunner().invoke(main, ["solve", "--hw", str(hw), "--model", model, "--phase", "both",
+                                  "--out", str(tmp_path / "p.json")])
+    assert s.exit_code == 3 and _stderr_line(s) == line
+
+
+def test_frontier_with_an_unreachable_target_answers_like_solve(tmp_path):
+    args = ["--hw", str(SEED_HW), "--model", str(SEED_SERVE), "--tpot-ms", "0.01",
+            "--out", str(tmp_path / "x.json")]
+    r = CliRunner().invoke(main, ["frontier", *args])
+    s = CliRunner().invoke(main, ["solve", *args])
+    assert r.exit_code == s.exit_code == 3, r.output
+    assert _stderr_line(r) == _stderr_line(s)
+    assert "lowest TPOT" in _stderr_line(r) and "(target 0.01)" in _stderr_line(r)
+    assert not (tmp_path / "x.json").exists()
