@@ -513,3 +513,12 @@ def test_frontier_with_an_unreachable_target_answers_like_solve(tmp_path):
     assert _stderr_line(r) == _stderr_line(s)
     assert "lowest TPOT" in _stderr_line(r) and "(target 0.01)" in _stderr_line(r)
     assert not (tmp_path / "x.json").exists()
+
+
+def test_cli_frontier_honours_spare_slots():
+    r = CliRunner().invoke(main, ["frontier", "--hw", str(H100), "--model", str(MIXTRAL_SERVE),
+                                  "--expert-load", "zipf:1.2", "--spare-slots", "2", "--tp", "1",
+                                  "--dp", "8", "--ep", "2", "--etp", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["frontier"] and {x["layout"]["spare_slots"] for x in doc["frontier"]} == {2}
