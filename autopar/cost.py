@@ -100,6 +100,9 @@ class LayerCost:
     ep_bytes: float  # per all-to-all, per GPU
     components: list[ComponentCost]
     params_linear: float = 0.0  # of `params`, in the blocks' linear layers (weight_dtype)
+    # the forward TP collectives on the link, before overlap hides any of them: what the
+    # plan lists as their time (tp_fwd / tp_bwd are the exposed parts) [tp-overlap]
+    tp_link: float = 0.0
 
     @property
     def fwd(self) -> float:
@@ -307,7 +310,7 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         window = sum(c.time_s - c.ew_s for c in costs if c.role in ("column", "row"))
         tp_f, tp_b1 = max(0.0, tp_t - window), max(0.0, tp_t - 2 * window)
     elif p.training and p.async_tp_allreduce and s.tp > 1:
-        tp_b1 = tp_t - async_tp_hidden(costs, tp_t, s.sequence_parallel)
+        tp_b1 = max(0.0, tp_t - async_tp_hidden(costs, tp_t, s.sequence_parallel))
     sp_div = s.tp if s.sequence_parallel else 1
     act_input = T * m.hidden * m.dtype_bytes / sp_div
     if s.recompute == "full":  # [recompute] one more forward, its comm included
@@ -336,6 +339,7 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         ep_bytes=ep_b,
         components=costs,
         params_linear=sum(c.params for c in costs if c.role in ("column", "row")),
+        tp_link=tp_t,
     )
 
 
@@ -390,6 +394,6 @@ def edge_cost(p: Problem, s: Strategy, which: str) -> LayerCost:
         if s.tp > 1 else 0.0,
         act_bytes=acts, act_bytes_none=acts, act_input=0.0,
         flops_fwd=sum(c.flops for c in costs), tp_bytes=T * m.hidden * m.dtype_bytes,
-        ep_bytes=0.0, components=costs,
+        ep_bytes=0.0, components=costs, tp_link=tp_t,
     )
 

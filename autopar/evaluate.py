@@ -57,6 +57,10 @@ class StageCost:
     overlap_window: float = 0.0  # backward compute the gradient sync can hide behind
     layer_costs: list[LayerCost] = field(repr=False, default_factory=list)
     edges: list[LayerCost] = field(repr=False, default_factory=list)
+    # ZeRO-3: one all-gather of the stage's dense parameters over DP and of its experts over
+    # EDP, before each forward and each backward of every micro-batch (in fwd and bwd)
+    param_gather_dp: float = 0.0
+    param_gather_edp: float = 0.0
 
     @property
     def busy(self) -> float:
@@ -207,7 +211,7 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
         if p.training:
             p2p_b = one * (v if k > 0 else v - 1)
     mem = _stage_memory(p, s, k, lc, edges, ctx.seqs, ctx.peak)
-    dp_sync = opt = exposed = last_bwd = 0.0
+    dp_sync = opt = exposed = last_bwd = gather_dp = gather_edp = 0.0
     if p.training:
         dense = sum(c.params for c in lc) + sum(c.params for c in edges)
         expert = sum(c.params_expert for c in lc)
@@ -222,10 +226,12 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
                      if p.model.is_moe else 0.0))
             dp_sync += (s.num_micro_batches - 1) * rs
             last_bwd = bwd * s.num_micro_batches
-        if s.zero >= 3:  # parameters gathered before forward and before backward
-            gather = comm.all_gather(p.model.dtype_bytes * dense, ctx.groups["dp"], eff)
-            fwd += gather
-            bwd += gather
+        if s.zero >= 3:  # parameters gathered before forward and before backward, the
+            gather_dp = comm.all_gather(b * dense, ctx.groups["dp"], eff)  # experts' over EDP
+            if p.model.is_moe:
+                gather_edp = comm.all_gather(b * expert, ctx.groups["edp"], eff)
+            fwd += gather_dp + gather_edp
+            bwd += gather_dp + gather_edp
         if not s.overlap_grad_reduce:  # reduced after the last backward, nothing hidden
             last_bwd = 0.0
         exposed = max(0.0, dp_sync - last_bwd)  # [dp-overlap] buckets reduce during backward
@@ -234,7 +240,8 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
         opt = adam_traffic(p) * (dense / shard + expert / eshard) / (
             p.hw.gpu.hbm_bytes_per_s * p.calib.hbm_eff)
     return StageCost(k, first, end, fwd + p2p_f, bwd + p2p_b, p2p_f, p2p_b, dp_sync, exposed,
-                     opt, mem, in_flight(s, k, p.training), last_bwd, lc, edges)
+                     opt, mem, in_flight(s, k, p.training), last_bwd, lc, edges, gather_dp,
+                     gather_edp)
 
 
 def pipeline_time(sum_busy: float, max_busy: float, m: int, v: int = 1) -> float:
@@ -249,7 +256,9 @@ def compose(stages: list[StageCost], m: int, v: int = 1) -> tuple[float, float]:
     the bubble (the pipeline beyond m x the slowest stage)."""
     busy = [st.busy for st in stages]
     pipeline = pipeline_time(sum(busy), max(busy), m, v)
-    bubble = pipeline - m * max(busy)
+    # pipeline - m x slowest, written as (sum - slowest) / v so that float noise cannot make
+    # it negative (-1e-16 on one stage): a rounded sum of non-negatives is >= its largest term
+    bubble = (sum(busy) - max(busy)) / v
     step = pipeline + max(st.dp_exposed for st in stages) + max(st.optimizer for st in stages)
     return step, bubble
 
