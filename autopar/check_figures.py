@@ -5,7 +5,7 @@ tie them together (tokens/s = samples/s x tokens per sample, and so on).
 
 from __future__ import annotations
 
-from .finding import Findings, close
+from .finding import Findings, close, is_num
 from .recompute import (
     Layout,
     expected_collectives,
@@ -151,10 +151,10 @@ def check_communication(f: Findings, plan: dict, m: ModelSpec, hw: HardwareSpec,
                         w: Workload, lay: Layout) -> None:
     """Collective sizes and counts follow from the degrees [tp-comm, ep-comm, p2p, dp-comm];
     none is faster than its link allows."""
-    want = expected_collectives(m, hw, w, lay)
+    want = expected_collectives(m, hw, w, lay, _fullest(plan))
     seen = set()
     for i, c in enumerate(plan["communication"]):
-        key = (c["group"], c.get("stage", 0), c.get("direction", ""))
+        key = (c["group"], c.get("stage", 0), c.get("direction") or c.get("part", ""))
         p = f"communication[{i}]"
         if key not in want or key in seen:
             f.error("communication", p, f"{'duplicate' if key in seen else 'unexpected'} "
@@ -189,6 +189,13 @@ def check_communication(f: Findings, plan: dict, m: ModelSpec, hw: HardwareSpec,
                 f.error("communication", f"{p}.time_per_call_s", "faster than the link's "
                         "nominal bandwidth allows", c["time_per_call_s"],
                         f">= {e.min_time_per_call_s:.6g}")
+        if "exposed_s" in c:  # the part of the link time the step waits for
+            if c["exposed_s"] > c["time_per_step_s"] * (1 + IDENTITY_TOL) + 1e-12:
+                f.error("communication", f"{p}.exposed_s", "more exposed than the collective "
+                        "takes on the link", c["exposed_s"], f"<= {c['time_per_step_s']:.6g}")
+            if "exposed" in c and c["exposed"] != (c["exposed_s"] > 0):
+                f.error("communication", f"{p}.exposed", "exposed_s > 0", c["exposed"],
+                        c["exposed_s"] > 0)
     for key, e in want.items():
         if key not in seen:
             f.error("communication", "communication", f"no {key[0]} collective listed for "
@@ -196,11 +203,68 @@ def check_communication(f: Findings, plan: dict, m: ModelSpec, hw: HardwareSpec,
                     f"{e.collective} of {e.bytes_per_call:.6g} B x {e.calls_per_step}")
 
 
+def _fullest(plan: dict) -> dict[int, int]:
+    """Expert copies on the fullest EP rank of each MoE layer, from the experts section."""
+    sec = plan.get("experts")
+    if not isinstance(sec, dict):
+        return {}
+    return {e["layer"]: max(len(x) for x in e["gpu_experts"]) for e in sec.get("layers", [])
+            if e.get("gpu_experts")}
+
+
+def check_exposed(f: Findings, plan: dict) -> None:
+    """Plan-only: per stage, the collectives' exposed parts add up to the stage's exposed
+    communication in `timing.per_stage` (per micro-batch) x micro-batches, and the critical
+    stage's to the step's phases [tp-async, tp-overlap, dp-comm]."""
+    comm, t = plan["communication"], plan["timing"]
+    if not all("exposed_s" in c for c in comm):
+        return  # a plan from before exposed_s: nothing to add up
+    m = t.get("micro_batches", 1)
+
+    def phase_of(c: dict) -> str:  # the per-stage timing figure a collective's exposure is in
+        if c.get("part") == "parameters":
+            return "param_gather_s"
+        return {"tp": "tp_comm_s", "ep": "ep_comm_s", "pp": "pp_comm_s",
+                "dp": "dp_exposed_s"}.get(c["group"], "")
+
+    keys = ("tp_comm_s", "ep_comm_s", "pp_comm_s", "param_gather_s", "dp_exposed_s")
+    for k, st in enumerate(t["per_stage"]):
+        for key in keys:
+            if key not in st:
+                continue
+            listed = sum(c["exposed_s"] for c in comm
+                         if phase_of(c) == key and c.get("stage", 0) == k)
+            want = st[key] * (1 if key == "dp_exposed_s" else m)
+            if not close(listed, want, IDENTITY_TOL):
+                f.error("communication", f"timing.per_stage[{k}].{key}", "the exposed_s of "
+                        "this stage's collectives add up to it"
+                        f"{'' if key == 'dp_exposed_s' else ' x micro-batches'}", want, listed)
+    crit = t.get("critical_stage")
+    if isinstance(crit, int) and 0 <= crit < len(t["per_stage"]):
+        st = t["per_stage"][crit]
+        for key in keys[:4]:
+            name = key.removesuffix("_s") + "_exposed_s"
+            if name in t and key in st and not close(t[name], st[key] * m, IDENTITY_TOL):
+                f.error("timing", f"timing.{name}", f"the critical stage's {key} x "
+                        "micro-batches", t[name], st[key] * m)
+    if all("dp_exposed_s" in st for st in t["per_stage"]) and not close(
+            t["dp_exposed_s"], max(st["dp_exposed_s"] for st in t["per_stage"]), IDENTITY_TOL):
+        f.error("timing", "timing.dp_exposed_s", "the largest stage's exposed DP sync",
+                t["dp_exposed_s"], max(st["dp_exposed_s"] for st in t["per_stage"]))
+
+
 _COMM_FORMULA = {"tp": "T x hidden x dtype bytes", "ep": "T / tp x top_k x hidden x dtype bytes",
                  "pp": "T x hidden x dtype bytes / tp", "dp": "stage parameters x grad bytes"}
 
 
 # --------------------------------------------------------------------------- timing
+PHASES = ("forward_s", "backward_s", "recompute_s", "tp_comm_exposed_s", "ep_comm_exposed_s",
+          "pp_comm_exposed_s", "param_gather_exposed_s", "bubble_s", "dp_exposed_s",
+          "optimizer_s")  # the step's phases (docs/cost-model.md, timing phases)
+STAGE_PARTS = ("forward_compute_s", "backward_compute_s", "recompute_s", "tp_comm_s",
+               "ep_comm_s", "pp_comm_s", "param_gather_s")
+
+
 def check_timing(f: Findings, plan: dict, lay: Layout | None) -> None:
     """[1f1b, forward-pipeline] step = pipeline + exposed DP sync + optimizer, pipeline =
     sum over stages + (m - 1) x the slowest stage."""
@@ -230,18 +294,33 @@ def check_timing(f: Findings, plan: dict, lay: Layout | None) -> None:
         if not close(t["step_time_s"], step, IDENTITY_TOL):
             f.error("timing", "timing.step_time_s", "pipeline + exposed DP sync + optimizer",
                     t["step_time_s"], step)
+    for k, st in enumerate(stages):  # a micro-batch's time is its compute and exposed comm
+        if all(is_num(st.get(x)) for x in (*STAGE_PARTS, "per_micro_batch_s")):
+            parts = sum(st[x] for x in STAGE_PARTS)
+            if not close(st["per_micro_batch_s"], parts, IDENTITY_TOL):
+                f.error("timing", f"timing.per_stage[{k}].per_micro_batch_s", "the sum of its "
+                        "compute and exposed communication", st["per_micro_batch_s"], parts)
+    if all(is_num(t.get(x)) for x in PHASES):  # [timing phases] they add up to the step
+        total = sum(t[x] for x in PHASES)
+        if not close(total, t["step_time_s"], IDENTITY_TOL):
+            f.error("timing", "timing", f"the phases {', '.join(PHASES)} add up to the step "
+                    "time", total, t["step_time_s"])
 
 
 # --------------------------------------------------------------------------- throughput
 def check_throughput(f: Findings, plan: dict, peaks: list[float], num_gpus: int,
-                     model_flops: float | None, tokens_per_step: float | None) -> float:
+                     model_flops: float | None, tokens_per_step: float | None,
+                     dtype: str | None = None) -> float:
     """Claimed rates reachable: no more FLOP/s than GPUs x peak, by the plan's own FLOPs and
     by the model's (the reachable tokens/s is GPUs x peak / model FLOPs per token).
 
-    `peaks` are the per-GPU peaks the plan may quote (the model dtype's, and the GEMM
-    precision's when it differs, fp8); bounds use the highest. Returns the total peak the
-    plan's utilization figures refer to."""
+    `peaks` are the per-GPU peaks the plan may quote, the first the one [metrics] names
+    (that of `dtype`, the precision the GEMMs run at); bounds use the highest. Returns the
+    total peak the plan's utilization figures refer to."""
     mt = plan["metrics"]
+    if dtype is not None and "peak_dtype" in mt and mt["peak_dtype"] != dtype:
+        f.error("throughput", "metrics.peak_dtype", "the precision the GEMMs run at",
+                mt["peak_dtype"], dtype)
     peak_per_gpu = max(peaks)
     peak = peak_per_gpu * num_gpus
     step = mt["step_time_s"]
@@ -252,8 +331,9 @@ def check_throughput(f: Findings, plan: dict, peaks: list[float], num_gpus: int,
         if match:
             quoted = match[0]
         else:
-            f.error("throughput", "metrics.peak_flops_per_s", "GPUs x peak FLOP/s of the "
-                    "hardware", mt["peak_flops_per_s"], quoted)
+            f.error("throughput", "metrics.peak_flops_per_s", "GPUs x the GPU's peak FLOP/s "
+                    f"at the GEMM precision{f' ({dtype})' if dtype else ''}",
+                    mt["peak_flops_per_s"], quoted)
     if model_flops and tokens_per_step:
         per_token = model_flops / tokens_per_step
         reachable = peak / per_token

@@ -59,13 +59,14 @@ class Layout:
                 "edp_rank": local // (self.etp * self.ep)}
 
     def groups(self, kind: str) -> list[list[int]]:
-        """Every group of one kind ("tp", "dp", "ep"), as GPU ids."""
+        """Every group of one kind ("tp", "dp", "ep", "edp"), as GPU ids."""
         out: dict[tuple, list[int]] = {}
         for g in range(self.num_gpus):
             c = self.coords(g)
             key = {"tp": (c["stage"], c["dp_rank"]),
                    "dp": (c["stage"], c["tp_rank"]),
-                   "ep": (c["stage"], c["edp_rank"], c["etp_rank"])}[kind]
+                   "ep": (c["stage"], c["edp_rank"], c["etp_rank"]),
+                   "edp": (c["stage"], c["ep_rank"], c["etp_rank"])}[kind]
             out.setdefault(key, []).append(g)
         return list(out.values())
 
@@ -92,6 +93,13 @@ def experts_in_tp_group(w: Workload, lay: Layout) -> bool:
     groups runs its experts on the tokens every rank already has: no all-to-all, no buffers."""
     return (w.kind != "training" and not lay.sequence_parallel and lay.ep * lay.etp > 1
             and lay.tp % (lay.ep * lay.etp) == 0)
+
+
+def gemm_dtype(m: ModelSpec, w: Workload | None) -> str:
+    """[roofline, metrics] The precision the blocks' linear layers run at: the workload's
+    `precision`, else the checkpoint's `weight_dtype` (fp8 serving), else the model dtype.
+    MFU and HFU are taken against this precision's peak."""
+    return (w.precision if w is not None else None) or m.weight_dtype or m.dtype
 
 
 def tokens_per_micro_batch(w: Workload, lay: Layout) -> int:
@@ -251,23 +259,33 @@ class Collective:
 
 
 def _link_bw(hw: HardwareSpec, groups: list[list[int]], all_to_all: bool = False) -> float:
-    """The fastest rate any group of this kind could use: NVLink inside a node; across nodes
-    the NIC for rings, NIC + NVLink for an all-to-all (its two parts run concurrently)."""
+    """The fastest rate any group of this kind could use [dp-comm]: NVLink inside a node.
+    Across nodes a ring collective runs one ring per member on each node, each out of its
+    own member's NIC: `min(g x NIC, max(NVLink, NIC))` per GPU, `g` the fewest members the
+    group has on any node (one member per node: the NIC). An all-to-all sends over the NIC
+    and NVLink at once, so NIC + NVLink bounds it."""
     best = 0.0
     for g in groups:
-        nodes = {x // hw.gpus_per_node for x in g}
-        if len(nodes) == 1:
+        per_node: dict[int, int] = {}
+        for x in g:
+            per_node[x // hw.gpus_per_node] = per_node.get(x // hw.gpus_per_node, 0) + 1
+        if len(per_node) == 1:
             bw = hw.intra.bytes_per_s
+        elif all_to_all:
+            bw = hw.inter.bytes_per_s + hw.intra.bytes_per_s
         else:
-            bw = hw.inter.bytes_per_s + (hw.intra.bytes_per_s if all_to_all else 0.0)
+            bw = min(min(per_node.values()) * hw.inter.bytes_per_s,
+                     max(hw.intra.bytes_per_s, hw.inter.bytes_per_s))
         best = max(best, bw)
     return best or hw.intra.bytes_per_s
 
 
-def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload,
-                         lay: Layout) -> dict[tuple[str, int, str], Collective]:
-    """The collectives of each stage, keyed (group, stage, direction) [tp-comm, ep-comm,
-    p2p, dp-comm]. Calls count forward, backward and the recompute forward."""
+def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout,
+                         fullest: dict[int, int] | None = None,
+                         ) -> dict[tuple[str, int, str], Collective]:
+    """The collectives of each stage, keyed (group, stage, direction or part) [tp-comm,
+    ep-comm, p2p, dp-comm]. Calls count forward, backward and the recompute forward.
+    `fullest[layer]`: expert copies on the fullest EP rank (what ZeRO-3 gathers)."""
     training = w.kind == "training"
     b, h = m.dtype_bytes, m.hidden
     T = tokens_per_micro_batch(w, lay)
@@ -279,10 +297,19 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload,
         if lay.tp > 1:
             S = T * h * b
             t = lay.tp
+            bw = _link_bw(hw, lay.groups("tp"))
             out[("tp", k, "")] = Collective(
                 "reduce_scatter+all_gather" if lay.sequence_parallel else "all_reduce", t, S,
-                2 * passes * n * lay.num_micro_batches,
-                2 * (t - 1) / t * S / _link_bw(hw, lay.groups("tp")))
+                2 * passes * n * lay.num_micro_batches, 2 * (t - 1) / t * S / bw)
+            # [tp-comm] the vocab-parallel embedding and the loss: one all-reduce per pass
+            # (serving computes logits for each sequence's last position only)
+            edges = (["embedding"] if k == 0 else []) + (["lm_head"] if k == lay.pp - 1
+                                                         else [])
+            for part in edges:
+                Se = S if training or part == "embedding" else lay.micro_batch * h * b
+                out[("tp", k, part)] = Collective(
+                    "all_reduce", t, Se, lay.num_micro_batches * (2 if training else 1),
+                    2 * (t - 1) / t * Se / bw)
         if n_moe and (lay.ep > 1 or lay.etp > 1) and not experts_in_tp_group(w, lay):
             S = T / lay.tp * m.top_k * h * b
             e = lay.ep
@@ -312,6 +339,15 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload,
                 t_min = 2 * (d - 1) / d * S / bw
             out[("dp", k, "")] = Collective(
                 "reduce_scatter+all_gather" if lay.zero >= 1 else "all_reduce", d, S, 1, t_min)
+        if training and lay.zero >= 3:  # parameters gathered before forward and backward
+            par = stage_params(m, lay, k, fullest or {})
+            for group, size, nbytes, kind in (("dp", lay.dp, par.dense * b, "dp"),
+                                              ("edp", lay.edp, par.expert * b, "edp")):
+                if size > 1 and (group == "dp" or m.is_moe):
+                    bw = _link_bw(hw, lay.groups(kind))
+                    out[(group, k, "parameters")] = Collective(
+                        "all_gather", size, nbytes, 2 * lay.num_micro_batches,
+                        (size - 1) / size * nbytes / bw)
     return out
 
 
