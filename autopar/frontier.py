@@ -75,6 +75,9 @@ def layouts(p: Problem, opts: SearchOptions) -> list[Layout]:
     return sorted(seen.values(), key=lambda x: (x.pp, x.tp, x.dp, x.ep, x.etp, x.spare))
 
 
+MAX_CONCURRENCY = 10_000_000  # the largest batch a workload states (spec._read_workload_fields)
+
+
 def ladder(top: int) -> list[int]:
     """1, 2, 4, ... and `top` itself."""
     out, b = [], 1
@@ -122,7 +125,9 @@ def _layout_points(ev: Evaluator, lay: Layout, targets: Targets,
         return []
     if ev.p.workload.phase == "prefill":
         return _prefill_points(ev, lay, first, targets, given_load)
-    top = max(first.max_concurrency // lay.dp, 1)
+    # no more sequences than a workload may state (spec: batch <= 10,000,000), so the plan's
+    # echoed workload reads back; a tiny model's KV cache can hold tens of millions
+    top = max(min(first.max_concurrency, MAX_CONCURRENCY) // lay.dp, 1)
     if given_load is not None:
         b = -(-given_load // lay.dp)
         pt = point(ev, lay, b) if b <= top else None

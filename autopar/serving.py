@@ -5,8 +5,9 @@ reading the weights and every sequence's KV cache; `evaluate` gives the stage ti
 memory per GPU. This module turns those into what a serving deployment is judged by, with the
 pipeline treated as a throughput pipeline (docs/serving.md, formulas `serving-*`):
 
-- decode: each replica keeps `b` sequences in `m = min(pp, b)` micro-batches cycling through
-  the stages, so a token comes every `max(sum_k d_k, max_k m d_k)`;
+- decode: each replica keeps `b` sequences in `m` equal micro-batches (`m` the largest
+  divisor of `b` up to pp: `min(pp, b)` when pp divides b) cycling through the stages, so a
+  token comes every `max(sum_k d_k, max_k m d_k)`;
 - prefill: one request per micro-batch; its latency is `sum_k p_k` and it occupies each stage
   for `p_k`, so a replica accepts a new prompt every `max_k p_k`;
 - aggregated (phase both): the `b / (OSL - 1)` prefills each decode step must absorb stretch
@@ -167,8 +168,9 @@ class Evaluator:
         contiguous layers)."""
         # decode: one micro-batch per stage keeps every stage busy; prefill: one batched pass
         # on a single stage, one prompt per micro-batch when there are stages to fill
-        m = min(layout.pp, per_replica) if (phase == "decode" or layout.pp > 1) else 1
-        mb = -(-per_replica // m)
+        m = micro_batches(layout.pp, per_replica) if (phase == "decode" or layout.pp > 1) \
+            else 1
+        mb = per_replica // m
         p = phase_problem(self.p, phase, per_replica * layout.dp)
         try:
             s = layout.strategy(self.p.hw.num_gpus, mb, m)
@@ -192,6 +194,13 @@ class Evaluator:
         if key not in self._prefill:
             self._prefill[key] = self.phase(layout, "prefill", 1, bounds)
         return self._prefill[key]
+
+
+def micro_batches(pp: int, per_replica: int) -> int:
+    """[serving-decode] Micro-batches of a replica's sequences: as many as there are stages,
+    but equal in size (the largest divisor of `per_replica` up to `pp`), so that the plan's
+    micro_batch x num_micro_batches is exactly the sequences it serves, none padded."""
+    return max(d for d in range(1, min(pp, per_replica) + 1) if per_replica % d == 0)
 
 
 def decode_time(dec: PhaseCost, micro_batches: int) -> float:
@@ -250,7 +259,7 @@ def point(ev: Evaluator, layout: Layout, per_replica: int) -> ServingPoint | Non
     cap = p.hw.gpu.memory_bytes
     if mem > cap:
         return None
-    m = min(layout.pp, per_replica)
+    m = dec.evaluation.strategy.num_micro_batches
     t_dec = decode_time(dec, m)
     conc = per_replica * layout.dp
     common = dict(layout=layout, phase=w.phase, per_replica=per_replica, micro_batches=m,
