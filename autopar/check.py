@@ -11,6 +11,7 @@ Older coarse plans (`parallel_strategy`, `tensor_parallel_distribution`) go to
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -98,13 +99,58 @@ def resolve_inputs(plan: dict, f: Findings, model_file: Any = None, hw: Any = No
 
 
 def _named_file(base: Path, name: str, source: str, field: str) -> Path:
-    """A spec file a plan names: a relative YAML or JSON path, so that a plan from elsewhere
-    cannot make `check` read arbitrary files (pass --model / --hw for anything else)."""
-    path = Path(name)
-    if path.is_absolute() or path.suffix.lower() not in (".yaml", ".yml", ".json"):
-        raise InputError(source, field, f"{name!r}: a plan may name only relative .yaml / "
-                                        ".yml / .json files; pass --model / --hw instead")
-    return base / path
+    """A spec file a plan names: a .yaml / .yml / .json path inside the plan's directory
+    (symlinks resolved), so that a plan from elsewhere cannot make `check` read, or learn
+    whether there is, any other file; pass --model / --hw for anything else."""
+    def refuse(why: str) -> InputError:
+        shown = repr(name if len(name) <= 80 else name[:77] + "...")
+        return InputError(source, field, f"{shown} {why}: a plan may name only relative "
+                                         ".yaml / .yml / .json files inside its own "
+                                         "directory; pass --model / --hw instead")
+    path = Path(name.replace("\0", ""))
+    if "\0" in name or path.is_absolute() or path.suffix.lower() not in (".yaml", ".yml",
+                                                                            ".json"):
+        raise refuse("is refused")
+    inside = _inside(base, path)
+    if inside is None:
+        raise refuse("leads outside the plan's directory")
+    return inside
+
+
+def _inside(base: Path, path: Path, max_links: int = 40) -> Path | None:
+    """`path` (relative) resolved under `base` one component at a time, or None as soon as
+    a `..` or a symlink would leave it: only names inside `base` are ever looked at (lstat,
+    readlink), so nothing outside is opened or stat-ed, unlike os.path.realpath."""
+    try:
+        root = Path(os.path.realpath(base))
+        cur, todo, links = root, list(reversed(path.parts)), 0
+        while todo:
+            part = todo.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if cur == root:
+                    return None
+                cur = cur.parent
+                continue
+            step = cur / part
+            if not os.path.islink(step):
+                cur = step
+                continue
+            links += 1
+            target = Path(os.readlink(step))
+            if links > max_links:
+                return None
+            if target.is_absolute():  # allowed only if it names root itself as a prefix
+                if target.parts[:len(root.parts)] != root.parts:
+                    return None
+                cur, rest = root, target.parts[len(root.parts):]
+            else:
+                rest = target.parts
+            todo.extend(reversed(rest))
+        return cur
+    except (OSError, ValueError):
+        return None
 
 
 def _hw_key(hw: HardwareSpec) -> tuple:

@@ -8,6 +8,7 @@ proven otherwise.
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,7 +55,7 @@ class Fields:
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             else:
-                raise self.error(key, f"expected an integer, got {_kind(value)} {value!r}")
+                raise self.error(key, f"expected an integer, got {_kind(value)} {_show(value)}")
         if not lo <= value <= hi:
             raise self.error(key, f"{value} is out of range [{lo}, {hi}]")
         return value
@@ -64,7 +65,7 @@ class Fields:
         if value is default and default is not MISSING:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(key, f"expected a number, got {_kind(value)} {value!r}")
+            raise self.error(key, f"expected a number, got {_kind(value)} {_show(value)}")
         value = float(value)
         if not math.isfinite(value) or not lo <= value <= hi:
             raise self.error(key, f"{value} is out of range [{lo}, {hi}]")
@@ -73,7 +74,7 @@ class Fields:
     def bool(self, key: str, default: Any = MISSING) -> Any:
         value = self._get(key, default)
         if not isinstance(value, bool):
-            raise self.error(key, f"expected true or false, got {_kind(value)} {value!r}")
+            raise self.error(key, f"expected true or false, got {_kind(value)} {_show(value)}")
         return value
 
     def str(self, key: str, choices: tuple[str, ...] | None = None, default: Any = MISSING) -> Any:
@@ -81,11 +82,11 @@ class Fields:
         if value is default and default is not MISSING:
             return value
         if not isinstance(value, str):
-            raise self.error(key, f"expected a string, got {_kind(value)} {value!r}")
+            raise self.error(key, f"expected a string, got {_kind(value)} {_show(value)}")
         if len(value) > 256:
             raise self.error(key, "string longer than 256 characters")
         if choices is not None and value not in choices:
-            raise self.error(key, f"{value!r} is not one of {', '.join(choices)}")
+            raise self.error(key, f"{_show(value)} is not one of {', '.join(choices)}")
         return value
 
     def int_list(self, key: str, lo: int = 0, hi: int = MAX_INT, default: Any = MISSING) -> Any:
@@ -97,7 +98,7 @@ class Fields:
         for i, item in enumerate(value):
             if isinstance(item, bool) or not isinstance(item, int) or not lo <= item <= hi:
                 raise self.error(f"{key}[{i}]",
-                                 f"expected an integer in [{lo}, {hi}], got {item!r}")
+                                 f"expected an integer in [{lo}, {hi}], got {_show(item)}")
         return tuple(value)
 
     def text(self, key: str) -> str:
@@ -130,7 +131,20 @@ def _near(key: str, known: set[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlist = _REPR.maxdict = 4
+_REPR.maxlevel = 2
+
+
+def _show(value: Any) -> str:
+    """A value as it appears in an error: abridged, so that a megabyte list or string in
+    the wrong field still gives a short line."""
+    return _REPR.repr(value)
+
+
 def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "nothing"}.get(
         type(value), type(value).__name__
     )

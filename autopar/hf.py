@@ -52,7 +52,10 @@ def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
     if hidden % heads and not f.has("head_dim"):
         raise InputError(source, "head_dim", "required: hidden_size is not a multiple of heads")
     act = f.str("hidden_act", default="silu")
-    dtype = _DTYPES.get(f.str("torch_dtype", default="bfloat16"), "bf16")
+    # an unknown dtype is an error, not bf16: planning the wrong width misstates all memory
+    # (transformers >= 4.56 writes `dtype`; older configs `torch_dtype`)
+    dtype_key = "dtype" if f.has("dtype") and not f.has("torch_dtype") else "torch_dtype"
+    dtype = _DTYPES[f.str(dtype_key, tuple(_DTYPES), default="bfloat16")]
     weight_dtype = None
     if f.has("quantization_config"):  # DeepSeek-V3's block-scaled fp8 linear layers
         q = f.section("quantization_config")

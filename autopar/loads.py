@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from autopar.datafile import MAX_INT_DIGITS, MAX_PROFILE_BYTES, parse_json, read_text
 from autopar.errors import InputError
 
-MAX_FILE_BYTES = 50 * 1024 * 1024
+MAX_FILE_BYTES = MAX_PROFILE_BYTES
 MAX_ROWS = 2_000_000
 MAX_ZIPF_S = 10.0
 CSV_HEADER = ("layer", "expert", "tokens")
@@ -122,14 +122,7 @@ def load_file(path: str, num_layers: int, num_experts: int, source: str) -> Load
         raise InputError(
             source, path, "no such file (expected uniform, zipf:S[:SEED] or a CSV/JSON file)"
         )
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_FILE_BYTES:
-            raise InputError(path, "", f"file too large ({size} bytes > {MAX_FILE_BYTES})")
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, "", f"cannot read file: {exc}") from None
+    text = read_text(path, MAX_FILE_BYTES)  # the limits every input file gets
     if not text.strip():
         raise InputError(path, "", "file is empty")
     ext = os.path.splitext(path)[1].lower()
@@ -209,6 +202,10 @@ def _read_csv(text: str, path: str, num_layers: int, num_experts: int) -> np.nda
 
 
 def _csv_int(cell: str, path: str, lineno: int, name: str) -> int:
+    if len(cell.strip()) > MAX_INT_DIGITS:  # int() would refuse it with a 4300-digit line
+        raise InputError(path, f"line {lineno}: {name}",
+                         f"an integer of {len(cell.strip())} characters (at most "
+                         f"{MAX_INT_DIGITS} digits)")
     try:
         return int(cell.strip())
     except ValueError:
@@ -225,10 +222,7 @@ def _check_count(value: float, path: str, field: str) -> None:
 def _read_json(
     text: str, path: str, num_layers: int, num_experts: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(path, "", f"invalid JSON: {exc}") from None
+    doc = parse_json(text, path)
     if not isinstance(doc, dict):
         raise InputError(path, "", "expected an object with key 'layers'")
     unknown = sorted(set(doc) - set(JSON_KEYS))

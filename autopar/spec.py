@@ -1,12 +1,11 @@
 """Validated input specs: model, hardware and workload, loaded from YAML or HF config.json.
 
-Files are data, never code: YAML goes through the safe loader, JSON through the standard
-parser, and every number is range-checked so a broken or hostile file gets a one-line error.
+Files are data, never code: `autopar.datafile` parses them within fixed limits, and every
+field is range-checked here, so a broken or hostile file gets a one-line error.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
@@ -15,10 +14,9 @@ from typing import Any
 
 import yaml
 
-from .errors import InputError
+from .datafile import MAX_FILE_BYTES, read_data  # noqa: F401  (limits live in datafile)
 from .fields import MISSING, Fields
 
-MAX_FILE_BYTES = 10 * 1024 * 1024
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 GB = 1e9
 
@@ -396,32 +394,6 @@ class ModelFile:
     notes: str = ""
     source: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
-
-
-def read_data(path: str | Path) -> Any:
-    """Parse a YAML or JSON file as plain data, with a size cap."""
-    p = Path(path)
-    src = str(path)
-    try:
-        size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise InputError(src, "", f"file is {size} bytes, over the {MAX_FILE_BYTES} limit")
-        text = p.read_text(encoding="utf-8")
-    except InputError:
-        raise
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(src, "", f"cannot read file: {exc.strerror or exc}") from None
-    try:
-        if p.suffix == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(src, "", f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise InputError(src, "", f"invalid YAML{where}: {problem}") from None
 
 
 def parse_model(data: Any, source: str) -> ModelFile:
