@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .check_figures import (
     check_capacity,
     check_communication,
+    check_exposed,
     check_flops,
     check_flops_sums,
     check_memory,
@@ -38,7 +40,8 @@ from .check_layout import (
 from .echo import Inputs, inputs_from_echo
 from .errors import InputError
 from .finding import Finding, Findings, fmt
-from .recompute import model_flops_per_step
+from .planformat import pattern_path, read_gpus
+from .recompute import gemm_dtype, model_flops_per_step
 from .schemacheck import plan_schema, schema_problems
 from .spec import HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
 
@@ -177,13 +180,41 @@ def check_plan(plan: Any, model_file: Any = None, hw: Any = None,
 
         _guarded(f, "(plan)", lambda: check_coarse(f, plan, inputs))
     else:
-        _check_full(f, plan, inputs)
+        where = _check_full(f, plan, inputs)
+        if where is not None:
+            f.items = at_patterns(f.items, where)
     return sorted(collapse(f.items), key=lambda x: x.severity != "error")  # stable
 
 
-def _check_full(f: Findings, plan: dict, inp: Inputs) -> None:
+def at_patterns(items: list[Finding], where: dict[int, dict[str, int]]) -> list[Finding]:
+    """Findings about expanded per-GPU records re-addressed to the patterns of a compact
+    plan that state them (`gpus[17].memory...` -> `gpus.memory[2].memory...`); the same
+    finding reached through many GPUs of one pattern is kept once."""
+    out, seen = [], set()
+    for x in items:
+        y = replace(x, path=pattern_path(x.path, where))
+        key = (y.severity, y.check, y.path, y.message, repr(y.claimed), repr(y.expected))
+        if key not in seen:
+            seen.add(key)
+            out.append(y)
+    return out
+
+
+def _check_full(f: Findings, plan: dict, inp: Inputs) -> dict[int, dict[str, int]] | None:
+    """All checks of a full plan; returns where a compact plan's GPUs come from (GPU id ->
+    part -> pattern index), None for one record per GPU."""
     broken = _schema(f, plan)
     ok = lambda *sections: not any(s in broken for s in sections)  # noqa: E731
+    where = None
+    if ok("gpus"):  # either form of gpus[] as one record per GPU (autopar.planformat)
+        table = read_gpus(plan)
+        for path, problem in table.problems:
+            f.error("gpus", path, problem)
+        if table.problems:
+            broken.add("gpus")
+        else:
+            plan = {**plan, "gpus": table.records}
+            where = table.where
     m, hw, w = inp.model, inp.hardware, inp.workload
     if m is None or hw is None or w is None:
         lacking = [n for n, v in (("model", m), ("hardware", hw), ("workload", w)) if v is None]
@@ -224,22 +255,26 @@ def _check_full(f: Findings, plan: dict, inp: Inputs) -> None:
             _guarded(f, "flops", lambda: check_flops_sums(f, plan))
     if ok("timing"):
         _guarded(f, "timing", lambda: check_timing(f, plan, lay))
+        if ok("communication"):
+            _guarded(f, "communication", lambda: check_exposed(f, plan))
     if ok("metrics"):
-        n = hw.num_gpus if hw else len(plan.get("gpus") or [0])
+        n = hw.num_gpus if hw else int(plan["strategy"]["num_gpus"]) if ok("strategy") \
+            else len(plan["gpus"]) if isinstance(plan.get("gpus"), list) else 1
         peak = None
         if hw and m:
-            peaks = [hw.gpu.flops(m.dtype)]
-            if w is not None and getattr(w, "precision", None):
-                peaks.append(hw.gpu.flops(w.precision))
+            dtype = gemm_dtype(m, w)  # [metrics] MFU is taken against this precision's peak
+            peaks = [hw.gpu.flops(dtype)]
             mf = model_flops_per_step(m, w) if w else plan["metrics"]["model_flops_per_step"]
             tokens = w.batch * w.tokens_per_sample if w else None
-            peak = _guarded(f, "metrics", lambda: check_throughput(f, plan, peaks, n, mf, tokens))
+            peak = _guarded(f, "metrics", lambda: check_throughput(f, plan, peaks, n, mf,
+                                                                   tokens, dtype))
         _guarded(f, "metrics", lambda: check_metrics(f, plan, w, peak, n))
     if ok("validation"):
         for i, v in enumerate(plan["validation"]):
             if not v["passed"]:
                 f.warn("validation", f"validation[{i}]", f"the plan's own check {v['name']} "
                        f"failed: {v['detail']}", False, True)
+    return where
 
 
 def _schema(f: Findings, plan: dict) -> set[str]:

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from .planformat import gpu_records
+
 ENGINES = ("vllm", "sglang")
 # Above this fraction an engine has little room of its own (CUDA graphs, NCCL buffers,
 # sampler); vLLM's default gpu-memory-utilization is 0.90.
@@ -99,7 +101,7 @@ def launch_from_plan(plan: dict[str, Any]) -> dict[str, Any]:
     if plan.get("launch"):
         return plan["launch"]
     s, w = plan["strategy"], plan["inputs"]["workload"]
-    fullest = max(plan["gpus"], key=lambda g: g["memory"]["total_bytes"])["memory"]
+    fullest = max((g["memory"] for g in gpu_records(plan)), key=lambda x: x["total_bytes"])
     static = fullest["weights_bytes"] + fullest["kv_cache_bytes"]
     hw = plan["inputs"]["hardware"]
     return launch_section(s, bool(plan["inputs"]["model"].get("experts")),

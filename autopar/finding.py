@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # classes of finding (the `check` field); the tests break a plan in one way per class
-CHECKS = ("schema", "inputs", "degrees", "divisibility", "stages", "shards", "experts",
+CHECKS = ("schema", "inputs", "gpus", "degrees", "divisibility", "stages", "shards", "experts",
           "memory", "flops", "communication", "timing", "throughput", "metrics", "detail",
           "validation")
 

@@ -6,10 +6,11 @@ each cost figure carries the name of the formula that produced it (`docs/cost-mo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import tempfile
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,13 @@ from .components import (
 from .cost import Problem, kv_bytes_per_token_layer
 from .evaluate import Evaluation, Memory, StageCost, pipeline_time
 from .placement import Placement
+from .planformat import FORM, gpu_flops, gpu_records, patterns, read_gpus
 from .search import SearchOptions, SearchResult
 from .shards import split, tp_shard
 from .spec import DTYPE_BYTES
 from .strategy import Strategy
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"  # 2.x: `gpus` as patterns (autopar.planformat); 1.x: records
 
 
 @dataclass
@@ -39,7 +41,9 @@ class Plan:
     data: dict[str, Any]
 
     def to_json(self, indent: int | None = 1) -> str:
-        return json.dumps(self.data, indent=indent, sort_keys=False)
+        """The plan as JSON; a NaN or infinity anywhere is a bug, raised here (ValueError)
+        rather than written as the invalid JSON tokens `NaN` / `Infinity`."""
+        return json.dumps(self.data, indent=indent, sort_keys=False, allow_nan=False)
 
     def write(self, path: str | Path) -> Path:
         return write_atomic(path, self.to_json())
@@ -56,6 +60,10 @@ class Plan:
     def solver(self) -> dict[str, Any]:
         return self.data["solver"]
 
+    def gpu_records(self) -> list[dict[str, Any]]:
+        """One record per GPU: the `gpus` patterns expanded (`autopar.planformat`)."""
+        return gpu_records(self.data)
+
 
 def write_atomic(path: str | Path, text: str) -> Path:
     """Write via a temp file and rename, so a reader never sees half a plan; only over a
@@ -65,15 +73,21 @@ def write_atomic(path: str | Path, text: str) -> Path:
     p = check_target(path)
     mode = file_mode(p)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    # The name is drawn before the file exists and the file is made inside the try, so an
+    # interrupt at any point (KeyboardInterrupt, the CLI's SIGTERM) finds it and removes it;
+    # 64 random bits make the name ours whenever it exists.
+    tmp = str(p.parent / f".{p.name}.{secrets.token_hex(8)}.tmp")
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.write("\n")
         os.replace(tmp, p)
+    except FileExistsError:
+        raise  # another writer's temp file: not ours to remove
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     return p
@@ -134,32 +148,22 @@ def _dims(p: Problem, name: str) -> dict[str, int]:
     }.get(name, {})
 
 
-def _gpu_components(p: Problem, s: Strategy, ev: Evaluation, gpu: int,
-                    placed: list[Placement] | None) -> tuple[list, list, float]:
-    """Component entries of one GPU (grouped over identical consecutive layers), its expert
-    table, and its FLOPs per step.
+def _shard_entries(p: Problem, s: Strategy, ev: Evaluation, stage: int, tp_rank: int,
+                   f_dense: float) -> list[dict[str, Any]]:
+    """The non-expert components one GPU holds (grouped over identical consecutive layers):
+    its TP shard of each, with FLOPs per step. They depend on the stage, the TP rank and the
+    replica's share of the batch only, so equal GPUs share one pattern.
 
-    When DP does not divide the batch, replicas take split(batch, dp) samples: the step time
-    is set by the fullest, the FLOPs count what each replica really runs.
+    When DP does not divide the batch, replicas take split(batch, dp) samples: `f_dense` is
+    this replica's share of a full replica's work (the step time is set by the fullest).
     """
     m = p.model
-    st = ev.stages[s.stage_of(gpu)]
-    c = s.coords(gpu)
-    moe_index = {layer: i for i, layer in enumerate(
-        [x for x in range(m.layers) if m.is_moe_layer(x)])}
+    st = ev.stages[stage]
     passes = 3 if p.training else 1  # forward + backward (2x)
-    per_replica = -(-p.workload.batch // s.dp)
-    lo, hi = split(p.workload.batch, s.dp, c["dp_rank"])
-    f_dense = (hi - lo) / per_replica  # this replica's share of a full replica's work
-    f_expert = p.workload.batch / (per_replica * s.dp)  # experts see every replica's tokens
-    entries, experts, flops_total = [], [], 0.0
-    layers = list(range(st.first_layer, st.end_layer))
-
-    def kind(layer: int) -> bool:
-        return m.is_moe_layer(layer)
-
-    for first, last, is_moe in _runs(layers, kind):
-        lc = ev.stages[s.stage_of(gpu)].layer_costs[first - st.first_layer]
+    entries = []
+    for first, last, _is_moe in _runs(list(range(st.first_layer, st.end_layer)),
+                                      m.is_moe_layer):
+        lc = st.layer_costs[first - st.first_layer]
         comps = layer_components(m, first, p.workload.context_len, p.workload.causal,
                                  p.flash_attention, p.workload.decoding)
         for comp, cc in zip(comps, lc.components, strict=True):
@@ -168,54 +172,130 @@ def _gpu_components(p: Problem, s: Strategy, ev: Evaluation, gpu: int,
             n_layers = last - first + 1
             flops = cc.flops * s.num_micro_batches * n_layers * passes
             flops += _recompute_flops(s, comp.role, cc.flops) * s.num_micro_batches * n_layers
-            flops *= f_dense
-            flops_total += flops
             entries.append({
                 "name": comp.name, "role": comp.role, "layers": [first, last],
-                "shard": tp_shard(comp.name, comp.role, _dims(p, comp.name), s.tp, c["tp_rank"]),
-                "params": cc.params * n_layers, "flops_per_step": flops,
+                "shard": tp_shard(comp.name, comp.role, _dims(p, comp.name), s.tp, tp_rank),
+                "params": cc.params * n_layers, "flops_per_step": flops * f_dense,
                 "forward_time_s_per_micro_batch": cc.time_s,
                 "formula": "roofline",
             })
-        if is_moe and placed is not None:
-            per_layer = {}
-            for layer in range(first, last + 1):
-                pl = placed[moe_index[layer]]
-                mine = list(pl.gpu_experts[c["ep_rank"]])
-                share = pl.gpu_load[c["ep_rank"]] / (sum(pl.gpu_load) / len(pl.gpu_load))
-                per_layer[layer] = (tuple(mine), share)
-            for a, b, (mine, share) in _runs(list(per_layer), per_layer.__getitem__):
-                exp_cc = [x for comp, x in zip(comps, lc.components, strict=True)
-                          if comp.is_expert]
-                # FLOPs follow this rank's routed tokens; cc.flops is the EP-group mean
-                f = sum(x.flops for x in exp_cc) * share * s.num_micro_batches * (b - a + 1)
-                f *= (passes + (1 if s.recompute == "full" else 0)) * f_expert
-                flops_total += f
-                experts.append({"layers": [a, b], "experts": list(mine),
-                                "etp_shard": list(split(m.expert_ffn_hidden, s.etp,
-                                                        c["etp_rank"])),
-                                "load_over_mean": share, "flops_per_step": f})
-        elif is_moe:  # EP = 1: every expert on every GPU, columns split by ETP
-            exp_cc = [x for comp, x in zip(comps, lc.components, strict=True) if comp.is_expert]
-            f = sum(x.flops for x in exp_cc) * s.num_micro_batches * (last - first + 1)
-            f *= (passes + (1 if s.recompute == "full" else 0)) * f_expert
-            flops_total += f
-            experts.append({"layers": [first, last], "experts": list(range(m.experts)),
-                            "etp_shard": list(split(m.expert_ffn_hidden, s.etp, c["etp_rank"])),
-                            "load_over_mean": 1.0, "flops_per_step": f})
     for edge in st.edges:
         comps = embedding_components(m) if edge.components[0].name == "embedding" \
             else head_components(m)
         for comp, cc in zip(comps, edge.components, strict=True):
-            flops = cc.flops * s.num_micro_batches * passes * f_dense
-            flops_total += flops
             entries.append({
                 "name": comp.name, "role": comp.role, "layers": None,
-                "shard": tp_shard(comp.name, comp.role, _dims(p, comp.name), s.tp, c["tp_rank"]),
-                "params": cc.params, "flops_per_step": flops,
+                "shard": tp_shard(comp.name, comp.role, _dims(p, comp.name), s.tp, tp_rank),
+                "params": cc.params,
+                "flops_per_step": cc.flops * s.num_micro_batches * passes * f_dense,
                 "forward_time_s_per_micro_batch": cc.time_s, "formula": "roofline",
             })
-    return entries, experts, flops_total
+    return entries
+
+
+def _expert_entries(p: Problem, s: Strategy, ev: Evaluation, stage: int, ep_rank: int,
+                    etp_rank: int, placed: list[Placement] | None) -> list[dict[str, Any]]:
+    """The experts one GPU holds per run of MoE layers with equal placement, its ETP shard of
+    their FFN columns and their FFN FLOPs per step: they depend on the stage, the EP and the
+    ETP rank only (experts see every replica's tokens)."""
+    m = p.model
+    st = ev.stages[stage]
+    moe_index = {layer: i for i, layer in enumerate(
+        [x for x in range(m.layers) if m.is_moe_layer(x)])}
+    passes = 3 if p.training else 1
+    per_replica = -(-p.workload.batch // s.dp)
+    f_expert = p.workload.batch / (per_replica * s.dp)
+    again = 1 if s.recompute == "full" else 0
+    etp_shard = list(split(m.expert_ffn_hidden, s.etp, etp_rank))
+    experts = []
+    for first, last, is_moe in _runs(list(range(st.first_layer, st.end_layer)),
+                                     m.is_moe_layer):
+        if not is_moe:
+            continue
+        lc = st.layer_costs[first - st.first_layer]
+        comps = layer_components(m, first, p.workload.context_len, p.workload.causal,
+                                 p.flash_attention, p.workload.decoding)
+        exp_cc = [x for comp, x in zip(comps, lc.components, strict=True) if comp.is_expert]
+        if placed is None:  # EP = 1: every expert on every GPU, columns split by ETP
+            f = sum(x.flops for x in exp_cc) * s.num_micro_batches * (last - first + 1)
+            experts.append({"layers": [first, last], "experts": list(range(m.experts)),
+                            "etp_shard": etp_shard, "load_over_mean": 1.0,
+                            "flops_per_step": f * ((passes + again) * f_expert)})
+            continue
+        per_layer = {}
+        for layer in range(first, last + 1):
+            pl = placed[moe_index[layer]]
+            share = pl.gpu_load[ep_rank] / (sum(pl.gpu_load) / len(pl.gpu_load))
+            per_layer[layer] = (tuple(pl.gpu_experts[ep_rank]), share)
+        for a, b, (mine, share) in _runs(list(per_layer), per_layer.__getitem__):
+            # FLOPs follow this rank's routed tokens; cc.flops is the EP-group mean
+            f = sum(x.flops for x in exp_cc) * share * s.num_micro_batches * (b - a + 1)
+            experts.append({"layers": [a, b], "experts": list(mine), "etp_shard": etp_shard,
+                            "load_over_mean": share,
+                            "flops_per_step": f * ((passes + again) * f_expert)})
+    return experts
+
+
+def _dense_share(p: Problem, s: Strategy, dp_rank: int) -> float:
+    """A replica's share of a full replica's samples (1 unless DP does not divide the
+    batch)."""
+    lo, hi = split(p.workload.batch, s.dp, dp_rank)
+    return (hi - lo) / -(-p.workload.batch // s.dp)
+
+
+def gpu_record(p: Problem, s: Strategy, ev: Evaluation, gpu: int,
+               placed: list[Placement] | None) -> dict[str, Any]:
+    """One GPU's full record (the schema 1.0 form): what the patterns of `gpus_section`
+    expand to for this GPU."""
+    c = s.coords(gpu)
+    st = ev.stages[c["stage"]]
+    comps = _shard_entries(p, s, ev, st.index, c["tp_rank"], _dense_share(p, s, c["dp_rank"]))
+    experts = _expert_entries(p, s, ev, st.index, c["ep_rank"], c["etp_rank"], placed)
+    return {"id": gpu, "node": p.hw.node_of(gpu), "type": p.hw.gpu.name, "stage": st.index,
+            "ranks": c, "layers": [st.first_layer, st.end_layer - 1],
+            "memory": _memory(_gpu_memory(p, s, st, c["ep_rank"], placed),
+                              p.hw.gpu.memory_bytes, p, s),
+            "components": comps, "experts": experts,
+            "flops_per_step": gpu_flops(comps, experts)}
+
+
+def gpus_section(p: Problem, s: Strategy, ev: Evaluation,
+                 placed: list[Placement] | None) -> dict[str, Any]:
+    """The plan's `gpus` in the patterns form (schema 2.0, `autopar.planformat`): shards,
+    experts and memory each computed once per distinct rank and stated with its GPU ids, so
+    the section grows with TP, EP and PP, not with the GPU count."""
+    hw = p.hw
+    # GPUs identical by construction: the key is everything a part depends on
+    shards: dict[tuple, tuple[int, list[int]]] = {}
+    experts: dict[tuple, tuple[int, list[int]]] = {}
+    memory: dict[tuple, tuple[int, list[int]]] = {}
+    for g in range(hw.num_gpus):
+        c = s.coords(g)
+        lo, hi = split(p.workload.batch, s.dp, c["dp_rank"])
+        shards.setdefault((c["stage"], c["tp_rank"], hi - lo), (c["dp_rank"], []))[1].append(g)
+        experts.setdefault((c["stage"], c["ep_rank"], c["etp_rank"]), (0, []))[1].append(g)
+        memory.setdefault((c["stage"], c["ep_rank"]), (0, []))[1].append(g)
+
+    def layers(stage: int) -> list[int]:
+        st = ev.stages[stage]
+        return [st.first_layer, st.end_layer - 1]
+
+    return {
+        "form": FORM, "num_gpus": hw.num_gpus, "gpus_per_node": hw.gpus_per_node,
+        "type": hw.gpu.name,
+        "shards": patterns(
+            (ids, {"stage": st, "layers": layers(st), "ranks": {"tp_rank": r},
+                   "components": _shard_entries(p, s, ev, st, r, _dense_share(p, s, dp_rank))})
+            for (st, r, _), (dp_rank, ids) in shards.items()),
+        "experts": patterns(
+            (ids, {"stage": st, "ranks": {"ep_rank": e, "etp_rank": t},
+                   "experts": _expert_entries(p, s, ev, st, e, t, placed)})
+            for (st, e, t), (_, ids) in experts.items()),
+        "memory": patterns(
+            (ids, {"stage": st, "memory": _memory(_gpu_memory(p, s, ev.stages[st], e, placed),
+                                                  hw.gpu.memory_bytes, p, s)})
+            for (st, e), (_, ids) in memory.items()),
+    }
 
 
 def _recompute_flops(s: Strategy, role: str, fwd: float) -> float:
@@ -307,11 +387,19 @@ def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, An
             out.append(_coll("send_recv", "pp", None, st.index, _p2p_bytes(p, s),
                              m_mb * sends_b, st.p2p_bwd / sends_b, st.p2p_bwd * m_mb, "p2p",
                              direction="backward"))
+        dense = sum(c.params for c in st.layer_costs) + sum(c.params for c in st.edges)
         if p.training and st.dp_sync:
-            dense = sum(c.params for c in st.layer_costs) + sum(c.params for c in st.edges)
             kind = "reduce_scatter+all_gather" if s.zero >= 1 else "all_reduce"
             out.append(_coll(kind, "dp", groups["dp"], st.index, dense * p.workload.grad_bytes,
                              1, st.dp_sync, st.dp_exposed, "dp-comm"))
+        # ZeRO-3: the parameters gathered before each forward and backward, not hidden
+        b = p.model.dtype_bytes
+        expert = sum(c.params_expert for c in st.layer_costs)
+        for group, t, nbytes in (("dp", st.param_gather_dp, dense * b),
+                                 ("edp", st.param_gather_edp, expert * b)):
+            if t:
+                out.append(_coll("all_gather", group, groups[group], st.index, nbytes,
+                                 2 * m_mb, t, 2 * m_mb * t, "dp-comm", part="parameters"))
     return out
 
 
@@ -355,6 +443,7 @@ def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
             "tp_comm_s": sum(c.tp_fwd + (c.tp_bwd if p.training else 0) for c in lcs),
             "ep_comm_s": sum(c.ep_fwd + (c.ep_bwd if p.training else 0) for c in lcs),
             "pp_comm_s": st.p2p_fwd + st.p2p_bwd,
+            "param_gather_s": 2 * (st.param_gather_dp + st.param_gather_edp),
             "per_micro_batch_s": st.busy,
             "dp_sync_s": st.dp_sync, "dp_exposed_s": st.dp_exposed,
             "optimizer_s": st.optimizer,
@@ -376,6 +465,7 @@ def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
         "tp_comm_exposed_s": crit["tp_comm_s"] * mb,
         "ep_comm_exposed_s": crit["ep_comm_s"] * mb,
         "pp_comm_exposed_s": crit["pp_comm_s"] * mb,
+        "param_gather_exposed_s": crit["param_gather_s"] * mb,
         "pipeline_s": pipeline,
         "bubble_s": ev.bubble,
         "dp_exposed_s": max(x.dp_exposed for x in ev.stages),
@@ -391,7 +481,8 @@ def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
 
 
 PHASES = ("forward_s", "backward_s", "recompute_s", "tp_comm_exposed_s", "ep_comm_exposed_s",
-          "pp_comm_exposed_s", "bubble_s", "dp_exposed_s", "optimizer_s")
+          "pp_comm_exposed_s", "param_gather_exposed_s", "bubble_s", "dp_exposed_s",
+          "optimizer_s")
 
 
 def dominant_term(timing: dict[str, Any]) -> str:
@@ -419,22 +510,9 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
     best = result.best
     s, ev = best.strategy, best.evaluation
     m, hw, w = p.model, p.hw, p.workload
-    gpus = []
-    flops_sum = 0.0
-    for g in range(hw.num_gpus):
-        st = ev.stages[s.stage_of(g)]
-        comps, experts, flops = _gpu_components(p, s, ev, g, placed)
-        flops_sum += flops
-        mem = _gpu_memory(p, s, st, g, placed)
-        gpus.append({
-            "id": g, "node": hw.node_of(g), "type": hw.gpu.name, "stage": st.index,
-            "ranks": s.coords(g),
-            "layers": [st.first_layer, st.end_layer - 1],
-            "memory": _memory(mem, hw.gpu.memory_bytes, p, s),
-            "components": comps, "experts": experts,
-            "flops_per_step": flops,
-            "busy_time_s": flops / hw.gpu.flops(m.dtype) if flops else 0.0,
-        })
+    section = gpus_section(p, s, ev, placed)
+    gpus = read_gpus({"gpus": section, "strategy": s.to_dict()}).records  # one per GPU
+    flops_sum = math.fsum(g["flops_per_step"] for g in gpus)
     T_step = w.batch * w.tokens_per_sample
     fwd_per_token = _fwd_flops_per_token(p)
     model_flops = fwd_per_token * T_step * (3 if p.training else 1)
@@ -462,8 +540,8 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
         "expert_load_max_over_mean": max(loads),
         "compute_load_balance_max_over_mean": max(busy) / (sum(busy) / len(busy)),
         "scaling_efficiency": compute_time / (hw.num_gpus * step),
-        "memory_max_over_capacity": max(x["memory"]["total_bytes"] for x in gpus)
-        / hw.gpu.memory_bytes,
+        "memory_max_over_capacity": max(x["memory"]["total_bytes"]
+                                        for x in section["memory"]) / hw.gpu.memory_bytes,
         "formula": "metrics",
     }
     timing = _timing(p, s, ev)
@@ -488,7 +566,7 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
                      "schedule": timing["schedule"],
                      "samples_per_replica": -(-w.batch // s.dp),
                      "stage_layers": [[x.first_layer, x.end_layer - 1] for x in ev.stages]},
-        "gpus": gpus,
+        "gpus": section,
         "experts": _expert_section(p, s, placed),
         "flops": _flops_section(p, gpus),
         "communication": _communication(p, s, ev),
@@ -499,7 +577,7 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
     }
     from .selfcheck import validations
 
-    data["validation"] = validations(p, data)
+    data["validation"] = validations(p, {**data, "gpus": gpus})
     return Plan(data)
 
 
@@ -514,16 +592,16 @@ def _fwd_flops_per_token(p: Problem) -> float:
     return f
 
 
-def _gpu_memory(p: Problem, s: Strategy, st: StageCost, gpu: int,
+def _gpu_memory(p: Problem, s: Strategy, st: StageCost, rank: int,
                 placed: list[Placement] | None) -> Memory:
-    """The stage's memory (sized for its fullest EP rank) with this GPU's own expert count."""
+    """The stage's memory (sized for its fullest EP rank) with EP rank `rank`'s own expert
+    count."""
     mem = Memory(**asdict(st.memory))
     if not placed or not p.model.is_moe:
         return mem
     m = p.model
     moe_layers = [x for x in range(m.layers) if m.is_moe_layer(x)]
     idx = {layer: i for i, layer in enumerate(moe_layers)}
-    rank = s.coords(gpu)["ep_rank"]
     per_expert = sum(c.params for c in layer_components(m, moe_layers[0], 1) if c.is_expert)
     delta = 0.0
     for layer in range(st.first_layer, st.end_layer):
@@ -612,7 +690,8 @@ def formula_index() -> dict[str, str]:
                "S = T*h*bytes/tp, + a TP all-gather without sequence parallelism",
         "dp-comm": "all-reduce of grads, or reduce-scatter grads + all-gather params (ZeRO>=1); "
                    "exposed = max(0, sync - backward of the last micro-batch), all of it "
-                   "without overlap; rings across nodes run at members-per-node x NIC",
+                   "without overlap; rings across nodes run at members-per-node x NIC; "
+                   "ZeRO-3 all-gathers the parameters before each forward and backward",
         "memory-training": "weights + grads + optimizer (ZeRO-sharded) + in-flight micro-batches"
                            " x activations (Korthikanti 2022) + workspace + reserved",
         "memory": "weights + KV cache + one layer's activations + workspace + reserved",
@@ -639,7 +718,10 @@ def read_plan(path: str | Path) -> dict[str, Any]:
     data = read_data(path)
     if not isinstance(data, dict):
         raise InputError(str(path), "", "a plan must be a JSON object")
+    if "gpus" in data:  # either form, readable as one record per GPU
+        gpu_records(data, str(path))
     return data
 
 
-__all__ = ["Plan", "build_plan", "read_plan", "write_atomic", "math"]
+__all__ = ["Plan", "build_plan", "read_plan", "write_atomic", "gpus_section", "gpu_record",
+           "math"]

@@ -6,6 +6,8 @@ from typing import Any
 
 from tabulate import tabulate
 
+from .planformat import gpu_records
+
 GB = 1e9
 UNITS = {"step_time_s": " s", "tokens_per_s_per_gpu": " tokens/s/GPU",
          "request_latency_s": " s"}
@@ -22,7 +24,7 @@ def summary(plan: dict[str, Any]) -> str:
         f"  stages {s['stage_layers']}",
     ]
     rows = []
-    for g in plan["gpus"]:
+    for g in gpu_records(plan):
         mem = g["memory"]
         rows.append([g["id"], g["node"], g["stage"], f"{g['layers'][0]}-{g['layers'][1]}",
                      f"{mem['total_bytes'] / GB:.1f} / {mem['capacity_bytes'] / GB:.0f}",

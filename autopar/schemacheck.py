@@ -36,15 +36,33 @@ def _join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _problems(value: Any, schema: dict, path: str, out: list[tuple[str, str]]) -> None:
+def _resolve(schema: dict, root: dict) -> dict:
+    """A `{"$ref": "#/$defs/name"}` as the schema it names (local references only)."""
+    while "$ref" in schema:
+        node: Any = root
+        for key in schema["$ref"].removeprefix("#/").split("/"):
+            node = node[key]
+        schema = node
+    return schema
+
+
+def _problems(value: Any, schema: dict, path: str, out: list[tuple[str, str]],
+              root: dict | None = None) -> None:
+    root = root if root is not None else schema
+    schema = _resolve(schema, root)
     if "oneOf" in schema:
-        for alt in schema["oneOf"]:
+        alts = [_resolve(a, root) for a in schema["oneOf"]]
+        typed = [a for a in alts if "type" not in a or _TYPES[a["type"]](value)]
+        if len(typed) == 1:  # the one form this value can be: its own problems, in detail
+            _problems(value, typed[0], path, out, root)
+            return
+        for alt in typed:
             trial: list[tuple[str, str]] = []
-            _problems(value, alt, path, trial)
+            _problems(value, alt, path, trial, root)
             if not trial:
                 break
         else:
-            kinds = "/".join(a.get("type", "?") for a in schema["oneOf"])
+            kinds = "/".join(a.get("type", "?") for a in alts)
             out.append((path, f"expected {kinds}, got {type(value).__name__}"))
         return
     t = schema.get("type")
@@ -65,7 +83,7 @@ def _problems(value: Any, schema: dict, path: str, out: list[tuple[str, str]]) -
                 out.append((_join(path, key), "missing (required by the schema)"))
         for key, sub in schema.get("properties", {}).items():
             if key in value:
-                _problems(value[key], sub, _join(path, key), out)
+                _problems(value[key], sub, _join(path, key), out, root)
     if isinstance(value, list):
         if len(value) < schema.get("minItems", 0):
             out.append((path, f"{len(value)} items, fewer than {schema['minItems']}"))
@@ -73,7 +91,7 @@ def _problems(value: Any, schema: dict, path: str, out: list[tuple[str, str]]) -
             out.append((path, f"{len(value)} items, more than {schema['maxItems']}"))
         if "items" in schema:
             for i, item in enumerate(value):
-                _problems(item, schema["items"], _join(path, i), out)
+                _problems(item, schema["items"], _join(path, i), out, root)
 
 
 def schema_problems(plan: Any, schema: dict | None = None) -> list[tuple[str, str]]:

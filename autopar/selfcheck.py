@@ -14,6 +14,7 @@ from . import check_layout as layout
 from .cost import Problem
 from .echo import model_from_echo
 from .finding import Findings
+from .planformat import with_records
 from .recompute import Layout, hardware_flops_per_step
 
 REL_TOL = figures.IDENTITY_TOL
@@ -29,6 +30,11 @@ def _layout(plan: dict) -> Layout:
     return Layout.from_strategy(plan["strategy"])
 
 
+def _per_gpu(plan: dict) -> dict:
+    """The plan with one record per GPU (a compact plan's patterns expanded)."""
+    return plan if isinstance(plan.get("gpus"), list) else with_records(plan)
+
+
 def check_degrees(plan: dict) -> dict[str, Any]:
     s, f = plan["strategy"], Findings()
     layout.check_degrees(f, s, s["num_gpus"], None)
@@ -39,7 +45,7 @@ def check_degrees(plan: dict) -> dict[str, Any]:
 
 
 def check_memory(plan: dict) -> dict[str, Any]:
-    f = Findings()
+    f, plan = Findings(), _per_gpu(plan)
     figures.check_capacity(f, plan["gpus"])
     worst = max(g["memory"]["total_bytes"] / g["memory"]["capacity_bytes"] for g in plan["gpus"])
     return _check("memory_within_capacity", f, f"max {worst:.1%} of capacity")
@@ -55,7 +61,7 @@ def check_stage_layers(plan: dict, layers: int) -> dict[str, Any]:
 def shard_coverage(plan: dict) -> list[str]:
     """Problems with TP shards: per stage and replica every TP-split tensor of every layer is
     tiled exactly once by its TP ranks (replicated components are whole on every rank)."""
-    f = Findings()
+    f, plan = Findings(), _per_gpu(plan)
     layout.check_shards(f, plan, model_from_echo(plan["inputs"]["model"], "plan"),
                         _layout(plan))
     return [x.message for x in f.items]
@@ -73,7 +79,7 @@ def check_experts(plan: dict, model: dict) -> dict[str, Any]:
     m = model_from_echo(model, "plan")
     if not m.is_moe:
         return _check("experts_placed", Findings(), "dense model")
-    f = Findings()
+    f, plan = Findings(), _per_gpu(plan)
     layout.check_experts(f, plan, m, _layout(plan))
     return _check("experts_placed", f, f"all {m.experts} experts of {m.moe_layer_count} MoE "
                   "layers in every EP group")
@@ -88,7 +94,7 @@ def expected_flops(p: Problem, plan: dict) -> float:
 
 
 def check_flops(p: Problem, plan: dict) -> dict[str, Any]:
-    f = Findings()
+    f, plan = Findings(), _per_gpu(plan)
     figures.check_flops(f, plan, p.model, p.workload, _layout(plan), p.flash_attention)
     return _check("flops_conserved", f, f"sum over GPUs {plan['flops']['total']:.6g} vs model "
                   f"{expected_flops(p, plan):.6g} FLOPs per step")

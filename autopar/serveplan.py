@@ -226,7 +226,7 @@ def build_serving_plan(p: Problem, opts: SearchOptions, res: ServingResult, ev: 
     plan = build_plan(body, opts, result, placed)
     d = plan.data
     d["serving"] = serving_section(p, res, frontier, disagg)
-    fullest = max(d["gpus"], key=lambda g: g["memory"]["total_bytes"])["memory"]
+    fullest = max((x["memory"] for x in d["gpus"]["memory"]), key=lambda x: x["total_bytes"])
     static = fullest["weights_bytes"] + fullest["kv_cache_bytes"]
     d["launch"] = launch_section(lay.to_dict(), p.model.is_moe, best.per_replica,
                                  best.memory_bytes, static, best.capacity_bytes,

@@ -4,6 +4,7 @@ case's original deployment is caught on its degrees, its missing detail and its 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from autopar.cli import main
 from autopar.components import model_flops_per_token
 from autopar.echo import inputs_from_echo
 from autopar.errors import AutoparError, InputError
+from autopar.planformat import records_form
 from autopar.spec import MLASpec, ModelSpec, Workload, load_hardware, load_model, parse_hardware
 
 SEED_ORIGINAL = PROBLEMS / "seed-original" / "plan.json"
@@ -116,7 +118,7 @@ def moe_plan() -> dict:
     w = Workload("training", 8, 64, expert_load="zipf:1.2:1", spare_slots=1)
     plan = solve(m, hardware(2, 2), w, pins={"tp": 2, "ep": 2, "pp": 2, "virtual_stages": 1},
                  time_limit_s=1, seed=0)
-    return json.loads(plan.to_json())
+    return records_form(json.loads(plan.to_json()))  # one record per GPU (schema 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +127,7 @@ def serve_plan() -> dict:
     m = ModelSpec("dense", 2, 128, 4, 2, 32, 256, True, 300)
     w = Workload("inference", 8, phase="decode", input_len=64, output_len=32)
     plan = solve(m, hardware(1, 4), w, pins={"tp": 2}, time_limit_s=1, seed=0)
-    return json.loads(plan.to_json())
+    return records_form(json.loads(plan.to_json()))
 
 
 def _first(plan: dict, name: str, rank: int) -> dict:
@@ -200,6 +202,15 @@ def above_peak(p):
         for key in d:
             if key.endswith("_s"):
                 d[key] /= k
+    for c in p["communication"]:  # less of each collective exposed; the link times stand
+        c["exposed_s"] /= k
+
+
+def exposed_overstated(p):
+    """A collective said to be more exposed than the timing counts it."""
+    c = p["communication"][0]
+    c["exposed_s"] = c["time_per_step_s"] * 0.5 + c["exposed_s"] * 0.5 + 1e-9
+    c["exposed"] = True
 
 
 def metrics_inconsistent(p):
@@ -221,6 +232,7 @@ MUTATIONS = [
     (flops_total, "flops", "flops.total"),
     (comm_bytes, "communication", "bytes_per_call"),
     (above_peak, "throughput", "metrics.throughput_tokens_per_s"),
+    (exposed_overstated, "communication", "add up"),
     (metrics_inconsistent, "metrics", "metrics.throughput_samples_per_s"),
     (timing_altered, "timing", "timing.step_time_s"),
 ]
@@ -397,7 +409,7 @@ def test_check_never_imports_the_search_path():
     root = Path(autopar.__file__).parent
     forbidden = {"search", "stages", "evaluate", "plan", "cost", "api", "placement", "experts"}
     for name in ("check", "check_layout", "check_figures", "recompute", "coarse", "echo",
-                 "schemacheck", "finding"):
+                 "schemacheck", "finding", "planformat"):
         tree = ast.parse((root / f"{name}.py").read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level == 1:
@@ -439,3 +451,131 @@ def test_plan_may_name_only_relative_spec_files(name):
     found = check_plan(plan, base_dir=SEED_ORIGINAL.parent)
     msgs = [x.message for x in found if x.check == "inputs"]
     assert any("inputs.hardware" in m and "relative .yaml" in m for m in msgs), msgs
+
+
+# --------------------------------------------------------------------------- solve's own plans
+def _solved(model, hw, workload=None, **pins) -> dict:
+    return json.loads(solve(model, hw, workload, pins=pins, time_limit_s=2, seed=0,
+                            workers=1).to_json())
+
+
+def _tp_layers(plan: dict) -> dict:
+    return next(c for c in plan["communication"] if c["group"] == "tp" and "part" not in c)
+
+
+def test_overlapped_tp_collective_states_its_link_time_and_exposed_part():
+    """Mixtral with TE's TP overlap: the TP collectives are hidden, yet the plan lists what
+    they take on the link (not 0) and the exposed part separately; check verifies both."""
+    mf = load_model(PROBLEMS / "models" / "mixtral-8x7b.yaml")
+    hw = load_hardware(PROBLEMS / "hw" / "h100-8x.yaml")
+    plan = _solved(mf, hw, overlap_tp_comm=True, tp=2)
+    assert not errors(check_plan(plan)), format_findings(check_plan(plan))
+    c = _tp_layers(plan)
+    link = 2 * (c["group_size"] - 1) / c["group_size"] * c["bytes_per_call"] / \
+        hw.intra.bytes_per_s
+    assert c["time_per_call_s"] >= link > 0
+    assert 0 <= c["exposed_s"] < c["time_per_step_s"]  # mostly hidden behind the GEMMs
+    tp_exposed = sum(x["exposed_s"] for x in plan["communication"] if x["group"] == "tp")
+    assert tp_exposed == pytest.approx(plan["timing"]["tp_comm_exposed_s"], rel=1e-9)
+    for edit, path in ((lambda x: x.update(time_per_call_s=0.0, time_per_step_s=0.0,
+                                           exposed_s=0.0, exposed=False), "time_per_call_s"),
+                       (lambda x: x.update(exposed_s=2 * x["time_per_step_s"], exposed=True),
+                        "exposed_s")):
+        bad = copy.deepcopy(plan)
+        edit(_tp_layers(bad))
+        found = errors(check_plan(bad))
+        assert any(x.path.endswith(path) for x in found), format_findings(found)
+        assert classes(found) <= {"communication", "timing"}
+
+
+def test_gpt3_on_selene_passes_check():
+    """GPT-3 175B on Selene (3,072 A100, 8 NICs a node) in the layout the search picks: its
+    DP rings leave each node through 2 NICs at once, which check used to ignore."""
+    mf = load_model(PROBLEMS / "models" / "gpt3-175b.yaml")
+    hw = load_hardware(PROBLEMS / "hw" / "selene-a100.yaml")
+    plan = _solved(mf, hw, tp=4, pp=8, dp=96, micro_batch=2, num_micro_batches=8,
+                   virtual_stages=12, recompute="none", zero=1, sequence_parallel=True)
+    found = check_plan(plan, mf, hw)
+    assert not errors(found), format_findings(found)
+
+
+def test_multi_nic_rule_bounds_ring_collectives():
+    """[dp-comm] a ring group with g members on each node runs g rings out of g NICs:
+    check's bound is min(g x NIC, max(NVLink, NIC)), not one NIC."""
+    from autopar.recompute import Layout, expected_collectives
+
+    m = ModelSpec("dense", 2, 128, 4, 2, 32, 256, True, 300)
+    w = Workload("training", 8, 64)
+    lay = Layout(8, 2, 1, 4, 1, 1, 1, 2, "none", 0, False, ((0, 1),))  # DP {0,2,4,6}: 2 a node
+    for intra, want in ((100, 50e9), (16, 25e9)):  # 2 x 25 GB/s; capped by the faster link
+        hw = parse_hardware({"name": "t", "gpu": {"memory_gb": 80, "tflops": {"bf16": 100},
+                                                  "hbm_tbps": 1.0}, "nodes": 2,
+                             "gpus_per_node": 4, "intra_node": {"bandwidth_gbps": intra},
+                             "inter_node": {"bandwidth_gbps": 25}}, "t")
+        dp = expected_collectives(m, hw, w, lay)[("dp", 0, "")]
+        assert dp.min_time_per_call_s == pytest.approx(2 * 3 / 4 * dp.bytes_per_call / want)
+    plan = _solved(m, hardware(2, 4), w, tp=2, pp=1, zero=0)
+    assert not errors(check_plan(plan)), format_findings(check_plan(plan))
+
+
+def test_fp8_utilization_is_taken_against_the_fp8_peak():
+    mf = load_model(PROBLEMS / "models" / "mixtral-8x7b.yaml")
+    hw = load_hardware(PROBLEMS / "hw" / "h100-8x.yaml")
+    w = dataclasses.replace(mf.workload, precision="fp8")
+    plan = _solved(mf.model, hw, w, tp=2, ep=8)
+    mt = plan["metrics"]
+    assert mt["peak_dtype"] == "fp8"
+    assert mt["peak_flops_per_s"] == pytest.approx(8 * hw.gpu.flops("fp8"))
+    assert mt["mfu"] <= mt["hfu"] < 1
+    assert not errors(check_plan(plan)), format_findings(check_plan(plan))
+    bf16 = copy.deepcopy(plan)  # the old figures: fp8 GEMMs measured against the bf16 peak
+    k = hw.gpu.flops("fp8") / hw.gpu.flops("bf16")
+    bf16["metrics"].update(peak_flops_per_s=mt["peak_flops_per_s"] / k, mfu=mt["mfu"] * k,
+                           hfu=mt["hfu"] * k, peak_dtype="bf16")
+    paths = {x.path for x in errors(check_plan(bf16))}
+    assert {"metrics.peak_dtype", "metrics.peak_flops_per_s"} <= paths
+
+
+def test_bubble_is_never_negative():
+    """One stage, 6 micro-batches of 0.1 s: pipeline - m x slowest is -1.1e-16 in floats."""
+    from autopar.evaluate import Memory, StageCost, compose
+
+    st = StageCost(0, 0, 1, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, Memory(), 1)
+    step, bubble = compose([st], 6)
+    assert bubble == 0.0 and step == pytest.approx(0.6)
+
+
+def test_zero3_parameter_gathers_are_listed_and_timed():
+    """ZeRO-3 gathers the dense parameters over DP and the experts over EDP before each
+    forward and backward: listed as collectives, and a timing phase, so the phases add up."""
+    from autopar.plan import PHASES
+
+    m = ModelSpec("moe", 2, 128, 4, 2, 32, 256, True, 300, experts=4, top_k=2,
+                  expert_ffn_hidden=64)
+    plan = _solved(m, hardware(1, 4), Workload("training", 8, 64), tp=1, pp=1, ep=2, zero=3)
+    t = plan["timing"]
+    assert sum(t[k] for k in PHASES) == pytest.approx(t["step_time_s"], rel=1e-9)
+    gathers = {c["group"]: c for c in plan["communication"] if c.get("part") == "parameters"}
+    assert set(gathers) == {"dp", "edp"} and t["param_gather_exposed_s"] > 0
+    assert gathers["dp"]["calls_per_step"] == 2 * plan["strategy"]["num_micro_batches"]
+    assert not errors(check_plan(plan)), format_findings(check_plan(plan))
+
+
+def test_serving_micro_batches_hold_exactly_the_sequences():
+    """8 sequences on 5 stages: equal micro-batches (4 of 2), not 5 of 2 padded to 10."""
+    m = ModelSpec("dense", 8, 16, 2, 2, 8, 64, True, 100)
+    w = Workload("inference", 8, phase="both", input_len=16, output_len=16)
+    plan = _solved(m, hardware(2, 5, 3.0), w, tp=2, pp=5)
+    s = plan["strategy"]
+    assert s["micro_batch"] * s["num_micro_batches"] == 8
+    assert not errors(check_plan(plan)), format_findings(check_plan(plan))
+
+
+def test_serving_concurrency_stays_a_readable_workload():
+    """A tiny model's KV cache holds tens of millions of sequences; the plan's echoed
+    batch must stay within what a workload may state, or check cannot read it back."""
+    m = ModelSpec("dense", 2, 16, 2, 1, 8, 32, True, 50)
+    w = Workload("inference", 1, phase="decode", input_len=16, output_len=16, tpot_ms=100.0)
+    plan = _solved(m, hardware(1, 2), w, tp=1, pp=1)
+    assert plan["inputs"]["workload"]["batch"] <= 10_000_000
+    assert not errors(check_plan(plan)), format_findings(check_plan(plan))

@@ -14,6 +14,7 @@ from conftest import PROBLEMS
 from autopar import selfcheck
 from autopar.api import make_problem, solve
 from autopar.cli import main
+from autopar.planformat import records_form
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "autopar/schema/plan.schema.json").read_text())
 H100 = PROBLEMS / "hw" / "h100-8x.yaml"
@@ -44,7 +45,7 @@ def test_schema_rejects_a_plan_missing_a_section(seed_plan):
 
 def test_every_gpu_within_capacity(seed_plan, mixtral_plans):
     for plan in [seed_plan, *mixtral_plans]:
-        for g in plan.data["gpus"]:
+        for g in plan.gpu_records():
             mem = g["memory"]
             assert 0 < mem["total_bytes"] <= mem["capacity_bytes"]
             parts = ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes",
@@ -68,7 +69,7 @@ def test_shards_cover_each_tensor_exactly_once(mixtral_plans):
     plan = mixtral_plans[0]
     assert selfcheck.shard_coverage(plan.data) == []
     broken = copy.deepcopy(plan.data)
-    qkv = next(c for g in broken["gpus"] for c in g["components"]
+    qkv = next(c for g in broken["gpus"]["shards"] for c in g["components"]
                if c["name"] == "qkv" and not c["shard"].get("replicated"))
     if broken["strategy"]["tp"] > 1:
         qkv["shard"]["end"] -= 1  # leave a gap
@@ -90,7 +91,7 @@ def test_experts_all_placed_and_mutation_detected(seed_plan):
     layer = plan.data["experts"]["layers"][0]
     assert sorted(sum(layer["gpu_experts"], [])) == list(range(63))
     assert [len(x) for x in layer["gpu_experts"]] == [21, 21, 21]
-    broken = copy.deepcopy(plan.data)
+    broken = records_form(plan.data)
     broken["gpus"][1]["experts"][0]["experts"].pop()
     assert not selfcheck.check_experts(broken, model)["passed"]
 
@@ -113,7 +114,7 @@ def test_cli_writes_atomically_and_prints_json(tmp_path):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
-    assert data["schema_version"] == "1.0"
+    assert data["schema_version"] == "2.0"
     assert "validation all passed" in res.output
     assert not list(out.parent.glob(".*.tmp"))
     res = CliRunner().invoke(main, args[:-2] + ["--json", "--seed", "5", "--time-limit", "3"])
@@ -145,7 +146,7 @@ def test_cli_infeasible_exit_code_and_advice():
 
 def test_every_cost_figure_names_its_formula(seed_plan):
     names = set(seed_plan.data["formulas"])
-    used = {c["formula"] for g in seed_plan.data["gpus"] for c in g["components"]}
+    used = {c["formula"] for g in seed_plan.gpu_records() for c in g["components"]}
     used |= {c["formula"] for c in seed_plan.data["communication"]}
     used |= {seed_plan.data["timing"]["formula"], seed_plan.data["metrics"]["formula"],
              seed_plan.data["flops"]["formula"]}

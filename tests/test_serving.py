@@ -17,6 +17,7 @@ from autopar.disagg import disagg_search
 from autopar.errors import InfeasibleError, InputError
 from autopar.export import export_text
 from autopar.frontier import Targets, pareto, serving_search
+from autopar.planformat import gpu_records
 from autopar.search import SearchOptions
 from autopar.serving import Evaluator, Layout, decode_time
 from autopar.spec import (
@@ -199,10 +200,11 @@ def test_seed_inference_uses_all_three_gpus(seed_plan):
     d = seed_plan.data
     s = d["strategy"]
     assert s["tp"] * s["pp"] * s["dp"] == 3 and 3 in (s["ep"], s["pp"], s["dp"] * s["tp"])
-    for g in d["gpus"]:  # every GPU holds layers and, with EP, a third of the experts
+    gpus = seed_plan.gpu_records()
+    for g in gpus:  # every GPU holds layers and, with EP, a third of the experts
         assert g["components"] and g["memory"]["kv_cache_bytes"] > 0
     if s["ep"] == 3:
-        assert sorted(e for g in d["gpus"] for e in g["experts"][0]["experts"]) == \
+        assert sorted(e for g in gpus for e in g["experts"][0]["experts"]) == \
             list(range(63))
     # faster than leaving one GPU idle: the best two-GPU deployment serves fewer tokens/s
     p = make_problem(SEED_SERVE, SEED_HW)
@@ -264,8 +266,8 @@ def test_export_has_the_plans_parallel_sizes(seed_plan):
     if s["ep"] > 1:
         assert f"--ep-size {s['ep']}" in g
     frac = float(v.split("--gpu-memory-utilization ")[1].split()[0])
-    used = max(x["memory"]["total_bytes"] for x in d["gpus"]) / d["gpus"][0]["memory"][
-        "capacity_bytes"]
+    gpus = gpu_records(d)
+    used = max(x["memory"]["total_bytes"] for x in gpus) / gpus[0]["memory"]["capacity_bytes"]
     assert used <= frac < used + 0.05
     assert ("# note: the plan fills" in v) == (used > 0.95)  # headroom warned about
 
@@ -443,7 +445,8 @@ def test_serving_spare_slots_hold_replicas_whose_memory_and_balance_are_costed()
     assert min(x["max_over_mean"] for x in flat["experts"]["layers"]) > 1.1
     m = load_model(MIXTRAL_SERVE).model
     copy_bytes = 3 * m.hidden * m.expert_ffn_hidden * 2 / 4  # one expert, bf16, ETP 4
-    extra = spare["gpus"][0]["memory"]["weights_bytes"] - flat["gpus"][0]["memory"]["weights_bytes"]
+    extra = gpu_records(spare)[0]["memory"]["weights_bytes"] - \
+        gpu_records(flat)[0]["memory"]["weights_bytes"]
     assert extra == pytest.approx(2 * m.layers * copy_bytes, rel=1e-9)
     assert spare["metrics"]["max_concurrency"] < flat["metrics"]["max_concurrency"]
     ev = Evaluator(make_problem(_skewed_mixtral(None), H100))

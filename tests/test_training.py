@@ -17,6 +17,7 @@ from autopar.cost import MoEState, Problem
 from autopar.errors import InputError
 from autopar.evaluate import adam_traffic, evaluate, in_flight
 from autopar.plan import PHASES
+from autopar.planformat import gpu_records
 from autopar.spec import GB, GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload
 from autopar.strategy import Strategy, StrategyError
 
@@ -314,7 +315,7 @@ def test_cli_pins_training_options_and_plan_reports_phases(tmp_path, write_yaml)
     assert sum(t[k] for k in PHASES) == pytest.approx(t["step_time_s"], rel=1e-9)
     assert t["dp_exposed_s"] > 0  # not overlapped: the whole reduction shows
     assert plan["metrics"]["dominant_term"] == max(PHASES, key=t.get).removesuffix("_s")
-    mem = plan["gpus"][0]["memory"]
+    mem = gpu_records(plan)[0]["memory"]
     o = mem["optimizer_states"]
     assert o["master_bytes"] + o["adam_m_bytes"] + o["adam_v_bytes"] == pytest.approx(
         mem["optimizer_bytes"])
