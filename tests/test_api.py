@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 
-import autopar
 from conftest import PROBLEMS
+
+import autopar
 
 
 def test_public_names_are_exported():
