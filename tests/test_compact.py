@@ -106,6 +106,9 @@ def test_compact_and_record_forms_pass_check_and_the_schema(large):
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(wrong, SCHEMA)
     assert [x.check for x in check_plan(wrong)] == ["gpus"]
+    wrong = copy.deepcopy(plan)
+    wrong["schema_version"] = "1.0"  # patterns under a records version
+    assert [x.check for x in check_plan(wrong)] == ["gpus"]
     assert "gpu" in summary(plan) and "256 GPUs" in summary(plan)
 
 
