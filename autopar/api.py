@@ -13,10 +13,11 @@ from typing import Any
 
 from .calibration import Calibration
 from .cost import Problem
+from .deadline import Deadline, check_time_limit
 from .errors import InfeasibleError, InputError
 from .experts import placements_for
 from .plan import Plan, build_plan
-from .search import PIN_KEYS, SearchOptions, fits, search
+from .search import FALLBACK_GRACE_S, PIN_KEYS, SearchOptions, fits, search
 from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
 
 __all__ = ["solve", "check", "load_model", "load_hardware", "Plan", "make_problem"]
@@ -66,9 +67,16 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     """Find the fastest layout and return its plan; raise InfeasibleError (with the smallest
     change that would fit) when no layout fits.
 
+    `time_limit_s` bounds the whole call (search, placements and the plan), not one solver
+    call: the search stops in time to build the plan, and a search cut short returns its
+    best layout with status FEASIBLE and its bound (`docs/ARCHITECTURE.md`).
+
     Serving (an inference workload with phase both or TTFT / TPOT targets, or any of
     `frontier`, `disaggregate`, `decode_hw`) goes to `serveplan.serve`: the most tokens/s
     per GPU under the targets, the Pareto frontier, the disaggregated comparison."""
+    deadline = Deadline.after(check_time_limit(time_limit_s))
+    say = progress or (lambda msg: None)
+    say("reading the inputs")
     p = make_problem(model, hardware, workload, calibration, flash_attention,
                      fused_grad_accumulation, async_tp_allreduce)
     pins = dict(pins or {})
@@ -82,11 +90,22 @@ def solve(model: ModelSpec | ModelFile | str | Path,
         dhw = decode_hw if decode_hw is None or isinstance(decode_hw, HardwareSpec) \
             else load_hardware(decode_hw)
         return serve(p, opts, frontier, disaggregate, dhw)
-    result = search(p, opts, progress)
+    result = search(p, opts, say, deadline.sooner(plan_reserve_s(p, deadline.limit_s)))
     if result.best is None:
-        raise InfeasibleError(*explain_infeasible(p, opts, result))
-    placed = placements_for(p, result.best.strategy, result.placement, seed, workers)
+        raise InfeasibleError(*explain_infeasible(p, opts, result, deadline))
+    placed = placements_for(p, result.best.strategy, result.placement, seed, workers,
+                            deadline=deadline)
+    say(f"building the plan ({p.hw.num_gpus} GPUs)")
     return build_plan(p, opts, result, placed)
+
+
+PLAN_S_PER_GPU = 1e-4  # measured plan building + JSON time per GPU (benchmarks/time_limit.py)
+
+
+def plan_reserve_s(p: Problem, limit_s: float) -> float:
+    """The part of the time limit kept back from the search for building and writing the
+    plan, which cannot stop half-way: its measured cost per GPU, at most half the limit."""
+    return min(0.5 * limit_s, PLAN_S_PER_GPU * p.hw.num_gpus)
 
 
 def check(plan: Plan | dict | str | Path,
@@ -110,8 +129,10 @@ def check(plan: Plan | dict | str | Path,
     return check_plan(data, model, hardware, workload, base_dir=base, source=source)
 
 
-def explain_infeasible(p: Problem, opts: SearchOptions, result) -> tuple[str, str]:
-    """Why nothing fits (the closest layout and what overflows) and the smallest fix."""
+def explain_infeasible(p: Problem, opts: SearchOptions, result,
+                       deadline: Deadline | None = None) -> tuple[str, str]:
+    """Why nothing fits (the closest layout and what overflows) and the smallest fix (the
+    GPU count only if it is found before `deadline` plus a short grace)."""
     c = result.closest
     ev = c.evaluation
     st = max(ev.stages, key=lambda x: x.memory.total)
@@ -124,29 +145,39 @@ def explain_infeasible(p: Problem, opts: SearchOptions, result) -> tuple[str, st
     reason = (f"no layout fits in {cap / GB:.1f} GB per GPU; the closest "
               f"({c.strategy.describe()}) needs {mem.total / GB:.1f} GB on stage {st.index}, "
               f"{short / GB:.1f} GB short (largest term: {top} {parts[top] / GB:.1f} GB)")
-    need = _gpus_needed(p, opts)
-    fixes = [f"{need} GPUs ({need // p.hw.gpus_per_node} nodes of {p.hw.gpus_per_node})"
-             if need else f"more GPUs than {64 * p.hw.num_gpus}"]
+    grace = None if deadline is None else Deadline(deadline.start, deadline.end + max(
+        FALLBACK_GRACE_S, 0.1 * deadline.limit_s))
+    need = _gpus_needed(p, opts, grace)
+    if need == 0:
+        fixes = ["more GPUs (the time limit ended the count)"]
+    else:
+        fixes = [f"{need} GPUs ({need // p.hw.gpus_per_node} nodes of {p.hw.gpus_per_node})"
+                 if need else f"more GPUs than {64 * p.hw.num_gpus}"]
     fixes.append(f"or GPUs with at least {(mem.total + 0.5 * GB) / GB:.0f} GB each")
     if opts.pins:
         fixes.append("or fewer pinned options")
     return reason, "would fit with " + " ".join(fixes)
 
 
-def _gpus_needed(p: Problem, opts: SearchOptions, max_factor: int = 64) -> int | None:
-    """The fewest whole nodes (a multiple of today's) on which some layout fits in memory.
+def _gpus_needed(p: Problem, opts: SearchOptions, deadline: Deadline | None = None,
+                 max_factor: int = 64) -> int | None:
+    """The fewest whole nodes (a multiple of today's) on which some layout fits in memory;
+    None when even `max_factor` times as many do not, 0 when `deadline` came first.
 
     Starts at the count that the model's static bytes alone demand (every byte shardable),
-    so only a few sizes are tried; time is ignored."""
+    so only a few sizes are tried; step time is ignored."""
     static = _static_bytes(p)
     start = max(2, math.ceil(static / (p.hw.usable_bytes * p.hw.num_gpus)))
     for k in range(start, max_factor + 1):
         hw = replace(p.hw, nodes=p.hw.nodes * k)
         try:
-            if fits(replace(p, hw=hw), opts):
-                return hw.num_gpus
+            found = fits(replace(p, hw=hw), opts, deadline)
         except InfeasibleError:
             continue
+        if found is None:
+            return 0
+        if found:
+            return hw.num_gpus
     return None
 
 

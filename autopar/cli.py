@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 
 from . import api
 from . import cli_options as opt
 from .calibration import parse_calibration
+from .deadline import check_time_limit
 from .errors import AutoparError, InputError
 from .output import check_target, default_plan_path, workload_label
+from .plan import write_atomic
 from .report import summary
 from .serveplan import wants_serving
 from .serving_flags import apply_targets, serving_options, serving_summary, solve_kwargs
@@ -110,8 +116,9 @@ def main() -> None:
 @click.option("--precision", type=click.Choice(["bf16", "fp16", "fp8"]), default=None,
               help="GEMM precision (fp8 where the GPU has fp8 tensor cores)")
 @opt.calibration
-@click.option("--time-limit", type=click.FloatRange(0.01, 86_400), default=10.0,
-              show_default=True, help="seconds for the whole search")
+@click.option("--time-limit", type=float, default=10.0, show_default=True,
+              help="seconds for the whole run (search, placements, plan); finite, > 0 and "
+                   "<= 86400")
 @opt.solver_controls
 @click.option("--quiet", is_flag=True, help="no table and no progress on the terminal")
 @serving_options
@@ -121,6 +128,8 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
           tp_comm_overlap, flash_attention, async_tp_allreduce, fused_grad_accumulation,
           precision, calibration, time_limit, seed, workers, quiet, **serving) -> None:
     """Find the fastest layout of MODEL on HW and write its deployment plan."""
+    _guard(lambda: check_time_limit(time_limit, "--time-limit"))
+
     def run():
         mf = load_model(model_path)
         wl = _workload_from_flags(mf.workload, "command line", kind, batch, seq_len, phase,
@@ -144,33 +153,109 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
             label = workload_label(wl.kind, wl.phase, wants_serving(wl) or any(
                 solve_kwargs(serving).values()))
             target = check_target(out or default_plan_path(mf.model.name, hw.name, label))
-        progress = None if quiet else Progress()
         plan = api.solve(replace(mf, workload=wl), hw, pins=pins, time_limit_s=time_limit,
                          seed=seed, workers=workers, calibration=calib, progress=progress,
                          flash_attention=flash_attention, async_tp_allreduce=async_tp_allreduce,
                          fused_grad_accumulation=fused_grad_accumulation,
                          **solve_kwargs(serving))
-        if progress:
-            progress.done()
-        return plan, target
+        return plan, target, plan.to_json()
 
-    plan, path = _guard(run)
-    if as_json:
-        click.echo(plan.to_json())
-        if path:
-            _guard(lambda: plan.write(path))
-        return
-    _guard(lambda: plan.write(path))
-    if not quiet:
-        click.echo(summary(plan.data))
-        if "serving" in plan.data:
-            click.echo(serving_summary(plan.data))
-    click.echo(f"plan written to {path}", err=True)
+    progress = None if quiet else Progress()
+    with Interruptible() as stop:
+        plan, path, text = _guard(lambda: stop.run(run, progress))
+        if progress:
+            progress("writing the plan")
+            progress.done()
+        if as_json:
+            click.echo(text)
+            if path:
+                _guard(lambda: write_atomic(path, text))
+            return
+        _guard(lambda: write_atomic(path, text))
+        if not quiet:
+            click.echo(summary(plan.data))
+            if "serving" in plan.data:
+                click.echo(serving_summary(plan.data))
+        click.echo(f"plan written to {path}", err=True)
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: a BaseException, so no `except Exception` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Interruptible:
+    """SIGINT / SIGTERM stop the whole run: exit 128 + signal (130 / 143), one line, nothing
+    written over the output (a plan is only renamed into place at the end, and write_atomic
+    removes its temp file when interrupted).
+
+    The work runs in a worker thread so that the main thread, which Python runs signal
+    handlers on, stays free to receive them while CP-SAT solves (the solvers are told not to
+    catch SIGINT themselves, which would end only the current solve and reset the handler).
+    The handlers are installed for the `with` block only (and only on the main thread)."""
+
+    def __init__(self) -> None:
+        self.saved: dict[int, Any] = {}
+        self.done = threading.Event()  # not Thread.is_alive(): an interrupted join() makes
+        self.busy = False              # it report a running thread as stopped (bpo-45274)
+
+    def __enter__(self) -> Interruptible:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        for sig in self.saved:  # a second signal must not interrupt the clean exit
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        for sig, old in self.saved.items():
+            signal.signal(sig, old)
+        if not isinstance(exc, Interrupted):
+            return False
+        click.echo(f"autopar: interrupted by {exc}; nothing written", err=True)
+        code = 128 + exc.signum
+        if self.busy and not self.done.is_set():
+            sys.stdout.flush()  # the search is still running (maybe in C++): leave without it
+            sys.stderr.flush()
+            os._exit(code)
+        sys.exit(code)
+
+    def run(self, fn: Callable[[], Any], progress: Progress | None = None) -> Any:
+        """fn() on a worker thread; the main thread waits, prints the progress ticker and
+        takes the signals. fn's exception is raised here."""
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # handed to the main thread
+                box["error"] = e
+            finally:
+                self.done.set()
+
+        self.busy = True
+        self.done.clear()
+        threading.Thread(target=work, name="autopar-solve", daemon=True).start()
+        while not self.done.wait(0.2):
+            if progress:
+                progress.tick()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
 
 class Progress:
-    """Progress on stderr for long solves only: silent for the first second, then at most
-    one line a second (rewritten in place on a terminal)."""
+    """Progress on stderr for long runs only: silent for the first second, then at most one
+    line a second (rewritten in place on a terminal). Calls set the current phase (and print
+    when a line is due); `tick()`, which the waiting main thread calls several times a
+    second, prints the phase again when nothing else did, so a long CP-SAT call or plan
+    build is never silent for more than about a second."""
 
     def __init__(self, every_s: float = 1.0) -> None:
         self.start = time.monotonic()
@@ -178,15 +263,22 @@ class Progress:
         self.every = every_s
         self.shown = False
         self.tty = sys.stderr.isatty()
+        self.phase = "starting"
+        self.lock = threading.Lock()  # called from the worker, ticked from the main thread
 
     def __call__(self, msg: str) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every:
-            return
-        self.last = now
-        self.shown = True
-        line = f"[{now - self.start:6.1f} s] {msg}"
-        click.echo(f"\r{line}" if self.tty else line, err=True, nl=not self.tty)
+        self.phase = msg
+        self.tick()
+
+    def tick(self) -> None:
+        with self.lock:
+            now = time.monotonic()
+            if now - self.last < self.every:
+                return
+            self.last = now
+            self.shown = True
+            line = f"[{now - self.start:6.1f} s] {self.phase}"
+            click.echo(f"\r{line}\x1b[K" if self.tty else line, err=True, nl=not self.tty)
 
     def done(self) -> None:
         if self.shown and self.tty:

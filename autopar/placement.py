@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from ortools.sat.python import cp_model
 
+from autopar.deadline import Deadline
 from autopar.errors import InfeasibleError
 
 METHODS = ("cpsat", "greedy", "round_robin", "node_local")
@@ -43,6 +44,7 @@ WINDOW_TIME_S = 0.01  # per LNS window: an improving swap is found fast, proofs 
 BLOCK_GPUS = 8  # block size when one big node is split for the hierarchical model
 UNITS_PER_GPU = 1_000_000  # integer resolution: the mean GPU load is this many units
 MAX_COACT_PAIRS = 256  # co-activated pairs the phase-2 model looks at (the heaviest)
+MIN_SOLVE_S = 0.02  # below this share of the time limit a layer gets the greedy placement
 
 
 @dataclass(frozen=True)
@@ -382,6 +384,7 @@ def _params(
     p = solver.parameters
     p.num_workers = max(1, workers)
     p.random_seed = seed
+    p.catch_sigint_signal = False  # a signal stops the run (cli.py), not just this solve
     p.relative_gap_limit = gap
     limit = max(limit, 0.01)
     if deterministic:
@@ -1191,22 +1194,45 @@ def place_layers(
     seed: int = 0,
     workers: int = 1,
     deterministic: bool = False,
+    deadline: Deadline | None = None,
 ) -> list[Placement]:
     """Place many layers: identical problems (up to expert relabelling) are solved once, the
     distinct ones concurrently on `workers` threads (CP-SAT releases the GIL while it solves).
+
+    `time_limit_s` caps each distinct layer; with a `deadline` each also gets at most its
+    share of the time left before it, and the greedy placement when that share is below
+    MIN_SOLVE_S (the run's time limit bounds all layers together, not each).
     """
     keys = [_canonical_problem(p, method) for p in problems]
     distinct = list(dict.fromkeys(k[0] for k in keys))
 
-    def run(cp: PlacementProblem) -> Placement:
-        return place_experts(cp, method, time_limit_s, seed, 1, deterministic)
+    def run(cp: PlacementProblem, limit: float = time_limit_s) -> Placement:
+        if method == "cpsat" and limit < MIN_SOLVE_S and not _filled_evenly(cp):
+            return out_of_time(cp)
+        return place_experts(cp, method, limit, seed, 1, deterministic)
+
+    def share(rounds: int) -> float:
+        return time_limit_s if deadline is None else min(time_limit_s,
+                                                         deadline.left() / max(1, rounds))
 
     if workers > 1 and len(distinct) > 1:
+        limit = share(-(-len(distinct) // workers))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            solved = dict(zip(distinct, pool.map(run, distinct), strict=True))
+            solved = dict(zip(distinct, pool.map(lambda cp: run(cp, limit), distinct),
+                              strict=True))
     else:
-        solved = {cp: run(cp) for cp in distinct}
+        solved = {cp: run(cp, share(len(distinct) - i)) for i, cp in enumerate(distinct)}
     return [_relabel(solved[cp], perm) for cp, perm in keys]
+
+
+def out_of_time(problem: PlacementProblem) -> Placement:
+    """The greedy placement, for when the time limit leaves no time for CP-SAT: OPTIMAL if it
+    meets the bound anyway, else FALLBACK with the reason in model_status."""
+    t0 = time.perf_counter()
+    lb = lower_bound(problem)
+    pl = _finish(problem, greedy(problem), "greedy", "", lb, t0,
+                 "CP-SAT not run: the time limit was spent")
+    return pl if pl.status == "OPTIMAL" else dataclasses.replace(pl, status="FALLBACK")
 
 
 def _canonical_problem(

@@ -5,6 +5,9 @@ outside CP-SAT (reference/cpsat.md sec. 3.1). For each candidate the experts are
 EP group (`placement`, CP-SAT) and a DP over contiguous layer ranges gives a feasible stage
 cut and a lower bound; candidates are then taken best bound first and the stage cut is solved
 exactly by CP-SAT, hinted with the DP cut, until the next bound cannot beat the incumbent.
+
+The time limit bounds the whole search (`Deadline`): bounding, placements and stage models
+share it, and a search cut short reports the best layout found, its bound and status FEASIBLE.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
+from .components import head_components, model_flops_per_token
 from .cost import LayerCost, MoEState, Problem
+from .deadline import Deadline
 from .errors import InfeasibleError
 from .evaluate import (
     Context,
@@ -25,7 +30,7 @@ from .evaluate import (
     pipeline_time,
     stage_cost,
 )
-from .experts import moe_states
+from .experts import moe_states, placement_key
 from .stages import StageInputs, dp_partition, solve_stages
 from .strategy import RECOMPUTE, Strategy, StrategyError
 
@@ -33,6 +38,10 @@ PIN_KEYS = ("tp", "pp", "dp", "ep", "etp", "micro_batch", "num_micro_batches", "
             "zero", "sequence_parallel", "virtual_stages", "overlap_grad_reduce",
             "overlap_tp_comm", "spare_slots")
 SPARE_CHOICES = (0, 1, 2)  # redundant expert slots per GPU tried under a skewed load
+BOUND_SHARE = 0.5  # of the search time left: bounding layouts before stage cuts are solved
+PLACEMENT_SHARE = 0.3  # of the search time: the expert placements the bounds need
+MIN_CPSAT_S = 0.02  # a stage model with less time than this is not built (the DP cut stands)
+FALLBACK_GRACE_S = 0.5  # past the limit, at most this (or a tenth of the limit) to find any
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,8 @@ class SearchResult:
     closest: Candidate | None = None  # the least-over-memory candidate, for infeasibility advice
     cpsat_vars: int = 0  # summed over the stage models solved
     cpsat_constraints: int = 0
+    unbounded: int = 0  # layouts the time limit left without a bound (best_bound covers them)
+    timed_out: bool = False  # the time limit, not the bounds, ended the search
 
 
 def _divisors(n: int) -> list[int]:
@@ -175,12 +186,25 @@ def _even_bounds(layers: int, pp: int) -> list[int]:
 
 
 class _CostCache:
-    """Layer costs do not depend on the ZeRO stage or the micro-batch count: share them."""
+    """Layer costs do not depend on the ZeRO stage or the micro-batch count: share them.
 
-    def __init__(self, p: Problem, opts: SearchOptions) -> None:
+    `placing` is the part of the time limit for expert placements, split evenly over the
+    `keys` distinct placement problems not yet placed (None: each gets its usual cap)."""
+
+    def __init__(self, p: Problem, opts: SearchOptions, placing: Deadline | None = None,
+                 keys: int = 0) -> None:
         self.p, self.opts = p, opts
         self.placements: dict = {}
         self.costs: dict[tuple, tuple] = {}
+        self.placing, self.keys_left = placing, keys
+
+    def _placement_deadline(self, s: Strategy) -> Deadline | None:
+        key = placement_key(self.p, s)
+        if self.placing is None or key is None or key in self.placements:
+            return None
+        share = max(0.0, self.placing.left()) / max(1, self.keys_left)
+        self.keys_left -= 1
+        return Deadline.after(share)
 
     def get(self, s: Strategy) -> tuple[list[MoEState], list]:
         moe, costs, _ = self.entry(s)
@@ -202,7 +226,7 @@ class _CostCache:
         key = (s.tp, s.pp, s.dp, s.ep, s.etp, s.micro_batch, s.recompute, s.sequence_parallel,
                s.overlap_tp_comm, s.spare_slots)
         if key not in self.costs:
-            moe = moe_states(self.p, s, self.placements, self.opts)
+            moe = moe_states(self.p, s, self.placements, self.opts, self._placement_deadline(s))
             costs = layer_costs(self.p, s, moe)
             distinct = {id(c): c for c in costs}.values()
             slowest = max(c.fwd + (c.bwd if self.p.training else 0.0) for c in distinct)
@@ -245,69 +269,150 @@ def quick_bound(p: Problem, s: Strategy, cache: _CostCache) -> tuple[float, floa
     return time_lb, whole.memory.total / s.pp
 
 
-def search(p: Problem, opts: SearchOptions,
-           progress: Callable[[str], None] | None = None) -> SearchResult:
+def _silent(msg: str) -> None:
+    return None
+
+
+def search(p: Problem, opts: SearchOptions, progress: Callable[[str], None] | None = None,
+           deadline: Deadline | None = None) -> SearchResult:
     """Best-first over the candidates by a cheap lower bound; each popped candidate gets its
     exact stage cut (DP, then CP-SAT when the DP cut is not provably optimal for the full
-    step), until the next bound cannot beat the incumbent."""
+    step), until the next bound cannot beat the incumbent.
+
+    Everything runs against `deadline` (default: `opts.time_limit_s` from now). Bounding gets
+    half the time left, then the candidates are solved; layouts still unbounded are bounded
+    in the next round if time remains. When time is up the incumbent is returned as
+    FEASIBLE, with a bound covering every layout not solved (the compute floor for those
+    never bounded). With no incumbent by then, candidates keep getting their cheap DP cut
+    for a short grace; if none fits, InfeasibleError says that time ran out."""
+    dl = deadline or Deadline.after(opts.time_limit_s)
+    say = progress or _silent
     t0 = time.perf_counter()
-    deadline = t0 + opts.time_limit_s
     strategies = enumerate_strategies(p, opts)
     if not strategies:
         raise InfeasibleError(_no_layout_reason(p, opts), _layout_advice(p, opts))
-    cache = _CostCache(p, opts)
+    keys = {placement_key(p, s) for s in strategies} - {None}
+    cache = _CostCache(p, opts, dl.fraction(PLACEMENT_SHARE), len(keys))
     cap = p.hw.gpu.memory_bytes
-    cands: list[Candidate] = []
+    todo = _spread(strategies)
+    rank = {id(s): i for i, s in enumerate(strategies)}  # ties: the enumeration's order
+    hard = Deadline(dl.start, dl.end + max(FALLBACK_GRACE_S, 0.1 * dl.limit_s))
+    pending: list[Candidate] = []  # bounded, not solved
     over_memory: list[tuple[float, Strategy]] = []
-    for s in strategies:
-        lb, mem_lb = quick_bound(p, s, cache)
-        if mem_lb > cap:
-            over_memory.append((mem_lb, s))
-            continue
-        cands.append(Candidate(s, cache.get(s)[0], lb, None))
-    cands.sort(key=lambda c: c.lower_bound)
     incumbent: Candidate | None = None
-    models = pruned = n_vars = n_cons = 0
-    infeasible = len(over_memory)
-    status = "OPTIMAL"
-    open_bounds: list[float] = []
-    for i, c in enumerate(cands):
-        if incumbent is not None and c.lower_bound >= incumbent.value * (1 - 1e-9):
-            pruned = len(cands) - i
+    models = n_vars = n_cons = solved = 0
+    proven = True  # every solved candidate's value is its proven optimum
+    open_bounds: list[float] = []  # lower bounds of candidates solved but not proven
+    timed_out = False
+    fallback = False
+    while True:
+        if incumbent is None and dl.expired() and not fallback:
+            fallback = True  # nothing feasible in time: the most frugal layouts first
+            todo.sort(key=_frugal)
+        # bound until half the time left is used (in the fallback, a short batch at a time)
+        until = (Deadline.after(max(0.0, min(0.1, hard.left()))) if fallback
+                 else dl.fraction(BOUND_SHARE))
+        n = 0
+        while n < len(todo) and (n == 0 or not until.expired()):
+            if n % 256 == 0:
+                say(f"bounding layouts {len(strategies) - len(todo) + n}/{len(strategies)}")
+            st = todo[n]
+            n += 1
+            lb, mem_lb = quick_bound(p, st, cache)
+            if mem_lb > cap:
+                over_memory.append((mem_lb, st))
+            else:
+                pending.append(Candidate(st, cache.get(st)[0], lb, None))
+        todo = todo[n:]
+        pending.sort(key=lambda c: (c.lower_bound, rank[id(c.strategy)]))
+        # solve best bound first until the bounds prune or time is up
+        while pending:
+            c = pending[0]
+            if incumbent is not None and c.lower_bound >= incumbent.value * (1 - 1e-9):
+                break  # pruned: so is every later one (sorted), and the incumbent only improves
+            if (dl if incumbent is not None else hard).expired():
+                timed_out = True
+                break
+            pending.pop(0)
+            _solve_candidate(p, c, cache, opts, dl, incumbent)
+            if c.bounds is None:
+                over_memory.append((math.inf, c.strategy))
+                continue
+            models += c.model_size != (0, 0)
+            n_vars += c.model_size[0]
+            n_cons += c.model_size[1]
+            if c.status == "FEASIBLE":
+                proven = False
+                open_bounds.append(c.lower_bound)
+            if incumbent is None or c.value < incumbent.value:
+                incumbent = c
+            solved += 1
+            say(f"candidates {solved} solved, {len(strategies) - len(todo)}/{len(strategies)} "
+                f"bounded  best {incumbent.value:.6g} s  bound {c.lower_bound:.6g} s")
+        if timed_out or not todo or (incumbent is None and hard.expired()):
+            timed_out = timed_out or bool(todo)
             break
-        if incumbent is not None and time.perf_counter() > deadline:
-            status = "FEASIBLE"
-            open_bounds = [x.lower_bound for x in cands[i:]]
+        if incumbent is not None and dl.expired():
+            timed_out = True
             break
-        _solve_candidate(p, c, cache, opts, deadline, incumbent)
-        if c.bounds is None:
-            infeasible += 1
-            over_memory.append((math.inf, c.strategy))
-            continue
-        models += c.model_size != (0, 0)
-        n_vars += c.model_size[0]
-        n_cons += c.model_size[1]
-        if c.status == "FEASIBLE":
-            status = "FEASIBLE"
-            open_bounds.append(c.lower_bound)
-        if incumbent is None or c.value < incumbent.value:
-            incumbent = c
-        if progress:
-            progress(f"candidates {i + 1}/{len(cands)}  best {incumbent.value:.6g} s  "
-                     f"bound {c.lower_bound:.6g} s")
     elapsed = time.perf_counter() - t0
+    infeasible = len(over_memory)
     if incumbent is None:
+        if todo or pending:
+            raise InfeasibleError(
+                f"no layout was found within the time limit of {dl.limit_s:g} s "
+                f"({len(strategies) - len(todo)} of {len(strategies)} layouts bounded, "
+                f"{infeasible} of them over memory)",
+                "raise the time limit (--time-limit) or pin some degrees (--tp, --pp, ...)")
         closest = _closest(p, over_memory, cache)
         return SearchResult(None, "INFEASIBLE", math.inf, math.inf, elapsed,
                             len(strategies), 0, infeasible, models, cache.placements, closest)
-    best_bound = min([incumbent.value] + open_bounds)
-    return SearchResult(incumbent, status, incumbent.value, best_bound, elapsed,
+    unsolved = [c.lower_bound for c in pending]
+    pruned = sum(b >= incumbent.value * (1 - 1e-9) for b in unsolved)
+    floor = [compute_floor(p)] if todo else []
+    best_bound = min([incumbent.value] + open_bounds + unsolved + floor)
+    best_bound = min(best_bound, incumbent.value)
+    exact = proven and not todo and pruned == len(pending)
+    return SearchResult(incumbent, "OPTIMAL" if exact else "FEASIBLE", incumbent.value,
+                        incumbent.value if exact else best_bound, elapsed,
                         len(strategies), pruned, infeasible, models, cache.placements,
-                        cpsat_vars=n_vars, cpsat_constraints=n_cons)
+                        cpsat_vars=n_vars, cpsat_constraints=n_cons, unbounded=len(todo),
+                        timed_out=timed_out)
+
+
+def _frugal(s: Strategy) -> tuple:
+    """Most memory-frugal first (deep pipelines, full sharding and recompute, small
+    micro-batches, wide TP and EP): the order in which a layout that fits is found soonest."""
+    return (-s.pp, -s.zero, s.recompute != "full", s.micro_batch, -s.tp, -s.ep)
+
+
+def _spread(strategies: list[Strategy]) -> list[Strategy]:
+    """The bounding order: one layout of each shape (TP, PP, EP, ETP) in turn, so a search
+    cut short has bounded a sample of the whole space, not only its first pipeline depths."""
+    groups: dict[tuple, list[Strategy]] = {}
+    for s in strategies:
+        groups.setdefault((s.tp, s.pp, s.ep, s.etp), []).append(s)
+    out = []
+    rounds = max(len(g) for g in groups.values())
+    for r in range(rounds):
+        out.extend(g[r] for g in groups.values() if r < len(g))
+    return out
+
+
+def compute_floor(p: Problem) -> float:
+    """A step-time lower bound valid for every layout: the model's FLOPs (the head left out)
+    spread over all GPUs at the highest peak the GPU has. Every GPU's stage is busy at least
+    as long as its compute at peak, so this is MFU <= 1 stated as a bound."""
+    w, m = p.workload, p.model
+    per_token = model_flops_per_token(m, w.context_len, w.causal, w.decoding)
+    per_token -= sum(c.flops_per_token for c in head_components(m))
+    flops = max(0.0, per_token) * w.batch * w.tokens_per_sample * (3 if p.training else 1)
+    peak = max(p.hw.gpu.peak_flops.values()) * p.hw.num_gpus
+    return flops / peak
 
 
 def _solve_candidate(p: Problem, c: Candidate, cache: _CostCache, opts: SearchOptions,
-                     deadline: float, incumbent: Candidate | None) -> None:
+                     deadline: Deadline, incumbent: Candidate | None) -> None:
     """Exact stage cut of one candidate: sets bounds, value, evaluation, lower bound, status
     (OPTIMAL, CPSAT when CP-SAT proved it, FEASIBLE when CP-SAT ran out of time)."""
     moe, costs, ctx = cache.entry(c.strategy)
@@ -325,7 +430,10 @@ def _solve_candidate(p: Problem, c: Candidate, cache: _CostCache, opts: SearchOp
         return  # the DP cut meets the bound: nothing left to prove
     if incumbent is not None and c.lower_bound >= incumbent.value * (1 - 1e-9):
         return  # cannot win; its own value is still exact for the cut found
-    left = max(0.05, deadline - time.perf_counter())
+    left = deadline.left()
+    if left < MIN_CPSAT_S:
+        c.status = "FEASIBLE"  # the DP cut, not proven for the full step
+        return
     res = solve_stages(inputs, bounds, left, opts.seed, opts.workers)
     c.model_size = (res.num_vars, res.num_constraints)
     c.status = "CPSAT" if res.status == "OPTIMAL" else "FEASIBLE"
@@ -351,14 +459,15 @@ def _closest(p: Problem, over: list[tuple[float, Strategy]], cache: _CostCache) 
     return best
 
 
-def fits(p: Problem, opts: SearchOptions) -> bool:
+def fits(p: Problem, opts: SearchOptions, deadline: Deadline | None = None) -> bool | None:
     """Does any layout fit in memory? Tries the most memory-frugal layouts first and stops
-    at the first that fits (time is not looked at)."""
+    at the first that fits; None if `deadline` passes before the answer is known."""
     strategies = enumerate_strategies(p, opts)
-    strategies.sort(key=lambda s: (-s.pp, -s.zero, s.recompute != "full", s.micro_batch,
-                                   -s.tp, -s.ep))
-    cache = _CostCache(p, opts)
+    strategies.sort(key=_frugal)
+    cache = _CostCache(p, opts, deadline, len(strategies))
     for s in strategies:
+        if deadline is not None and deadline.expired():
+            return None
         moe, costs, _ = cache.entry(s)
         if quick_bound(p, s, cache)[1] > p.hw.gpu.memory_bytes:
             continue

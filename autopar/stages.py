@@ -196,6 +196,7 @@ def solve_stages(x: StageInputs, hint: list[int], time_limit_s: float, seed: int
     prm.max_time_in_seconds = max(time_limit_s, 0.01)
     prm.random_seed = seed
     prm.num_workers = max(1, workers)
+    prm.catch_sigint_signal = False  # a signal stops the run (cli.py), not just this solve
     status = solver.solve(model)
     name = solver.status_name(status)
     const = (sum(x.busy) + sum(x.c_busy)) / v

@@ -82,4 +82,7 @@ def test_progress_reports_candidates_best_and_bound():
     lines = []
     solve(PROBLEMS / "models" / "seed-moe.yaml", PROBLEMS / "hw" / "seed-3gpu.yaml",
           progress=lines.append)
-    assert lines and all("candidates" in x and "best" in x and "bound" in x for x in lines)
+    found = [x for x in lines if x.startswith("candidates")]
+    assert found and all("best" in x and "bound" in x for x in found)
+    assert any(x.startswith("bounding layouts") for x in lines)  # the phases are named too
+    assert lines[-1].startswith("building the plan")
