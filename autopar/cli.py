@@ -166,6 +166,7 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
         if progress:
             progress("writing the plan")
             progress.done()
+        stop.writing = (path, text)
         if as_json:
             click.echo(text)
             if path:
@@ -201,6 +202,7 @@ class Interruptible:
         self.saved: dict[int, Any] = {}
         self.done = threading.Event()  # not Thread.is_alive(): an interrupted join() makes
         self.busy = False              # it report a running thread as stopped (bpo-45274)
+        self.writing: tuple[Path | None, str] | None = None  # (path, text) once writing
 
     def __enter__(self) -> Interruptible:
         if threading.current_thread() is threading.main_thread():
@@ -218,13 +220,22 @@ class Interruptible:
             signal.signal(sig, old)
         if not isinstance(exc, Interrupted):
             return False
-        click.echo(f"autopar: interrupted by {exc}; nothing written", err=True)
+        click.echo(f"autopar: interrupted by {exc}; {self._written()}", err=True)
         code = 128 + exc.signum
         if self.busy and not self.done.is_set():
             sys.stdout.flush()  # the search is still running (maybe in C++): leave without it
             sys.stderr.flush()
             os._exit(code)
         sys.exit(code)
+
+    def _written(self) -> str:
+        """What the output holds now: a signal after the rename finds the plan in place."""
+        path, text = self.writing or (None, "")
+        try:
+            whole = path is not None and Path(path).read_text(encoding="utf-8") == text + "\n"
+        except (OSError, UnicodeDecodeError):
+            whole = False
+        return f"the plan was already written to {path}" if whole else "nothing written"
 
     def run(self, fn: Callable[[], Any], progress: Progress | None = None) -> Any:
         """fn() on a worker thread; the main thread waits, prints the progress ticker and

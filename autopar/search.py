@@ -291,7 +291,8 @@ def search(p: Problem, opts: SearchOptions, progress: Callable[[str], None] | No
     strategies = enumerate_strategies(p, opts)
     if not strategies:
         raise InfeasibleError(_no_layout_reason(p, opts), _layout_advice(p, opts))
-    keys = {placement_key(p, s) for s in strategies} - {None}
+    shapes = {(s.tp, s.pp, s.dp, s.ep, s.etp, s.spare_slots): s for s in strategies}
+    keys = {placement_key(p, s) for s in shapes.values()} - {None}
     cache = _CostCache(p, opts, dl.fraction(PLACEMENT_SHARE), len(keys))
     cap = p.hw.gpu.memory_bytes
     todo = _spread(strategies)
