@@ -12,7 +12,7 @@ import click
 from . import cli_options as opt
 from .api import make_problem
 from .calibration import parse_calibration
-from .cli import _guard, _workload_from_flags, main
+from .cli import Interruptible, _guard, _workload_from_flags, main
 from .disagg import disagg_search
 from .errors import InfeasibleError, InputError
 from .export import ENGINES, export_text
@@ -79,16 +79,19 @@ def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_le
         dis = disagg_search(p, opts, targets, dhw) if (disaggregate or decode_hw) else None
         return p, res, dis
 
-    p, res, dis = _guard(run)
-    doc = frontier_document(p, res, dis)
-    if out:
-        _guard(lambda: write_atomic(out, json.dumps(doc, indent=1)))
-    if png:
-        _guard(lambda: frontier_png(res, png, f"{p.model.name} on {p.hw.name}", dis))
-    if as_json:
-        click.echo(json.dumps(doc, indent=1))
-    else:
-        click.echo(frontier_table(res, dis))
+    with Interruptible() as stop:  # SIGINT / SIGTERM: exit 130 / 143, nothing written
+        p, res, dis = _guard(lambda: stop.run(run))
+        doc = frontier_document(p, res, dis)
+        if out:
+            text = json.dumps(doc, indent=1, allow_nan=False)
+            stop.writing = (Path(out), text)
+            _guard(lambda: write_atomic(out, text))
+        if png:
+            _guard(lambda: frontier_png(res, png, f"{p.model.name} on {p.hw.name}", dis))
+        if as_json:
+            click.echo(json.dumps(doc, indent=1))
+        else:
+            click.echo(frontier_table(res, dis))
 
 
 @main.command(epilog=opt.epilog("export"))

@@ -49,11 +49,12 @@ main(sys.argv[3:], prog_name="autopar")
 """
 
 
-def _start(args: list[str], driver: tuple[str, str] | None = None) -> subprocess.Popen:
+def _start(args: list[str], driver: tuple[str, str] | None = None,
+           command: str = "solve") -> subprocess.Popen:
     cmd = ([sys.executable, "-c", DRIVER, *driver] if driver
            else [sys.executable, "-m", "autopar.cli"])
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([*cmd, "solve", *args], cwd=ROOT, env=env, text=True,
+    return subprocess.Popen([*cmd, command, *args], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -138,3 +139,15 @@ def test_a_signal_once_the_plan_is_in_place_still_exits_143_with_a_whole_plan(tm
                                             f"already written to {out}")
     assert json.loads(out.read_text())["solver"]["status"] in ("OPTIMAL", "FEASIBLE")
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_frontier_too_exits_143_and_leaves_out_alone(tmp_path):
+    out = tmp_path / "frontier.json"
+    out.write_bytes(OLD)
+    proc = _start(["--model", str(PROBLEMS / "models" / "seed-moe-serve.yaml"), "--hw",
+                   str(PROBLEMS / "hw" / "seed-3gpu.yaml"), "--out", str(out)],
+                  ("before-rename", "SIGTERM"), command="frontier")
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143, err
+    _assert_one_line(err, signal.SIGTERM)
+    _assert_untouched(tmp_path, out)
