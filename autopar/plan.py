@@ -673,6 +673,7 @@ def _solver_section(r: SearchResult, opts: SearchOptions) -> dict[str, Any]:
             "seed": opts.seed, "time_limit_s": opts.time_limit_s, "workers": opts.workers,
             "candidates": r.candidates, "pruned_by_bound": r.pruned_by_bound,
             "memory_infeasible": r.infeasible, "cpsat_models": r.cpsat_models,
+            "time_limit_reached": r.timed_out, "unbounded": r.unbounded,
             "method": "enumerate degrees; CP-SAT expert placement and stage cut"}
 
 

@@ -60,6 +60,9 @@ def summary(plan: dict[str, Any]) -> str:
         f"bound {sv['best_bound']:.6g}{unit}"
         f"  gap {sv['gap']:.2%}  {sv['solve_time_s']:.3f} s  ({sv['candidates']} candidates, "
         f"{sv['pruned_by_bound']} pruned by bound, {sv['memory_infeasible']} over memory, "
-        f"{sv['cpsat_models']} CP-SAT stage models)  seed {sv['seed']}")
+        f"{sv['cpsat_models']} CP-SAT stage models)  seed {sv['seed']}"
+        + (f"\ntime limit of {sv['time_limit_s']:g} s reached: the best layout found, "
+           f"{sv.get('unbounded', 0)} layouts not examined (covered by the bound)"
+           if sv.get("time_limit_reached") else ""))
     lines.append("validation " + ("all passed" if not failed else f"FAILED: {', '.join(failed)}"))
     return "\n".join(lines)

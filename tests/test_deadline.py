@@ -69,6 +69,7 @@ def test_the_limit_bounds_the_whole_solve_on_2048_gpus():
     assert s["status"] == "FEASIBLE"
     assert 0 < s["best_bound"] < s["objective"] and 0 < s["gap"] < 1
     assert s["best_bound"] <= 6.8838  # the proven optimum (results/solver-scale.md)
+    assert s["time_limit_reached"] and s["unbounded"] > 0  # and the plan says why
 
 
 def test_a_tiny_limit_still_answers_with_a_plan_soon():
