@@ -89,7 +89,9 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     if wants_serving(p.workload) or frontier or disaggregate or decode_hw is not None:
         dhw = decode_hw if decode_hw is None or isinstance(decode_hw, HardwareSpec) \
             else load_hardware(decode_hw)
-        return serve(p, opts, frontier, disaggregate, dhw)
+        say("searching serving layouts")
+        return serve(p, opts, frontier, disaggregate, dhw,
+                     deadline.sooner(plan_reserve_s(p, deadline.limit_s)))
     result = search(p, opts, say, deadline.sooner(plan_reserve_s(p, deadline.limit_s)))
     if result.best is None:
         raise InfeasibleError(*explain_infeasible(p, opts, result, deadline))

@@ -17,7 +17,6 @@ import click
 from . import api
 from . import cli_options as opt
 from .calibration import parse_calibration
-from .deadline import check_time_limit
 from .errors import AutoparError, InputError
 from .output import check_target, default_plan_path, workload_label
 from .plan import write_atomic
@@ -116,9 +115,7 @@ def main() -> None:
 @click.option("--precision", type=click.Choice(["bf16", "fp16", "fp8"]), default=None,
               help="GEMM precision (fp8 where the GPU has fp8 tensor cores)")
 @opt.calibration
-@click.option("--time-limit", type=float, default=10.0, show_default=True,
-              help="seconds for the whole run (search, placements, plan); finite, > 0 and "
-                   "<= 86400")
+@opt.time_limit
 @opt.solver_controls
 @click.option("--quiet", is_flag=True, help="no table and no progress on the terminal")
 @serving_options
@@ -128,7 +125,6 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
           tp_comm_overlap, flash_attention, async_tp_allreduce, fused_grad_accumulation,
           precision, calibration, time_limit, seed, workers, quiet, **serving) -> None:
     """Find the fastest layout of MODEL on HW and write its deployment plan."""
-    _guard(lambda: check_time_limit(time_limit, "--time-limit"))
 
     def run():
         mf = load_model(model_path)

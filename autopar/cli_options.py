@@ -4,9 +4,13 @@ command's help lists."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import click
+
+from .deadline import MAX_TIME_LIMIT_S, check_time_limit
+from .errors import InputError
 
 EXIT_CODES = {
     "solve": "0 plan written; 2 bad input (one line naming the file, the field and the "
@@ -89,3 +93,22 @@ def latency_targets(f: Callable) -> Callable:
         click.option("--tpot-ms", type=click.FloatRange(0.001, 1e9), default=None,
                      help="time-per-output-token limit (ms): a serving constraint"),
     )(f)
+
+
+def _time_limit_value(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """--time-limit checked as it is parsed, before any work: a finite number of seconds
+    above 0 (NaN used to reach the plan as invalid JSON), refused in one line, exit 2."""
+    try:
+        return check_time_limit(value, "--time-limit")
+    except InputError as exc:
+        click.echo(f"autopar: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+def time_limit(f: Callable) -> Callable:
+    """--time-limit: seconds for the whole run, shared by `solve` and `frontier`."""
+    return click.option("--time-limit", type=float, default=10.0, show_default=True,
+                        callback=_time_limit_value,
+                        help="seconds for the whole run (search, placements, plan); a run "
+                             "cut short gives the best found so far (a plan says FEASIBLE, "
+                             f"with a bound); finite, > 0 and <= {MAX_TIME_LIMIT_S:.0f}")(f)

@@ -13,6 +13,7 @@ from . import cli_options as opt
 from .api import make_problem
 from .calibration import parse_calibration
 from .cli import Interruptible, _guard, _workload_from_flags, main
+from .deadline import Deadline
 from .disagg import disagg_search
 from .errors import InfeasibleError, InputError
 from .export import ENGINES, export_text
@@ -20,7 +21,7 @@ from .frontier import Targets, serving_search
 from .output import check_target, require_extra
 from .plan import read_plan, write_atomic
 from .search import SearchOptions
-from .serveplan import why_not_served
+from .serveplan import grace, why_not_served
 from .serving import Evaluator
 from .serving_report import frontier_document, frontier_png, frontier_table
 from .spec import load_hardware, load_model, read_data
@@ -46,11 +47,17 @@ from .spec import load_hardware, load_model, read_data
                    "under skew)")
 @opt.degree_pins
 @opt.calibration
+@opt.time_limit
 @opt.solver_controls
 def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_len,
              expert_load, ttft_ms, tpot_ms, disaggregate, decode_hw, spare_slots, tp, pp, dp,
-             ep, etp, calibration, seed, workers) -> None:
-    """Tokens/s per GPU against tokens/s per user for every serving layout and load."""
+             ep, etp, calibration, time_limit, seed, workers) -> None:
+    """Tokens/s per GPU against tokens/s per user for every serving layout and load.
+
+    --time-limit bounds the whole run; a search cut short gives the frontier of the layouts
+    it costed (its JSON says `time_limit_reached`)."""
+    deadline = Deadline.after(time_limit)
+
     def run():
         if png:  # say what is missing or unwritable before the search, not after it
             require_extra("matplotlib", "plot", "--png")
@@ -68,15 +75,17 @@ def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_le
         p = make_problem(replace(mf, workload=wl), hw_path, calibration=calib)
         pins = {k: v for k, v in dict(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp).items()
                 if v is not None}
-        opts = SearchOptions(pins=pins, seed=seed, workers=workers)
+        opts = SearchOptions(pins=pins, time_limit_s=time_limit, seed=seed, workers=workers)
         targets = Targets(wl.ttft_ms, wl.tpot_ms)
         if (disaggregate or decode_hw) and phase != "both":
             raise InputError("command line", "--phase", "disaggregation needs phase both")
         dhw = load_hardware(decode_hw) if decode_hw else None
-        res = serving_search(p, opts, targets, None, Evaluator(p, opts))
+        split = disaggregate or decode_hw  # the aggregated search leaves the pools half
+        res = serving_search(p, opts, targets, None, Evaluator(p, opts),
+                             deadline.fraction(0.5 if split else 1.0), grace(deadline))
         if res.best is None:  # the answer, exit code and advice of `solve`
-            raise InfeasibleError(*why_not_served(p, opts, res, targets, None))
-        dis = disagg_search(p, opts, targets, dhw) if (disaggregate or decode_hw) else None
+            raise InfeasibleError(*why_not_served(p, opts, res, targets, None, deadline))
+        dis = disagg_search(p, opts, targets, dhw, deadline) if split else None
         return p, res, dis
 
     with Interruptible() as stop:  # SIGINT / SIGTERM: exit 130 / 143, nothing written

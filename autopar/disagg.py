@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from .components import weight_bytes
 from .cost import Problem, kv_bytes_per_token_layer
+from .deadline import Deadline
 from .frontier import ServingResult, Targets, pareto, serving_search
 from .search import SearchOptions
 from .serving import ServingPoint, phase_problem
@@ -96,6 +97,7 @@ class DisaggResult:
     splits: list[dict]  # per split: GPUs of each pool and its best point (or why none)
     search_time_s: float
     notes: list[str] = field(default_factory=list)
+    timed_out: bool = False  # the time limit ended the search before every split was costed
 
 
 def pool_shapes(hw: HardwareSpec, whole: bool) -> list[tuple[int, int]]:
@@ -135,9 +137,11 @@ def kv_transfer_time(p: Problem, pre: ServingPoint, same_node: bool,
 
 def disagg_search(p: Problem, opts: SearchOptions | None = None,
                   targets: Targets | None = None,
-                  decode_hw: HardwareSpec | None = None) -> DisaggResult:
+                  decode_hw: HardwareSpec | None = None,
+                  deadline: Deadline | None = None) -> DisaggResult:
     """Best split of the GPUs into a prefill and a decode pool (or, with `decode_hw`, how
-    many GPUs of each type to use), and the frontier over all splits."""
+    many GPUs of each type to use), and the frontier over all splits. Past `deadline` the
+    splits not yet costed say so, and the best so far stands (`timed_out`)."""
     t0 = time.perf_counter()
     opts = opts or SearchOptions()
     targets = targets or Targets()
@@ -152,9 +156,15 @@ def disagg_search(p: Problem, opts: SearchOptions | None = None,
     splits: list[dict] = []
     best: DisaggPoint | None = None
     weights = weight_bytes(p.model)
+    timed_out = False
     for pshape, dshape in pairs:
         entry = {"prefill_gpus": pshape[0] * pshape[1], "decode_gpus": dshape[0] * dshape[1],
                  "prefill_nodes_x_gpus": list(pshape), "decode_nodes_x_gpus": list(dshape)}
+        if deadline is not None and deadline.expired():
+            timed_out = True
+            entry["why"] = "not costed: the time limit was reached"
+            splits.append(entry)
+            continue
         small = [name for name, shape, h in (("prefill", pshape, hw),
                                              ("decode", dshape, decode_hw or hw))
                  if shape[0] * shape[1] * h.usable_bytes < weights]
@@ -165,17 +175,21 @@ def disagg_search(p: Problem, opts: SearchOptions | None = None,
             continue
         if pshape not in pre_cache:
             pre_cache[pshape] = _pool(p, hw, pshape, "prefill", opts,
-                                      Targets(targets.ttft_ms, None))
+                                      Targets(targets.ttft_ms, None), deadline)
         dhw = decode_hw or hw
         if dshape not in dec_cache:
             dec_cache[dshape] = _pool(p, dhw, dshape, "decode", opts,
-                                      Targets(None, targets.tpot_ms))
+                                      Targets(None, targets.tpot_ms), deadline)
         pre_res, dec_res = pre_cache[pshape], dec_cache[dshape]
+        if pre_res.timed_out or dec_res.timed_out:
+            timed_out = True
+            entry["time_limit_reached"] = True  # its pools were costed in part
         same_node = decode_hw is None and hw.nodes == 1
         pre = _best_prefill(p, pre_res, same_node, hw, targets)
         if pre is None:
-            entry["why"] = "no prefill layout fits" + (
-                "" if not pre_res.points else " the TTFT target")
+            entry["why"] = ("no prefill point found before the time limit" if
+                            pre_res.timed_out else "no prefill layout fits" + (
+                                "" if not pre_res.points else " the TTFT target"))
             splits.append(entry)
             continue
         xfer = kv_transfer_time(p, pre, same_node, hw)
@@ -183,7 +197,8 @@ def disagg_search(p: Problem, opts: SearchOptions | None = None,
         mine = [DisaggPoint(pre, d, xfer, total, p.workload.output_len)
                 for d in dec_res.points]
         if not mine:
-            entry["why"] = "no decode layout fits"
+            entry["why"] = ("no decode point found before the time limit" if
+                            dec_res.timed_out else "no decode layout fits")
             splits.append(entry)
             continue
         all_points += mine
@@ -196,14 +211,16 @@ def disagg_search(p: Problem, opts: SearchOptions | None = None,
         if top is not None and (best is None
                                 or top.tokens_per_s_per_gpu > best.tokens_per_s_per_gpu):
             best = top
-    return DisaggResult(best, _pareto(all_points), splits, time.perf_counter() - t0)
+    return DisaggResult(best, _pareto(all_points), splits, time.perf_counter() - t0,
+                        timed_out=timed_out)
 
 
 def _pool(p: Problem, hw: HardwareSpec, shape: tuple[int, int], phase: str,
-          opts: SearchOptions, targets: Targets) -> ServingResult:
+          opts: SearchOptions, targets: Targets,
+          deadline: Deadline | None = None) -> ServingResult:
     sub = replace(phase_problem(p, phase, 1), hw=sub_hardware(hw, shape))
     pins = {k: v for k, v in opts.pins.items() if k not in ("tp", "pp", "dp", "ep", "etp")}
-    return serving_search(sub, replace(opts, pins=pins), targets)
+    return serving_search(sub, replace(opts, pins=pins), targets, deadline=deadline)
 
 
 def _best_prefill(p: Problem, res: ServingResult, same_node: bool, hw: HardwareSpec,

@@ -12,19 +12,19 @@ workload) with `batch` = the chosen concurrency, so `autopar check` can recomput
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, replace
 from typing import Any
 
 from .components import weight_bytes
 from .cost import Problem
+from .deadline import Deadline
 from .disagg import DisaggResult, disagg_search
 from .errors import InfeasibleError, InputError
 from .experts import placements_for
 from .export import launch_section
-from .frontier import ServingResult, Targets, layouts, serving_search
+from .frontier import ServingResult, Targets, layouts, serving_ceiling, serving_search
 from .plan import Plan, build_plan
-from .search import Candidate, SearchOptions, SearchResult
+from .search import FALLBACK_GRACE_S, Candidate, SearchOptions, SearchResult
 from .serving import Evaluator, Layout, ServingPoint, peak_memory, phase_problem, point
 from .spec import GB, HardwareSpec, Workload
 
@@ -37,35 +37,60 @@ def wants_serving(w: Workload) -> bool:
 
 
 def serve(p: Problem, opts: SearchOptions, frontier: bool = False, disaggregate: bool = False,
-          decode_hw: HardwareSpec | None = None) -> Plan:
+          decode_hw: HardwareSpec | None = None, deadline: Deadline | None = None) -> Plan:
     """Serving search and plan: the most tokens/s per GPU under the workload's TTFT / TPOT
-    targets, or without targets the lowest request latency at its concurrency (`batch`)."""
+    targets, or without targets the lowest request latency at its concurrency (`batch`).
+
+    `deadline` bounds the whole of it (default: `opts.time_limit_s` from now): the searches
+    (the aggregated one, the frontier's ladder, the disaggregated pools) take turns at what
+    is left, and a search cut short gives its best point as FEASIBLE, with a bound from
+    compute alone (`frontier.serving_ceiling`)."""
     w = p.workload
     if w.kind != "inference":
         raise InputError("workload", "kind", "serving needs an inference workload")
     if (disaggregate or decode_hw is not None) and w.phase != "both":
         raise InputError("workload", "phase",
                          "disaggregated serving needs phase both (whole requests)")
+    dl = deadline or Deadline.after(opts.time_limit_s)
     targets = Targets(w.ttft_ms, w.tpot_ms)
     ev = Evaluator(p, opts)
     given = None if targets.any else w.batch
-    res = serving_search(p, opts, targets, given, ev)
+    turns = 1 + (frontier and given is not None) + bool(disaggregate or decode_hw)
+    res = serving_search(p, opts, targets, given, ev, dl.fraction(1 / turns), grace(dl))
     if frontier and given is not None:  # the frontier spans every load, not only this one
-        ladder = serving_search(p, opts, targets, None, ev)
+        turns -= 1
+        ladder = serving_search(p, opts, targets, None, ev, dl.fraction(1 / turns))
         res.frontier, res.points = ladder.frontier, res.points + ladder.points
         res.search_time_s += ladder.search_time_s
+        res.timed_out |= ladder.timed_out
     if res.best is None:
-        raise InfeasibleError(*why_not_served(p, opts, res, targets, given))
-    dis = disagg_search(p, opts, targets, decode_hw) if (disaggregate or decode_hw) else None
+        raise InfeasibleError(*why_not_served(p, opts, res, targets, given, dl))
+    dis = disagg_search(p, opts, targets, decode_hw, dl) if (disaggregate or decode_hw) \
+        else None
     return build_serving_plan(p, opts, res, ev, frontier, dis)
 
 
+def grace(deadline: Deadline) -> Deadline:
+    """The deadline plus the short grace that infeasibility advice may take past it (as in
+    the training path: 0.5 s or a tenth of the limit)."""
+    return Deadline(deadline.start, deadline.end + max(FALLBACK_GRACE_S,
+                                                       0.1 * deadline.limit_s))
+
+
 def why_not_served(p: Problem, opts: SearchOptions, res: ServingResult, targets: Targets,
-                   given: int | None) -> tuple[str, str]:
+                   given: int | None, deadline: Deadline | None = None) -> tuple[str, str]:
     """(reason, what would make it fit) when a serving search found no point to choose;
-    `solve` and `frontier` both raise InfeasibleError with it."""
+    `solve` and `frontier` both raise InfeasibleError with it. A search that the time limit
+    ended says so (the layouts it did not reach might have served)."""
+    if res.timed_out:
+        limit = f" of {deadline.limit_s:g} s" if deadline is not None else ""
+        return (f"no serving point was found within the time limit{limit} "
+                f"({res.layouts - res.unexamined} of {res.layouts} layouts costed, "
+                f"{len(res.points)} points, none "
+                + ("meeting the targets" if targets.any else "to choose") + ")",
+                "raise the time limit (--time-limit) or pin some degrees (--tp, --pp, ...)")
     if not res.points:
-        return _why_nothing_fits(p, opts)
+        return _why_nothing_fits(p, opts, deadline)
     if given is not None:
         top = max(pt.max_concurrency for pt in res.points)
         return (f"no layout holds {given} concurrent sequences of "
@@ -85,21 +110,25 @@ def why_not_served(p: Problem, opts: SearchOptions, res: ServingResult, targets:
             "looser targets, or more / faster GPUs")
 
 
-def _why_nothing_fits(p: Problem, opts: SearchOptions) -> tuple[str, str]:
+def _why_nothing_fits(p: Problem, opts: SearchOptions,
+                      deadline: Deadline | None = None) -> tuple[str, str]:
     """No layout holds one sequence: the closest layout and its memory, then the fewest whole
-    nodes on which one would fit (or the memory per GPU that would)."""
+    nodes on which one would fit (or the memory per GPU that would). Under a `deadline` both
+    stop at its grace."""
     cap = p.hw.gpu.memory_bytes
     reason = (f"no layout of {p.model.name} on {p.hw.num_gpus} GPUs holds the weights and "
               "the KV cache of one sequence")
-    closest = _closest(p, opts)
+    stop = grace(deadline or Deadline.after(opts.time_limit_s))
+    closest = _closest(p, opts, stop)
     fixes = []
     if closest is not None:
         lay, mem = closest
         reason += (f"; the closest ({lay.describe()}) needs {mem / GB:.1f} GB per GPU of "
                    f"{cap / GB:.1f} GB, {(mem - cap) / GB:.1f} GB short")
-    need, tried = _gpus_needed(p, opts)
+    need, tried, ended = _gpus_needed(p, opts, stop)
     gpn = p.hw.gpus_per_node
     fixes.append(f"{need} GPUs ({need // gpn} nodes of {gpn})" if need
+                 else "more GPUs (the time limit ended the count)" if ended
                  else f"more than {tried} GPUs")
     if closest is not None:
         fixes.append(f"or GPUs with at least {(closest[1] + 0.5 * GB) / GB:.0f} GB each")
@@ -108,13 +137,19 @@ def _why_nothing_fits(p: Problem, opts: SearchOptions) -> tuple[str, str]:
     return reason, "would fit with " + " ".join(fixes)
 
 
-def _closest(p: Problem, opts: SearchOptions) -> tuple[Layout, float] | None:
+def _closest(p: Problem, opts: SearchOptions,
+             deadline: Deadline | None = None) -> tuple[Layout, float] | None:
     """The layout whose fullest GPU needs the least memory for one sequence (even stage
-    cut; prefill workspace included when both phases share the GPUs)."""
+    cut; prefill workspace included when both phases share the GPUs), among those costed
+    before `deadline`."""
     ev = Evaluator(p, opts)
+    if deadline is not None:
+        ev.share_placements(deadline, [])
     phase = "prefill" if p.workload.phase == "prefill" else "decode"
     best: tuple[Layout, float] | None = None
     for lay in layouts(p, opts):
+        if deadline is not None and deadline.expired() and best is not None:
+            break
         L = p.model.layers
         bounds = [round(k * L / lay.pp) for k in range(lay.pp + 1)]
         pc = ev.phase(lay, phase, 1, bounds)
@@ -127,29 +162,29 @@ def _closest(p: Problem, opts: SearchOptions) -> tuple[Layout, float] | None:
     return best
 
 
-def _gpus_needed(p: Problem, opts: SearchOptions, max_factor: int = 64,
-                 budget_s: float = 10.0) -> tuple[int | None, int]:
+def _gpus_needed(p: Problem, opts: SearchOptions, deadline: Deadline,
+                 max_factor: int = 64) -> tuple[int | None, int, bool]:
     """(the fewest GPUs, in whole nodes a multiple of today's, on which some layout serves
-    one sequence, or None; the most GPUs known not to be enough). Starts where the weights
-    alone would fill every GPU, tries the most memory-frugal layouts first, and gives up past
-    `max_factor` times today's nodes or after `budget_s`."""
-    t0 = time.perf_counter()
+    one sequence, or None; the most GPUs known not to be enough; whether `deadline` ended
+    the count). Starts where the weights alone would fill every GPU, tries the most
+    memory-frugal layouts first, and gives up past `max_factor` times today's nodes."""
     start = max(2, math.ceil(weight_bytes(p.model) / (p.hw.usable_bytes * p.hw.num_gpus)))
     tried = p.hw.num_gpus
     for k in range(start, max_factor + 1):
         sub = replace(p, hw=replace(p.hw, nodes=p.hw.nodes * k))
         ev = Evaluator(sub, opts)
+        ev.share_placements(deadline, [])
         try:
             lays = layouts(sub, opts)
         except InfeasibleError:
             lays = []
         for lay in sorted(lays, key=lambda x: (-x.pp, -x.tp, -x.ep, x.spare)):
+            if deadline.expired():
+                return None, tried, True
             if point(ev, lay, 1) is not None:
-                return sub.hw.num_gpus, tried
-            if time.perf_counter() - t0 > budget_s:
-                return None, tried
+                return sub.hw.num_gpus, tried, False
         tried = sub.hw.num_gpus
-    return None, tried
+    return None, tried, False
 
 
 def _mark_replicas(launch: dict[str, Any], lay: Layout, experts: int) -> None:
@@ -198,6 +233,7 @@ def disagg_section(agg: ServingPoint | None, d: DisaggResult) -> dict[str, Any]:
     the same targets)."""
     out: dict[str, Any] = {"best": d.best.to_dict() if d.best else None,
                            "splits": d.splits, "search_time_s": d.search_time_s,
+                           "time_limit_reached": d.timed_out,
                            "frontier": [x.to_dict() for x in d.frontier],
                            "formulas": ["serving-disagg", "serving-kv-transfer"]}
     a = agg.tokens_per_s_per_gpu if agg else 0.0
@@ -219,9 +255,11 @@ def build_serving_plan(p: Problem, opts: SearchOptions, res: ServingResult, ev: 
     s, e = pc.evaluation.strategy, pc.evaluation
     body = phase_problem(p, body_phase, best.per_replica * lay.dp)
     moe = ev.moe(lay, s)
-    cand = Candidate(s, moe, e.step_time, pc.bounds, e.step_time, "OPTIMAL", evaluation=e)
-    result = SearchResult(cand, "OPTIMAL", e.step_time, e.step_time, res.search_time_s,
-                          len(res.points), 0, 0, 0, ev._placements)
+    status = "FEASIBLE" if res.timed_out else "OPTIMAL"
+    cand = Candidate(s, moe, e.step_time, pc.bounds, e.step_time, status, evaluation=e)
+    result = SearchResult(cand, status, e.step_time, e.step_time, res.search_time_s,
+                          len(res.points), 0, 0, 0, ev._placements,
+                          unbounded=res.unexamined, timed_out=res.timed_out)
     placed = placements_for(body, s, ev._placements, opts.seed, opts.workers)
     plan = build_plan(body, opts, result, placed)
     d = plan.data
@@ -246,19 +284,32 @@ def build_serving_plan(p: Problem, opts: SearchOptions, res: ServingResult, ev: 
             mt.pop(key, None)
         else:
             mt[key] = v
-    d["solver"].update({
-        "objective": best.tokens_per_s_per_gpu if "tokens" in res.objective
-        else best.request_latency_s,
-        "objective_name": "tokens_per_s_per_gpu" if "tokens" in res.objective
-        else "request_latency_s",
-        "best_bound": best.tokens_per_s_per_gpu if "tokens" in res.objective
-        else best.request_latency_s,
-        "gap": 0.0, "solve_time_s": res.search_time_s, "candidates": len(res.points),
-        "method": "serving: every layout, concurrency by doubling ladder and bisection; "
-                  "exact DP stage cut; CP-SAT expert placement",
-    })
+    d["solver"].update(serving_solver(p, res, best))
     return plan
 
 
+def serving_solver(p: Problem, res: ServingResult, best: ServingPoint) -> dict[str, Any]:
+    """The solver section of a serving plan: the objective and, for a search the time limit
+    cut short, a bound from compute alone over every layout (`serving_ceiling`) with its gap
+    (never false, often wide)."""
+    up = res.maximizes
+    obj = best.tokens_per_s_per_gpu if up else best.request_latency_s
+    bound = obj
+    if res.timed_out:
+        ceiling = serving_ceiling(p, up)
+        bound = max(obj, ceiling) if up else min(obj, ceiling)
+    gap = 0.0 if bound == obj else abs(bound - obj) / max(abs(bound if up else obj), 1e-30)
+    return {
+        "status": "FEASIBLE" if res.timed_out else "OPTIMAL",
+        "objective": obj,
+        "objective_name": "tokens_per_s_per_gpu" if up else "request_latency_s",
+        "best_bound": bound, "gap": gap, "solve_time_s": res.search_time_s,
+        "candidates": len(res.points), "time_limit_reached": res.timed_out,
+        "unbounded": res.unexamined,
+        "method": "serving: every layout, concurrency by doubling ladder and bisection; "
+                  "exact DP stage cut; CP-SAT expert placement",
+    }
+
+
 __all__ = ["build_serving_plan", "serving_section", "disagg_section", "frontier_rows",
-           "why_not_served", "wants_serving", "serve"]
+           "why_not_served", "wants_serving", "serve", "serving_solver", "grace"]

@@ -20,9 +20,10 @@ import math
 from dataclasses import dataclass, field, replace
 
 from .cost import MoEState, Problem
+from .deadline import Deadline
 from .evaluate import Evaluation, evaluate, layer_costs
-from .experts import moe_states
-from .search import SearchOptions, stage_inputs
+from .experts import moe_states, placement_key
+from .search import PLACEMENT_SHARE, SearchOptions, stage_inputs
 from .stages import dp_partition
 from .strategy import Strategy, StrategyError
 
@@ -145,7 +146,11 @@ def phase_problem(p: Problem, phase: str, batch: int) -> Problem:
 
 
 class Evaluator:
-    """Costs phases of layouts on one instance, caching expert placements across calls."""
+    """Costs phases of layouts on one instance, caching expert placements across calls.
+
+    Under a time limit (`share_placements`) the placements not yet made share a part of it
+    evenly, as in the training search; a layer whose share is too short for CP-SAT gets the
+    greedy placement (`FALLBACK`)."""
 
     def __init__(self, p: Problem, opts: SearchOptions | None = None):
         self.p = p
@@ -154,10 +159,28 @@ class Evaluator:
         self._moe: dict[Layout, list[MoEState]] = {}
         self._prefill: dict[tuple, PhaseCost | None] = {}
         self.evaluations = 0
+        self._placing: Deadline | None = None
+        self._keys_left = 0
+
+    def share_placements(self, deadline: Deadline, layouts: list[Layout]) -> None:
+        """From now on the placements that `layouts` still need share PLACEMENT_SHARE of the
+        time left before `deadline`."""
+        keys = {placement_key(self.p, lay.strategy(self.p.hw.num_gpus)) for lay in layouts}
+        self._keys_left = len(keys - {None} - set(self._placements))
+        self._placing = deadline.fraction(PLACEMENT_SHARE)
+
+    def _placement_deadline(self, s: Strategy) -> Deadline | None:
+        key = placement_key(self.p, s)
+        if self._placing is None or key is None or key in self._placements:
+            return None
+        share = max(0.0, self._placing.left()) / max(1, self._keys_left)
+        self._keys_left -= 1
+        return Deadline.after(share)
 
     def moe(self, layout: Layout, s: Strategy) -> list[MoEState]:
         if layout not in self._moe:
-            self._moe[layout] = moe_states(self.p, s, self._placements, self.opts)
+            self._moe[layout] = moe_states(self.p, s, self._placements, self.opts,
+                                           self._placement_deadline(s))
         return self._moe[layout]
 
     def phase(self, layout: Layout, phase: str, per_replica: int,

@@ -46,6 +46,11 @@ def frontier_table(res: ServingResult, disagg: DisaggResult | None = None) -> st
                      f"TPOT {_ms(b.tpot_s)} ms")
     if disagg is not None:
         lines.append(comparison_line(res, disagg))
+    if res.timed_out or (disagg is not None and disagg.timed_out):
+        lines.append(f"time limit reached: {res.unexamined} of {res.layouts} layouts not "
+                     "costed" + (", disaggregated splits in part" if disagg is not None
+                                 and disagg.timed_out else "")
+                     + "; the frontier covers what was costed")
     lines.append(f"{res.layouts} layouts, {res.evaluations} evaluations, "
                  f"{res.search_time_s:.2f} s" + (f" (+ {disagg.search_time_s:.2f} s "
                                                   "disaggregated)" if disagg else ""))
@@ -77,13 +82,16 @@ def frontier_document(p: Problem, res: ServingResult,
         "best": res.best.to_dict() if res.best else None,
         "frontier": [pt.to_dict() for pt in res.frontier],
         "search": {"layouts": res.layouts, "evaluations": res.evaluations,
-                   "points": len(res.points), "search_time_s": res.search_time_s},
+                   "points": len(res.points), "search_time_s": res.search_time_s,
+                   "time_limit_reached": res.timed_out,
+                   "layouts_not_costed": res.unexamined},
     }
     if disagg is not None:
         doc["disaggregated"] = {
             "best": disagg.best.to_dict() if disagg.best else None,
             "frontier": [x.to_dict() for x in disagg.frontier],
             "splits": disagg.splits, "search_time_s": disagg.search_time_s,
+            "time_limit_reached": disagg.timed_out,
             "comparison": comparison_line(res, disagg),
         }
     return doc

@@ -3,7 +3,7 @@ fails CI. Each document's blocks run in order in a fresh folder holding the proj
 `problems/` (later blocks may read what earlier ones wrote, as a reader's would). A command
 is expected to exit 0 unless its comment says `exits N`. Two things are left to the suite
 itself: `pip install` (the environment under test is already installed) and `pytest` (this
-very suite); solves get a short `--time-limit` where the block sets none."""
+very suite); solves and frontiers get a short `--time-limit` where the block sets none."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def commands(block: str) -> list[tuple[str, int]]:
         code = re.sub(r"^pip install \S+( \S+)* && ", "", code)
         if code.startswith(("pip install", "python -m pytest")):
             continue
-        if re.match(r"autopar solve\b", code) and "--time-limit" not in code:
+        if re.match(r"autopar (solve|frontier)\b", code) and "--time-limit" not in code:
             code += f" --time-limit {SHORT_LIMIT}"
         want = re.search(r"\bexits (\d+)", comment)
         out.append((code, int(want.group(1)) if want else 0))

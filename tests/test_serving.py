@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
 from conftest import PROBLEMS
 
+from autopar.api import check as plan_check
 from autopar.api import make_problem, solve
 from autopar.calibration import Calibration, parse_calibration
 from autopar.cli import main
 from autopar.cost import Problem, kv_bytes_per_token_layer
+from autopar.deadline import Deadline
 from autopar.disagg import disagg_search
 from autopar.errors import InfeasibleError, InputError
 from autopar.export import export_text
-from autopar.frontier import Targets, pareto, serving_search
+from autopar.frontier import Targets, pareto, serving_ceiling, serving_search
 from autopar.planformat import gpu_records
 from autopar.search import SearchOptions
+from autopar.serveplan import serve
 from autopar.serving import Evaluator, Layout, decode_time
 from autopar.spec import (
     GB,
@@ -525,3 +529,91 @@ def test_cli_frontier_honours_spare_slots():
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["frontier"] and {x["layout"]["spare_slots"] for x in doc["frontier"]} == {2}
+
+
+# ----------------------------------------------------------------------------- the time limit
+DSV3_SKEW = ["--model", str(PROBLEMS / "models" / "deepseek-v3.yaml"),
+             "--hw", str(PROBLEMS / "hw" / "h200-2node.yaml"), "--tpot-ms", "50",
+             "--expert-load", "zipf:1.0"]
+
+
+def _dsv3_skewed():
+    mf = load_model(PROBLEMS / "models" / "deepseek-v3.yaml")
+    wl = replace(mf.workload, phase="both", tpot_ms=50.0, expert_load="zipf:1.0")
+    return replace(mf, workload=wl), PROBLEMS / "hw" / "h200-2node.yaml"
+
+
+def test_the_limit_bounds_a_serving_solve():
+    """Under a skewed load every layout's placements are CP-SAT problems (4-7 s of them
+    here); at --time-limit 1 the serving solve stops in time, its best point is a sound plan
+    and, cut short, it says so with a bound that covers every layout."""
+    limit = 1.0
+    t0 = time.monotonic()
+    plan = solve(*_dsv3_skewed(), time_limit_s=limit)
+    assert time.monotonic() - t0 <= 1.1 * limit + 1.0
+    assert not [f for f in plan_check(plan) if f.severity == "error"]
+    s = plan.solver
+    assert s["status"] == ("FEASIBLE" if s["time_limit_reached"] else "OPTIMAL")
+    if s["time_limit_reached"]:  # tokens/s per GPU is maximized: the bound is above
+        assert s["best_bound"] > s["objective"] and 0 < s["gap"] < 1
+
+
+def test_the_frontier_takes_the_time_limit_too(tmp_path):
+    limit = 1.0
+    t0 = time.monotonic()
+    r = CliRunner().invoke(main, ["frontier", *DSV3_SKEW, "--time-limit", str(limit),
+                                  "--out", str(tmp_path / "f.json")])
+    assert time.monotonic() - t0 <= 1.1 * limit + 1.0
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "f.json").read_text())
+    assert doc["best"] and doc["frontier"]
+    if doc["search"]["time_limit_reached"]:
+        assert "time limit reached" in r.stdout
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "0", "-1"])
+def test_frontier_refuses_a_time_limit_that_is_not_positive_and_finite(tmp_path, bad):
+    """The one --time-limit definition `solve` and `frontier` share: one line, exit 2,
+    before any work."""
+    args = ["--model", str(SEED_SERVE), "--hw", str(SEED_HW), "--time-limit", bad,
+            "--out", str(tmp_path / "f.json")]
+    for command in ("frontier", "solve"):
+        r = CliRunner().invoke(main, [command, *args])
+        assert r.exit_code == 2, (command, r.output)
+        line = _stderr_line(r)
+        assert "--time-limit" in line and "finite" in line
+    assert not (tmp_path / "f.json").exists()
+
+
+def test_no_serving_point_in_time_is_an_exit_3_that_says_time_ran_out():
+    p = make_problem(SEED_SERVE, SEED_HW)
+    past = Deadline(time.monotonic() - 10, time.monotonic() - 9)  # limit and grace spent
+    with pytest.raises(InfeasibleError) as err:
+        serve(p, SearchOptions(time_limit_s=1.0), deadline=past)
+    assert err.value.exit_code == 3
+    assert "time limit" in str(err.value) and "--time-limit" in str(err.value)
+
+
+def test_disaggregated_splits_past_the_limit_say_so():
+    p = make_problem(SEED_SERVE, SEED_HW)
+    past = Deadline(time.monotonic() - 10, time.monotonic() - 9)
+    d = disagg_search(p, SearchOptions(), Targets(p.workload.ttft_ms, p.workload.tpot_ms),
+                      deadline=past)
+    assert d.timed_out and d.best is None and d.splits
+    assert all("time limit" in x["why"] for x in d.splits)
+
+
+@pytest.mark.parametrize("model,hw", [(SEED_SERVE, SEED_HW), (MIXTRAL_SERVE, H100),
+                                      (PROBLEMS / "models" / "llama3-70b.yaml",
+                                       PROBLEMS / "hw" / "h200-8x.yaml")])
+@pytest.mark.parametrize("phase,isl,osl", [("both", 128, 64), ("decode", 512, 32),
+                                           ("prefill", 2048, 1), ("both", 1024, 1)])
+def test_the_serving_ceiling_bounds_every_point(model, hw, phase, isl, osl):
+    """What a search cut short reports as its bound must hold for every layout and load:
+    no point serves more tokens/s per GPU, nor a request sooner, than compute alone allows."""
+    p = make_problem(model, hw, Workload("inference", batch=8, phase=phase, input_len=isl,
+                                         output_len=osl, expert_load="zipf:1.0"))
+    pts = serving_search(p, SearchOptions(time_limit_s=2)).points
+    assert pts
+    assert max(x.tokens_per_s_per_gpu for x in pts) <= serving_ceiling(p, True)
+    assert min(x.request_latency_s for x in pts) >= serving_ceiling(p, False)
