@@ -5,6 +5,7 @@ fields (ranks, edp) without recomputing them from the degrees.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .components import embedding_components, head_components, layer_components
@@ -27,6 +28,18 @@ def _ranges(xs: list[int]) -> str:
             out.append(f"{start}" if start == prev else f"{start}-{prev}")
             start = prev = x
     return ", ".join(out)
+
+
+# Which groups of GPUs a check walks: (kind, every group of that kind) -> the groups to
+# check. Kinds: "tp" (TP groups, shards), "etp" (expert-TP groups), "ep" (EP groups) and
+# "gpu" (single GPUs, experts). `autopar check` walks every group; a plan's own self-check
+# walks one per distinct content (`selfcheck`), since the builder's patterns make the rest
+# copies.
+Pick = Callable[[str, Iterable[list[int]]], Iterable[list[int]]]
+
+
+def every(kind: str, groups: Iterable[list[int]]) -> Iterable[list[int]]:
+    return groups
 
 
 def _span(layers: list, lo: int, hi: int) -> tuple[range, bool]:
@@ -212,13 +225,14 @@ def _tile(parts: list[tuple[int, int, str]], extent: int, label: str, out: _Grou
                 f"has {extent}", layer, pos, extent)
 
 
-def check_shards(f: Findings, plan: dict, m: ModelSpec, lay: Layout) -> None:
+def check_shards(f: Findings, plan: dict, m: ModelSpec, lay: Layout,
+                 pick: Pick = every) -> None:
     """Per stage and model replica (a TP group), every TP-split tensor of every layer is
     tiled exactly once by its TP ranks; replicated ones are whole on every rank."""
     gpus = plan["gpus"]
     dims = tensor_dims(m)
     out = _Grouped()
-    for members in lay.groups("tp"):
+    for members in pick("tp", lay.groups("tp")):
         stage = lay.coords(members[0])["stage"]
         first, last = lay.stage_layers[stage]
         expected = _expected_components(m, lay, stage)
@@ -265,7 +279,7 @@ def check_shards(f: Findings, plan: dict, m: ModelSpec, lay: Layout) -> None:
             if name == "qkv" and m.mla is None:
                 _kv_heads(parts, m.kv_heads, len(members), label, out, layer)
     out.emit(f, "shards")
-    _expert_shards(f, plan, m, lay)
+    _expert_shards(f, plan, m, lay, pick)
 
 
 def _kv_heads(parts: list, kv: int, tp: int, label: str, out: _Grouped,
@@ -286,7 +300,8 @@ def _kv_heads(parts: list, kv: int, tp: int, label: str, out: _Grouped,
                 count[wrong[0]], copies)
 
 
-def _expert_shards(f: Findings, plan: dict, m: ModelSpec, lay: Layout) -> None:
+def _expert_shards(f: Findings, plan: dict, m: ModelSpec, lay: Layout,
+                   pick: Pick = every) -> None:
     """Expert-TP: the GPUs of one ETP group split each expert's FFN columns exactly once."""
     if not m.is_moe or not m.expert_ffn_hidden:
         return
@@ -294,7 +309,7 @@ def _expert_shards(f: Findings, plan: dict, m: ModelSpec, lay: Layout) -> None:
     groups: dict[tuple, list[int]] = {}
     for g in range(lay.num_gpus):
         groups.setdefault((g // lay.width, (g % lay.width) // lay.etp), []).append(g)
-    for members in groups.values():
+    for members in pick("etp", groups.values()):
         per_layer: dict[int, list[tuple[int, int, str]]] = {}
         for g in members:
             for j, e in enumerate(plan["gpus"][g]["experts"]):
@@ -311,19 +326,24 @@ def _expert_shards(f: Findings, plan: dict, m: ModelSpec, lay: Layout) -> None:
 
 
 # --------------------------------------------------------------------------- experts
-def check_experts(f: Findings, plan: dict, m: ModelSpec, lay: Layout) -> None:
+def check_experts(f: Findings, plan: dict, m: ModelSpec, lay: Layout,
+                  pick: Pick = every) -> None:
     """Every expert of every MoE layer sits in every EP group; the per-GPU lists agree with
     the experts section, whose replica counts add up."""
     gpus = plan["gpus"]
+    n = min(len(gpus), lay.num_gpus)
+    single = [grp[0] for grp in pick("gpu", ([i] for i in range(lay.num_gpus)))]
     if not m.is_moe:
-        for i, g in enumerate(gpus):
-            if g["experts"]:
+        for i in [x for x in single if x < n] + list(range(lay.num_gpus, len(gpus))):
+            if gpus[i]["experts"]:
                 f.error("experts", f"gpus[{i}].experts", "a dense model has no experts",
-                        len(g["experts"]), 0)
+                        len(gpus[i]["experts"]), 0)
         return
+    ep_groups = list(pick("ep", lay.groups("ep")))
     out = _Grouped()
     have: dict[tuple[int, int], list[int]] = {}
-    for i, g in enumerate(gpus[:lay.num_gpus]):
+    for i in sorted(x for x in set(single).union(*ep_groups) if x < n):
+        g = gpus[i]
         first, last = lay.stage_layers[lay.coords(i)["stage"]]
         for j, e in enumerate(g["experts"]):
             ids = e["experts"]
@@ -346,7 +366,7 @@ def check_experts(f: Findings, plan: dict, m: ModelSpec, lay: Layout) -> None:
             out.add(f"gpus[{i}].experts", "an expert listed twice on one GPU", layer,
                     len(ids), len(set(ids)))
     listed = 0  # the ids of missing experts are listed for the first few gaps only
-    for members in lay.groups("ep"):
+    for members in ep_groups:
         first, last = lay.stage_layers[lay.coords(members[0])["stage"]]
         for layer in range(first, last + 1):
             if not m.is_moe_layer(layer):
@@ -364,11 +384,12 @@ def check_experts(f: Findings, plan: dict, m: ModelSpec, lay: Layout) -> None:
             out.add(f"gpus[{members[0]}].experts", f"EP group GPUs {members}: experts "
                     f"{what} placed nowhere", layer, len(got), m.experts)
     out.emit(f, "experts")
-    _expert_section(f, plan, m, lay, have)
+    _expert_section(f, plan, m, lay, have, single)
 
 
 def _expert_section(f: Findings, plan: dict, m: ModelSpec, lay: Layout,
-                    have: dict[tuple[int, int], list[int]]) -> None:
+                    have: dict[tuple[int, int], list[int]], gpus: list[int]) -> None:
+    """The experts section against the strategy and against the per-GPU lists of `gpus`."""
     sec = plan.get("experts")
     if not isinstance(sec, dict) or not isinstance(sec.get("layers"), list):
         return
@@ -376,6 +397,9 @@ def _expert_section(f: Findings, plan: dict, m: ModelSpec, lay: Layout,
         if key in sec and sec[key] != getattr(lay, key):
             f.error("experts", f"experts.{key}", "must match the strategy", sec[key],
                     getattr(lay, key))
+    by_stage: dict[int, list[int]] = {}
+    for g in gpus:
+        by_stage.setdefault(lay.coords(g)["stage"], []).append(g)
     seen = set()
     for i, entry in enumerate(sec["layers"]):
         layer = entry["layer"]
@@ -400,7 +424,7 @@ def _expert_section(f: Findings, plan: dict, m: ModelSpec, lay: Layout,
             f.error("experts", f"{path}.logcnt", "copies of each expert over the EP group",
                     cnt[:8], [slots.count(e) for e in range(m.experts)][:8])
         stage = next(k for k, (a, b) in enumerate(lay.stage_layers) if a <= layer <= b)
-        for g in range(stage * lay.width, (stage + 1) * lay.width):
+        for g in by_stage.get(stage, []):
             mine = sorted(have.get((g, layer), []))
             want = sorted(ge[lay.coords(g)["ep_rank"]])
             if mine != want:

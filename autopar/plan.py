@@ -11,7 +11,7 @@ import json
 import math
 import os
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -194,30 +194,42 @@ def _shard_entries(p: Problem, s: Strategy, ev: Evaluation, stage: int, tp_rank:
 
 
 def _expert_entries(p: Problem, s: Strategy, ev: Evaluation, stage: int, ep_rank: int,
-                    etp_rank: int, placed: list[Placement] | None) -> list[dict[str, Any]]:
+                    etp_rank: int, placed: list[Placement] | None,
+                    cache: dict | None = None) -> list[dict[str, Any]]:
     """The experts one GPU holds per run of MoE layers with equal placement, its ETP shard of
     their FFN columns and their FFN FLOPs per step: they depend on the stage, the EP and the
-    ETP rank only (experts see every replica's tokens)."""
+    ETP rank only (experts see every replica's tokens). `cache` keeps what every rank of a
+    stage shares (its MoE runs and their expert FLOPs) across calls."""
     m = p.model
-    st = ev.stages[stage]
-    moe_index = {layer: i for i, layer in enumerate(
-        [x for x in range(m.layers) if m.is_moe_layer(x)])}
+    key = ("stage", stage)
+    if cache is None or key not in cache:
+        st = ev.stages[stage]
+        runs = []
+        for first, last, is_moe in _runs(list(range(st.first_layer, st.end_layer)),
+                                         m.is_moe_layer):
+            if not is_moe:
+                continue
+            lc = st.layer_costs[first - st.first_layer]
+            comps = layer_components(m, first, p.workload.context_len, p.workload.causal,
+                                     p.flash_attention, p.workload.decoding)
+            runs.append((first, last, sum(x.flops for comp, x in zip(comps, lc.components,
+                                                                     strict=True)
+                                          if comp.is_expert)))
+        entry = (runs, {layer: i for i, layer in enumerate(
+            [x for x in range(m.layers) if m.is_moe_layer(x)])})
+        if cache is None:
+            cache = {}
+        cache[key] = entry
+    runs, moe_index = cache[key]
     passes = 3 if p.training else 1
     per_replica = -(-p.workload.batch // s.dp)
     f_expert = p.workload.batch / (per_replica * s.dp)
     again = 1 if s.recompute == "full" else 0
     etp_shard = list(split(m.expert_ffn_hidden, s.etp, etp_rank))
     experts = []
-    for first, last, is_moe in _runs(list(range(st.first_layer, st.end_layer)),
-                                     m.is_moe_layer):
-        if not is_moe:
-            continue
-        lc = st.layer_costs[first - st.first_layer]
-        comps = layer_components(m, first, p.workload.context_len, p.workload.causal,
-                                 p.flash_attention, p.workload.decoding)
-        exp_cc = [x for comp, x in zip(comps, lc.components, strict=True) if comp.is_expert]
+    for first, last, exp_flops in runs:
         if placed is None:  # EP = 1: every expert on every GPU, columns split by ETP
-            f = sum(x.flops for x in exp_cc) * s.num_micro_batches * (last - first + 1)
+            f = exp_flops * s.num_micro_batches * (last - first + 1)
             experts.append({"layers": [first, last], "experts": list(range(m.experts)),
                             "etp_shard": etp_shard, "load_over_mean": 1.0,
                             "flops_per_step": f * ((passes + again) * f_expert)})
@@ -229,7 +241,7 @@ def _expert_entries(p: Problem, s: Strategy, ev: Evaluation, stage: int, ep_rank
             per_layer[layer] = (tuple(pl.gpu_experts[ep_rank]), share)
         for a, b, (mine, share) in _runs(list(per_layer), per_layer.__getitem__):
             # FLOPs follow this rank's routed tokens; cc.flops is the EP-group mean
-            f = sum(x.flops for x in exp_cc) * share * s.num_micro_batches * (b - a + 1)
+            f = exp_flops * share * s.num_micro_batches * (b - a + 1)
             experts.append({"layers": [a, b], "experts": list(mine), "etp_shard": etp_shard,
                             "load_over_mean": share,
                             "flops_per_step": f * ((passes + again) * f_expert)})
@@ -280,6 +292,18 @@ def gpus_section(p: Problem, s: Strategy, ev: Evaluation,
         st = ev.stages[stage]
         return [st.first_layer, st.end_layer - 1]
 
+    slots = _Slots.of(p, placed) if placed and p.model.is_moe else None
+    per_stage: dict = {}  # what the expert entries of one stage's ranks share
+    memo: dict[tuple, dict[str, Any]] = {}  # memory by stage and the rank's slot counts
+
+    def memory_of(stage: int, rank: int) -> dict[str, Any]:
+        st = ev.stages[stage]
+        key = (stage, slots.counts(placed, st, rank) if slots else ())
+        if key not in memo:
+            memo[key] = _memory(_gpu_memory(p, s, st, rank, placed, slots),
+                                hw.gpu.memory_bytes, p, s)
+        return memo[key]
+
     return {
         "form": FORM, "num_gpus": hw.num_gpus, "gpus_per_node": hw.gpus_per_node,
         "type": hw.gpu.name,
@@ -288,12 +312,12 @@ def gpus_section(p: Problem, s: Strategy, ev: Evaluation,
                    "components": _shard_entries(p, s, ev, st, r, _dense_share(p, s, dp_rank))})
             for (st, r, _), (dp_rank, ids) in shards.items()),
         "experts": patterns(
-            (ids, {"stage": st, "ranks": {"ep_rank": e, "etp_rank": t},
-                   "experts": _expert_entries(p, s, ev, st, e, t, placed)})
-            for (st, e, t), (_, ids) in experts.items()),
+            ((ids, {"stage": st, "ranks": {"ep_rank": e, "etp_rank": t},
+                    "experts": _expert_entries(p, s, ev, st, e, t, placed, per_stage)})
+             for (st, e, t), (_, ids) in experts.items()),
+            merge=False),  # one pattern per (stage, EP rank, ETP rank): distinct already
         "memory": patterns(
-            (ids, {"stage": st, "memory": _memory(_gpu_memory(p, s, ev.stages[st], e, placed),
-                                                  hw.gpu.memory_bytes, p, s)})
+            (ids, {"stage": st, "memory": memory_of(st, e)})
             for (st, e), (_, ids) in memory.items()),
     }
 
@@ -511,7 +535,8 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
     s, ev = best.strategy, best.evaluation
     m, hw, w = p.model, p.hw, p.workload
     section = gpus_section(p, s, ev, placed)
-    gpus = read_gpus({"gpus": section, "strategy": s.to_dict()}).records  # one per GPU
+    table = read_gpus({"gpus": section, "strategy": s.to_dict()})
+    gpus = table.records  # one per GPU
     flops_sum = math.fsum(g["flops_per_step"] for g in gpus)
     T_step = w.batch * w.tokens_per_sample
     fwd_per_token = _fwd_flops_per_token(p)
@@ -577,7 +602,7 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
     }
     from .selfcheck import validations
 
-    data["validation"] = validations(p, {**data, "gpus": gpus})
+    data["validation"] = validations(p, data, table)  # per pattern, not per GPU
     return Plan(data)
 
 
@@ -592,23 +617,47 @@ def _fwd_flops_per_token(p: Problem) -> float:
     return f
 
 
+@dataclass(frozen=True)
+class _Slots:
+    """What a GPU's own expert count changes in its memory, computed once per plan: each
+    MoE layer's index into the placements and its fullest GPU's slot count, and the
+    parameters of one expert."""
+
+    index: dict[int, int]
+    full: tuple[int, ...]
+    per_expert: float
+
+    @staticmethod
+    def of(p: Problem, placed: list[Placement]) -> _Slots:
+        m = p.model
+        moe_layers = [x for x in range(m.layers) if m.is_moe_layer(x)]
+        return _Slots({layer: i for i, layer in enumerate(moe_layers)},
+                      tuple(max(len(e) for e in pl.gpu_experts) for pl in placed),
+                      sum(c.params for c in layer_components(m, moe_layers[0], 1)
+                          if c.is_expert))
+
+    def counts(self, placed: list[Placement], st: StageCost, rank: int) -> tuple[int, ...]:
+        """EP rank `rank`'s expert slots in each MoE layer of stage `st` (all its memory
+        depends on besides the stage)."""
+        ids = [self.index.get(layer) for layer in range(st.first_layer, st.end_layer)]
+        return tuple(len(placed[i].gpu_experts[rank]) for i in ids if i is not None)
+
+
 def _gpu_memory(p: Problem, s: Strategy, st: StageCost, rank: int,
-                placed: list[Placement] | None) -> Memory:
+                placed: list[Placement] | None, slots: _Slots | None = None) -> Memory:
     """The stage's memory (sized for its fullest EP rank) with EP rank `rank`'s own expert
     count."""
-    mem = Memory(**asdict(st.memory))
+    mem = replace(st.memory)  # a copy (all its fields are numbers)
     if not placed or not p.model.is_moe:
         return mem
     m = p.model
-    moe_layers = [x for x in range(m.layers) if m.is_moe_layer(x)]
-    idx = {layer: i for i, layer in enumerate(moe_layers)}
-    per_expert = sum(c.params for c in layer_components(m, moe_layers[0], 1) if c.is_expert)
+    slots = slots or _Slots.of(p, placed)
     delta = 0.0
     for layer in range(st.first_layer, st.end_layer):
-        if layer in idx:
-            pl = placed[idx[layer]]
-            full = max(len(e) for e in pl.gpu_experts)
-            delta += (len(pl.gpu_experts[rank]) - full) * per_expert / s.etp
+        i = slots.index.get(layer)
+        if i is not None:
+            delta += (len(placed[i].gpu_experts[rank]) - slots.full[i]) * slots.per_expert \
+                / s.etp
     if p.training:
         mem.weights += delta * m.dtype_bytes / (s.edp if s.zero >= 3 else 1)
         mem.gradients += delta * p.workload.grad_bytes / (s.edp if s.zero >= 2 else 1)

@@ -94,12 +94,14 @@ def ranges_text(xs: Iterable[int], limit: int = 6) -> str:
 
 
 # --------------------------------------------------------------------------- writing
-def patterns(groups: Iterable[tuple[list[int], dict[str, Any]]]) -> list[dict[str, Any]]:
-    """(GPU ids, content) pairs as patterns: equal contents merged, each stated once with its
-    ids first, in the order of their lowest GPU id."""
-    merged: dict[str, tuple[list[int], dict[str, Any]]] = {}
-    for ids, content in groups:
-        key = json.dumps(content, sort_keys=True)
+def patterns(groups: Iterable[tuple[list[int], dict[str, Any]]],
+             merge: bool = True) -> list[dict[str, Any]]:
+    """(GPU ids, content) pairs as patterns: equal contents merged (`merge=False` where the
+    caller's contents are distinct by construction, which saves serializing each to compare),
+    each stated once with its ids first, in the order of their lowest GPU id."""
+    merged: dict[Any, tuple[list[int], dict[str, Any]]] = {}
+    for n, (ids, content) in enumerate(groups):
+        key = json.dumps(content, sort_keys=True) if merge else n
         if key in merged:
             merged[key][0].extend(ids)
         else:
