@@ -1,0 +1,113 @@
+"""Every key a plan writes is in autopar/schema/plan.schema.json. The schema leaves unknown
+keys allowed (old readers keep reading newer plans), so validation alone never notices a key
+the builder added and the schema forgot (`solver.time_limit_reached` and `solver.unbounded`
+were such keys): this walks built plans of each kind and asks for every key path."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import jsonschema
+import pytest
+from conftest import PROBLEMS
+
+from autopar.api import solve
+from autopar.planformat import records_form
+from autopar.spec import Workload, load_model
+
+SCHEMA = json.loads((Path(__file__).parents[1] / "autopar/schema/plan.schema.json").read_text())
+SEED, SEED_HW = PROBLEMS / "models" / "seed-moe.yaml", PROBLEMS / "hw" / "seed-3gpu.yaml"
+SERVE = PROBLEMS / "models" / "seed-moe-serve.yaml"
+
+
+def resolve(node: dict) -> dict:
+    """A schema node with its `$ref` (a local `#/...` pointer) followed."""
+    while isinstance(node, dict) and "$ref" in node:
+        target = SCHEMA
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def alternatives(node: dict) -> list[dict]:
+    """The node and every subschema that may apply to the same value (oneOf, anyOf, allOf,
+    if / then / else)."""
+    node = resolve(node)
+    out = [node]
+    for key in ("oneOf", "anyOf", "allOf"):
+        for sub in node.get(key, []):
+            out += alternatives(sub)
+    for key in ("then", "else"):
+        if key in node:
+            out += alternatives(node[key])
+    return out
+
+
+def undeclared(value, node: dict, path: str = "") -> set[str]:
+    """Key paths of `value` that the schema does not declare. An object whose schema lists
+    no properties at all is free-form by design (an echo of the inputs, a per-component
+    table) and is not looked into."""
+    out: set[str] = set()
+    subs = alternatives(node)
+    if isinstance(value, dict):
+        props: dict[str, list] = {}  # each key's schemas, from every alternative
+        rest = []
+        for s in subs:
+            for k, sub in s.get("properties", {}).items():
+                props.setdefault(k, []).append(sub)
+            if isinstance(s.get("additionalProperties"), dict):
+                rest.append(s["additionalProperties"])
+        if not props and not rest:
+            return out
+        for k, v in value.items():
+            if k in props or rest:
+                out |= undeclared(v, {"anyOf": props.get(k) or rest}, f"{path}.{k}")
+            else:
+                out.add(f"{path}.{k}")
+    elif isinstance(value, list):
+        for s in subs:
+            if isinstance(s.get("items"), dict):
+                for v in value[:20]:
+                    out |= undeclared(v, s["items"], f"{path}[]")
+    return out
+
+
+@pytest.fixture(scope="module")
+def plans() -> dict[str, dict]:
+    mixtral = load_model(PROBLEMS / "models" / "mixtral-8x7b.yaml")
+    built = {
+        "training": solve(SEED, SEED_HW, time_limit_s=5),
+        "training options": solve(replace(mixtral, workload=replace(mixtral.workload,
+                                                                     precision="fp8")),
+                                  PROBLEMS / "hw" / "h100-8x.yaml",
+                                  pins={"tp": 2, "pp": 2, "virtual_stages": 2, "zero": 3,
+                                        "overlap_tp_comm": True, "recompute": "selective"},
+                                  time_limit_s=5),
+        "decode step": solve(SERVE, SEED_HW, Workload("inference", batch=8, phase="decode",
+                                                      input_len=256, output_len=32),
+                             time_limit_s=5),
+        "serving": solve(SERVE, SEED_HW, time_limit_s=5, frontier=True, disaggregate=True),
+    }
+    out = {name: json.loads(p.to_json()) for name, p in built.items()}
+    out["records form"] = records_form(out["training"])
+    return out
+
+
+@pytest.mark.parametrize("kind", ["training", "training options", "decode step", "serving",
+                                  "records form"])
+def test_every_key_a_plan_writes_is_in_the_schema(plans, kind):
+    plan = plans[kind]
+    jsonschema.validate(plan, SCHEMA)
+    assert undeclared(plan, SCHEMA) == set()
+
+
+def test_the_walk_notices_an_undeclared_key(plans):
+    plan = json.loads(json.dumps(plans["serving"]))
+    plan["solver"]["surprise"] = 1
+    plan["launch"]["vllm"]["surprise"] = 2
+    plan["gpus"]["experts"][0]["experts"][0]["surprise"] = 3
+    assert undeclared(plan, SCHEMA) == {".solver.surprise", ".launch.vllm.surprise",
+                                        ".gpus.experts[].experts[].surprise"}
