@@ -15,6 +15,7 @@ from conftest import PROBLEMS
 
 from autopar.api import solve
 from autopar.planformat import records_form
+from autopar.schemacheck import schema_problems
 from autopar.spec import Workload, load_model
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "autopar/schema/plan.schema.json").read_text())
@@ -101,6 +102,7 @@ def plans() -> dict[str, dict]:
 def test_every_key_a_plan_writes_is_in_the_schema(plans, kind):
     plan = plans[kind]
     jsonschema.validate(plan, SCHEMA)
+    assert schema_problems(plan) == []  # and by the reader `autopar check` uses
     assert undeclared(plan, SCHEMA) == set()
 
 

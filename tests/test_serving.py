@@ -22,7 +22,7 @@ from autopar.export import export_text
 from autopar.frontier import Targets, pareto, serving_ceiling, serving_search
 from autopar.planformat import gpu_records
 from autopar.search import SearchOptions
-from autopar.serveplan import serve
+from autopar.serveplan import serve, why_not_served
 from autopar.serving import Evaluator, Layout, decode_time
 from autopar.spec import (
     GB,
@@ -617,3 +617,17 @@ def test_the_serving_ceiling_bounds_every_point(model, hw, phase, isl, osl):
     assert pts
     assert max(x.tokens_per_s_per_gpu for x in pts) <= serving_ceiling(p, True)
     assert min(x.request_latency_s for x in pts) >= serving_ceiling(p, False)
+
+
+def test_the_gpu_count_advice_stops_at_the_time_limit(write_yaml):
+    """Where nothing holds one sequence, the count of GPUs that would had its own 10 s cap;
+    it now ends with the run's grace, and says that the time limit ended it."""
+    hw = write_yaml("one.yaml", {"name": "one-h100", "gpu": {"type": "H100-SXM5-80GB"},
+                                 "nodes": 1, "gpus_per_node": 1,
+                                 "intra_node": {"bandwidth_gbps": 450, "latency_us": 3}})
+    p = make_problem(PROBLEMS / "models" / "deepseek-v3.yaml", hw)
+    past = Deadline(time.monotonic() - 10, time.monotonic() - 9)
+    t0 = time.monotonic()
+    reason, fix = why_not_served(p, SearchOptions(), serving_search(p), Targets(), None, past)
+    assert time.monotonic() - t0 < 1.0
+    assert "GB per GPU of 80.0 GB" in reason and "time limit ended the count" in fix
