@@ -6,17 +6,15 @@ independently of the search), the loaders `load_model` / `load_hardware` and the
 dataclasses, so other planners can build inputs in code.
 """
 
-__version__ = "0.1.0"
-
 # `check` below is the function: import the submodule of the same name first, so that a
 # later `import autopar.check` finds it loaded and does not rebind the attribute.
-from . import check as _check_module  # noqa: F401  (isort: keep first)
+from . import check as _check_module  # noqa: F401, I001  (keep first)
 from .api import check, make_problem, solve  # noqa: E402
-from .calibration import Calibration  # noqa: E402
+from .check.finding import Finding  # noqa: E402
+from .cost.calibration import Calibration  # noqa: E402
 from .errors import AutoparError, InfeasibleError, InputError  # noqa: E402
-from .finding import Finding  # noqa: E402
-from .plan import Plan  # noqa: E402
-from .spec import (  # noqa: E402
+from .plan.build import Plan  # noqa: E402
+from .spec.core import (  # noqa: E402
     GPUSpec,
     HardwareSpec,
     LinkSpec,
@@ -27,6 +25,7 @@ from .spec import (  # noqa: E402
     load_hardware,
     load_model,
 )
+from .version import __version__
 
 __all__ = [
     "solve", "check", "make_problem", "load_model", "load_hardware", "Plan", "Finding",

@@ -11,14 +11,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .calibration import Calibration
-from .cost import Problem
-from .deadline import Deadline, check_time_limit
+from .cost.calibration import Calibration
+from .cost.layer import Problem
 from .errors import InfeasibleError, InputError
-from .experts import placements_for
-from .plan import Plan, build_plan
-from .search import FALLBACK_GRACE_S, PIN_KEYS, SearchOptions, fits, search
-from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
+from .plan.build import Plan, build_plan
+from .search.deadline import Deadline, check_time_limit
+from .search.driver import FALLBACK_GRACE_S, PIN_KEYS, SearchOptions, fits, search
+from .search.experts import placements_for
+from .spec.core import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
 
 __all__ = ["solve", "check", "load_model", "load_hardware", "Plan", "make_problem"]
 
@@ -84,7 +84,7 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     if bad:
         raise InputError("pins", bad[0], f"unknown option; known: {', '.join(PIN_KEYS)}")
     opts = SearchOptions(pins=pins, time_limit_s=time_limit_s, seed=seed, workers=workers)
-    from .serveplan import serve, wants_serving
+    from .serve.plan import serve, wants_serving
 
     if wants_serving(p.workload) or frontier or disaggregate or decode_hw is not None:
         dhw = decode_hw if decode_hw is None or isinstance(decode_hw, HardwareSpec) \
@@ -122,8 +122,8 @@ def check(plan: Plan | dict | str | Path,
     independently of the search: the findings `autopar check` prints, errors first.
 
     Model, hardware and workload default to the plan's own `inputs`."""
-    from .check import check_plan
-    from .plan import read_plan
+    from .check.verify import check_plan
+    from .plan.build import read_plan
 
     base, source = None, "plan"
     if isinstance(plan, Plan):
@@ -189,7 +189,7 @@ def _gpus_needed(p: Problem, opts: SearchOptions, deadline: Deadline | None = No
 
 def _static_bytes(p: Problem) -> float:
     """Bytes the model needs wherever it runs: weights (+ gradients and optimizer states)."""
-    from .components import param_count, weight_bytes
+    from .model.components import param_count, weight_bytes
 
     states = p.workload.grad_bytes + p.workload.optimizer_bytes if p.training else 0
     return weight_bytes(p.model) + param_count(p.model)["total"] * states

@@ -19,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from autopar.loads import zipf_profile  # noqa: E402
-from autopar.placement import Placement, PlacementProblem, place_experts, place_layers  # noqa: E402
+from autopar.search.placement import Placement, PlacementProblem, place_experts, place_layers  # noqa: E402
+from autopar.spec.loads import zipf_profile  # noqa: E402
 
 PLACERS = ("round_robin", "greedy", "node_local", "cpsat")
 TOKENS = 16384 * 8  # routed tokens per MoE layer: 16k tokens x top-8
@@ -192,7 +192,7 @@ def main() -> None:
         "public-balancer style (water-fill spare slots to the highest load per replica, then "
         "LPT into the least loaded GPU with room, node-unaware); node-local = experts "
         "balanced over nodes first, replicas only inside a node; CP-SAT = this project "
-        "(docs in `autopar/placement.py`).",
+        "(docs in `autopar/search/placement.py`).",
         "",
         "## Headline checks",
         "",

@@ -22,10 +22,10 @@ from dataclasses import replace
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from autopar.api import load_model, make_problem, solve  # noqa: E402
-from autopar.disagg import disagg_search  # noqa: E402
-from autopar.export import command  # noqa: E402
-from autopar.frontier import Targets, serving_search  # noqa: E402
-from autopar.serving_report import frontier_png  # noqa: E402
+from autopar.export.engines import command  # noqa: E402
+from autopar.serve.disagg import disagg_search  # noqa: E402
+from autopar.serve.frontier import Targets, serving_search  # noqa: E402
+from autopar.serve.report import frontier_png  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 OUT = os.path.join(ROOT, "results")

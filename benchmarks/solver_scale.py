@@ -61,9 +61,9 @@ EXHAUSTIVE_BUDGET_S = 600.0
 CHILD = r"""
 import json, resource, sys, time
 from autopar.api import make_problem
-from autopar.baseline import megatron_default
-from autopar.search import SearchOptions, search
-from autopar.spec import parse_hardware, parse_model
+from autopar.search.baseline import megatron_default
+from autopar.search.driver import SearchOptions, search
+from autopar.spec.core import parse_hardware, parse_model
 model, hw, limit, exhaustive_budget = json.loads(sys.argv[1])
 mf = parse_model(model, "model") if isinstance(model, dict) else model
 hw = parse_hardware(hw, "hw") if isinstance(hw, dict) else hw
@@ -80,7 +80,7 @@ base = megatron_default(p)
 out["megatron"] = None if base is None else {"step": base.step_time,
                                              "layout": base.strategy.describe()}
 if exhaustive_budget > 0:
-    from autopar.oracle import exhaustive
+    from autopar.search.oracle import exhaustive
     t1 = time.perf_counter()
     try:
         o = exhaustive(p, SearchOptions(), budget_s=exhaustive_budget)

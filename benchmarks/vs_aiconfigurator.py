@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from autopar.api import load_model, make_problem, solve  # noqa: E402
-from autopar.serving import Evaluator, Layout, decode_time, point  # noqa: E402
+from autopar.serve.evaluate import Evaluator, Layout, decode_time, point  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 TTFT_MS, TPOT_MS = 2000.0, 50.0

@@ -16,14 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autopar.api import make_problem, solve
-from autopar.check import check_plan, format_findings
-from autopar.cli import main
-from autopar.experts import placements_for
-from autopar.plan import build_plan, gpu_record
-from autopar.planformat import decode_ids, encode_ids, read_gpus, records_form
-from autopar.report import summary
-from autopar.search import SearchOptions, search
-from autopar.spec import ModelSpec, Workload, parse_hardware
+from autopar.check.verify import check_plan, format_findings
+from autopar.cli.main import main
+from autopar.plan.build import build_plan, gpu_record
+from autopar.plan.report import summary
+from autopar.schema.gpus import decode_ids, encode_ids, read_gpus, records_form
+from autopar.search.driver import SearchOptions, search
+from autopar.search.experts import placements_for
+from autopar.spec.core import ModelSpec, Workload, parse_hardware
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "autopar/schema/plan.schema.json").read_text())
 MOE = ModelSpec("moe", 4, 256, 8, 4, 32, 512, True, 1000, experts=16, top_k=2,

@@ -19,15 +19,15 @@ from conftest import PROBLEMS, ROOT
 from test_search import random_case
 
 from autopar.api import make_problem, solve
-from autopar.cli import main
-from autopar.deadline import Deadline
+from autopar.cli.main import main
 from autopar.errors import InfeasibleError, InputError
-from autopar.oracle import exhaustive
-from autopar.plan import Plan
-from autopar.planformat import decode_ids, encode_ids
-from autopar.search import SearchOptions, compute_floor, search
-from autopar.selfcheck import validations
-from autopar.spec import Workload
+from autopar.plan.build import Plan
+from autopar.plan.selfcheck import validations
+from autopar.schema.gpus import decode_ids, encode_ids
+from autopar.search.deadline import Deadline
+from autopar.search.driver import SearchOptions, compute_floor, search
+from autopar.search.oracle import exhaustive
+from autopar.spec.core import Workload
 
 SEED = (PROBLEMS / "models" / "seed-moe.yaml", PROBLEMS / "hw" / "seed-3gpu.yaml")
 BIG = (PROBLEMS / "models" / "deepseek-v3-train.yaml", PROBLEMS / "hw" / "h800-256node.yaml")

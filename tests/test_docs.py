@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from autopar.calibration import parse_calibration
+from autopar.cost.calibration import parse_calibration
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)

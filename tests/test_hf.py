@@ -7,9 +7,9 @@ import json
 import pytest
 from conftest import PROBLEMS
 
-from autopar.components import param_count
 from autopar.errors import InputError
-from autopar.spec import load_model
+from autopar.model.components import param_count
+from autopar.spec.core import load_model
 
 
 @pytest.mark.parametrize("hf, yaml_name", [

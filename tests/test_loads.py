@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from autopar import loads
 from autopar.errors import InputError
-from autopar.loads import parse_expert_load
+from autopar.spec import loads as loads
+from autopar.spec.loads import parse_expert_load
 
 
 def test_uniform_rows_sum_to_total():

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from autopar.errors import InfeasibleError
-from autopar.loads import zipf_profile
-from autopar.placement import (
+from autopar.search.placement import (
     PlacementProblem,
     check_placement,
     greedy,
@@ -17,6 +16,7 @@ from autopar.placement import (
     round_robin,
     route_loads,
 )
+from autopar.spec.loads import zipf_profile
 
 FAST = {"time_limit_s": 0.3, "seed": 0, "workers": 1, "deterministic": True}
 

@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from conftest import PROBLEMS
 
-from autopar import selfcheck
 from autopar.api import make_problem, solve
-from autopar.cli import main
-from autopar.planformat import records_form
+from autopar.cli.main import main
+from autopar.plan import selfcheck as selfcheck
+from autopar.schema.gpus import records_form
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "autopar/schema/plan.schema.json").read_text())
 H100 = PROBLEMS / "hw" / "h100-8x.yaml"
@@ -77,7 +77,7 @@ def test_shards_cover_each_tensor_exactly_once(mixtral_plans):
 
 
 def test_shards_uneven_tp_split():
-    from autopar.shards import split
+    from autopar.model.shards import split
 
     pieces = [split(10, 3, r) for r in range(3)]
     assert pieces == [(0, 4), (4, 7), (7, 10)]

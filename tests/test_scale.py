@@ -11,9 +11,15 @@ from conftest import PROBLEMS
 from test_search import random_case
 
 from autopar.api import make_problem, solve
-from autopar.evaluate import evaluate
-from autopar.search import SearchOptions, _CostCache, enumerate_strategies, quick_bound, search
-from autopar.stages import StageInputs, dp_partition
+from autopar.cost.evaluate import evaluate
+from autopar.search.driver import (
+    SearchOptions,
+    _CostCache,
+    enumerate_strategies,
+    quick_bound,
+    search,
+)
+from autopar.search.stages import StageInputs, dp_partition
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -9,11 +9,11 @@ import pytest
 from conftest import PROBLEMS
 
 from autopar.api import make_problem, solve
-from autopar.cost import Problem
+from autopar.cost.layer import Problem
 from autopar.errors import InfeasibleError
-from autopar.oracle import exhaustive
-from autopar.search import SearchOptions, search
-from autopar.spec import GB, GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload, load_model
+from autopar.search.driver import SearchOptions, search
+from autopar.search.oracle import exhaustive
+from autopar.spec.core import GB, GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload, load_model
 
 OPTS = SearchOptions(time_limit_s=20.0, seed=0, workers=1)
 

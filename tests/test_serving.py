@@ -12,19 +12,19 @@ from conftest import PROBLEMS
 
 from autopar.api import check as plan_check
 from autopar.api import make_problem, solve
-from autopar.calibration import Calibration, parse_calibration
-from autopar.cli import main
-from autopar.cost import Problem, kv_bytes_per_token_layer
-from autopar.deadline import Deadline
-from autopar.disagg import disagg_search
+from autopar.cli.main import main
+from autopar.cost.calibration import Calibration, parse_calibration
+from autopar.cost.layer import Problem, kv_bytes_per_token_layer
 from autopar.errors import InfeasibleError, InputError
-from autopar.export import export_text
-from autopar.frontier import Targets, pareto, serving_ceiling, serving_search
-from autopar.planformat import gpu_records
-from autopar.search import SearchOptions
-from autopar.serveplan import serve, why_not_served
-from autopar.serving import Evaluator, Layout, decode_time
-from autopar.spec import (
+from autopar.export.engines import export_text
+from autopar.schema.gpus import gpu_records
+from autopar.search.deadline import Deadline
+from autopar.search.driver import SearchOptions
+from autopar.serve.disagg import disagg_search
+from autopar.serve.evaluate import Evaluator, Layout, decode_time
+from autopar.serve.frontier import Targets, pareto, serving_ceiling, serving_search
+from autopar.serve.plan import serve, why_not_served
+from autopar.spec.core import (
     GB,
     GPUSpec,
     HardwareSpec,
@@ -78,7 +78,7 @@ def test_kv_cache_memory_and_max_concurrency():
     dec = ev.phase(Layout(1, 1, 1, 1, 1), "decode", 4)
     kv = 4 * 1024 * m.layers * 2 * 8 * 128 * 2  # sequences x tokens x layers x K,V bytes
     assert dec.evaluation.stages[0].memory.kv_cache == pytest.approx(kv)
-    from autopar.serving import point
+    from autopar.serve.evaluate import point
     pt = point(ev, Layout(1, 1, 1, 1, 1), 4)
     free = p.hw.gpu.memory_bytes - pt.memory_bytes + dec.evaluation.stages[0].memory.kv_cache
     assert pt.max_concurrency == int(free // (kv / 4))
@@ -168,7 +168,7 @@ def test_tpot_target_bisects_concurrency_to_the_limit(qwen):
     b = res.best
     assert b.tpot_s * 1e3 <= 20.0
     ev = Evaluator(qwen)
-    from autopar.serving import point
+    from autopar.serve.evaluate import point
     nxt = point(ev, b.layout, b.per_replica + 1)
     assert nxt is None or nxt.tpot_s * 1e3 > 20.0  # one more sequence breaks the target
 
@@ -277,7 +277,7 @@ def test_export_has_the_plans_parallel_sizes(seed_plan):
 
 
 def test_export_warns_when_the_plan_leaves_the_engine_no_headroom():
-    from autopar.export import launch_section
+    from autopar.export.engines import launch_section
 
     deg = {"tp": 1, "pp": 1, "dp": 8, "ep": 8, "etp": 1}
     tight = launch_section(deg, True, 200, 79e9, 78e9, 80e9, 3072, 1)
@@ -288,7 +288,7 @@ def test_export_warns_when_the_plan_leaves_the_engine_no_headroom():
 
 
 def test_export_flags_layouts_an_engine_cannot_express():
-    from autopar.export import launch_section
+    from autopar.export.engines import launch_section
     ls = launch_section({"tp": 2, "pp": 1, "dp": 4, "ep": 2, "etp": 1}, True, 8, 40e9, 30e9,
                         80e9, 4096, 1)
     assert not ls["vllm"]["exact"] and "EP" in ls["vllm"]["why"]
@@ -325,7 +325,7 @@ def test_cli_solve_targets_override_the_file(tmp_path):
 
 def test_workload_reads_phase_both_and_targets(write_yaml):
     from autopar.errors import InputError
-    from autopar.spec import parse_workload
+    from autopar.spec.core import parse_workload
     w = parse_workload({"kind": "inference", "phase": "both", "input_len": 10, "output_len": 5,
                         "ttft_ms": 100, "tpot_ms": 20}, "x")
     assert (w.phase, w.ttft_ms, w.tpot_ms, w.batch) == ("both", 100.0, 20.0, 1)
@@ -339,7 +339,7 @@ def test_workload_reads_phase_both_and_targets(write_yaml):
 def test_check_recomputes_the_serving_plan(seed_plan):
     import copy
 
-    from autopar.check import check_plan
+    from autopar.check.verify import check_plan
     assert not [x for x in check_plan(copy.deepcopy(seed_plan.data)) if x.severity == "error"]
     bad = copy.deepcopy(seed_plan.data)
     bad["metrics"]["tpot_s"] *= 0.5  # a TPOT the serving point does not give
@@ -358,7 +358,7 @@ def test_frontier_png_with_the_plot_extra(tmp_path):
 def test_target_without_its_phase_is_an_input_error():
     """A TTFT limit on a decode-only step (or TPOT on prefill) cannot be met or missed."""
     from autopar.errors import InputError
-    from autopar.spec import parse_workload
+    from autopar.spec.core import parse_workload
 
     base = {"kind": "inference", "batch": 8, "input_len": 128, "output_len": 16}
     with pytest.raises(InputError, match="ttft_ms: a TTFT target needs a prefill"):
@@ -395,7 +395,7 @@ def test_fp8_checkpoint_stores_and_reads_linear_layers_in_one_byte():
 
 
 def test_fp8_serving_plan_passes_check_and_fits_where_bf16_does_not(tmp_path):
-    from autopar.check import check_plan
+    from autopar.check.verify import check_plan
 
     mf = load_model(SEED_SERVE)  # 7.6 B parameters, 7.3 B of them in linear layers
     one = load_hardware(SEED_HW)
@@ -438,7 +438,7 @@ def test_serving_spare_slots_hold_replicas_whose_memory_and_balance_are_costed()
     the replicas' weights are in each GPU's memory (fewer sequences fit) and are read by a
     decode step, the lower expert imbalance shortens the prefill, and `check` agrees with
     every figure."""
-    from autopar.check import check_plan
+    from autopar.check.verify import check_plan
     pins = {"tp": 1, "dp": 8, "ep": 2, "etp": 4}
     plans = {n: solve(_skewed_mixtral(n), H100, pins=pins, time_limit_s=4).data for n in (0, 2)}
     flat, spare = plans[0], plans[2]
@@ -472,7 +472,7 @@ def test_serving_searches_spare_slots_under_skew_only():
     none = solve(_skewed_mixtral(0), H100, time_limit_s=4).data
     assert free["strategy"]["spare_slots"] > 0
     assert free["metrics"]["tokens_per_s_per_gpu"] > none["metrics"]["tokens_per_s_per_gpu"]
-    from autopar.frontier import layouts
+    from autopar.serve.frontier import layouts
     skew = layouts(make_problem(_skewed_mixtral(None), H100), SearchOptions())
     assert {x.spare for x in skew if x.ep > 1} == {0, 1, 2}
     assert {x.spare for x in skew if x.ep == 1} == {0}

@@ -17,9 +17,9 @@ from dataclasses import replace
 
 from megatron_table1 import even_cut, problem, published, runs
 
-from autopar.calibration import Calibration
-from autopar.cost import MoEState
-from autopar.evaluate import evaluate
+from autopar.cost.calibration import Calibration
+from autopar.cost.evaluate import evaluate
+from autopar.cost.layer import MoEState
 
 
 def step_time(gemm_peak: float, r: dict) -> float:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import yaml
 
-from autopar.cost import MoEState, Problem
-from autopar.evaluate import Evaluation, evaluate
-from autopar.plan import PHASES
-from autopar.search import SearchOptions, search
-from autopar.spec import HardwareSpec, ModelSpec, Workload, load_hardware
-from autopar.strategy import Strategy
+from autopar.cost.evaluate import Evaluation, evaluate
+from autopar.cost.layer import MoEState, Problem
+from autopar.cost.strategy import Strategy
+from autopar.plan.build import PHASES
+from autopar.search.driver import SearchOptions, search
+from autopar.spec.core import HardwareSpec, ModelSpec, Workload, load_hardware
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).with_name("megatron_runs.yaml")
@@ -105,7 +105,7 @@ def run_pinned(r: dict, year: int) -> tuple[Problem, Row]:
 
 
 def timing_of(p: Problem, ev: Evaluation) -> dict:
-    from autopar.plan import _timing
+    from autopar.plan.build import _timing
 
     return _timing(p, ev.strategy, ev)
 

@@ -1,0 +1,404 @@
+"""A plan's figures recomputed from the specs and its stated layout, for `autopar check`.
+
+Written from docs/cost-model.md and `autopar.model.components` alone: nothing here calls the cost
+model, the evaluator or the search, so a planner bug cannot hide by being computed twice the
+same way. Memory, collective sizes and FLOPs follow the named formulas (`memory-training`,
+`memory`, `tp-comm`, `ep-comm`, `p2p`, `dp-comm`, `flops`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..model.components import Component, embedding_components, head_components, layer_components
+from ..spec.core import HardwareSpec, ModelSpec, Workload
+
+
+# --------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class Layout:
+    """The degrees a plan states, with Megatron's rank order: TP fastest, then DP, then PP;
+    inside a stage the experts fold onto the same TP x DP GPUs as ETP, EP, then EDP."""
+
+    num_gpus: int
+    tp: int
+    pp: int
+    dp: int
+    ep: int
+    etp: int
+    micro_batch: int
+    num_micro_batches: int
+    recompute: str
+    zero: int
+    sequence_parallel: bool
+    stage_layers: tuple[tuple[int, int], ...]
+    virtual_stages: int = 1  # interleaved 1F1B: model chunks per pipeline stage
+
+    @staticmethod
+    def from_strategy(s: dict) -> Layout:
+        return Layout(int(s["num_gpus"]), int(s["tp"]), int(s["pp"]), int(s["dp"]),
+                      int(s["ep"]), int(s["etp"]), int(s["micro_batch"]),
+                      int(s["num_micro_batches"]), s["recompute"], int(s["zero"]),
+                      bool(s["sequence_parallel"]),
+                      tuple((int(a), int(b)) for a, b in s["stage_layers"]),
+                      int(s.get("virtual_stages", 1)))
+
+    @property
+    def width(self) -> int:
+        return self.tp * self.dp
+
+    @property
+    def edp(self) -> int:
+        return self.width // (self.ep * self.etp)
+
+    def coords(self, gpu: int) -> dict[str, int]:
+        local = gpu % self.width
+        return {"stage": gpu // self.width, "tp_rank": local % self.tp,
+                "dp_rank": local // self.tp, "etp_rank": local % self.etp,
+                "ep_rank": (local // self.etp) % self.ep,
+                "edp_rank": local // (self.etp * self.ep)}
+
+    def groups(self, kind: str) -> list[list[int]]:
+        """Every group of one kind ("tp", "dp", "ep", "edp"), as GPU ids."""
+        out: dict[tuple, list[int]] = {}
+        for g in range(self.num_gpus):
+            c = self.coords(g)
+            key = {"tp": (c["stage"], c["dp_rank"]),
+                   "dp": (c["stage"], c["tp_rank"]),
+                   "ep": (c["stage"], c["edp_rank"], c["etp_rank"]),
+                   "edp": (c["stage"], c["ep_rank"], c["etp_rank"])}[kind]
+            out.setdefault(key, []).append(g)
+        return list(out.values())
+
+
+def in_flight(lay: Layout, stage: int) -> float:
+    """Micro-batches whose activations a training stage holds at once [pipeline-memory]:
+    min(p - k, m) under 1F1B; interleaved over v chunks, Megatron's warm-up runs
+    2 (p - k - 1) + (v - 1) p chunk forwards before the first backward, each chunk 1/v of
+    the stage (Korthikanti et al. 2022 sec. 4.2.3)."""
+    p, v, m = lay.pp, lay.virtual_stages, lay.num_micro_batches
+    if v == 1:
+        return min(p - stage, m)
+    return min(2 * (p - stage - 1) + (v - 1) * p + 1, m * v) / v
+
+
+def pipeline_time(busy: list[float], m: int, v: int = 1) -> float:
+    """[1f1b] sum over stages of one micro-batch + (m - 1) x the slowest; interleaving over
+    v chunks shrinks fill and drain by v: sum / v + (m - 1/v) x the slowest."""
+    return sum(busy) / v + (m - 1 / v) * max(busy)
+
+
+def experts_in_tp_group(w: Workload, lay: Layout) -> bool:
+    """[serving-moe] Serving without sequence parallelism, a TP group that holds whole EP x ETP
+    groups runs its experts on the tokens every rank already has: no all-to-all, no buffers."""
+    return (w.kind != "training" and not lay.sequence_parallel and lay.ep * lay.etp > 1
+            and lay.tp % (lay.ep * lay.etp) == 0)
+
+
+def gemm_dtype(m: ModelSpec, w: Workload | None) -> str:
+    """[roofline, metrics] The precision the blocks' linear layers run at: the workload's
+    `precision`, else the checkpoint's `weight_dtype` (fp8 serving), else the model dtype.
+    MFU and HFU are taken against this precision's peak."""
+    return (w.precision if w is not None else None) or m.weight_dtype or m.dtype
+
+
+def tokens_per_micro_batch(w: Workload, lay: Layout) -> int:
+    return lay.micro_batch * w.tokens_per_sample
+
+
+def samples_per_replica(w: Workload, lay: Layout) -> int:
+    return -(-w.batch // lay.dp)
+
+
+# --------------------------------------------------------------------------- memory
+def _act(c: Component, m: ModelSpec, T: float, lay: Layout, imbalance: float) -> float:
+    """Saved activations of one component per micro-batch on one GPU (Korthikanti sec. 4,
+    per component): TP splits the sharded part, sequence parallelism the replicated part;
+    an expert keeps what the tokens routed to its EP rank (the busiest, by `imbalance`) need."""
+    sp = lay.tp if lay.sequence_parallel else 1
+    if c.is_expert:
+        return T * m.top_k / lay.tp * imbalance * c.act_bytes_sharded
+    if c.role == "replicated":
+        return T / sp * (c.act_bytes_sharded + c.act_bytes_replicated)
+    return T * c.act_bytes_sharded / lay.tp + T * c.act_bytes_replicated / sp
+
+
+def layer_activations(m: ModelSpec, w: Workload, lay: Layout, layer: int, imbalance: float,
+                      flash: bool) -> tuple[float, float]:
+    """(bytes saved under the plan's recompute mode, bytes saved with none) per micro-batch."""
+    T = tokens_per_micro_batch(w, lay)
+    full = sum(_act(c, m, T, lay, imbalance)
+               for c in layer_components(m, layer, w.context_len, w.causal, flash))
+    if lay.recompute == "full":  # only the layer input is kept
+        sp = lay.tp if lay.sequence_parallel else 1
+        return T * m.hidden * m.dtype_bytes / sp, full
+    if lay.recompute == "selective" and not flash:  # the attention scores are dropped
+        return full - T * 5 * m.heads * w.context_len / lay.tp, full
+    return full, full
+
+
+def edge_activations(m: ModelSpec, w: Workload, lay: Layout) -> tuple[float, float]:
+    """(embedding, final norm + LM head) activations per micro-batch; none when serving."""
+    if w.kind != "training":
+        return 0.0, 0.0
+    T = tokens_per_micro_batch(w, lay)
+    return (sum(_act(c, m, T, lay, 1.0) for c in embedding_components(m)),
+            sum(_act(c, m, T, lay, 1.0) for c in head_components(m)))
+
+
+@dataclass(frozen=True)
+class StageParams:
+    dense: float  # non-expert parameters one GPU holds (TP-split ones divided)
+    replicated: float  # of those, the ones every TP rank holds whole (TP > 1 only)
+    expert: float  # expert parameters one GPU holds
+    linear: float = 0.0  # of `dense`, the blocks' linear layers (stored in weight_dtype)
+
+
+def stage_params(m: ModelSpec, lay: Layout, stage: int,
+                 own_experts: dict[int, int]) -> StageParams:
+    """Parameters on one GPU of `stage`; `own_experts[layer]` is how many experts (replicas
+    included) this GPU's EP rank holds in that MoE layer."""
+    first, last = lay.stage_layers[stage]
+    dense = repl = expert = linear = 0.0
+    for layer in range(first, last + 1):
+        for c in layer_components(m, layer, 1.0):
+            if c.is_expert:
+                expert += own_experts.get(layer, m.experts) * c.params / lay.etp
+            elif c.role == "replicated":
+                dense += c.params
+                repl += c.params if lay.tp > 1 else 0.0
+            else:
+                dense += c.params / lay.tp
+                linear += c.params / lay.tp if c.role in ("column", "row") else 0.0
+    edges = (embedding_components(m) if stage == 0 else []) + (
+        head_components(m) if stage == lay.pp - 1 else [])
+    for c in edges:
+        dense += c.params if c.role == "replicated" else c.params / lay.tp
+        repl += c.params if c.role == "replicated" and lay.tp > 1 else 0.0
+    if m.tie_embeddings and lay.pp == 1:  # one table serves as embedding and LM head
+        dense -= m.vocab * m.hidden / lay.tp
+    return StageParams(dense, repl, expert, linear)
+
+
+def kv_bytes_per_token_layer(m: ModelSpec, tp: int) -> float:
+    """KV cache per token per layer on one GPU: GQA heads split over TP (one copy per rank
+    once TP exceeds them); MLA's compressed latent and rope key on every rank."""
+    if m.mla is not None:
+        return (m.mla.kv_lora_rank + m.mla.qk_rope_head_dim) * m.dtype_bytes
+    return 2 * max(m.kv_heads / tp, 1.0) * m.head_dim * m.dtype_bytes
+
+
+def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, stage: int,
+                    own_experts: dict[int, int], imbalance: dict[int, float],
+                    flash: bool = True) -> dict[str, float]:
+    """One GPU's memory by term, keyed as in the plan's `gpus[].memory` [memory-training,
+    memory]. Transient terms (one layer's activations, all-to-all buffers) are the largest
+    over the whole model, as docs/cost-model.md states."""
+    b = m.dtype_bytes
+    first, last = lay.stage_layers[stage]
+    par = stage_params(m, lay, stage, own_experts)
+    acts = {layer: layer_activations(m, w, lay, layer, imbalance.get(layer, 1.0), flash)
+            for layer in range(m.layers)}
+    emb, head = edge_activations(m, w, lay)
+    peak = max([none for _, none in acts.values()] + [emb, head])
+    moe = any(m.is_moe_layer(x) for x in range(m.layers)) and not experts_in_tp_group(w, lay)
+    T = tokens_per_micro_batch(w, lay)
+    out = dict.fromkeys(("weights_bytes", "gradients_bytes", "optimizer_bytes",
+                         "activations_bytes", "activations_no_recompute_bytes",
+                         "kv_cache_bytes", "tp_overhead_bytes"), 0.0)
+    out["workspace_bytes"] = 2 * T / lay.tp * m.top_k * m.hidden * b if moe else 0.0
+    out["reserved_bytes"] = hw.reserved_bytes
+    if w.kind == "training":
+        def shard(level: int) -> tuple[int, int]:
+            return (lay.dp, lay.edp) if lay.zero >= level else (1, 1)
+
+        for key, per_param, level in (("weights_bytes", b, 3),
+                                      ("gradients_bytes", w.grad_bytes, 2),
+                                      ("optimizer_bytes", w.optimizer_bytes, 1)):
+            d, e = shard(level)
+            out[key] = per_param * (par.dense / d + par.expert / e)
+            out["tp_overhead_bytes"] += per_param * par.replicated / d
+        k = in_flight(lay, stage)
+        edges = (emb if stage == 0 else 0.0) + (head if stage == lay.pp - 1 else 0.0)
+        layers = range(first, last + 1)
+        out["activations_bytes"] = k * (sum(acts[x][0] for x in layers) + edges)
+        out["activations_no_recompute_bytes"] = k * (
+            sum(acts[x][1] for x in layers) + edges)
+        if lay.recompute == "full":  # one layer's activations live while it is recomputed
+            out["activations_bytes"] += peak
+    else:  # the blocks' linear layers in the checkpoint's weight_dtype
+        out["weights_bytes"] = b * (par.dense - par.linear) + m.linear_bytes * (
+            par.linear + par.expert)
+        out["tp_overhead_bytes"] = b * par.replicated
+        out["kv_cache_bytes"] = (samples_per_replica(w, lay) * w.kv_len * (last - first + 1)
+                                 * kv_bytes_per_token_layer(m, lay.tp))
+        out["activations_bytes"] = out["activations_no_recompute_bytes"] = peak
+    out["total_bytes"] = sum(out[k] for k in (
+        "weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes",
+        "kv_cache_bytes", "workspace_bytes", "reserved_bytes"))
+    return out
+
+
+def static_bytes_lower_bound(m: ModelSpec, w: Workload, num_gpus: int) -> float:
+    """Per-GPU bytes no layout can go below: every parameter's weights (and, for training,
+    gradients and optimizer states) stored once, spread evenly over all GPUs."""
+    from ..model.components import param_count, weight_bytes
+
+    states = w.grad_bytes + w.optimizer_bytes if w.kind == "training" else 0
+    return (weight_bytes(m) + param_count(m)["total"] * states) / num_gpus
+
+
+# --------------------------------------------------------------------------- communication
+@dataclass(frozen=True)
+class Collective:
+    collective: str
+    group_size: int
+    bytes_per_call: float
+    calls_per_step: int
+    min_time_per_call_s: float  # on the nominal link, no latency: nothing can be faster
+
+
+def _link_bw(hw: HardwareSpec, groups: list[list[int]], all_to_all: bool = False) -> float:
+    """The fastest rate any group of this kind could use [dp-comm]: NVLink inside a node.
+    Across nodes a ring collective runs one ring per member on each node, each out of its
+    own member's NIC: `min(g x NIC, max(NVLink, NIC))` per GPU, `g` the fewest members the
+    group has on any node (one member per node: the NIC). An all-to-all sends over the NIC
+    and NVLink at once, so NIC + NVLink bounds it."""
+    best = 0.0
+    for g in groups:
+        per_node: dict[int, int] = {}
+        for x in g:
+            per_node[x // hw.gpus_per_node] = per_node.get(x // hw.gpus_per_node, 0) + 1
+        if len(per_node) == 1:
+            bw = hw.intra.bytes_per_s
+        elif all_to_all:
+            bw = hw.inter.bytes_per_s + hw.intra.bytes_per_s
+        else:
+            bw = min(min(per_node.values()) * hw.inter.bytes_per_s,
+                     max(hw.intra.bytes_per_s, hw.inter.bytes_per_s))
+        best = max(best, bw)
+    return best or hw.intra.bytes_per_s
+
+
+def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout,
+                         fullest: dict[int, int] | None = None,
+                         ) -> dict[tuple[str, int, str], Collective]:
+    """The collectives of each stage, keyed (group, stage, direction or part) [tp-comm,
+    ep-comm, p2p, dp-comm]. Calls count forward, backward and the recompute forward.
+    `fullest[layer]`: expert copies on the fullest EP rank (what ZeRO-3 gathers)."""
+    training = w.kind == "training"
+    b, h = m.dtype_bytes, m.hidden
+    T = tokens_per_micro_batch(w, lay)
+    passes = 1 + (1 if training else 0) + (1 if lay.recompute == "full" else 0)
+    out: dict[tuple[str, int, str], Collective] = {}
+    for k, (first, last) in enumerate(lay.stage_layers):
+        n = last - first + 1
+        n_moe = sum(m.is_moe_layer(x) for x in range(first, last + 1))
+        if lay.tp > 1:
+            S = T * h * b
+            t = lay.tp
+            bw = _link_bw(hw, lay.groups("tp"))
+            out[("tp", k, "")] = Collective(
+                "reduce_scatter+all_gather" if lay.sequence_parallel else "all_reduce", t, S,
+                2 * passes * n * lay.num_micro_batches, 2 * (t - 1) / t * S / bw)
+            # [tp-comm] the vocab-parallel embedding and the loss: one all-reduce per pass
+            # (serving computes logits for each sequence's last position only)
+            edges = (["embedding"] if k == 0 else []) + (["lm_head"] if k == lay.pp - 1
+                                                         else [])
+            for part in edges:
+                Se = S if training or part == "embedding" else lay.micro_batch * h * b
+                out[("tp", k, part)] = Collective(
+                    "all_reduce", t, Se, lay.num_micro_batches * (2 if training else 1),
+                    2 * (t - 1) / t * Se / bw)
+        if n_moe and (lay.ep > 1 or lay.etp > 1) and not experts_in_tp_group(w, lay):
+            S = T / lay.tp * m.top_k * h * b
+            e = lay.ep
+            out[("ep", k, "")] = Collective(
+                "all_to_all", e, S, 2 * passes * n_moe * lay.num_micro_batches,
+                (e - 1) / e * S / _link_bw(hw, lay.groups("ep"), all_to_all=True))
+        if lay.pp > 1:
+            S = T * h * b / lay.tp
+            bw = max(hw.intra.bytes_per_s, hw.inter.bytes_per_s)
+            v = lay.virtual_stages  # interleaved: a send per chunk boundary and micro-batch
+            sends_f = v if k < lay.pp - 1 else v - 1  # the last chunk has no next one
+            sends_b = v if k > 0 else v - 1
+            if sends_f:
+                out[("pp", k, "forward")] = Collective(
+                    "send_recv", 2, S, lay.num_micro_batches * sends_f, S / bw)
+            if training and sends_b:
+                out[("pp", k, "backward")] = Collective(
+                    "send_recv", 2, S, lay.num_micro_batches * sends_b, S / bw)
+        if training and (lay.dp > 1 or (m.is_moe and lay.edp > 1)):
+            params = stage_params(m, lay, k, {}).dense
+            S = params * w.grad_bytes
+            d = lay.dp
+            bw = _link_bw(hw, lay.groups("dp"))
+            if lay.zero >= 1:  # reduce-scatter the gradients, all-gather the new weights
+                t_min = (d - 1) / d * (S + params * b) / bw
+            else:
+                t_min = 2 * (d - 1) / d * S / bw
+            out[("dp", k, "")] = Collective(
+                "reduce_scatter+all_gather" if lay.zero >= 1 else "all_reduce", d, S, 1, t_min)
+        if training and lay.zero >= 3:  # parameters gathered before forward and backward
+            par = stage_params(m, lay, k, fullest or {})
+            for group, size, nbytes, kind in (("dp", lay.dp, par.dense * b, "dp"),
+                                              ("edp", lay.edp, par.expert * b, "edp")):
+                if size > 1 and (group == "dp" or m.is_moe):
+                    bw = _link_bw(hw, lay.groups(kind))
+                    out[(group, k, "parameters")] = Collective(
+                        "all_gather", size, nbytes, 2 * lay.num_micro_batches,
+                        (size - 1) / size * nbytes / bw)
+    return out
+
+
+# --------------------------------------------------------------------------- FLOPs
+def decoding(w: Workload) -> bool:
+    return w.kind != "training" and w.phase == "decode"
+
+
+def layer_flops(m: ModelSpec, w: Workload, layer: int,
+                flash: bool = True) -> list[tuple[Component, float]]:
+    """Each component of a layer with its forward FLOPs per token it processes; a decode
+    token attends to its whole context, MLA with its up-projections absorbed
+    [decode-attention] (`components` holds the rule)."""
+    return [(c, c.flops_per_token) for c in layer_components(
+        m, layer, w.context_len, w.causal, flash, decode=decoding(w))]
+
+
+def forward_flops_per_token(m: ModelSpec, w: Workload) -> float:
+    """Model forward FLOPs per processed token (top_k experts per token); a prefill computes
+    logits for the last position only."""
+    f = sum(fl * (m.top_k if c.is_expert else 1)
+            for layer in range(m.layers) for c, fl in layer_flops(m, w, layer))
+    head = sum(c.flops_per_token for c in head_components(m))
+    if w.kind != "training" and w.phase == "prefill":
+        head /= w.input_len
+    return f + head
+
+
+def model_flops_per_step(m: ModelSpec, w: Workload) -> float:
+    """Model FLOPs of one step, no recompute: forward x 3 when training [metrics]."""
+    passes = 3 if w.kind == "training" else 1
+    return forward_flops_per_token(m, w) * w.batch * w.tokens_per_sample * passes
+
+
+def hardware_flops_per_step(m: ModelSpec, w: Workload, recompute: str, tp: int,
+                            sequence_parallel: bool, flash: bool = True) -> float:
+    """FLOPs all GPUs run in one step [flops]: tokens x FLOPs/token x passes, plus one more
+    forward under full recompute (the attention core under selective), and the replicated
+    components (norms, router) run on every TP rank unless sequence parallelism splits them."""
+    tokens = w.batch * w.tokens_per_sample
+    passes = 3 if w.kind == "training" else 1
+    total = 0.0
+    for layer in range(m.layers):
+        for c, fl in layer_flops(m, w, layer, flash):
+            extra = 1 if recompute == "full" or (recompute == "selective"
+                                                 and c.role == "heads") else 0
+            mult = m.top_k if c.is_expert else 1
+            repl = tp if c.role == "replicated" and not sequence_parallel else 1
+            total += tokens * fl * mult * repl * (passes + extra)
+    head_tokens = w.batch if w.kind != "training" and w.phase == "prefill" else tokens
+    for c in head_components(m) + embedding_components(m):
+        repl = tp if c.role == "replicated" and not sequence_parallel else 1
+        total += head_tokens * c.flops_per_token * repl * passes
+    return total

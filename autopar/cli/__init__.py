@@ -1,0 +1,11 @@
+"""cli"""
+
+from .main import (  # noqa: F401
+    EXIT_INFEASIBLE,
+    Interrupted,
+    Interruptible,
+    Progress,
+    check,
+    main,
+    solve,
+)

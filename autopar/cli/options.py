@@ -1,0 +1,114 @@
+"""Command-line options that several commands share, defined once so that `solve` and
+`frontier` spell, range-check and explain them the same way, and the exit codes that every
+command's help lists."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import click
+
+from ..errors import InputError
+from ..search.deadline import MAX_TIME_LIMIT_S, check_time_limit
+
+EXIT_CODES = {
+    "solve": "0 plan written; 2 bad input (one line naming the file, the field and the "
+             "problem); 3 infeasible (why, and the smallest change that fits); 70 internal "
+             "error; 130 / 143 interrupted by SIGINT / SIGTERM (nothing written)",
+    "frontier": "0 frontier written; 2 bad input; 3 no feasible point (why, and what would "
+                "fit); 70 internal error; 130 / 143 interrupted (nothing written)",
+    "check": "0 sound (warnings only); 1 errors found; 2 unusable input; 70 internal error",
+    "export": "0 configuration printed; 2 bad input (not an autopar plan, or not one the "
+              "engine can launch); 70 internal error",
+}
+
+
+def epilog(command: str) -> str:
+    """The exit-code paragraph of a command's --help."""
+    return "Exit codes: " + EXIT_CODES[command]
+
+
+def _stack(*decorators: Callable) -> Callable:
+    def apply(f: Callable) -> Callable:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return apply
+
+
+def model_hw(f: Callable) -> Callable:
+    """--model and --hw, both required."""
+    return _stack(
+        click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+                     help="model YAML (with an optional workload section) or HF config.json"),
+        click.option("--hw", "hw_path", required=True, type=click.Path(dir_okay=False),
+                     help="hardware YAML"),
+    )(f)
+
+
+def request_lengths(f: Callable) -> Callable:
+    """Inference request shape and routing."""
+    return _stack(
+        click.option("--input-len", type=click.IntRange(1, 10_000_000), default=None,
+                     help="inference: prompt tokens per request (ISL)"),
+        click.option("--output-len", type=click.IntRange(0, 10_000_000), default=None,
+                     help="inference: generated tokens per request (OSL)"),
+        click.option("--expert-load", default=None,
+                     help="expert routing: uniform | zipf:S[:SEED] | FILE "
+                          "(docs/expert-load.md)"),
+    )(f)
+
+
+def degree_pins(f: Callable) -> Callable:
+    """--tp --pp --dp --ep --etp: pin a degree; the rest is searched."""
+    what = {"tp": "tensor-parallel degree", "pp": "number of pipeline stages",
+            "dp": "data-parallel degree", "ep": "expert-parallel degree",
+            "etp": "expert tensor-parallel degree"}
+    return _stack(*(click.option(f"--{k}", type=click.IntRange(1, 100_000), default=None,
+                                 help=f"pin the {v}") for k, v in what.items()))(f)
+
+
+def calibration(f: Callable) -> Callable:
+    return click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+                        help="YAML of measured efficiencies overriding the defaults "
+                             "(docs/calibration.md)")(f)
+
+
+def solver_controls(f: Callable) -> Callable:
+    """CP-SAT seed and workers, recorded in the plan."""
+    return _stack(
+        click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True,
+                     help="CP-SAT random seed (recorded in the plan)"),
+        click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+                     help="CP-SAT search workers (1: deterministic)"),
+    )(f)
+
+
+def latency_targets(f: Callable) -> Callable:
+    """Serving latency limits."""
+    return _stack(
+        click.option("--ttft-ms", type=click.FloatRange(0.001, 1e9), default=None,
+                     help="time-to-first-token limit (ms): a serving constraint"),
+        click.option("--tpot-ms", type=click.FloatRange(0.001, 1e9), default=None,
+                     help="time-per-output-token limit (ms): a serving constraint"),
+    )(f)
+
+
+def _time_limit_value(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """--time-limit checked as it is parsed, before any work: a finite number of seconds
+    above 0 (NaN used to reach the plan as invalid JSON), refused in one line, exit 2."""
+    try:
+        return check_time_limit(value, "--time-limit")
+    except InputError as exc:
+        click.echo(f"autopar: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+def time_limit(f: Callable) -> Callable:
+    """--time-limit: seconds for the whole run, shared by `solve` and `frontier`."""
+    return click.option("--time-limit", type=float, default=10.0, show_default=True,
+                        callback=_time_limit_value,
+                        help="seconds for the whole run (search, placements, plan); a run "
+                             "cut short gives the best found so far (a plan says FEASIBLE, "
+                             f"with a bound); finite, > 0 and <= {MAX_TIME_LIMIT_S:.0f}")(f)

@@ -1,0 +1,128 @@
+"""Serving commands: `autopar frontier` (the throughput/latency frontier as a table, JSON
+and PNG) and `autopar export` (a plan's vLLM / SGLang launch configuration)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from ..api import make_problem
+from ..cost.calibration import parse_calibration
+from ..errors import InfeasibleError, InputError
+from ..export.engines import ENGINES, export_text
+from ..plan.build import read_plan, write_atomic
+from ..plan.files import check_target, require_extra
+from ..search.deadline import Deadline
+from ..search.driver import SearchOptions
+from ..serve.disagg import disagg_search
+from ..serve.evaluate import Evaluator
+from ..serve.frontier import Targets, serving_search
+from ..serve.plan import grace, why_not_served
+from ..serve.report import frontier_document, frontier_png, frontier_table
+from ..spec.core import load_hardware, load_model, read_data
+from . import options as opt
+from .main import Interruptible, _guard, _workload_from_flags, main
+
+
+@main.command(epilog=opt.epilog("frontier"))
+@opt.model_hw
+@click.option("--json", "as_json", is_flag=True, help="print the frontier JSON to stdout")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="write the frontier JSON here")
+@click.option("--png", type=click.Path(dir_okay=False), default=None,
+              help="plot the frontier to this PNG (needs the plot extra)")
+@click.option("--phase", type=click.Choice(["both", "decode", "prefill"]), default="both",
+              show_default=True, help="what one frontier point is: whole requests, one decode "
+                                      "step or one prefill")
+@opt.request_lengths
+@opt.latency_targets
+@click.option("--disaggregate", is_flag=True, help="add the disaggregated frontier")
+@click.option("--decode-hw", type=click.Path(dir_okay=False), default=None,
+              help="hardware YAML of the decode pool (implies --disaggregate)")
+@click.option("--spare-slots", type=click.IntRange(0, 1024), default=None,
+              help="extra expert slots per GPU for replicas of hot experts (default: searched "
+                   "under skew)")
+@opt.degree_pins
+@opt.calibration
+@opt.time_limit
+@opt.solver_controls
+def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_len,
+             expert_load, ttft_ms, tpot_ms, disaggregate, decode_hw, spare_slots, tp, pp, dp,
+             ep, etp, calibration, time_limit, seed, workers) -> None:
+    """Tokens/s per GPU against tokens/s per user for every serving layout and load.
+
+    --time-limit bounds the whole run; a search cut short gives the frontier of the layouts
+    it costed (its JSON says `time_limit_reached`)."""
+    deadline = Deadline.after(time_limit)
+
+    def run():
+        if png:  # say what is missing or unwritable before the search, not after it
+            require_extra("matplotlib", "plot", "--png")
+            check_target(png, "--png")
+        if out:
+            check_target(out)
+        mf = load_model(model_path)
+        base = mf.workload if mf.workload and mf.workload.kind == "inference" else None
+        wl = _workload_from_flags(base, "command line", "inference",
+                                  None if base else 1, None, phase, input_len,
+                                  output_len, expert_load, spare_slots)
+        wl = replace(wl, ttft_ms=wl.ttft_ms if ttft_ms is None else ttft_ms,
+                     tpot_ms=wl.tpot_ms if tpot_ms is None else tpot_ms)
+        calib = parse_calibration(read_data(calibration), calibration) if calibration else None
+        p = make_problem(replace(mf, workload=wl), hw_path, calibration=calib)
+        pins = {k: v for k, v in dict(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp).items()
+                if v is not None}
+        opts = SearchOptions(pins=pins, time_limit_s=time_limit, seed=seed, workers=workers)
+        targets = Targets(wl.ttft_ms, wl.tpot_ms)
+        if (disaggregate or decode_hw) and phase != "both":
+            raise InputError("command line", "--phase", "disaggregation needs phase both")
+        dhw = load_hardware(decode_hw) if decode_hw else None
+        split = disaggregate or decode_hw  # the aggregated search leaves the pools half
+        res = serving_search(p, opts, targets, None, Evaluator(p, opts),
+                             deadline.fraction(0.5 if split else 1.0), grace(deadline))
+        if res.best is None:  # the answer, exit code and advice of `solve`
+            raise InfeasibleError(*why_not_served(p, opts, res, targets, None, deadline))
+        dis = disagg_search(p, opts, targets, dhw, deadline) if split else None
+        return p, res, dis
+
+    with Interruptible() as stop:  # SIGINT / SIGTERM: exit 130 / 143, nothing written
+        p, res, dis = _guard(lambda: stop.run(run))
+        doc = frontier_document(p, res, dis)
+        if out:
+            text = json.dumps(doc, indent=1, allow_nan=False)
+            stop.writing = (Path(out), text)
+            _guard(lambda: write_atomic(out, text))
+        if png:
+            _guard(lambda: frontier_png(res, png, f"{p.model.name} on {p.hw.name}", dis))
+        if as_json:
+            click.echo(json.dumps(doc, indent=1))
+        else:
+            click.echo(frontier_table(res, dis))
+
+
+@main.command(epilog=opt.epilog("export"))
+@click.argument("plan_path", metavar="PLAN.json", type=click.Path(dir_okay=False))
+@click.option("--to", "engine", required=True, type=click.Choice(list(ENGINES)),
+              help="the serving engine to launch the plan on")
+@click.option("--format", "fmt", type=click.Choice(["command", "yaml"]), default="command",
+              show_default=True, help="a command line, or a YAML file for the engine's --config")
+@click.option("--model-path", default=None,
+              help="model name or path for the engine (default: the plan's model name)")
+def export(plan_path, engine, fmt, model_path) -> None:
+    """Print the vLLM or SGLang launch configuration of a plan."""
+    plan = _guard(lambda: read_plan(plan_path))
+    text = _guard(lambda: _export(plan, engine, fmt, model_path, plan_path))
+    click.echo(text.rstrip("\n"))
+
+
+def _export(plan, engine, fmt, model_path, source) -> str:
+    try:
+        return export_text(plan, engine, fmt, model_path)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(str(Path(source)), "", f"not an autopar plan: missing {exc}") from None
+
+
+__all__ = ["frontier", "export"]

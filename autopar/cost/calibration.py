@@ -1,0 +1,171 @@
+"""Achieved-efficiency figures the cost model multiplies peaks by, with their sources.
+
+Defaults are public measurements (cited below, in the GPU catalogue and in docs/calibration.md);
+a calibration YAML overrides any of them, so a user can plug in GEMM, attention and collective
+numbers measured on their own cluster without touching code. Fields left at None are filled
+from the GPU catalogue's measurements by `resolve` (the problem does this once), and fall back
+to the generic figures below for a GPU the catalogue has not measured.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from ..spec.fields import Fields
+
+if TYPE_CHECKING:
+    from ..spec.core import GPUSpec
+
+GB = 1e9
+# Generic fallbacks for a GPU without measurements in the catalogue.
+GENERIC_GEMM_PEAK = 0.75  # large bf16 GEMMs reach ~75-86% of peak (MAMF table, gpus.yaml)
+GENERIC_INTRA_EFF = 0.82  # NVLink ring all-reduce ~370 of 450 GB/s on H100 (nccl-tests #212)
+LINKS = ("local", "intra", "inter")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    # GEMM: eff = gemm_peak * prod(d / (d + gemm_half_dim)) over the three GEMM dims, so small
+    # or skinny GEMMs lose efficiency. gemm_peak None: the GPU's measured MAMF fraction.
+    gemm_peak: float | None = None
+    gemm_half_dim: float = 64.0
+    # Measured GEMMs: (GFLOP of one GEMM, achieved fraction of the 16-bit peak), sorted; when
+    # given it replaces the curve, log-interpolated and clamped at the ends.
+    gemm_table: tuple[tuple[float, float], ...] = ()
+    attention_eff: float = 0.55  # fused (flash) attention, fraction of dense peak
+    hbm_eff: float = 0.80  # achieved fraction of HBM bandwidth for streaming kernels
+    # Shortest time a kernel occupies the GPU, however little it does (launch, ramp-up and
+    # tail): what a one-token decode step is made of. aiconfigurator 0.12.0's H100 silicon
+    # database times a one-token fused add + RMSNorm at 3.1 us (results/vs-aiconfigurator.md).
+    kernel_floor_s: float = 3.0e-6
+    # Achieved fraction of nominal link rate (NCCL bus bandwidth): NVLink from the catalogue's
+    # measured all-reduce bus bandwidth (None until resolved); NDR IB 46-48 of 50 GB/s
+    # (nccl-tests #290).
+    link_eff: dict[str, float | None] = field(
+        default_factory=lambda: {"local": 1.0, "intra": None, "inter": 0.92}
+    )
+    # Measured ring-collective bus bandwidth per link: {link: ((group, bytes, B/s), ...)};
+    # it replaces the alpha-beta figures for all-reduce, reduce-scatter and all-gather.
+    collectives: dict[str, tuple[tuple[int, float, float], ...]] = field(default_factory=dict)
+    source: str = "defaults"
+
+    def gemm_eff(self, m: float, n: float, k: float) -> float:
+        """Achieved fraction of peak of an m x k by k x n GEMM."""
+        if self.gemm_table:
+            return _interp_log(self.gemm_table, 2 * m * n * k / 1e9)
+        h = self.gemm_half_dim
+        peak = GENERIC_GEMM_PEAK if self.gemm_peak is None else self.gemm_peak
+        return peak * (m / (m + h)) * (n / (n + h)) * (k / (k + h))
+
+    def busbw(self, link: str, group: int, nbytes: float) -> float | None:
+        """Measured bus bandwidth (B/s) of a ring collective of `nbytes` over `group` GPUs on
+        `link`: the rows of the nearest measured group size, log-interpolated in message
+        size; None when the link has no table."""
+        rows = self.collectives.get(link)
+        if not rows:
+            return None
+        sizes = sorted({r[0] for r in rows})
+        g = min(sizes, key=lambda x: (abs(math.log(x / max(group, 1))), x))
+        return _interp_log(tuple((r[1], r[2]) for r in rows if r[0] == g), nbytes)
+
+    def link(self, name: str) -> float:
+        v = self.link_eff.get(name)
+        return GENERIC_INTRA_EFF if v is None else v
+
+    def resolve(self, gpu: GPUSpec) -> Calibration:
+        """Fill the fields left at None from the GPU catalogue's measurements."""
+        changes: dict[str, Any] = {}
+        if self.gemm_peak is None and gpu.gemm_eff is not None:
+            changes["gemm_peak"] = gpu.gemm_eff
+        if self.link_eff.get("intra") is None:
+            changes["link_eff"] = {**self.link_eff, "intra": gpu.nvlink_eff or GENERIC_INTRA_EFF}
+        return replace(self, **changes) if changes else self
+
+
+def _interp_log(rows: tuple[tuple[float, float], ...], x: float) -> float:
+    """Piecewise-linear in log(x) through sorted (x, y) rows, clamped at both ends."""
+    xs = [r[0] for r in rows]
+    if x <= xs[0]:
+        return rows[0][1]
+    if x >= xs[-1]:
+        return rows[-1][1]
+    i = bisect_left(xs, x)
+    (x0, y0), (x1, y1) = rows[i - 1], rows[i]
+    w = math.log(x / x0) / math.log(x1 / x0)
+    return y0 + w * (y1 - y0)
+
+
+def parse_calibration(data: Any, source: str) -> Calibration:
+    f = Fields(source, data)
+    values: dict[str, Any] = {"source": source}
+    for name, lo, hi in (("gemm_peak", 1e-3, 1.0), ("gemm_half_dim", 0.0, 1e6),
+                         ("attention_eff", 1e-3, 1.0), ("hbm_eff", 1e-3, 1.0)):
+        v = f.float(name, lo, hi, default=None)
+        if v is not None:
+            values[name] = v
+    floor_us = f.float("kernel_floor_us", 0.0, 1000.0, default=None)
+    if floor_us is not None:
+        values["kernel_floor_s"] = floor_us * 1e-6
+    if f.has("gemm"):
+        values["gemm_table"] = _gemm_rows(f, "gemm")
+    else:
+        f.used.add("gemm")
+    if f.has("link_eff"):
+        g = f.section("link_eff")
+        links = dict(Calibration().link_eff)
+        for k in LINKS:
+            v = g.float(k, 1e-3, 1.0, default=None)
+            if v is not None:
+                links[k] = v
+        g.finish()
+        values["link_eff"] = links
+    else:
+        f.used.add("link_eff")
+    if f.has("collectives"):
+        g = f.section("collectives")
+        values["collectives"] = {k: _collective_rows(g, k) for k in LINKS if g.has(k)}
+        g.finish()
+    else:
+        f.used.add("collectives")
+    f.text("notes")
+    f.finish()
+    return replace(Calibration(), **values)
+
+
+def _rows(f: Fields, key: str) -> list[Fields]:
+    items = f.data[key]
+    f.used.add(key)
+    if not isinstance(items, list) or not items or len(items) > 10_000:
+        raise f.error(key, "expected a non-empty list of measurements")
+    return [Fields(f.source, item, f"{f.field(key)}[{i}]") for i, item in enumerate(items)]
+
+
+def _gemm_rows(f: Fields, key: str) -> tuple[tuple[float, float], ...]:
+    """`gemm: [{gflop, efficiency}]`: achieved fraction of the 16-bit peak per GEMM size."""
+    out = []
+    for r in _rows(f, key):
+        out.append((r.float("gflop", 1e-9, 1e9), r.float("efficiency", 1e-3, 1.0)))
+        r.finish()
+    return _sorted_unique(f, key, out)
+
+
+def _collective_rows(f: Fields, key: str) -> tuple[tuple[int, float, float], ...]:
+    """`collectives.<link>: [{group, bytes, busbw_gbps}]` as measured by nccl-tests."""
+    out = []
+    for r in _rows(f, key):
+        out.append((r.int("group", 2, 1_000_000), r.float("bytes", 1.0, 1e15),
+                    r.float("busbw_gbps", 1e-3, 1e6) * GB))
+        r.finish()
+    for g in {x[0] for x in out}:
+        _sorted_unique(f, key, [(b, v) for gg, b, v in out if gg == g])
+    return tuple(sorted(out))
+
+
+def _sorted_unique(f: Fields, key: str, rows: list) -> tuple:
+    rows = sorted(rows)
+    if len({r[0] for r in rows}) != len(rows):
+        raise f.error(key, "two measurements at the same size")
+    return tuple(rows)

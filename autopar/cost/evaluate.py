@@ -1,0 +1,303 @@
+"""Compose per-layer costs into stages, per-GPU memory and the step time of one layout.
+
+One function, `evaluate`, is the single definition of a layout's cost: the search, the
+exhaustive oracle and the plan builder all call it, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..spec.core import DTYPE_BYTES
+from . import comm
+from .layer import (
+    LayerCost,
+    MoEState,
+    Problem,
+    edge_cost,
+    kv_bytes_per_token_layer,
+    layer_cost,
+    strategy_groups,
+)
+from .strategy import Strategy
+
+
+@dataclass
+class Memory:
+    weights: float = 0.0
+    gradients: float = 0.0
+    optimizer: float = 0.0
+    activations: float = 0.0
+    activations_no_recompute: float = 0.0
+    kv_cache: float = 0.0
+    workspace: float = 0.0
+    tp_overhead: float = 0.0  # part of weights+grads+optimizer replicated across the TP group
+    reserved: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return (self.weights + self.gradients + self.optimizer + self.activations
+                + self.kv_cache + self.workspace + self.reserved)
+
+
+@dataclass
+class StageCost:
+    index: int
+    first_layer: int
+    end_layer: int  # exclusive
+    fwd: float  # per micro-batch, communication included
+    bwd: float
+    p2p_fwd: float
+    p2p_bwd: float
+    dp_sync: float
+    dp_exposed: float
+    optimizer: float
+    memory: Memory
+    in_flight: float
+    overlap_window: float = 0.0  # backward compute the gradient sync can hide behind
+    layer_costs: list[LayerCost] = field(repr=False, default_factory=list)
+    edges: list[LayerCost] = field(repr=False, default_factory=list)
+    # ZeRO-3: one all-gather of the stage's dense parameters over DP and of its experts over
+    # EDP, before each forward and each backward of every micro-batch (in fwd and bwd)
+    param_gather_dp: float = 0.0
+    param_gather_edp: float = 0.0
+
+    @property
+    def busy(self) -> float:
+        return self.fwd + self.bwd
+
+
+@dataclass
+class Evaluation:
+    strategy: Strategy
+    stages: list[StageCost]
+    step_time: float
+    bubble: float
+    capacity: float
+
+    @property
+    def feasible(self) -> bool:
+        return all(st.memory.total <= self.capacity for st in self.stages)
+
+    @property
+    def max_memory(self) -> float:
+        return max(st.memory.total for st in self.stages)
+
+
+def layer_costs(p: Problem, s: Strategy, moe: list[MoEState]) -> list[LayerCost]:
+    """Cost of every layer; identical (layer kind, MoE state) pairs are computed once."""
+    groups = strategy_groups(p, s)
+    cache: dict[tuple, LayerCost] = {}
+    out = []
+    for layer in range(p.model.layers):
+        key = (p.model.is_moe_layer(layer), moe[layer])
+        if key not in cache:
+            cache[key] = layer_cost(p, s, layer, moe[layer], groups)
+        out.append(cache[key])
+    return out
+
+
+@dataclass(frozen=True)
+class PeakTerms:
+    """Transient memory that one layer at a time needs, taken over the whole model so that a
+    stage's memory stays a sum over its layers (what the CP-SAT stage model can express)."""
+
+    layer_act: float  # one layer's full activations (recompute working set, serving workspace)
+    workspace: float  # all-to-all send + receive buffers of one MoE layer
+
+    @staticmethod
+    def of(costs: list[LayerCost], edges: list[LayerCost]) -> PeakTerms:
+        return PeakTerms(max(c.act_bytes_none for c in costs + edges),
+                         2 * max(c.ep_bytes for c in costs))
+
+
+def in_flight(s: Strategy, stage: int, training: bool) -> float:
+    """Micro-batches whose activations a stage holds at once under 1F1B [pipeline-memory].
+
+    Interleaved (v chunks per stage): Megatron's warm-up runs 2 (p - k - 1) + (v - 1) p chunk
+    forwards before the first backward; with the one in flight each holds 1/v of the stage's
+    layers, so stage 0 holds p (1 + (p - 1) / (p v)) micro-batches' worth (Korthikanti
+    et al. 2022 sec. 4.2.3)."""
+    if not training:
+        return 1
+    p, v, m = s.pp, s.virtual_stages, s.num_micro_batches
+    if v == 1:
+        return min(p - stage, m)
+    return min(2 * (p - stage - 1) + (v - 1) * p + 1, m * v) / v
+
+
+def _stage_memory(p: Problem, s: Strategy, stage: int, layers: list[LayerCost],
+                  edges: list[LayerCost], seqs: int, peak: PeakTerms) -> Memory:
+    m, b = p.model, p.model.dtype_bytes
+    dense = sum(c.params for c in layers) + sum(c.params for c in edges)
+    expert = sum(c.params_expert for c in layers)
+    repl = sum(c.params_replicated for c in layers) + sum(c.params_replicated for c in edges)
+    mem = Memory(reserved=p.hw.reserved_bytes)
+    if p.training:
+        shard_w = (s.dp, s.edp) if s.zero >= 3 else (1, 1)
+        shard_g = (s.dp, s.edp) if s.zero >= 2 else (1, 1)
+        shard_o = (s.dp, s.edp) if s.zero >= 1 else (1, 1)
+        mem.weights = b * (dense / shard_w[0] + expert / shard_w[1])
+        gb, ob = p.workload.grad_bytes, p.workload.optimizer_bytes
+        mem.gradients = gb * (dense / shard_g[0] + expert / shard_g[1])
+        mem.optimizer = ob * (dense / shard_o[0] + expert / shard_o[1])
+        mem.tp_overhead = repl * (b / shard_w[0] + gb / shard_g[0] + ob / shard_o[0])
+        k = in_flight(s, stage, True)
+        per_mb = sum(c.act_bytes for c in layers) + sum(c.act_bytes for c in edges)
+        mem.activations = k * per_mb
+        mem.activations_no_recompute = k * (sum(c.act_bytes_none for c in layers)
+                                            + sum(c.act_bytes_none for c in edges))
+        if s.recompute == "full":  # one layer's activations live during its recompute
+            mem.activations += peak.layer_act
+    else:  # serving: the blocks' linear layers in the checkpoint's weight_dtype
+        linear = sum(c.params_linear for c in layers)
+        mem.weights = b * (dense - linear) + m.linear_bytes * (linear + expert)
+        mem.tp_overhead = b * repl
+        kv = kv_bytes_per_token_layer(m, s.tp)
+        mem.kv_cache = seqs * p.workload.kv_len * len(layers) * kv
+        mem.activations = mem.activations_no_recompute = peak.layer_act
+    mem.workspace = peak.workspace
+    return mem
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every stage of one layout shares: groups, links, peaks, sequences per replica."""
+
+    groups: dict
+    emb: LayerCost
+    head: LayerCost
+    peak: PeakTerms
+    seqs: int
+    p2p_bytes: float
+
+    @staticmethod
+    def of(p: Problem, s: Strategy, costs: list[LayerCost]) -> Context:
+        emb, head = edge_cost(p, s, "embedding"), edge_cost(p, s, "lm_head")
+        if p.model.tie_embeddings and s.pp == 1:  # one shared table on the only stage
+            head.params -= p.model.vocab * p.model.hidden / s.tp
+        T = s.micro_batch * p.workload.tokens_per_sample
+        return Context(strategy_groups(p, s), emb, head, PeakTerms.of(costs, [emb, head]),
+                       -(-p.workload.batch // s.dp),
+                       T * p.model.hidden * p.model.dtype_bytes / s.tp)
+
+    def edges(self, s: Strategy, k: int) -> list[LayerCost]:
+        return ([self.emb] if k == 0 else []) + ([self.head] if k == s.pp - 1 else [])
+
+
+def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list[LayerCost],
+               ctx: Context, first: int = 0, end: int = 0) -> StageCost:
+    """Cost of stage k holding the layers in `lc` (and the edge pseudo-layers in `edges`).
+
+    Every field is a sum over `lc` plus terms that do not depend on it (affine), which is
+    what lets `stages.StageInputs` turn it into prefix sums for the exact stage models.
+    """
+    eff = p.calib
+    fwd = sum(c.fwd for c in lc) + sum(c.fwd for c in edges)
+    bwd = sum(c.bwd for c in lc) + sum(c.bwd for c in edges) if p.training else 0.0
+    # [p2p] activations forward, gradients backward, over the link between stages
+    p2p_f = p2p_b = 0.0
+    if s.pp > 1:
+        a, bnext = k * s.stage_width, min(k + 1, s.pp - 1) * s.stage_width
+        same = p.hw.node_of(a) == p.hw.node_of(bnext)
+        link, name = (p.hw.intra, "intra") if same else (p.hw.inter, "inter")
+        # interleaved: every chunk boundary is a send (the last chunk of the last stage and
+        # the first chunk of the first stage have none)
+        v = s.virtual_stages
+        one = comm.p2p(ctx.p2p_bytes, link, name, eff)
+        if s.tp > 1 and not s.sequence_parallel:  # [p2p] scatter-gather: each TP rank sends
+            one += comm.all_gather(ctx.p2p_bytes * s.tp, ctx.groups["tp"], eff)  # 1/t, gathers
+        p2p_f = one * (v if k < s.pp - 1 else v - 1)
+        if p.training:
+            p2p_b = one * (v if k > 0 else v - 1)
+    mem = _stage_memory(p, s, k, lc, edges, ctx.seqs, ctx.peak)
+    dp_sync = opt = exposed = last_bwd = gather_dp = gather_edp = 0.0
+    if p.training:
+        dense = sum(c.params for c in lc) + sum(c.params for c in edges)
+        expert = sum(c.params_expert for c in lc)
+        gb, b = p.workload.grad_bytes, p.model.dtype_bytes
+        dp_sync = _grad_sync(dense, gb, b, ctx.groups["dp"], s, eff)
+        if p.model.is_moe:
+            dp_sync += _grad_sync(expert, gb, b, ctx.groups["edp"], s, eff)
+        last_bwd = bwd
+        if s.zero >= 2:  # gradients are sharded: reduce-scattered after every micro-batch,
+            rs = (dp_sync - _grad_sync(dense, 0, b, ctx.groups["dp"], s, eff)  # each behind
+                  - (_grad_sync(expert, 0, b, ctx.groups["edp"], s, eff)      # its backward
+                     if p.model.is_moe else 0.0))
+            dp_sync += (s.num_micro_batches - 1) * rs
+            last_bwd = bwd * s.num_micro_batches
+        if s.zero >= 3:  # parameters gathered before forward and before backward, the
+            gather_dp = comm.all_gather(b * dense, ctx.groups["dp"], eff)  # experts' over EDP
+            if p.model.is_moe:
+                gather_edp = comm.all_gather(b * expert, ctx.groups["edp"], eff)
+            fwd += gather_dp + gather_edp
+            bwd += gather_dp + gather_edp
+        if not s.overlap_grad_reduce:  # reduced after the last backward, nothing hidden
+            last_bwd = 0.0
+        exposed = max(0.0, dp_sync - last_bwd)  # [dp-overlap] buckets reduce during backward
+        shard = s.dp if s.zero >= 1 else 1
+        eshard = s.edp if s.zero >= 1 else 1
+        opt = adam_traffic(p) * (dense / shard + expert / eshard) / (
+            p.hw.gpu.hbm_bytes_per_s * p.calib.hbm_eff)
+    return StageCost(k, first, end, fwd + p2p_f, bwd + p2p_b, p2p_f, p2p_b, dp_sync, exposed,
+                     opt, mem, in_flight(s, k, p.training), last_bwd, lc, edges, gather_dp,
+                     gather_edp)
+
+
+def pipeline_time(sum_busy: float, max_busy: float, m: int, v: int = 1) -> float:
+    """[1f1b] sum over stages of one micro-batch + (m - 1) x the slowest stage; interleaving
+    over v chunks shrinks the fill and drain by v: sum / v + (m - 1/v) x the slowest.
+    Increasing in both busy figures, so bounds on them bound the pipeline."""
+    return sum_busy / v + (m - 1 / v) * max_busy
+
+
+def compose(stages: list[StageCost], m: int, v: int = 1) -> tuple[float, float]:
+    """Step = pipeline + the largest exposed gradient sync + the largest optimizer step; and
+    the bubble (the pipeline beyond m x the slowest stage)."""
+    busy = [st.busy for st in stages]
+    pipeline = pipeline_time(sum(busy), max(busy), m, v)
+    # pipeline - m x slowest, written as (sum - slowest) / v so that float noise cannot make
+    # it negative (-1e-16 on one stage): a rounded sum of non-negatives is >= its largest term
+    bubble = (sum(busy) - max(busy)) / v
+    step = pipeline + max(st.dp_exposed for st in stages) + max(st.optimizer for st in stages)
+    return step, bubble
+
+
+def evaluate(p: Problem, s: Strategy, bounds: list[int], moe: list[MoEState],
+             costs: list[LayerCost] | None = None) -> Evaluation:
+    """Cost of layout `s` with stage k holding layers bounds[k]..bounds[k+1]-1."""
+    if costs is None:
+        costs = layer_costs(p, s, moe)
+    ctx = Context.of(p, s, costs)
+    stages = [stage_cost(p, s, k, costs[bounds[k]:bounds[k + 1]], ctx.edges(s, k), ctx,
+                         bounds[k], bounds[k + 1]) for k in range(s.pp)]
+    step, bubble = compose(stages, s.num_micro_batches, s.virtual_stages)
+    return Evaluation(s, stages, step, bubble, p.hw.gpu.memory_bytes)
+
+
+def adam_traffic(p: Problem) -> float:
+    """[optimizer] bytes the optimizer step moves per local parameter, pass by pass (Megatron's
+    mixed-precision optimizer): 16-bit gradients are first copied into fp32 main gradients;
+    the clipping norm reads them; Adam reads them and reads and writes the master weights and
+    both moments; the master weights are copied back into the model's weights. fp16 adds the
+    loss-scale pass (unscale the main gradients in place, checking for inf / NaN)."""
+    w, b = p.workload, p.model.dtype_bytes
+    master = 0 if w.master_dtype == "none" else DTYPE_BYTES[w.master_dtype]
+    main = max(w.grad_bytes, master)
+    cast = w.grad_bytes + main if main != w.grad_bytes else 0
+    unscale = 2 * main if p.model.dtype == "fp16" else 0
+    copy_back = master + b if master else 2 * b  # no master: Adam updates the weights in place
+    return cast + unscale + main + main + 2 * w.optimizer_bytes + copy_back
+
+
+def _grad_sync(params: float, grad_bytes: int, param_bytes: int, g: comm.GroupLink,
+               s: Strategy, eff: dict[str, float]) -> float:
+    """[dp-comm] all-reduce of the gradients, or reduce-scatter + bf16 parameter all-gather
+    when the optimizer is sharded (ZeRO >= 1). Affine in `params` (latency paid even for an
+    empty bucket) so that the stage model can sum it."""
+    if g.size == 1:
+        return 0.0
+    if s.zero >= 1:
+        return comm.reduce_scatter(grad_bytes * params, g, eff) + comm.all_gather(
+            param_bytes * params, g, eff)
+    return comm.all_reduce(grad_bytes * params, g, eff)

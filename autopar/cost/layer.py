@@ -1,0 +1,399 @@
+"""Per-layer cost on one GPU for one micro-batch: compute (roofline), TP / EP communication,
+parameters held and activations saved. Stage, step and memory totals are composed in
+`timing.py` and `memory.py` from these.
+
+Formulas are named in `docs/cost-model.md`; the key of each is in brackets in the comments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from ..model.components import (
+    EW_BWD,
+    LINEAR_ROLES,
+    Component,
+    embedding_components,
+    head_components,
+    layer_components,
+    param_bytes,
+)
+from ..spec.core import GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload
+from . import comm
+from .calibration import Calibration
+from .strategy import Strategy
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The instance: validated inputs the cost model and search read and never change."""
+
+    model: ModelSpec
+    hw: HardwareSpec
+    workload: Workload
+    calib: Calibration = field(default_factory=Calibration)
+    flash_attention: bool = True
+    # The weight-gradient GEMM accumulates into the main gradient in its epilogue (Megatron's
+    # gradient_accumulation_fusion); False: a separate add after every micro-batch.
+    fused_grad_accumulation: bool = True
+    # Backward: each column-parallel layer's input-gradient all-reduce (reduce-scatter under
+    # sequence parallelism) runs behind its weight-gradient GEMM (Megatron's
+    # async_tensor_model_parallel_allreduce, on by default since late 2021); False: exposed.
+    async_tp_allreduce: bool = True
+
+    def __post_init__(self) -> None:  # measured defaults of this GPU fill what is unset
+        object.__setattr__(self, "calib", self.calib.resolve(self.hw.gpu))
+
+    @property
+    def training(self) -> bool:
+        return self.workload.kind == "training"
+
+    @property
+    def gemm_dtype(self) -> str:
+        """The precision weight GEMMs run in (fp8 only where the GPU has fp8 tensor cores);
+        an fp8 checkpoint runs fp8 GEMMs, as vLLM and SGLang do on GPUs that have them."""
+        return self.workload.precision or self.model.weight_dtype or self.model.dtype
+
+
+@dataclass(frozen=True)
+class MoEState:
+    """How one MoE layer's experts sit on its EP group (from the placement)."""
+
+    imbalance: float = 1.0  # routed tokens on the busiest EP rank over the mean
+    max_slots: int = 1  # expert copies on the fullest EP rank
+    cross_node_share: float | None = None  # None: uniform traffic over the group's geometry
+
+
+@dataclass
+class ComponentCost:
+    name: str
+    role: str
+    params: float  # parameters on this GPU
+    flops: float  # forward FLOPs on this GPU per micro-batch
+    time_s: float  # forward time on this GPU per micro-batch
+    ew_s: float = 0.0  # of which memory-bound elementwise kernels [elementwise]
+
+    @property
+    def bwd_s(self) -> float:
+        """[backward] GEMMs: dgrad + wgrad = 2x the forward; elementwise: EW_BWD x."""
+        return 2 * (self.time_s - self.ew_s) + EW_BWD * self.ew_s
+
+
+@dataclass
+class LayerCost:
+    compute_fwd: float
+    compute_bwd: float
+    recompute: float
+    tp_fwd: float
+    tp_bwd: float
+    ep_fwd: float
+    ep_bwd: float
+    params: float  # non-expert parameters on this GPU
+    params_expert: float
+    params_replicated: float  # parameters every TP rank holds whole (the TP overhead)
+    act_bytes: float  # saved for backward per micro-batch, under the recompute mode
+    act_bytes_none: float  # the same with no recompute
+    act_input: float  # the layer's input, what full recompute keeps
+    flops_fwd: float
+    tp_bytes: float  # per collective
+    ep_bytes: float  # per all-to-all, per GPU
+    components: list[ComponentCost]
+    params_linear: float = 0.0  # of `params`, in the blocks' linear layers (weight_dtype)
+    # the forward TP collectives on the link, before overlap hides any of them: what the
+    # plan lists as their time (tp_fwd / tp_bwd are the exposed parts) [tp-overlap]
+    tp_link: float = 0.0
+
+    @property
+    def fwd(self) -> float:
+        return self.compute_fwd + self.tp_fwd + self.ep_fwd
+
+    @property
+    def bwd(self) -> float:
+        return self.compute_bwd + self.recompute + self.tp_bwd + self.ep_bwd
+
+
+def micro_batch_tokens(p: Problem, s: Strategy) -> int:
+    return s.micro_batch * p.workload.tokens_per_sample
+
+
+def experts_touched(m: ModelSpec, routed: float, slots: int) -> float:
+    """[experts-touched] Expected share of a GPU's expert copies that receive a token, so
+    whose weights a serving step reads: its `routed` token copies come from
+    routed x E / (k x slots) tokens, each of which misses a given expert with probability
+    1 - k / E (uniform routing). Near 1 for large batches, k / E for one token."""
+    if slots <= 0 or m.top_k >= m.experts:
+        return 1.0
+    tokens = routed * m.experts / (m.top_k * slots)
+    return 1.0 - (1.0 - m.top_k / m.experts) ** tokens
+
+
+def experts_in_tp_group(p: Problem, s: Strategy) -> bool:
+    """[serving-moe] Serving without sequence parallelism leaves every token on every rank of
+    the TP group after the attention all-reduce; when a TP group holds whole EP x ETP groups
+    each rank runs its experts on the tokens it has, and the MLP all-reduce (already counted)
+    sums their outputs, as vLLM does for TP (+ EP) without DP: no all-to-all, no ETP gather."""
+    return (not p.training and not s.sequence_parallel and s.ep * s.etp > 1
+            and s.tp % (s.ep * s.etp) == 0)
+
+
+def kv_bytes_per_token_layer(m: ModelSpec, tp: int) -> float:
+    """KV cache bytes one GPU holds per token per layer [kv-cache]: GQA heads split over TP
+    (replicated once TP exceeds them); MLA's compressed latent is replicated on every rank."""
+    if m.mla is not None:
+        return (m.mla.kv_lora_rank + m.mla.qk_rope_head_dim) * m.dtype_bytes
+    heads = max(m.kv_heads / tp, 1.0)
+    return 2 * heads * m.head_dim * m.dtype_bytes
+
+
+def _time(flops: float, nbytes: float, eff: float, p: Problem, dtype: str | None = None) -> float:
+    """Roofline [roofline]: the slower of compute at achieved efficiency and HBM traffic, and
+    never under one kernel's floor."""
+    gpu = p.hw.gpu
+    return max(flops / (gpu.flops(dtype or p.model.dtype) * eff), _hbm(nbytes, p),
+               p.calib.kernel_floor_s)
+
+
+def _hbm(nbytes: float, p: Problem) -> float:
+    return nbytes / (p.hw.gpu.hbm_bytes_per_s * p.calib.hbm_eff)
+
+
+def _elementwise(nbytes: float, p: Problem) -> float:
+    """[elementwise] The memory-bound kernels after a component: HBM speed, one kernel floor."""
+    return max(_hbm(nbytes, p), p.calib.kernel_floor_s) if nbytes > 0 else 0.0
+
+
+def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
+               ctx: float) -> tuple[ComponentCost, float]:
+    """Forward time of one component on one GPU, and its saved activations (no recompute).
+
+    The GEMM (or attention kernel) is a roofline; the memory-bound kernels after it run
+    separately, at HBM speed, and add to it [elementwise]."""
+    m, b, tp = p.model, p.model.dtype_bytes, s.tp
+    sp_div = tp if s.sequence_parallel else 1
+    k, n = c.gemm
+    # fp8 runs the transformer blocks' linear layers; router and LM head stay 16-bit (as TE)
+    dtype = p.gemm_dtype if k and c.role in LINEAR_ROLES else m.dtype
+    wb = param_bytes(m, c.role)
+    if c.is_expert:
+        routed = T * m.top_k * s.etp / tp * moe.imbalance  # tokens this EP rank's experts see
+        params = moe.max_slots * c.params / s.etp
+        flops_busiest = routed * c.flops_per_token / s.etp
+        flops = flops_busiest / moe.imbalance  # FLOPs are conserved; time sees the busiest
+        per_expert = max(routed / max(moe.max_slots, 1), 1.0)
+        eff = p.calib.gemm_eff(per_expert, n / s.etp if c.name.endswith("fc1") else n,
+                               k if c.name.endswith("fc1") else k / s.etp)
+        touched = 1.0 if p.training else experts_touched(m, routed, moe.max_slots)
+        nbytes = params * wb * touched + routed * (k + n) * b / s.etp
+        act = routed * c.act_bytes_sharded / s.etp
+        ew = routed * (c.ew_bytes + c.ew_bytes_repl) / s.etp
+    elif c.role == "replicated":
+        toks = T / sp_div
+        params = c.params
+        flops = toks * c.flops_per_token
+        eff = p.calib.gemm_eff(toks, n, k) if k else 1.0
+        nbytes = params * b + toks * (k + n if k else 2 * m.hidden) * b
+        act = toks * (c.act_bytes_sharded + c.act_bytes_replicated)
+        ew = toks * (c.ew_bytes + c.ew_bytes_repl)
+    else:  # column / row / heads / vocab: the work splits over the TP group
+        params = c.params / tp
+        flops = T * c.flops_per_token / tp
+        if c.role == "heads":
+            kv = kv_bytes_per_token_layer(m, tp)
+            q_o = 2 * m.heads * m.head_dim * b / tp
+            # decode reads every sequence's whole KV cache once per generated token
+            kv_read = kv * ctx if (not p.training and p.workload.phase == "decode") else kv
+            nbytes = T * (q_o + kv_read)
+            if p.flash_attention:
+                eff = p.calib.attention_eff
+            else:  # two batched GEMMs (ctx x d by d x ctx, ctx x ctx by ctx x d) that write
+                eff = p.calib.gemm_eff(ctx, ctx, m.head_dim)  # the scores and read them back
+                nbytes += T * 2 * b * m.heads * ctx / tp
+        else:
+            kk, nn = (k, n / tp) if c.role in ("column", "vocab") else (k / tp, n)
+            eff = p.calib.gemm_eff(T, nn, kk) if k else 1.0
+            nbytes = params * wb + T * (kk + nn) * b
+        act = T * c.act_bytes_sharded / tp + T * c.act_bytes_replicated / sp_div
+        ew = T * c.ew_bytes / tp + T * c.ew_bytes_repl / sp_div
+    t = _time(flops_busiest if c.is_expert else flops, nbytes, eff, p, dtype)
+    ew_t = _elementwise(ew, p)
+    # norms and gathers are elementwise too
+    ew_s = ew_t + t if not k and c.role not in ("heads", "expert") else ew_t
+    return ComponentCost(c.name, c.role, params, flops, t + ew_t, ew_s), act
+
+
+def _collectives(p: Problem, s: Strategy, T: float, moe_layer: bool, moe: MoEState,
+                 groups: dict[str, comm.GroupLink]) -> tuple[float, float, float, float]:
+    """Forward TP and EP communication per layer and micro-batch, and their message sizes.
+
+    [tp-comm] Megatron column/row split: one all-reduce (or RS + AG with sequence parallel,
+    same bytes) after the attention block and one after the MLP, each of T*h values.
+    [ep-comm] each MoE layer dispatches and combines T/tp * top_k hidden vectors per GPU.
+    """
+    m, b, eff = p.model, p.model.dtype_bytes, p.calib
+    tp_bytes = T * m.hidden * b
+    tp_time = 0.0
+    if s.tp > 1:
+        if s.sequence_parallel:
+            one = comm.reduce_scatter(tp_bytes, groups["tp"], eff) + comm.all_gather(
+                tp_bytes, groups["tp"], eff)
+        else:
+            one = comm.all_reduce(tp_bytes, groups["tp"], eff)
+            if not p.training and groups["tp"].name == "intra":  # serving: the faster one
+                one = min(one, comm.all_reduce_one_shot(tp_bytes, groups["tp"], eff))
+        tp_time = 2 * one
+    ep_bytes, ep_time = 0.0, 0.0
+    if moe_layer and not experts_in_tp_group(p, s):
+        ep_bytes = T / s.tp * m.top_k * m.hidden * b
+        g = groups["ep"]
+        if moe.cross_node_share is not None and g.size > 1:
+            g = comm.GroupLink(g.size, g.nodes, g.link, moe.cross_node_share, g.name)
+        # the busiest rank receives imbalance x the mean; dispatch and combine
+        ep_time = 2 * comm.all_to_all(ep_bytes * moe.imbalance, g, p.hw, eff)
+        if s.etp > 1:  # expert-TP: gather routed tokens over ETP and scatter results back
+            routed = ep_bytes * s.etp * moe.imbalance
+            ep_time += comm.all_gather(routed, groups["etp"], eff) + comm.reduce_scatter(
+                routed, groups["etp"], eff)
+    return tp_time, ep_time, tp_bytes, ep_bytes
+
+
+def strategy_groups(p: Problem, s: Strategy) -> dict[str, comm.GroupLink]:
+    """Links of each group kind; where stages differ (a stage spanning a node boundary), the
+    slowest stage's group is taken. Cached on the geometry: thousands of candidates share
+    a few dozen geometries."""
+    hw = p.hw
+    return _groups(hw.nodes, hw.gpus_per_node, hw.intra, hw.inter, s.num_gpus, s.tp, s.dp,
+                   s.pp, s.ep, s.etp)
+
+
+@lru_cache(maxsize=4096)
+def _groups(nodes: int, gpn: int, intra: LinkSpec, inter: LinkSpec, num_gpus: int, tp: int,
+            dp: int, pp: int, ep: int, etp: int) -> dict[str, comm.GroupLink]:
+    s = Strategy(num_gpus, tp, pp, dp, ep, etp)
+    hw = HardwareSpec("", GPUSpec("", 1.0, {}, 1.0), nodes, gpn, intra, inter)
+    worst: dict[str, comm.GroupLink] = {}
+    for stage in range(pp):
+        g0 = stage * s.stage_width
+        for name, members in (("tp", s.tp_group(g0)), ("dp", s.dp_group(g0)),
+                              ("ep", s.ep_group(g0)), ("etp", s.etp_group(g0)),
+                              ("edp", s.edp_group(g0))):
+            gl = comm.group_link(hw, members)
+            cur = worst.get(name)
+            if cur is None or (gl.link.bytes_per_s, -gl.cross_fraction) < (
+                    cur.link.bytes_per_s, -cur.cross_fraction):
+                worst[name] = gl
+    return worst
+
+
+def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
+               groups: dict[str, comm.GroupLink]) -> LayerCost:
+    m = p.model
+    T = micro_batch_tokens(p, s)
+    ctx = p.workload.context_len
+    comps = layer_components(m, layer, ctx, p.workload.causal, p.flash_attention,
+                             p.workload.decoding)
+    costs, acts = [], 0.0
+    scores = 0.0
+    for c in comps:
+        cc, act = _component(c, p, s, T, moe, ctx)
+        costs.append(cc)
+        acts += act
+        if c.role == "heads" and not p.flash_attention:
+            scores = T * 5 * m.heads * ctx / s.tp  # what selective recompute drops
+    compute = sum(c.time_s for c in costs)
+    compute_bwd = sum(c.bwd_s for c in costs) + grad_accumulation(p, sum(c.params for c in costs))
+    attn_core = sum(c.time_s for c in costs if c.role == "heads")
+    moe_layer = m.is_moe_layer(layer)
+    tp_t, ep_t, tp_b, ep_b = _collectives(p, s, T, moe_layer, moe, groups)
+    tp_f, tp_b1 = tp_t, tp_t
+    if s.overlap_tp_comm:  # [tp-overlap] hidden behind the column / row GEMMs next to it
+        window = sum(c.time_s - c.ew_s for c in costs if c.role in ("column", "row"))
+        tp_f, tp_b1 = max(0.0, tp_t - window), max(0.0, tp_t - 2 * window)
+    elif p.training and p.async_tp_allreduce and s.tp > 1:
+        tp_b1 = max(0.0, tp_t - async_tp_hidden(costs, tp_t, s.sequence_parallel))
+    sp_div = s.tp if s.sequence_parallel else 1
+    act_input = T * m.hidden * m.dtype_bytes / sp_div
+    if s.recompute == "full":  # [recompute] one more forward, its comm included
+        act, recompute, tp_bwd, ep_bwd = act_input, compute, tp_b1 + tp_f, 2 * ep_t
+    elif s.recompute == "selective":  # attention core only
+        act, recompute, tp_bwd, ep_bwd = acts - scores, attn_core, tp_b1, ep_t
+    else:
+        act, recompute, tp_bwd, ep_bwd = acts, 0.0, tp_b1, ep_t
+    return LayerCost(
+        compute_fwd=compute,
+        compute_bwd=compute_bwd,
+        recompute=recompute,
+        tp_fwd=tp_f,
+        tp_bwd=tp_bwd,
+        ep_fwd=ep_t,
+        ep_bwd=ep_bwd,
+        params=sum(c.params for c in costs if c.role != "expert"),
+        params_expert=sum(c.params for c in costs if c.role == "expert"),
+        params_replicated=sum(c.params for c in costs if c.role == "replicated") if s.tp > 1
+        else 0.0,
+        act_bytes=act,
+        act_bytes_none=acts,
+        act_input=act_input,
+        flops_fwd=sum(c.flops for c in costs),
+        tp_bytes=tp_b,
+        ep_bytes=ep_b,
+        components=costs,
+        params_linear=sum(c.params for c in costs if c.role in ("column", "row")),
+        tp_link=tp_t,
+    )
+
+
+def async_tp_hidden(costs: list[ComponentCost], tp_time: float, sp: bool) -> float:
+    """[tp-async] Backward TP time hidden by Megatron's asynchronous input-gradient collective:
+    a column-parallel layer launches the all-reduce (reduce-scatter under sequence
+    parallelism) of its input gradient and then computes its weight gradient, a GEMM as long
+    as its forward one; each block's collective hides up to that GEMM's time. `tp_time` is
+    the layer's two block collectives from `_collectives`; under SP each is a reduce-scatter
+    plus an all-gather of the same cost, so the reduce-scatter is half of it."""
+    one = tp_time / (4 if sp else 2)
+    gemms = [c.time_s - c.ew_s for c in costs if c.role == "column"]
+    return sum(min(one, t) for t in gemms[:2])  # one collective per block: attention, MLP
+
+
+def grad_accumulation(p: Problem, params: float) -> float:
+    """[grad-accum] Unfused gradient accumulation, once per micro-batch: the fresh 16-bit
+    weight gradient is read and added into the main gradient (read and written)."""
+    if not p.training or p.fused_grad_accumulation:
+        return 0.0
+    return _hbm(params * (p.model.dtype_bytes + 2 * p.workload.grad_bytes), p)
+
+
+def edge_cost(p: Problem, s: Strategy, which: str) -> LayerCost:
+    """Embedding (first stage) or final norm + LM head + loss (last stage) as a pseudo-layer."""
+    m = p.model
+    T = micro_batch_tokens(p, s)
+    if which == "lm_head" and not p.training:
+        T = s.micro_batch  # serving computes logits only for each sequence's last position
+    comps = embedding_components(m) if which == "embedding" else head_components(m)
+    costs, acts = [], 0.0
+    for c in comps:
+        cc, act = _component(c, p, s, T, MoEState(), 0.0)
+        if c.name == "embedding":  # a gather, bound by reading T rows of the table
+            cc.time_s = cc.ew_s = _time(0, T * m.hidden * m.dtype_bytes * 2, 1.0, p)
+        costs.append(cc)
+        acts += act
+    if not p.training:
+        acts = 0.0
+    compute = sum(c.time_s for c in costs)
+    tp_t = 0.0
+    if s.tp > 1:  # vocab-parallel embedding all-reduce / loss reductions: one T*h all-reduce
+        g = strategy_groups(p, s)["tp"]
+        tp_t = comm.all_reduce(T * m.hidden * m.dtype_bytes, g, p.calib)
+    return LayerCost(
+        compute_fwd=compute,
+        compute_bwd=sum(c.bwd_s for c in costs) + grad_accumulation(
+            p, sum(c.params for c in costs)),
+        recompute=0.0, tp_fwd=tp_t, tp_bwd=tp_t, ep_fwd=0.0, ep_bwd=0.0,
+        params=sum(c.params for c in costs), params_expert=0.0,
+        params_replicated=sum(c.params for c in costs if c.role == "replicated")
+        if s.tp > 1 else 0.0,
+        act_bytes=acts, act_bytes_none=acts, act_input=0.0,
+        flops_fwd=sum(c.flops for c in costs), tp_bytes=T * m.hidden * m.dtype_bytes,
+        ep_bytes=0.0, components=costs, tp_link=tp_t,
+    )
+

@@ -1,0 +1,90 @@
+"""Read a Hugging Face `config.json` (Llama, Mixtral, Qwen-MoE, DeepSeek-V3 key names).
+
+HF configs carry many keys autopar does not need, so unknown keys are ignored here (unlike
+autopar's own YAML); every key that is read is type- and range-checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InputError
+from .core import MLASpec, ModelSpec, _check_model
+from .fields import Fields
+
+_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8_e4m3fn": "fp8"}
+
+
+def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
+    f = Fields(source, data)
+    hidden = f.int("hidden_size", 1, 1_000_000)
+    heads = f.int("num_attention_heads", 1, 100_000)
+    experts = 0
+    for key in ("n_routed_experts", "num_local_experts", "num_experts"):
+        if f.has(key):
+            experts = f.int(key, 0, 100_000)
+            break
+    layers = f.int("num_hidden_layers", 1, 10_000)
+    ffn = f.int("intermediate_size", 1, 10_000_000, default=0)
+    expert_ffn = f.int("moe_intermediate_size", 1, 10_000_000, default=0)
+    if experts and not expert_ffn:
+        expert_ffn, ffn = ffn, 0  # Mixtral: intermediate_size is the expert's width
+    dense: set[int] = set()
+    if experts:
+        dense.update(range(f.int("first_k_dense_replace", 0, layers, default=0)))
+        dense.update(f.int_list("mlp_only_layers", 0, layers - 1, default=()))
+        step = f.int("decoder_sparse_step", 1, layers, default=1)
+        dense.update(i for i in range(layers) if (i + 1) % step)
+    shared = f.int("n_shared_experts", 0, 1000, default=0)
+    shared_ffn = expert_ffn
+    if f.has("shared_expert_intermediate_size"):  # Qwen2-MoE: one wide shared expert
+        shared_ffn = f.int("shared_expert_intermediate_size", 0, 10_000_000)
+        shared = 1 if shared_ffn else 0
+    mla = None
+    if f.has("kv_lora_rank"):
+        mla = MLASpec(
+            q_lora_rank=f.int("q_lora_rank", 0, 1_000_000, default=0),
+            kv_lora_rank=f.int("kv_lora_rank", 1, 1_000_000),
+            qk_nope_head_dim=f.int("qk_nope_head_dim", 1, 100_000),
+            qk_rope_head_dim=f.int("qk_rope_head_dim", 0, 100_000),
+            v_head_dim=f.int("v_head_dim", 1, 100_000),
+        )
+    if hidden % heads and not f.has("head_dim"):
+        raise InputError(source, "head_dim", "required: hidden_size is not a multiple of heads")
+    act = f.str("hidden_act", default="silu")
+    # an unknown dtype is an error, not bf16: planning the wrong width misstates all memory
+    # (transformers >= 4.56 writes `dtype`; older configs `torch_dtype`)
+    dtype_key = "dtype" if f.has("dtype") and not f.has("torch_dtype") else "torch_dtype"
+    dtype = _DTYPES[f.str(dtype_key, tuple(_DTYPES), default="bfloat16")]
+    weight_dtype = None
+    if f.has("quantization_config"):  # DeepSeek-V3's block-scaled fp8 linear layers
+        q = f.section("quantization_config")
+        method = q.str("quant_method")
+        if method != "fp8":
+            raise q.error("quant_method", f"{method!r} checkpoints are not modelled (fp8 is); "
+                                          "drop quantization_config to plan the 16-bit model")
+        weight_dtype = "fp8"
+    model = ModelSpec(
+        name=f.str("_name_or_path", default="") or f.str("model_type", default="hf-model"),
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=f.int("num_key_value_heads", 1, 100_000, default=heads),
+        # MLA has no single head size; its V head size is what the output projection sees
+        head_dim=mla.v_head_dim if mla else f.int("head_dim", 1, 100_000,
+                                                  default=hidden // heads),
+        ffn_hidden=ffn if dense or not experts else 0,
+        gated_mlp=act in ("silu", "swiglu", "gelu_pytorch_tanh") or "glu" in act,
+        vocab=f.int("vocab_size", 1, 100_000_000),
+        experts=experts,
+        top_k=f.int("num_experts_per_tok", 0, 100_000, default=0) if experts else 0,
+        expert_ffn_hidden=expert_ffn if experts else 0,
+        shared_experts=shared if experts else 0,
+        shared_expert_ffn_hidden=shared_ffn if experts and shared else 0,
+        dense_layers=tuple(sorted(dense)),
+        tie_embeddings=f.bool("tie_word_embeddings", default=False),
+        dtype=dtype,
+        mla=mla,
+        weight_dtype=weight_dtype,
+    )
+    return _check_model(model, f)
