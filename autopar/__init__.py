@@ -14,7 +14,7 @@ from .check.finding import Finding  # noqa: E402
 from .cost.calibration import Calibration  # noqa: E402
 from .errors import AutoparError, InfeasibleError, InputError  # noqa: E402
 from .plan.build import Plan  # noqa: E402
-from .spec.core import (  # noqa: E402
+from .spec import (  # noqa: E402
     GPUSpec,
     HardwareSpec,
     LinkSpec,

@@ -18,7 +18,7 @@ from .plan.build import Plan, build_plan
 from .search.deadline import Deadline, check_time_limit
 from .search.driver import FALLBACK_GRACE_S, PIN_KEYS, SearchOptions, fits, search
 from .search.experts import placements_for
-from .spec.core import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
+from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
 
 __all__ = ["solve", "check", "load_model", "load_hardware", "Plan", "make_problem"]
 

@@ -63,7 +63,7 @@ import json, resource, sys, time
 from autopar.api import make_problem
 from autopar.search.baseline import megatron_default
 from autopar.search.driver import SearchOptions, search
-from autopar.spec.core import parse_hardware, parse_model
+from autopar.spec import parse_hardware, parse_model
 model, hw, limit, exhaustive_budget = json.loads(sys.argv[1])
 mf = parse_model(model, "model") if isinstance(model, dict) else model
 hw = parse_hardware(hw, "hw") if isinstance(hw, dict) else hw

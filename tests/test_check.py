@@ -20,7 +20,7 @@ from autopar.cli.main import main
 from autopar.errors import AutoparError, InputError
 from autopar.model.components import model_flops_per_token
 from autopar.schema.gpus import records_form
-from autopar.spec.core import (
+from autopar.spec import (
     MLASpec,
     ModelSpec,
     Workload,

@@ -23,7 +23,7 @@ from autopar.plan.report import summary
 from autopar.schema.gpus import decode_ids, encode_ids, read_gpus, records_form
 from autopar.search.driver import SearchOptions, search
 from autopar.search.experts import placements_for
-from autopar.spec.core import ModelSpec, Workload, parse_hardware
+from autopar.spec import ModelSpec, Workload, parse_hardware
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "autopar/schema/plan.schema.json").read_text())
 MOE = ModelSpec("moe", 4, 256, 8, 4, 32, 512, True, 1000, experts=16, top_k=2,

@@ -12,7 +12,7 @@ from autopar.cost.evaluate import evaluate
 from autopar.cost.layer import MoEState
 from autopar.cost.strategy import Strategy
 from autopar.model.components import EW_BWD, layer_components, model_flops_per_token, param_count
-from autopar.spec.core import ModelSpec, parse_hardware, parse_model
+from autopar.spec import ModelSpec, parse_hardware, parse_model
 
 h, a, kv, d, f, V, s = 64, 4, 2, 16, 128, 100, 32
 

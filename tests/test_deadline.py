@@ -27,7 +27,7 @@ from autopar.schema.gpus import decode_ids, encode_ids
 from autopar.search.deadline import Deadline
 from autopar.search.driver import SearchOptions, compute_floor, search
 from autopar.search.oracle import exhaustive
-from autopar.spec.core import Workload
+from autopar.spec import Workload
 
 SEED = (PROBLEMS / "models" / "seed-moe.yaml", PROBLEMS / "hw" / "seed-3gpu.yaml")
 BIG = (PROBLEMS / "models" / "deepseek-v3-train.yaml", PROBLEMS / "hw" / "h800-256node.yaml")

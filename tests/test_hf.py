@@ -9,7 +9,7 @@ from conftest import PROBLEMS
 
 from autopar.errors import InputError
 from autopar.model.components import param_count
-from autopar.spec.core import load_model
+from autopar.spec import load_model
 
 
 @pytest.mark.parametrize("hf, yaml_name", [

@@ -171,7 +171,7 @@ def test_subprocess_hostile_plan_has_no_traceback(tmp_path):
 def test_duplicate_key_is_refused_but_a_merge_override_is_not(tmp_path):
     """`<<: *base` then a key of the base overrides it (what a merge means): no duplicate."""
     from autopar.errors import InputError
-    from autopar.spec.core import load_hardware
+    from autopar.spec import load_hardware
 
     merged = HW.replace("gpus_per_node: 1", "gpus_per_node: 2\n"
                         "inter_node: &b {bandwidth_gbps: 25, latency_us: 10}\n"

@@ -11,7 +11,7 @@ from conftest import ONE_GPU, PROBLEMS, TINY_MODEL
 
 from autopar.cli.main import main
 from autopar.errors import InputError
-from autopar.spec.core import load_hardware, load_model
+from autopar.spec import load_hardware, load_model
 
 
 def run_cli(*args):

@@ -21,7 +21,7 @@ from typing import Any
 from autopar.api import solve
 from autopar.check.verify import check_plan, format_findings
 from autopar.errors import InfeasibleError
-from autopar.spec.core import HardwareSpec, MLASpec, ModelSpec, Workload, parse_hardware
+from autopar.spec import HardwareSpec, MLASpec, ModelSpec, Workload, parse_hardware
 
 PROBLEMS = 520
 SEED = 11

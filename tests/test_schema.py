@@ -16,7 +16,7 @@ from conftest import PROBLEMS
 from autopar.api import solve
 from autopar.schema.gpus import records_form
 from autopar.schema.rules import schema_problems
-from autopar.spec.core import Workload, load_model
+from autopar.spec import Workload, load_model
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "autopar/schema/plan.schema.json").read_text())
 SEED, SEED_HW = PROBLEMS / "models" / "seed-moe.yaml", PROBLEMS / "hw" / "seed-3gpu.yaml"

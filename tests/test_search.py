@@ -13,7 +13,7 @@ from autopar.cost.layer import Problem
 from autopar.errors import InfeasibleError
 from autopar.search.driver import SearchOptions, search
 from autopar.search.oracle import exhaustive
-from autopar.spec.core import GB, GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload, load_model
+from autopar.spec import GB, GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload, load_model
 
 OPTS = SearchOptions(time_limit_s=20.0, seed=0, workers=1)
 

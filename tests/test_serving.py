@@ -24,7 +24,7 @@ from autopar.serve.disagg import disagg_search
 from autopar.serve.evaluate import Evaluator, Layout, decode_time
 from autopar.serve.frontier import Targets, pareto, serving_ceiling, serving_search
 from autopar.serve.plan import serve, why_not_served
-from autopar.spec.core import (
+from autopar.spec import (
     GB,
     GPUSpec,
     HardwareSpec,
@@ -325,7 +325,7 @@ def test_cli_solve_targets_override_the_file(tmp_path):
 
 def test_workload_reads_phase_both_and_targets(write_yaml):
     from autopar.errors import InputError
-    from autopar.spec.core import parse_workload
+    from autopar.spec import parse_workload
     w = parse_workload({"kind": "inference", "phase": "both", "input_len": 10, "output_len": 5,
                         "ttft_ms": 100, "tpot_ms": 20}, "x")
     assert (w.phase, w.ttft_ms, w.tpot_ms, w.batch) == ("both", 100.0, 20.0, 1)
@@ -358,7 +358,7 @@ def test_frontier_png_with_the_plot_extra(tmp_path):
 def test_target_without_its_phase_is_an_input_error():
     """A TTFT limit on a decode-only step (or TPOT on prefill) cannot be met or missed."""
     from autopar.errors import InputError
-    from autopar.spec.core import parse_workload
+    from autopar.spec import parse_workload
 
     base = {"kind": "inference", "batch": 8, "input_len": 128, "output_len": 16}
     with pytest.raises(InputError, match="ttft_ms: a TTFT target needs a prefill"):

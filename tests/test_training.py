@@ -19,7 +19,7 @@ from autopar.errors import InputError
 from autopar.model.components import EW_BWD, layer_components
 from autopar.plan.build import PHASES
 from autopar.schema.gpus import gpu_records
-from autopar.spec.core import GB, GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload
+from autopar.spec import GB, GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload
 
 H, A, F, V, L, S = 1024, 8, 4096, 1000, 8, 256
 GPT = ModelSpec(name="gpt", layers=L, hidden=H, heads=A, kv_heads=A, head_dim=H // A,
@@ -287,7 +287,7 @@ def test_bad_calibration_files_name_the_field(bad):
 
 
 def test_example_calibration_file_parses():
-    from autopar.spec.core import read_data
+    from autopar.spec import read_data
 
     path = PROBLEMS / "calibration" / "example.yaml"
     c = parse_calibration(read_data(path), str(path))
@@ -357,7 +357,7 @@ def test_a100_gemm_default_is_what_the_fit_derives():
     sys.path.insert(0, str(PROBLEMS.parent / "benchmarks" / "validation"))
     from fit_a100_gemm import anchor, fit
 
-    from autopar.spec.core import gpu_catalogue
+    from autopar.spec import gpu_catalogue
 
     a100 = gpu_catalogue()["A100-SXM4-80GB"]
     assert a100["gemm_tflops"] / a100["tflops"]["bf16"] == pytest.approx(fit(anchor()), rel=0.01)

@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from ..schema.rules import plan_schema
-from ..spec.core import GB
+from ..spec import GB
 from .echo import Inputs
 from .finding import Findings, close, fmt, is_num
 from .layout import _ranges

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InputError
-from ..spec.core import (
+from ..spec import (
     HardwareSpec,
     ModelSpec,
     Workload,

@@ -5,7 +5,7 @@ tie them together (tokens/s = samples/s x tokens per sample, and so on).
 
 from __future__ import annotations
 
-from ..spec.core import GB, HardwareSpec, ModelSpec, Workload
+from ..spec import GB, HardwareSpec, ModelSpec, Workload
 from .finding import Findings, close, is_num
 from .recompute import (
     Layout,

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..model.components import embedding_components, head_components, layer_components
-from ..spec.core import HardwareSpec, ModelSpec, Workload
+from ..spec import HardwareSpec, ModelSpec, Workload
 from .finding import Findings
 from .recompute import Layout
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..model.components import Component, embedding_components, head_components, layer_components
-from ..spec.core import HardwareSpec, ModelSpec, Workload
+from ..spec import HardwareSpec, ModelSpec, Workload
 
 
 # --------------------------------------------------------------------------- layout

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import InputError
 from ..schema.gpus import pattern_path, read_gpus
 from ..schema.rules import plan_schema, schema_problems
-from ..spec.core import HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
+from ..spec import HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
 from .echo import Inputs, inputs_from_echo
 from .figures import (
     check_capacity,

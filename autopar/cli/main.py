@@ -21,7 +21,7 @@ from ..plan.build import write_atomic
 from ..plan.files import check_target, default_plan_path, workload_label
 from ..plan.report import summary
 from ..serve.plan import wants_serving
-from ..spec.core import load_hardware, load_model, parse_workload, read_data
+from ..spec import load_hardware, load_model, parse_workload, read_data
 from . import options as opt
 from .serving_flags import apply_targets, serving_options, serving_summary, solve_kwargs
 

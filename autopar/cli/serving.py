@@ -22,7 +22,7 @@ from ..serve.evaluate import Evaluator
 from ..serve.frontier import Targets, serving_search
 from ..serve.plan import grace, why_not_served
 from ..serve.report import frontier_document, frontier_png, frontier_table
-from ..spec.core import load_hardware, load_model, read_data
+from ..spec import load_hardware, load_model, read_data
 from . import options as opt
 from .main import Interruptible, _guard, _workload_from_flags, main
 

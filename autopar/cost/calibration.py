@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..spec.fields import Fields
 
 if TYPE_CHECKING:
-    from ..spec.core import GPUSpec
+    from ..spec import GPUSpec
 
 GB = 1e9
 # Generic fallbacks for a GPU without measurements in the catalogue.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from ..spec.core import HardwareSpec, LinkSpec
+from ..spec import HardwareSpec, LinkSpec
 
 
 @dataclass(frozen=True)

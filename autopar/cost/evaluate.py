@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..spec.core import DTYPE_BYTES
+from ..spec import DTYPE_BYTES
 from . import comm
 from .layer import (
     LayerCost,

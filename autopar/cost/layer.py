@@ -19,7 +19,7 @@ from ..model.components import (
     layer_components,
     param_bytes,
 )
-from ..spec.core import GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload
+from ..spec import GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload
 from . import comm
 from .calibration import Calibration
 from .strategy import Strategy

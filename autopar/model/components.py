@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spec.core import ModelSpec
+from ..spec import ModelSpec
 
 # Tensor-parallel roles (Megatron): column-parallel splits output features, row-parallel the
 # input features, "heads" the attention heads; "replicated" lives whole on every TP rank;

@@ -29,7 +29,7 @@ from ..model.shards import split, tp_shard
 from ..schema.gpus import FORM, gpu_flops, gpu_records, patterns, read_gpus
 from ..search.driver import SearchOptions, SearchResult
 from ..search.placement import Placement
-from ..spec.core import DTYPE_BYTES
+from ..spec import DTYPE_BYTES
 
 SCHEMA_VERSION = "2.0"  # 2.x: `gpus` as patterns (autopar.schema.gpus); 1.x: records
 
@@ -763,7 +763,7 @@ def _version() -> str:
 
 def read_plan(path: str | Path) -> dict[str, Any]:
     from ..errors import InputError
-    from ..spec.core import read_data
+    from ..spec import read_data
 
     data = read_data(path)
     if not isinstance(data, dict):

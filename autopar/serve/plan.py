@@ -23,7 +23,7 @@ from ..plan.build import Plan, build_plan
 from ..search.deadline import Deadline
 from ..search.driver import FALLBACK_GRACE_S, Candidate, SearchOptions, SearchResult
 from ..search.experts import placements_for
-from ..spec.core import GB, HardwareSpec, Workload
+from ..spec import GB, HardwareSpec, Workload
 from .disagg import DisaggResult, disagg_search
 from .evaluate import Evaluator, Layout, ServingPoint, peak_memory, phase_problem, point
 from .frontier import ServingResult, Targets, layouts, serving_ceiling, serving_search

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InputError
-from .core import MLASpec, ModelSpec, _check_model
 from .fields import Fields
+from .model import MLASpec, ModelSpec, _check_model
 
 _DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8_e4m3fn": "fp8"}
 

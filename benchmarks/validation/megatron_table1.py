@@ -24,7 +24,7 @@ from autopar.cost.layer import MoEState, Problem
 from autopar.cost.strategy import Strategy
 from autopar.plan.build import PHASES
 from autopar.search.driver import SearchOptions, search
-from autopar.spec.core import HardwareSpec, ModelSpec, Workload, load_hardware
+from autopar.spec import HardwareSpec, ModelSpec, Workload, load_hardware
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).with_name("megatron_runs.yaml")

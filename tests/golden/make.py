@@ -53,7 +53,7 @@ def canonical(x) -> str:
 
 def plan_of(model: str, hw: str, kw: dict) -> dict:
     import autopar
-    from autopar.spec.core import parse_workload
+    from autopar.spec import parse_workload
 
     kw = dict(kw)
     wl = kw.pop("workload", None)

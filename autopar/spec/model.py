@@ -1,0 +1,134 @@
+"""The model spec: layers, widths, heads, experts and dtypes, read and range-checked from a
+model file's `model:` section (an HF config.json has its own reader, `spec.hf`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .fields import Fields
+from .units import DTYPE_BYTES
+
+
+@dataclass(frozen=True)
+class MLASpec:
+    """Multi-head latent attention (DeepSeek-V2/V3): low-rank Q and a compressed KV cache."""
+
+    q_lora_rank: int  # 0 means Q is a plain projection
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn_hidden: int
+    gated_mlp: bool
+    vocab: int
+    experts: int = 0
+    top_k: int = 0
+    expert_ffn_hidden: int = 0
+    shared_experts: int = 0
+    shared_expert_ffn_hidden: int = 0
+    dense_layers: tuple[int, ...] = ()
+    tie_embeddings: bool = False
+    dtype: str = "bf16"
+    dropout: bool = False
+    mla: MLASpec | None = None
+    # Stored precision of the blocks' linear layers (QKV, out, MLP, experts) in a quantized
+    # serving checkpoint (DeepSeek-V3's fp8); None: `dtype`. Norms, router, embedding and LM
+    # head, the KV cache and activations stay `dtype`.
+    weight_dtype: str | None = None
+
+    @property
+    def is_moe(self) -> bool:
+        return self.experts > 0
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return self.is_moe and layer not in self.dense_layers
+
+    @property
+    def moe_layer_count(self) -> int:
+        return sum(self.is_moe_layer(i) for i in range(self.layers))
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def linear_bytes(self) -> int:
+        """Bytes per stored weight of the blocks' linear layers."""
+        return DTYPE_BYTES[self.weight_dtype or self.dtype]
+
+
+def _check_model(m: ModelSpec, f: Fields) -> ModelSpec:
+    if m.mla is None and m.heads % m.kv_heads:
+        raise f.error("kv_heads",
+                      f"heads ({m.heads}) must be a multiple of kv_heads ({m.kv_heads})")
+    if m.is_moe:
+        if not 1 <= m.top_k <= m.experts:
+            raise f.error("top_k", f"must be in [1, experts={m.experts}], got {m.top_k}")
+        if m.expert_ffn_hidden <= 0:
+            raise f.error("expert_ffn_hidden", "required (> 0) for an MoE model")
+        bad = [i for i in m.dense_layers if i >= m.layers]
+        if bad:
+            raise f.error("dense_layers", f"layer {bad[0]} does not exist (layers={m.layers})")
+    elif m.top_k or m.shared_experts or m.dense_layers:
+        raise f.error("experts", "top_k/shared_experts/dense_layers given but experts is 0")
+    if (not m.is_moe or m.dense_layers) and m.ffn_hidden <= 0:
+        raise f.error("ffn_hidden", "required (> 0) for dense layers")
+    return m
+
+
+def _read_model_fields(f: Fields) -> ModelSpec:
+    hidden = f.int("hidden", 1, 1_000_000)
+    heads = f.int("heads", 1, 100_000)
+    head_dim_default = hidden // heads if hidden % heads == 0 else None
+    head_dim = f.int("head_dim", 1, 100_000, default=head_dim_default)
+    if head_dim is None:
+        raise f.error("head_dim",
+                      f"required: hidden ({hidden}) is not a multiple of heads ({heads})")
+    mla = None
+    if f.has("mla"):
+        g = f.section("mla")
+        mla = MLASpec(
+            q_lora_rank=g.int("q_lora_rank", 0, 1_000_000, default=0),
+            kv_lora_rank=g.int("kv_lora_rank", 1, 1_000_000),
+            qk_nope_head_dim=g.int("qk_nope_head_dim", 1, 100_000),
+            qk_rope_head_dim=g.int("qk_rope_head_dim", 0, 100_000),
+            v_head_dim=g.int("v_head_dim", 1, 100_000),
+        )
+        g.finish()
+    experts = f.int("experts", 0, 100_000, default=0)
+    m = ModelSpec(
+        name=f.str("name"),
+        layers=f.int("layers", 1, 10_000),
+        hidden=hidden,
+        heads=heads,
+        kv_heads=f.int("kv_heads", 1, 100_000, default=heads),
+        head_dim=head_dim,
+        ffn_hidden=f.int("ffn_hidden", 0, 10_000_000, default=0),
+        gated_mlp=f.bool("gated_mlp", default=True),
+        vocab=f.int("vocab", 1, 100_000_000),
+        experts=experts,
+        top_k=f.int("top_k", 0, 100_000, default=0),
+        expert_ffn_hidden=f.int("expert_ffn_hidden", 0, 10_000_000, default=0),
+        shared_experts=f.int("shared_experts", 0, 1000, default=0),
+        shared_expert_ffn_hidden=f.int("shared_expert_ffn_hidden", 0, 10_000_000, default=0),
+        dense_layers=f.int_list("dense_layers", 0, 10_000, default=()),
+        tie_embeddings=f.bool("tie_embeddings", default=False),
+        dtype=f.str("dtype", tuple(DTYPE_BYTES), default="bf16"),
+        dropout=f.bool("dropout", default=False),
+        mla=mla,
+        weight_dtype=f.str("weight_dtype", ("bf16", "fp16", "fp8"), default=None),
+    )
+    if m.shared_experts and not m.shared_expert_ffn_hidden:
+        m = replace(m, shared_expert_ffn_hidden=m.expert_ffn_hidden)
+    return _check_model(m, f)
+
