@@ -1,11 +1,6 @@
-"""export"""
+"""Launch configurations of a plan: the vLLM and SGLang flags (and YAML) a serving plan
+translates to, with what they cannot express marked inexact."""
 
-from .engines import (  # noqa: F401
-    ENGINES,
-    TIGHT_FRACTION,
-    command,
-    config_yaml,
-    export_text,
-    launch_from_plan,
-    launch_section,
-)
+from .engines import ENGINES, export_text, launch_from_plan, launch_section
+
+__all__ = ["ENGINES", "export_text", "launch_from_plan", "launch_section"]
