@@ -192,7 +192,7 @@ def main() -> None:
         "public-balancer style (water-fill spare slots to the highest load per replica, then "
         "LPT into the least loaded GPU with room, node-unaware); node-local = experts "
         "balanced over nodes first, replicas only inside a node; CP-SAT = this project "
-        "(docs in `autopar/search/placement.py`).",
+        "(docs in `autopar/search/placement/`).",
         "",
         "## Headline checks",
         "",
