@@ -13,7 +13,7 @@ from .api import check, make_problem, solve  # noqa: E402
 from .check.finding import Finding  # noqa: E402
 from .cost.calibration import Calibration  # noqa: E402
 from .errors import AutoparError, InfeasibleError, InputError  # noqa: E402
-from .plan.build import Plan  # noqa: E402
+from .plan import Plan  # noqa: E402
 from .spec import (  # noqa: E402
     GPUSpec,
     HardwareSpec,

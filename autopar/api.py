@@ -14,7 +14,7 @@ from typing import Any
 from .cost.calibration import Calibration
 from .cost.layer import Problem
 from .errors import InfeasibleError, InputError
-from .plan.build import Plan, build_plan
+from .plan import Plan, build_plan
 from .search.deadline import Deadline, check_time_limit
 from .search.driver import FALLBACK_GRACE_S, PIN_KEYS, SearchOptions, fits, search
 from .search.experts import placements_for
@@ -123,7 +123,7 @@ def check(plan: Plan | dict | str | Path,
 
     Model, hardware and workload default to the plan's own `inputs`."""
     from .check.verify import check_plan
-    from .plan.build import read_plan
+    from .plan import read_plan
 
     base, source = None, "plan"
     if isinstance(plan, Plan):

@@ -62,7 +62,7 @@ CHILD = r"""
 import json, resource, sys, time
 from autopar.api import make_problem
 from autopar.search.baseline import megatron_default
-from autopar.search.driver import SearchOptions, search
+from autopar.search import SearchOptions, search
 from autopar.spec import parse_hardware, parse_model
 model, hw, limit, exhaustive_budget = json.loads(sys.argv[1])
 mf = parse_model(model, "model") if isinstance(model, dict) else model

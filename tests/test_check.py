@@ -535,7 +535,7 @@ def test_bubble_is_never_negative():
 def test_zero3_parameter_gathers_are_listed_and_timed():
     """ZeRO-3 gathers the dense parameters over DP and the experts over EDP before each
     forward and backward: listed as collectives, and a timing phase, so the phases add up."""
-    from autopar.plan.build import PHASES
+    from autopar.plan import PHASES
 
     m = ModelSpec("moe", 2, 128, 4, 2, 32, 256, True, 300, experts=4, top_k=2,
                   expert_ffn_hidden=64)

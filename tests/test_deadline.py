@@ -21,7 +21,7 @@ from test_search import random_case
 from autopar.api import make_problem, solve
 from autopar.cli.main import main
 from autopar.errors import InfeasibleError, InputError
-from autopar.plan.build import Plan
+from autopar.plan import Plan
 from autopar.plan.selfcheck import validations
 from autopar.schema.gpus import decode_ids, encode_ids
 from autopar.search.deadline import Deadline

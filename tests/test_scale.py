@@ -12,13 +12,8 @@ from test_search import random_case
 
 from autopar.api import make_problem, solve
 from autopar.cost.evaluate import evaluate
-from autopar.search.driver import (
-    SearchOptions,
-    _CostCache,
-    enumerate_strategies,
-    quick_bound,
-    search,
-)
+from autopar.search import SearchOptions, enumerate_strategies, quick_bound, search
+from autopar.search.bounds import _CostCache
 from autopar.search.stages import StageInputs, dp_partition
 
 

@@ -11,7 +11,7 @@ from conftest import PROBLEMS
 from autopar.api import make_problem, solve
 from autopar.cost.layer import Problem
 from autopar.errors import InfeasibleError
-from autopar.search.driver import SearchOptions, search
+from autopar.search import SearchOptions, search
 from autopar.search.oracle import exhaustive
 from autopar.spec import GB, GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload, load_model
 

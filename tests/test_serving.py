@@ -18,8 +18,8 @@ from autopar.cost.layer import Problem, kv_bytes_per_token_layer
 from autopar.errors import InfeasibleError, InputError
 from autopar.export.engines import export_text
 from autopar.schema.gpus import gpu_records
+from autopar.search import SearchOptions
 from autopar.search.deadline import Deadline
-from autopar.search.driver import SearchOptions
 from autopar.serve.disagg import disagg_search
 from autopar.serve.evaluate import Evaluator, Layout, decode_time
 from autopar.serve.frontier import Targets, pareto, serving_ceiling, serving_search

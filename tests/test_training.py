@@ -17,7 +17,7 @@ from autopar.cost.layer import MoEState, Problem
 from autopar.cost.strategy import Strategy, StrategyError
 from autopar.errors import InputError
 from autopar.model.components import EW_BWD, layer_components
-from autopar.plan.build import PHASES
+from autopar.plan import PHASES
 from autopar.schema.gpus import gpu_records
 from autopar.spec import GB, GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload
 

@@ -17,7 +17,7 @@ import click
 from .. import api
 from ..cost.calibration import parse_calibration
 from ..errors import AutoparError, InputError
-from ..plan.build import write_atomic
+from ..plan import write_atomic
 from ..plan.files import check_target, default_plan_path, workload_label
 from ..plan.report import summary
 from ..serve.plan import wants_serving

@@ -13,7 +13,7 @@ from ..api import make_problem
 from ..cost.calibration import parse_calibration
 from ..errors import InfeasibleError, InputError
 from ..export.engines import ENGINES, export_text
-from ..plan.build import read_plan, write_atomic
+from ..plan import read_plan, write_atomic
 from ..plan.files import check_target, require_extra
 from ..search.deadline import Deadline
 from ..search.driver import SearchOptions

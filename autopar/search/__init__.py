@@ -1,20 +1,19 @@
-"""search"""
+"""search: the layout with the lowest step time for a problem (`search`), or whether any fits.
 
+`degrees` enumerates the layouts the inputs and pins allow (`enumerate_strategies`), `bounds`
+gives their cheap lower bounds (`quick_bound`, `compute_floor`), `driver` runs the best-first
+search (`search`, `fits`); `stages` and `placement` are its CP-SAT models.
+"""
+
+from .bounds import compute_floor, quick_bound, stage_inputs, summed  # noqa: F401
+from .degrees import PIN_KEYS, SPARE_CHOICES, SearchOptions, enumerate_strategies  # noqa: F401
 from .driver import (  # noqa: F401
     BOUND_SHARE,
     FALLBACK_GRACE_S,
     MIN_CPSAT_S,
-    PIN_KEYS,
     PLACEMENT_SHARE,
-    SPARE_CHOICES,
     Candidate,
-    SearchOptions,
     SearchResult,
-    compute_floor,
-    enumerate_strategies,
     fits,
-    quick_bound,
     search,
-    stage_inputs,
-    summed,
 )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..cost.evaluate import evaluate
 from ..cost.layer import MoEState, Problem
 from ..cost.strategy import Strategy
-from .driver import SearchOptions, enumerate_strategies
+from .degrees import SearchOptions, enumerate_strategies
 from .experts import ep_geometry, slots_per_gpu
 from .placement import PlacementProblem, route_loads
 

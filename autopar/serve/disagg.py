@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 
 from ..cost.layer import Problem, kv_bytes_per_token_layer
 from ..model.components import weight_bytes
+from ..search import SearchOptions
 from ..search.deadline import Deadline
-from ..search.driver import SearchOptions
 from ..spec import HardwareSpec
 from .evaluate import ServingPoint, phase_problem
 from .frontier import ServingResult, Targets, pareto, serving_search

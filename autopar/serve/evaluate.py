@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from ..cost.evaluate import Evaluation, evaluate, layer_costs
 from ..cost.layer import MoEState, Problem
 from ..cost.strategy import Strategy, StrategyError
+from ..search import PLACEMENT_SHARE, SearchOptions, stage_inputs
 from ..search.deadline import Deadline
-from ..search.driver import PLACEMENT_SHARE, SearchOptions, stage_inputs
 from ..search.experts import moe_states, placement_key
 from ..search.stages import dp_partition
 

@@ -16,8 +16,8 @@ from ..cost.layer import Problem
 from ..cost.strategy import StrategyError
 from ..errors import InfeasibleError
 from ..model.components import head_components, model_flops_per_token
+from ..search import SearchOptions, enumerate_strategies
 from ..search.deadline import Deadline
-from ..search.driver import SearchOptions, enumerate_strategies
 from .evaluate import Evaluator, Layout, ServingPoint, phase_problem, point
 
 

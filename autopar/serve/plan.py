@@ -19,7 +19,7 @@ from ..cost.layer import Problem
 from ..errors import InfeasibleError, InputError
 from ..export.engines import launch_section
 from ..model.components import weight_bytes
-from ..plan.build import Plan, build_plan
+from ..plan import Plan, build_plan
 from ..search.deadline import Deadline
 from ..search.driver import FALLBACK_GRACE_S, Candidate, SearchOptions, SearchResult
 from ..search.experts import placements_for

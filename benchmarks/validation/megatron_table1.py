@@ -22,7 +22,7 @@ import yaml
 from autopar.cost.evaluate import Evaluation, evaluate
 from autopar.cost.layer import MoEState, Problem
 from autopar.cost.strategy import Strategy
-from autopar.plan.build import PHASES
+from autopar.plan import PHASES
 from autopar.search.driver import SearchOptions, search
 from autopar.spec import HardwareSpec, ModelSpec, Workload, load_hardware
 
@@ -105,7 +105,7 @@ def run_pinned(r: dict, year: int) -> tuple[Problem, Row]:
 
 
 def timing_of(p: Problem, ev: Evaluation) -> dict:
-    from autopar.plan.build import _timing
+    from autopar.plan.timing import _timing
 
     return _timing(p, ev.strategy, ev)
 

@@ -1,0 +1,117 @@
+"""The layouts the search may choose: every degree and option combination the inputs allow.
+
+Degrees (TP, PP, DP, EP, ETP, micro-batch, recompute, ZeRO, sequence parallel, interleaving,
+spare expert slots) are enumerated outside CP-SAT (reference/cpsat.md sec. 3.1), after the
+user's pins (`SearchOptions`, whose keys are `PIN_KEYS`) and the divisibility rules; the
+search then only bounds and solves this list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..cost.layer import Problem
+from ..cost.strategy import RECOMPUTE, Strategy, StrategyError
+
+PIN_KEYS = ("tp", "pp", "dp", "ep", "etp", "micro_batch", "num_micro_batches", "recompute",
+            "zero", "sequence_parallel", "virtual_stages", "overlap_grad_reduce",
+            "overlap_tp_comm", "spare_slots")
+SPARE_CHOICES = (0, 1, 2)  # redundant expert slots per GPU tried under a skewed load
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    pins: dict = field(default_factory=dict)  # degree or option name -> fixed value
+    time_limit_s: float = 10.0
+    seed: int = 0
+    workers: int = 1
+    max_tp: int | None = None  # default: GPUs per node (TP stays inside an NVLink island)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def enumerate_strategies(p: Problem, opts: SearchOptions) -> list[Strategy]:
+    """Every layout the inputs allow, after pins and divisibility rules (DESIGN sec. 3)."""
+    m, w, G = p.model, p.workload, p.hw.num_gpus
+    pins = opts.pins
+    max_tp = opts.max_tp or p.hw.gpus_per_node
+    out = []
+    for pp in _divisors(G):
+        if pp > m.layers or pins.get("pp", pp) != pp:
+            continue
+        W = G // pp
+        for tp in _divisors(W):
+            if pins.get("tp", tp) != tp or (tp > max_tp and "tp" not in pins):
+                continue
+            heads_ok = m.heads % tp == 0 and (m.kv_heads % tp == 0 or tp % m.kv_heads == 0
+                                              or m.mla is not None)
+            if not heads_ok:
+                continue
+            dp = W // tp
+            if pins.get("dp", dp) != dp:
+                continue
+            per_replica = -(-w.batch // dp)
+            if w.kind == "training" and w.batch < dp:
+                continue
+            for ep in (_divisors(W) if m.is_moe else [1]):
+                if ep > max(m.experts, 1) or pins.get("ep", ep) != ep:
+                    continue
+                for etp in _divisors(W // ep):
+                    if pins.get("etp", etp) != etp or (etp not in (1, tp) and "etp" not in pins):
+                        continue
+                    for mb in _divisors(per_replica):
+                        if pins.get("micro_batch", mb) != mb:
+                            continue
+                        _options(G, tp, pp, dp, ep, etp, mb, per_replica // mb, p, pins, out)
+    return out
+
+
+def _options(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb: int,
+             p: Problem, pins: dict, out: list[Strategy]) -> None:
+    training = p.workload.kind == "training"
+    if pins.get("num_micro_batches", nmb) != nmb:
+        return
+    recomputes = RECOMPUTE if training else ("none",)
+    sharded = dp > 1 or (p.model.is_moe and (tp * dp) // (ep * etp) > 1)
+    zeros = (1, 2, 3) if (training and sharded) else (0,)
+    # interleaved 1F1B: v chunks of equal layer counts per stage (Megatron: layers divisible
+    # by pp x v, micro-batches by pp)
+    chunks = p.model.layers // pp if p.model.layers % pp == 0 else 1
+    vs = [v for v in _divisors(chunks) if v == 1 or (training and nmb % pp == 0)]
+    if "virtual_stages" in pins:  # interleaving is a training schedule
+        vs = [pins["virtual_stages"]] if training or pins["virtual_stages"] == 1 else []
+    flags = {k: pins[k] for k in ("overlap_grad_reduce", "overlap_tp_comm") if k in pins}
+    for spare in _spare_choices(p, ep, pins):
+        _variants(G, tp, pp, dp, ep, etp, mb, nmb, recomputes, zeros, vs,
+                  {**flags, "spare_slots": spare}, pins, out)
+
+
+def _spare_choices(p: Problem, ep: int, pins: dict) -> tuple[int, ...]:
+    """Redundant expert slots: what the user fixed, else a few when the load is skewed (the
+    search weighs their memory against the balance they buy); none for a uniform load, where
+    the placement already fills the slots an uneven split leaves free."""
+    if not p.model.is_moe or ep == 1:
+        return (0,)
+    if "spare_slots" in pins:
+        return (pins["spare_slots"],)
+    if p.workload.spare_slots is not None:
+        return (p.workload.spare_slots,)
+    return SPARE_CHOICES if p.workload.expert_load != "uniform" else (0,)
+
+
+def _variants(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb: int,
+              recomputes: tuple, zeros: tuple, vs: list, flags: dict, pins: dict,
+              out: list[Strategy]) -> None:
+    for rc in recomputes:
+        if pins.get("recompute", rc) != rc:
+            continue
+        for z in ([pins["zero"]] if "zero" in pins else zeros):
+            sps = (tp > 1,) if "sequence_parallel" not in pins else (pins["sequence_parallel"],)
+            for sp, v in ((sp, v) for sp in sps for v in vs):
+                try:
+                    out.append(Strategy(G, tp, pp, dp, ep, etp, mb, nmb, rc, z, sp, v,
+                                        **flags))
+                except StrategyError:
+                    continue
