@@ -35,14 +35,8 @@ from .figures import (
     check_timing,
 )
 from .finding import Finding, Findings, fmt
-from .layout import (
-    check_degrees,
-    check_divisibility,
-    check_experts,
-    check_ranks,
-    check_shards,
-    check_stages,
-)
+from .layout import check_degrees, check_divisibility, check_ranks, check_stages
+from .placement import check_experts, check_shards
 from .recompute import gemm_dtype, model_flops_per_step
 
 __all__ = ["Finding", "check_plan", "resolve_inputs", "format_findings", "exit_code"]

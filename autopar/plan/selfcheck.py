@@ -1,8 +1,8 @@
 """Consistency checks a plan records about itself (`validation[]`).
 
-Each is a pass/fail summary of the findings of one `autopar check` class (`check_layout`,
-`check_figures`), so the plan's own validation and `autopar check` are one implementation.
-They read only the plan document and the specs.
+Each is a pass/fail summary of the findings of one `autopar check` class (`check.layout`,
+`check.placement`, `check.figures`), so the plan's own validation and `autopar check` are one
+implementation. They read only the plan document and the specs.
 
 A compact plan (schema 2.x) states each distinct shard, expert and memory part once as a
 pattern; GPUs given the same patterns hold the same record. So the self-checks walk one GPU
@@ -20,6 +20,7 @@ from typing import Any
 
 from ..check import figures as figures
 from ..check import layout as layout
+from ..check import placement as placement
 from ..check.echo import model_from_echo
 from ..check.finding import Findings
 from ..check.recompute import Layout, hardware_flops_per_step
@@ -51,12 +52,12 @@ class PlanView:
             gpu_records(plan)
         return PlanView({**plan, "gpus": table.records}, plan["gpus"], table.where)
 
-    def pick(self, lay: Layout) -> layout.Pick:
+    def pick(self, lay: Layout) -> placement.Pick:
         """One group per distinct (stage, pattern of each member; for single GPUs also the
         EP rank): every group of a compact plan, checked once per kind of group."""
         where = self.where
         if where is None:
-            return layout.every
+            return placement.every
 
         def pick(kind: str, groups: Iterable[list[int]]) -> list[list[int]]:
             part = "shards" if kind == "tp" else "experts"
@@ -113,8 +114,8 @@ def shard_coverage(plan: dict | PlanView) -> list[str]:
     tiled exactly once by its TP ranks (replicated components are whole on every rank)."""
     v, f = PlanView.of(plan), Findings()
     lay = _layout(v.plan)
-    layout.check_shards(f, v.plan, model_from_echo(v.plan["inputs"]["model"], "plan"), lay,
-                        v.pick(lay))
+    placement.check_shards(f, v.plan, model_from_echo(v.plan["inputs"]["model"], "plan"),
+                           lay, v.pick(lay))
     return [x.message for x in f.items]
 
 
@@ -132,7 +133,7 @@ def check_experts(plan: dict | PlanView, model: dict) -> dict[str, Any]:
         return _check("experts_placed", Findings(), "dense model")
     v, f = PlanView.of(plan), Findings()
     lay = _layout(v.plan)
-    layout.check_experts(f, v.plan, m, lay, v.pick(lay))
+    placement.check_experts(f, v.plan, m, lay, v.pick(lay))
     return _check("experts_placed", f, f"all {m.experts} experts of {m.moe_layer_count} MoE "
                   "layers in every EP group")
 
