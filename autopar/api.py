@@ -15,8 +15,8 @@ from .cost.calibration import Calibration
 from .cost.layer import Problem
 from .errors import InfeasibleError, InputError
 from .plan import Plan, build_plan
+from .search import FALLBACK_GRACE_S, PIN_KEYS, SearchOptions, fits, search
 from .search.deadline import Deadline, check_time_limit
-from .search.driver import FALLBACK_GRACE_S, PIN_KEYS, SearchOptions, fits, search
 from .search.experts import placements_for
 from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
 

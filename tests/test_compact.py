@@ -21,7 +21,7 @@ from autopar.cli.main import main
 from autopar.plan import build_plan, gpu_record
 from autopar.plan.report import summary
 from autopar.schema.gpus import decode_ids, encode_ids, read_gpus, records_form
-from autopar.search.driver import SearchOptions, search
+from autopar.search import SearchOptions, search
 from autopar.search.experts import placements_for
 from autopar.spec import ModelSpec, Workload, parse_hardware
 

@@ -24,8 +24,8 @@ from autopar.errors import InfeasibleError, InputError
 from autopar.plan import Plan
 from autopar.plan.selfcheck import validations
 from autopar.schema.gpus import decode_ids, encode_ids
+from autopar.search import SearchOptions, compute_floor, search
 from autopar.search.deadline import Deadline
-from autopar.search.driver import SearchOptions, compute_floor, search
 from autopar.search.oracle import exhaustive
 from autopar.spec import Workload
 

@@ -15,8 +15,8 @@ from ..errors import InfeasibleError, InputError
 from ..export.engines import ENGINES, export_text
 from ..plan import read_plan, write_atomic
 from ..plan.files import check_target, require_extra
+from ..search import SearchOptions
 from ..search.deadline import Deadline
-from ..search.driver import SearchOptions
 from ..serve.disagg import disagg_search
 from ..serve.evaluate import Evaluator
 from ..serve.frontier import Targets, serving_search

@@ -1,16 +1,17 @@
-"""plan"""
+"""The deployment plan: the JSON document built from a solved layout (DESIGN sec. 5), its
+self-check, the terminal report, and writing / reading plan files.
 
-from .build import (  # noqa: F401
-    PHASES,
-    SCHEMA_VERSION,
-    Plan,
-    build_plan,
-    dominant_term,
-    formula_index,
-    gpu_record,
-    gpus_section,
-    inputs_echo,
-    optimizer_states,
-    read_plan,
-    write_atomic,
-)
+Public: `build_plan` (build), `Plan`, `write_atomic`, `read_plan` (document), `gpus_section`,
+`gpu_record` (gpus), `optimizer_states` (memory), `PHASES`, `dominant_term` (timing),
+`inputs_echo`, `formula_index` (sections), `SCHEMA_VERSION`."""
+
+from .build import SCHEMA_VERSION, build_plan
+from .document import Plan, read_plan, write_atomic
+from .gpus import gpu_record, gpus_section
+from .memory import optimizer_states
+from .sections import formula_index, inputs_echo
+from .timing import PHASES, dominant_term
+
+__all__ = ["build_plan", "Plan", "write_atomic", "read_plan", "gpus_section", "gpu_record",
+           "optimizer_states", "PHASES", "dominant_term", "inputs_echo", "formula_index",
+           "SCHEMA_VERSION"]

@@ -20,8 +20,8 @@ from ..errors import InfeasibleError, InputError
 from ..export.engines import launch_section
 from ..model.components import weight_bytes
 from ..plan import Plan, build_plan
+from ..search import FALLBACK_GRACE_S, Candidate, SearchOptions, SearchResult
 from ..search.deadline import Deadline
-from ..search.driver import FALLBACK_GRACE_S, Candidate, SearchOptions, SearchResult
 from ..search.experts import placements_for
 from ..spec import GB, HardwareSpec, Workload
 from .disagg import DisaggResult, disagg_search

@@ -23,7 +23,7 @@ from autopar.cost.evaluate import Evaluation, evaluate
 from autopar.cost.layer import MoEState, Problem
 from autopar.cost.strategy import Strategy
 from autopar.plan import PHASES
-from autopar.search.driver import SearchOptions, search
+from autopar.search import SearchOptions, search
 from autopar.spec import HardwareSpec, ModelSpec, Workload, load_hardware
 
 ROOT = Path(__file__).resolve().parents[2]

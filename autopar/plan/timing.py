@@ -1,0 +1,180 @@
+"""The plan's `communication` and `timing` sections: every collective of every stage with its
+link time and the part the step waits for, and the step split into phases (forward, backward,
+recompute, exposed communication, bubble, DP sync, optimizer) on the critical stage, with the
+dominant one. Both restate the cost model's stage costs (`cost.evaluate`) per step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..cost.evaluate import Evaluation, StageCost, pipeline_time
+from ..cost.layer import Problem
+from ..cost.strategy import Strategy
+from ..model.components import EW_BWD
+
+
+def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, Any]]:
+    """Every collective of every stage: its time on the link (`time_per_*_s`, what the
+    transfer takes) and the part of it the step waits for (`exposed_s`, per step: less
+    where it overlaps compute [tp-async, tp-overlap, dp-comm]). Per stage, the exposed
+    parts add up to the stage's `timing.per_stage` communication x micro-batches."""
+    from ..cost.layer import strategy_groups
+
+    groups = strategy_groups(p, s)
+    m_mb = s.num_micro_batches
+    out = []
+    full = s.recompute == "full"
+    passes = 1 + (1 if p.training else 0) + (1 if full else 0)  # forward, backward, recompute
+    for st in ev.stages:
+        n_layers = len(st.layer_costs)
+        if not n_layers:
+            continue
+        if s.tp > 1:
+            lc = st.layer_costs[0]  # every layer's TP collectives move the same bytes
+            exposed = sum(c.tp_fwd + (c.tp_bwd if p.training else 0.0)
+                          for c in st.layer_costs) * m_mb
+            out.append(_coll("reduce_scatter+all_gather" if s.sequence_parallel
+                             else "all_reduce", "tp", groups["tp"], st.index, lc.tp_bytes,
+                             2 * passes * n_layers * m_mb, lc.tp_link / 2, exposed,
+                             "tp-comm"))
+            for edge, part in zip(st.edges, _edge_parts(s, st.index), strict=True):
+                # vocab-parallel embedding / loss: one all-reduce per pass, never hidden
+                calls = m_mb * (2 if p.training else 1)
+                out.append(_coll("all_reduce", "tp", groups["tp"], st.index, edge.tp_bytes,
+                                 calls, edge.tp_link, edge.tp_link * calls, "tp-comm",
+                                 part=part))
+        moe_costs = [c for c in st.layer_costs if c.ep_bytes]
+        if moe_costs and (s.ep > 1 or s.etp > 1):
+            worst = max(moe_costs, key=lambda c: c.ep_fwd)
+            per_call = sum(c.ep_fwd for c in moe_costs) / (2 * len(moe_costs))
+            calls = len(moe_costs) * m_mb * 2 * passes
+            out.append(_coll("all_to_all", "ep", groups["ep"], st.index, worst.ep_bytes, calls,
+                             per_call, per_call * calls, "ep-comm"))
+        v = s.virtual_stages  # interleaved: a send per chunk boundary
+        sends_f = v if st.index < s.pp - 1 else v - 1
+        sends_b = v if st.index > 0 else v - 1
+        if st.p2p_fwd:
+            out.append(_coll("send_recv", "pp", None, st.index, _p2p_bytes(p, s),
+                             m_mb * sends_f, st.p2p_fwd / sends_f, st.p2p_fwd * m_mb, "p2p",
+                             direction="forward"))
+        if st.p2p_bwd:
+            out.append(_coll("send_recv", "pp", None, st.index, _p2p_bytes(p, s),
+                             m_mb * sends_b, st.p2p_bwd / sends_b, st.p2p_bwd * m_mb, "p2p",
+                             direction="backward"))
+        dense = sum(c.params for c in st.layer_costs) + sum(c.params for c in st.edges)
+        if p.training and st.dp_sync:
+            kind = "reduce_scatter+all_gather" if s.zero >= 1 else "all_reduce"
+            out.append(_coll(kind, "dp", groups["dp"], st.index, dense * p.workload.grad_bytes,
+                             1, st.dp_sync, st.dp_exposed, "dp-comm"))
+        # ZeRO-3: the parameters gathered before each forward and backward, not hidden
+        b = p.model.dtype_bytes
+        expert = sum(c.params_expert for c in st.layer_costs)
+        for group, t, nbytes in (("dp", st.param_gather_dp, dense * b),
+                                 ("edp", st.param_gather_edp, expert * b)):
+            if t:
+                out.append(_coll("all_gather", group, groups[group], st.index, nbytes,
+                                 2 * m_mb, t, 2 * m_mb * t, "dp-comm", part="parameters"))
+    return out
+
+
+def _edge_parts(s: Strategy, stage: int) -> list[str]:
+    """Names of a stage's edge pseudo-layers, in `StageCost.edges` order."""
+    return (["embedding"] if stage == 0 else []) + (["lm_head"] if stage == s.pp - 1 else [])
+
+
+def _p2p_bytes(p: Problem, s: Strategy) -> float:
+    return s.micro_batch * p.workload.tokens_per_sample * p.model.hidden * \
+        p.model.dtype_bytes / s.tp
+
+
+def _coll(kind: str, group: str, g, stage: int, nbytes: float, calls: int, per_call: float,
+          exposed_s: float, formula: str, direction: str | None = None,
+          part: str | None = None) -> dict[str, Any]:
+    """One collective entry; `per_call` is the link time, `exposed_s` the step's share."""
+    e = {"collective": kind, "group": group, "stage": stage,
+         "group_size": g.size if g else 2, "link": g.name if g else "stage-to-stage",
+         "bytes_per_call": nbytes, "calls_per_step": calls,
+         "bytes_per_step": nbytes * calls, "time_per_call_s": per_call,
+         "time_per_step_s": per_call * calls, "exposed": exposed_s > 0,
+         "exposed_s": exposed_s, "formula": formula}
+    if direction:
+        e["direction"] = direction
+    if part:
+        e["part"] = part
+    return e
+
+
+def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
+    per_stage = []
+    for st in ev.stages:
+        lcs = st.layer_costs + st.edges
+        per_stage.append({
+            "stage": st.index, "layers": [st.first_layer, st.end_layer - 1],
+            "forward_compute_s": sum(c.compute_fwd for c in lcs),
+            "backward_compute_s": sum(c.compute_bwd for c in lcs) if p.training else 0.0,
+            "recompute_s": sum(c.recompute for c in lcs) if p.training else 0.0,
+            "tp_comm_s": sum(c.tp_fwd + (c.tp_bwd if p.training else 0) for c in lcs),
+            "ep_comm_s": sum(c.ep_fwd + (c.ep_bwd if p.training else 0) for c in lcs),
+            "pp_comm_s": st.p2p_fwd + st.p2p_bwd,
+            "param_gather_s": 2 * (st.param_gather_dp + st.param_gather_edp),
+            "per_micro_batch_s": st.busy,
+            "dp_sync_s": st.dp_sync, "dp_exposed_s": st.dp_exposed,
+            "optimizer_s": st.optimizer,
+        })
+    slow = max(ev.stages, key=lambda x: x.busy)
+    crit = per_stage[slow.index]
+    mb, v = s.num_micro_batches, s.virtual_stages
+    pipeline = pipeline_time(sum(x.busy for x in ev.stages), slow.busy, mb, v)
+    schedule = ("interleaved-1f1b" if v > 1 else "1f1b") if p.training else "forward-pipeline"
+    out = {
+        "schedule": schedule,
+        "micro_batches": mb,
+        "virtual_stages": v,
+        "critical_stage": slow.index,
+        # the phases of the critical stage over the step; they add up to step_time_s
+        "forward_s": crit["forward_compute_s"] * mb,
+        "backward_s": crit["backward_compute_s"] * mb,
+        "recompute_s": crit["recompute_s"] * mb,
+        "tp_comm_exposed_s": crit["tp_comm_s"] * mb,
+        "ep_comm_exposed_s": crit["ep_comm_s"] * mb,
+        "pp_comm_exposed_s": crit["pp_comm_s"] * mb,
+        "param_gather_exposed_s": crit["param_gather_s"] * mb,
+        "pipeline_s": pipeline,
+        "bubble_s": ev.bubble,
+        "dp_exposed_s": max(x.dp_exposed for x in ev.stages),
+        "optimizer_s": max(x.optimizer for x in ev.stages),
+        "step_time_s": ev.step_time,
+        # of forward/backward/recompute: the memory-bound kernels [elementwise]
+        "elementwise_s": _elementwise(p, s, slow) * mb,
+        "formula": "1f1b" if p.training else "forward-pipeline",
+        "per_stage": per_stage,
+    }
+    out["dominant_term"] = dominant_term(out)
+    return out
+
+
+PHASES = ("forward_s", "backward_s", "recompute_s", "tp_comm_exposed_s", "ep_comm_exposed_s",
+          "pp_comm_exposed_s", "param_gather_exposed_s", "bubble_s", "dp_exposed_s",
+          "optimizer_s")
+
+
+def dominant_term(timing: dict[str, Any]) -> str:
+    """The phase that takes the largest share of the step (what to attack first)."""
+    return max(PHASES, key=lambda k: timing.get(k, 0.0)).removesuffix("_s")
+
+
+def _elementwise(p: Problem, s: Strategy, st: StageCost) -> float:
+    """Per micro-batch: the memory-bound kernels' share of the stage's compute (forward,
+    EW_BWD x in the backward, again when recomputed)."""
+    total = 0.0
+    for lc in st.layer_costs + st.edges:
+        for c in lc.components:
+            total += c.ew_s
+            if p.training:
+                again = s.recompute == "full" and lc.recompute > 0 or (
+                    s.recompute == "selective" and c.role == "heads")
+                total += EW_BWD * c.ew_s + (c.ew_s if again else 0.0)
+    return total
+
+
+__all__ = ["PHASES", "dominant_term"]
