@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from autopar.api import solve
 from autopar.check.echo import inputs_from_echo
 from autopar.check.verify import check_plan, format_findings
-from autopar.cli.main import main
+from autopar.cli import main
 from autopar.errors import AutoparError, InputError
 from autopar.model.components import model_flops_per_token
 from autopar.schema.gpus import records_form

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import ONE_GPU, PROBLEMS, TINY_MODEL
 
-from autopar.cli.main import main
+from autopar.cli import main
 from autopar.cli.options import EXIT_CODES
 
 
@@ -104,7 +104,7 @@ def test_plans_are_written_with_the_umask(tmp_path):
 def test_frontier_png_without_matplotlib_says_so_before_any_work(tmp_path, monkeypatch):
     import importlib.util
 
-    import autopar.cli.serving
+    import autopar.cli.frontier
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -112,7 +112,7 @@ def test_frontier_png_without_matplotlib_says_so_before_any_work(tmp_path, monke
 
     def refuse(*a, **k):
         raise AssertionError("the frontier was searched before the extra was checked")
-    monkeypatch.setattr(autopar.cli.serving, "serving_search", refuse)
+    monkeypatch.setattr(autopar.cli.frontier, "serving_search", refuse)
     out = tmp_path / "f.json"
     r = CliRunner().invoke(main, ["frontier", "--model",
                                   str(PROBLEMS / "models/mixtral-8x7b-serve.yaml"), "--hw",

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from autopar.api import make_problem, solve
 from autopar.check.verify import check_plan, format_findings
-from autopar.cli.main import main
+from autopar.cli import main
 from autopar.plan import build_plan, gpu_record
 from autopar.plan.report import summary
 from autopar.schema.gpus import decode_ids, encode_ids, read_gpus, records_form

@@ -19,7 +19,7 @@ from conftest import PROBLEMS, ROOT
 from test_search import random_case
 
 from autopar.api import make_problem, solve
-from autopar.cli.main import main
+from autopar.cli import main
 from autopar.errors import InfeasibleError, InputError
 from autopar.plan import Plan
 from autopar.plan.selfcheck import validations

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from conftest import PROBLEMS
 
 from autopar.check.verify import check_plan
-from autopar.cli.main import main
+from autopar.cli import main
 
 SEED_ORIGINAL = PROBLEMS / "seed-original" / "plan.json"
 MODEL = """model:

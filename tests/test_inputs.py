@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import ONE_GPU, PROBLEMS, TINY_MODEL
 
-from autopar.cli.main import main
+from autopar.cli import main
 from autopar.errors import InputError
 from autopar.spec import load_hardware, load_model
 

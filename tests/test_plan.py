@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import PROBLEMS
 
 from autopar.api import make_problem, solve
-from autopar.cli.main import main
+from autopar.cli import main
 from autopar.plan import selfcheck as selfcheck
 from autopar.schema.gpus import records_form
 

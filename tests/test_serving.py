@@ -12,7 +12,7 @@ from conftest import PROBLEMS
 
 from autopar.api import check as plan_check
 from autopar.api import make_problem, solve
-from autopar.cli.main import main
+from autopar.cli import main
 from autopar.cost.calibration import Calibration, parse_calibration
 from autopar.cost.layer import Problem, kv_bytes_per_token_layer
 from autopar.errors import InfeasibleError, InputError

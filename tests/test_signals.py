@@ -44,7 +44,7 @@ else:
         if mode == "after-rename":
             os.kill(os.getpid(), sig)
     os.replace = replace
-from autopar.cli.main import main
+from autopar.cli import main
 main(sys.argv[3:], prog_name="autopar")
 """
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import PROBLEMS
 
-from autopar.cli.main import main
+from autopar.cli import main
 from autopar.cost.calibration import Calibration, parse_calibration
 from autopar.cost.comm import all_reduce, group_link, reduce_scatter
 from autopar.cost.evaluate import adam_traffic, evaluate, in_flight

@@ -1,11 +1,8 @@
-"""cli"""
+"""The command line, a thin shell over `autopar.api`: one module per command (`solve`,
+`check`, `frontier`, `export`), the options they share (`options`), how a command runs
+(`run`: one-line errors, signals, progress). `main` is the `autopar` entry point."""
 
-from .main import (  # noqa: F401
-    EXIT_INFEASIBLE,
-    Interrupted,
-    Interruptible,
-    Progress,
-    check,
-    main,
-    solve,
-)
+from . import check, export, frontier, solve  # noqa: F401  (each registers its command)
+from .app import main
+
+__all__ = ["main"]

@@ -11,6 +11,7 @@ import click
 
 from ..errors import InputError
 from ..search.deadline import MAX_TIME_LIMIT_S, check_time_limit
+from ..spec import parse_workload
 
 EXIT_CODES = {
     "solve": "0 plan written; 2 bad input (one line naming the file, the field and the "
@@ -112,3 +113,38 @@ def time_limit(f: Callable) -> Callable:
                         help="seconds for the whole run (search, placements, plan); a run "
                              "cut short gives the best found so far (a plan says FEASIBLE, "
                              f"with a bound); finite, > 0 and <= {MAX_TIME_LIMIT_S:.0f}")(f)
+
+
+def workload_from_flags(base, source: str, kind, batch, seq_len, phase, input_len, output_len,
+                         expert_load, spare_slots, precision=None):
+    data = {}
+    if base is not None:
+        data = {"kind": base.kind}
+        if base.kind == "training":
+            data.update(global_batch=base.batch, seq_len=base.seq_len,
+                        optimizer={"grad_dtype": base.grad_dtype,
+                                   "master_dtype": base.master_dtype,
+                                   "state_dtype": base.state_dtype})
+        else:
+            data.update(batch=base.batch, phase=base.phase, input_len=base.input_len,
+                        output_len=base.output_len, ttft_ms=base.ttft_ms,
+                        tpot_ms=base.tpot_ms)
+        data.update(expert_load=base.expert_load, spare_slots=base.spare_slots,
+                    causal=base.causal)
+        if base.precision:
+            data["precision"] = base.precision
+    if kind:
+        if base is not None and kind != base.kind:
+            data = {"expert_load": data.get("expert_load", "uniform")}
+        data["kind"] = kind
+    flags = {"seq_len": seq_len, "phase": phase, "input_len": input_len,
+             "output_len": output_len, "expert_load": expert_load, "spare_slots": spare_slots,
+             "precision": precision}
+    if batch is not None:
+        data["global_batch" if data.get("kind") == "training" else "batch"] = batch
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if not data:
+        return None
+    if data.get("kind") != "training":
+        data.pop("optimizer", None)
+    return parse_workload(data, source)

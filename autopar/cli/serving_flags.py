@@ -1,6 +1,5 @@
 """Serving options of `autopar solve` (latency targets, frontier, disaggregation) and the
-lines its summary adds for a serving plan. Kept apart from `cli_serving` (the commands) so
-that `cli` can use them while it is being imported."""
+lines its summary adds for a serving plan."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Serving commands: `autopar frontier` (the throughput/latency frontier as a table, JSON
-and PNG) and `autopar export` (a plan's vLLM / SGLang launch configuration)."""
+"""`autopar frontier`: tokens/s per GPU against tokens/s per user over every serving
+layout and load, as a table, JSON and PNG."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import click
 from ..api import make_problem
 from ..cost.calibration import parse_calibration
 from ..errors import InfeasibleError, InputError
-from ..export.engines import ENGINES, export_text
-from ..plan import read_plan, write_atomic
+from ..plan import write_atomic
 from ..plan.files import check_target, require_extra
 from ..search import SearchOptions
 from ..search.deadline import Deadline
@@ -24,7 +23,8 @@ from ..serve.plan import grace, why_not_served
 from ..serve.report import frontier_document, frontier_png, frontier_table
 from ..spec import load_hardware, load_model, read_data
 from . import options as opt
-from .main import Interruptible, _guard, _workload_from_flags, main
+from .app import main
+from .run import Interruptible, guard
 
 
 @main.command(epilog=opt.epilog("frontier"))
@@ -66,7 +66,7 @@ def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_le
             check_target(out)
         mf = load_model(model_path)
         base = mf.workload if mf.workload and mf.workload.kind == "inference" else None
-        wl = _workload_from_flags(base, "command line", "inference",
+        wl = opt.workload_from_flags(base, "command line", "inference",
                                   None if base else 1, None, phase, input_len,
                                   output_len, expert_load, spare_slots)
         wl = replace(wl, ttft_ms=wl.ttft_ms if ttft_ms is None else ttft_ms,
@@ -89,40 +89,16 @@ def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_le
         return p, res, dis
 
     with Interruptible() as stop:  # SIGINT / SIGTERM: exit 130 / 143, nothing written
-        p, res, dis = _guard(lambda: stop.run(run))
+        p, res, dis = guard(lambda: stop.run(run))
         doc = frontier_document(p, res, dis)
         if out:
             text = json.dumps(doc, indent=1, allow_nan=False)
             stop.writing = (Path(out), text)
-            _guard(lambda: write_atomic(out, text))
+            guard(lambda: write_atomic(out, text))
         if png:
-            _guard(lambda: frontier_png(res, png, f"{p.model.name} on {p.hw.name}", dis))
+            guard(lambda: frontier_png(res, png, f"{p.model.name} on {p.hw.name}", dis))
         if as_json:
             click.echo(json.dumps(doc, indent=1))
         else:
             click.echo(frontier_table(res, dis))
 
-
-@main.command(epilog=opt.epilog("export"))
-@click.argument("plan_path", metavar="PLAN.json", type=click.Path(dir_okay=False))
-@click.option("--to", "engine", required=True, type=click.Choice(list(ENGINES)),
-              help="the serving engine to launch the plan on")
-@click.option("--format", "fmt", type=click.Choice(["command", "yaml"]), default="command",
-              show_default=True, help="a command line, or a YAML file for the engine's --config")
-@click.option("--model-path", default=None,
-              help="model name or path for the engine (default: the plan's model name)")
-def export(plan_path, engine, fmt, model_path) -> None:
-    """Print the vLLM or SGLang launch configuration of a plan."""
-    plan = _guard(lambda: read_plan(plan_path))
-    text = _guard(lambda: _export(plan, engine, fmt, model_path, plan_path))
-    click.echo(text.rstrip("\n"))
-
-
-def _export(plan, engine, fmt, model_path, source) -> str:
-    try:
-        return export_text(plan, engine, fmt, model_path)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(str(Path(source)), "", f"not an autopar plan: missing {exc}") from None
-
-
-__all__ = ["frontier", "export"]

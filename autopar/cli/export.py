@@ -1,0 +1,37 @@
+"""`autopar export`: a serving plan's vLLM or SGLang launch configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+from ..export import ENGINES, export_text
+from ..plan import read_plan
+from . import options as opt
+from .app import main
+from .run import guard
+
+
+@main.command(epilog=opt.epilog("export"))
+@click.argument("plan_path", metavar="PLAN.json", type=click.Path(dir_okay=False))
+@click.option("--to", "engine", required=True, type=click.Choice(list(ENGINES)),
+              help="the serving engine to launch the plan on")
+@click.option("--format", "fmt", type=click.Choice(["command", "yaml"]), default="command",
+              show_default=True, help="a command line, or a YAML file for the engine's --config")
+@click.option("--model-path", default=None,
+              help="model name or path for the engine (default: the plan's model name)")
+def export(plan_path, engine, fmt, model_path) -> None:
+    """Print the vLLM or SGLang launch configuration of a plan."""
+    plan = guard(lambda: read_plan(plan_path))
+    text = guard(lambda: _export(plan, engine, fmt, model_path, plan_path))
+    click.echo(text.rstrip("\n"))
+
+
+def _export(plan, engine, fmt, model_path, source) -> str:
+    try:
+        return export_text(plan, engine, fmt, model_path)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(str(Path(source)), "", f"not an autopar plan: missing {exc}") from None
+
