@@ -103,3 +103,47 @@ def test_the_reader_finds_every_spelling_of_an_import(text):
     """A lazy, a relative-package, an absolute and a from-package import from check/."""
     found = {t for _, t in imports(PKG / "check" / "probe.py", text)}
     assert found & {"search", "cost", "plan", "serve"}
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (lazy imports included)."""
+    mods = {_module(p): p for p in PKG.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        pkg = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = ".".join(pkg[: len(pkg) - node.level + 1]) if node.level else ""
+            mod = ".".join(x for x in (base, node.module or "") if x)
+            for a in node.names:
+                target = f"{mod}.{a.name}" if f"{mod}.{a.name}" in mods else mod
+                if target in mods and target != name:
+                    deps.add(target)
+        graph[name] = deps
+    return graph
+
+
+def test_no_import_cycles():
+    graph, done, path = import_graph(), set(), []
+
+    def visit(m: str) -> None:
+        if m in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(m):] + [m]))
+        if m in done:
+            return
+        path.append(m)
+        for d in sorted(graph[m]):
+            visit(d)
+        path.pop()
+        done.add(m)
+
+    for m in sorted(graph):
+        visit(m)
+    assert "autopar.cli.app" in graph and graph["autopar.cli.solve"] >= {"autopar.cli.app"}
