@@ -27,3 +27,14 @@ TINY_MODEL = {
 
 ONE_GPU = {"name": "one", "gpu": {"memory_gb": 80, "tflops": {"bf16": 100}, "hbm_tbps": 1.0},
            "nodes": 1, "gpus_per_node": 1, "reserved_gb": 0}
+
+
+def json_paths(x, prefix=()):
+    """Every JSON path of a document, leaves and containers (the first 3 items of a list)."""
+    yield prefix
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from json_paths(v, (*prefix, k))
+    elif isinstance(x, list):
+        for i, v in enumerate(x[:3]):
+            yield from json_paths(v, (*prefix, i))

@@ -9,7 +9,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import PROBLEMS
+from conftest import PROBLEMS, json_paths
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -379,23 +379,12 @@ def test_check_plan_rejects_non_object():
         check_plan([1, 2])
 
 
-def _paths(x, prefix=()):
-    """Every JSON path of a document, leaves and containers."""
-    yield prefix
-    if isinstance(x, dict):
-        for k, v in x.items():
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(x, list):
-        for i, v in enumerate(x[:3]):
-            yield from _paths(v, (*prefix, i))
-
-
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.data())
 def test_hostile_edits_never_crash(moe_plan, data):
     """Any value replaced by a wrong type, a negative or a huge number: findings, no crash."""
     plan = copy.deepcopy(moe_plan)
-    paths = [p for p in _paths(plan) if p and p[0] != "formulas"]
+    paths = [p for p in json_paths(plan) if p and p[0] != "formulas"]
     path = data.draw(st.sampled_from(paths))
     parent = plan
     for k in path[:-1]:

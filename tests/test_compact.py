@@ -12,6 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 from click.testing import CliRunner
+from conftest import json_paths
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -215,23 +216,13 @@ def test_id_lists_of_a_rank_are_one_run_per_stage():
     assert decode_ids([[True, 3, 1]], 8)[1]
 
 
-def _paths(x, prefix=()):
-    yield prefix
-    if isinstance(x, dict):
-        for k, v in x.items():
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(x, list):
-        for i, v in enumerate(x[:3]):
-            yield from _paths(v, (*prefix, i))
-
-
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(st.data())
 def test_hostile_edits_of_the_patterns_never_crash(small, data):
     """Any value of the gpus section replaced by a wrong type, a negative or a huge number:
     findings, no crash."""
     plan = copy.deepcopy(small)
-    path = data.draw(st.sampled_from([p for p in _paths(plan["gpus"]) if p]))
+    path = data.draw(st.sampled_from([p for p in json_paths(plan["gpus"]) if p]))
     parent = plan["gpus"]
     for k in path[:-1]:
         parent = parent[k]
