@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..spec.fields import Fields
+from ..spec.units import DTYPE_BYTES
+from .kernels import OPS, BusTable, GemmTable, KernelTables
 
 if TYPE_CHECKING:
     from ..spec import GPUSpec
@@ -51,20 +53,34 @@ class Calibration:
     # it replaces the alpha-beta figures for all-reduce, reduce-scatter and all-gather.
     collectives: dict[str, tuple[tuple[int, float, float], ...]] = field(default_factory=dict)
     source: str = "defaults"
+    # Measured GEMM (per dtype) and per-op collective tables (autopar.cost.kernels); they win
+    # over everything above wherever they have the dtype or the (op, link).
+    kernels: KernelTables = field(default_factory=KernelTables)
 
-    def gemm_eff(self, m: float, n: float, k: float) -> float:
-        """Achieved fraction of peak of an m x k by k x n GEMM."""
+    def gemm_eff(self, m: float, n: float, k: float, dtype: str | None = None,
+                 peak: float | None = None) -> float:
+        """Achieved fraction of peak (`peak`: the FLOP/s of `dtype`) of an m x k by k x n
+        GEMM: a measured table of the dtype, else the GFLOP table, else the size curve."""
+        table = self.kernels.gemm.get(dtype) if dtype else None
+        if table is not None and peak:
+            return min(1.0, table.flops_per_s(m, n, k) / peak)
         if self.gemm_table:
             return _interp_log(self.gemm_table, 2 * m * n * k / 1e9)
         h = self.gemm_half_dim
         peak = GENERIC_GEMM_PEAK if self.gemm_peak is None else self.gemm_peak
         return peak * (m / (m + h)) * (n / (n + h)) * (k / (k + h))
 
-    def busbw(self, link: str, group: int, nbytes: float) -> float | None:
-        """Measured bus bandwidth (B/s) of a ring collective of `nbytes` over `group` GPUs on
-        `link`: the rows of the nearest measured group size, log-interpolated in message
-        size; None when the link has no table."""
-        rows = self.collectives.get(link)
+    def gemm_source(self, dtype: str) -> str:
+        return "table" if dtype in self.kernels.gemm else "curve"
+
+    def busbw(self, link: str, group: int, nbytes: float, op: str | None = None) -> float | None:
+        """Measured bus bandwidth (B/s) of collective `op` of `nbytes` over `group` GPUs on
+        `link`: the op's own table if measured; else (ring ops only) the op-less rows of the
+        nearest measured group size, log-interpolated in message size; None without one."""
+        own = self.kernels.collectives.get((op, link)) if op else None
+        if own is not None:
+            return own.busbw(group, nbytes)
+        rows = self.collectives.get(link) if op != "alltoall" else None
         if not rows:
             return None
         sizes = sorted({r[0] for r in rows})
@@ -83,6 +99,16 @@ class Calibration:
         if self.link_eff.get("intra") is None:
             changes["link_eff"] = {**self.link_eff, "intra": gpu.nvlink_eff or GENERIC_INTRA_EFF}
         return replace(self, **changes) if changes else self
+
+    def echo(self, dtypes: tuple[str, ...]) -> dict[str, Any]:
+        """The plan's `inputs.calibration`: every figure, and where tables were given, how
+        many rows each holds and which source the GEMMs of each of `dtypes` used."""
+        out = asdict(replace(self, kernels=KernelTables()))
+        del out["kernels"]
+        out.update(self.kernels.summary())
+        if self.kernels.gemm:
+            out["gemm_source"] = {d: self.gemm_source(d) for d in sorted(set(dtypes))}
+        return out
 
 
 def _interp_log(rows: tuple[tuple[float, float], ...], x: float) -> float:
@@ -124,21 +150,35 @@ def parse_calibration(data: Any, source: str) -> Calibration:
         values["link_eff"] = links
     else:
         f.used.add("link_eff")
+    gemm, colls = {}, {}
+    if f.has("gemm_table"):
+        gemm = _gemm_table(f, "gemm_table")
+    else:
+        f.used.add("gemm_table")
     if f.has("collectives"):
         g = f.section("collectives")
-        values["collectives"] = {k: _collective_rows(g, k) for k in LINKS if g.has(k)}
+        legacy = {}
+        for k in LINKS:
+            if g.has(k):
+                plain, ops = _collective_rows(g, k)
+                if plain:
+                    legacy[k] = plain
+                colls.update({(op, k): BusTable(rows) for op, rows in ops.items()})
+        values["collectives"] = legacy
         g.finish()
     else:
         f.used.add("collectives")
+    if gemm or colls:
+        values["kernels"] = KernelTables(gemm, colls)
     f.text("notes")
     f.finish()
     return replace(Calibration(), **values)
 
 
-def _rows(f: Fields, key: str) -> list[Fields]:
+def _rows(f: Fields, key: str, most: int = 10_000) -> list[Fields]:
     items = f.data[key]
     f.used.add(key)
-    if not isinstance(items, list) or not items or len(items) > 10_000:
+    if not isinstance(items, list) or not items or len(items) > most:
         raise f.error(key, "expected a non-empty list of measurements")
     return [Fields(f.source, item, f"{f.field(key)}[{i}]") for i, item in enumerate(items)]
 
@@ -152,16 +192,37 @@ def _gemm_rows(f: Fields, key: str) -> tuple[tuple[float, float], ...]:
     return _sorted_unique(f, key, out)
 
 
-def _collective_rows(f: Fields, key: str) -> tuple[tuple[int, float, float], ...]:
-    """`collectives.<link>: [{group, bytes, busbw_gbps}]` as measured by nccl-tests."""
-    out = []
-    for r in _rows(f, key):
-        out.append((r.int("group", 2, 1_000_000), r.float("bytes", 1.0, 1e15),
-                    r.float("busbw_gbps", 1e-3, 1e6) * GB))
+def _gemm_table(f: Fields, key: str) -> dict[str, GemmTable]:
+    """`gemm_table: [{m, n, k, dtype, time_us}]`: measured GEMM times per dtype."""
+    out: dict[str, dict] = {}
+    for r in _rows(f, key, 500_000):
+        shape = (r.int("m", 1, 10**8), r.int("n", 1, 10**8), r.int("k", 1, 10**8))
+        dtype = r.str("dtype", tuple(DTYPE_BYTES))
+        t = r.float("time_us", 1e-6, 1e12) * 1e-6
         r.finish()
-    for g in {x[0] for x in out}:
-        _sorted_unique(f, key, [(b, v) for gg, b, v in out if gg == g])
-    return tuple(sorted(out))
+        if shape in out.setdefault(dtype, {}):
+            raise r.error("m", f"two measurements of {dtype} {'x'.join(map(str, shape))}")
+        out[dtype][shape] = t
+    return {d: GemmTable(tuple(sorted((*s, t) for s, t in rows.items())))
+            for d, rows in out.items()}
+
+
+def _collective_rows(f: Fields, key: str) -> tuple[tuple, dict[str, tuple]]:
+    """`collectives.<link>: [{group, bytes, busbw_gbps}]` as measured by nccl-tests; rows
+    with an `op` (all_reduce, all_gather, reduce_scatter, alltoall) form that op's table,
+    rows without one serve every ring collective. Returns (op-less rows, {op: rows})."""
+    by_op: dict[str | None, list] = {}
+    for r in _rows(f, key, 100_000):
+        op = r.str("op", OPS, default=None)
+        by_op.setdefault(op, []).append(
+            (r.int("group", 2, 1_000_000), r.float("bytes", 1.0, 1e15),
+             r.float("busbw_gbps", 1e-3, 1e6) * GB))
+        r.finish()
+    for rows in by_op.values():
+        for g in {x[0] for x in rows}:
+            _sorted_unique(f, key, [(b, v) for gg, b, v in rows if gg == g])
+    plain = tuple(sorted(by_op.pop(None, [])))
+    return plain, {op: tuple(sorted(rows)) for op, rows in by_op.items()}
 
 
 def _sorted_unique(f: Fields, key: str, rows: list) -> tuple:

@@ -40,15 +40,15 @@ def group_link(hw: HardwareSpec, gpus: list[int]) -> GroupLink:
     return GroupLink(n, len(nodes), LinkSpec(rate, hw.inter.latency_s), cross, "inter")
 
 
-def _rate(g: GroupLink, eff, nbytes: float) -> tuple[float, float]:
+def _rate(g: GroupLink, eff, nbytes: float, op: str) -> tuple[float, float]:
     """(bus bandwidth, per-step latency) of a ring collective of `nbytes` on group g.
 
     `eff` is a Calibration (a measured bus-bandwidth table for the link wins; else the
     achieved fraction of line rate) or a plain {link: fraction} dict."""
     if hasattr(eff, "busbw"):
-        measured = eff.busbw(g.name, g.size, nbytes)
-        if measured:
-            return measured, 0.0  # nccl-tests bus bandwidth already includes latency
+        measured = eff.busbw(g.name, g.size, nbytes, op)
+        if measured:  # nccl-tests bus bandwidth already includes latency; never above the
+            return min(measured, g.link.bytes_per_s), 0.0  # line rate (what check allows)
         return g.link.bytes_per_s * eff.link(g.name), g.link.latency_s
     return g.link.bytes_per_s * eff.get(g.name, 1.0), g.link.latency_s
 
@@ -62,20 +62,22 @@ def all_reduce(nbytes: float, g: GroupLink, eff) -> float:
     n = g.size
     if n == 1:
         return 0.0
-    bw, alpha = _rate(g, eff, nbytes)
+    bw, alpha = _rate(g, eff, nbytes, "all_reduce")
     return 2 * (n - 1) / n * nbytes / bw + 2 * (n - 1) * alpha
 
 
-def reduce_scatter(nbytes: float, g: GroupLink, eff) -> float:
+def reduce_scatter(nbytes: float, g: GroupLink, eff, op: str = "reduce_scatter") -> float:
     """Ring reduce-scatter (or all-gather) of an S-byte buffer: (n-1)/n S / B + (n-1) alpha."""
     n = g.size
     if n == 1:
         return 0.0
-    bw, alpha = _rate(g, eff, nbytes)
+    bw, alpha = _rate(g, eff, nbytes, op)
     return (n - 1) / n * nbytes / bw + (n - 1) * alpha
 
 
-all_gather = reduce_scatter
+def all_gather(nbytes: float, g: GroupLink, eff) -> float:
+    """Ring all-gather into an S-byte buffer: the reduce-scatter's formula, its own table."""
+    return reduce_scatter(nbytes, g, eff, "all_gather")
 
 
 def all_reduce_one_shot(nbytes: float, g: GroupLink, eff) -> float:
@@ -100,6 +102,9 @@ def all_to_all(nbytes: float, g: GroupLink, hw: HardwareSpec, eff) -> float:
     if n == 1:
         return 0.0
     remote = (n - 1) / n * nbytes
+    measured = eff.busbw(g.name, n, nbytes, "alltoall") if hasattr(eff, "busbw") else None
+    if measured:  # nccl-tests' alltoall bus bandwidth: (n-1)/n S / time, capped at the links
+        return remote / min(measured, hw.intra.bytes_per_s + hw.inter.bytes_per_s)
     inter = remote * g.cross_fraction
     intra = remote - inter
     t_intra = intra / (hw.intra.bytes_per_s * _link_eff(eff, "intra")) if intra else 0.0

@@ -174,6 +174,7 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
     k, n = c.gemm
     # fp8 runs the transformer blocks' linear layers; router and LM head stay 16-bit (as TE)
     dtype = p.gemm_dtype if k and c.role in LINEAR_ROLES else m.dtype
+    pk = dtype, p.hw.gpu.flops(dtype)  # a measured table of this dtype wins (calibration)
     wb = param_bytes(m, c.role)
     if c.is_expert:
         routed = T * m.top_k * s.etp / tp * moe.imbalance  # tokens this EP rank's experts see
@@ -182,7 +183,7 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
         flops = flops_busiest / moe.imbalance  # FLOPs are conserved; time sees the busiest
         per_expert = max(routed / max(moe.max_slots, 1), 1.0)
         eff = p.calib.gemm_eff(per_expert, n / s.etp if c.name.endswith("fc1") else n,
-                               k if c.name.endswith("fc1") else k / s.etp)
+                               k if c.name.endswith("fc1") else k / s.etp, *pk)
         touched = 1.0 if p.training else experts_touched(m, routed, moe.max_slots)
         nbytes = params * wb * touched + routed * (k + n) * b / s.etp
         act = routed * c.act_bytes_sharded / s.etp
@@ -191,7 +192,7 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
         toks = T / sp_div
         params = c.params
         flops = toks * c.flops_per_token
-        eff = p.calib.gemm_eff(toks, n, k) if k else 1.0
+        eff = p.calib.gemm_eff(toks, n, k, *pk) if k else 1.0
         nbytes = params * b + toks * (k + n if k else 2 * m.hidden) * b
         act = toks * (c.act_bytes_sharded + c.act_bytes_replicated)
         ew = toks * (c.ew_bytes + c.ew_bytes_repl)
@@ -207,11 +208,11 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
             if p.flash_attention:
                 eff = p.calib.attention_eff
             else:  # two batched GEMMs (ctx x d by d x ctx, ctx x ctx by ctx x d) that write
-                eff = p.calib.gemm_eff(ctx, ctx, m.head_dim)  # the scores and read them back
+                eff = p.calib.gemm_eff(ctx, ctx, m.head_dim, *pk)  # the scores and read them back
                 nbytes += T * 2 * b * m.heads * ctx / tp
         else:
             kk, nn = (k, n / tp) if c.role in ("column", "vocab") else (k / tp, n)
-            eff = p.calib.gemm_eff(T, nn, kk) if k else 1.0
+            eff = p.calib.gemm_eff(T, nn, kk, *pk) if k else 1.0
             nbytes = params * wb + T * (kk + nn) * b
         act = T * c.act_bytes_sharded / tp + T * c.act_bytes_replicated / sp_div
         ew = T * c.ew_bytes / tp + T * c.ew_bytes_repl / sp_div

@@ -35,7 +35,7 @@ def inputs_echo(p: Problem, opts: SearchOptions) -> dict[str, Any]:
                     "flash_attention": p.flash_attention,
                     "fused_grad_accumulation": p.fused_grad_accumulation,
                     "async_tp_allreduce": p.async_tp_allreduce},
-        "calibration": asdict(p.calib),
+        "calibration": p.calib.echo((p.gemm_dtype, p.model.dtype)),
     }
 
 

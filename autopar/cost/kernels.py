@@ -1,0 +1,114 @@
+"""Measured kernel tables: GEMM time by (m, n, k) per dtype and collective bus bandwidth by
+(op, group, message size) per link, interpolated in log space between measured points.
+
+A calibration file holds them (`gemm_table:`, `collectives:` rows with an `op`;
+docs/calibration.md); `Calibration` asks them first and keeps its flat fractions as the
+fallback where a dtype or a link has no table.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from itertools import product
+
+OPS = ("all_reduce", "all_gather", "reduce_scatter", "alltoall")
+
+
+def _bracket(axis: tuple[float, ...], x: float) -> tuple[int, int, float]:
+    """Indices of the measured values either side of log-coordinate x and x's weight on the
+    upper one; clamped to the ends (weight 0 on a single point)."""
+    if x <= axis[0] or len(axis) == 1:
+        return 0, 0, 0.0
+    if x >= axis[-1]:
+        return len(axis) - 1, len(axis) - 1, 0.0
+    i = bisect_right(axis, x)
+    lo, hi = axis[i - 1], axis[i]
+    return i - 1, i, (x - lo) / (hi - lo)
+
+
+@dataclass(frozen=True)
+class GemmTable:
+    """Measured GEMMs of one dtype: achieved FLOP/s at each (m, n, k), so that outside the
+    measured range the rate is clamped (a bigger GEMM than any measured runs at the largest
+    one's rate), not the time. Inside, log rate is multilinear in (log m, log n, log k) over
+    the measured corners of the enclosing grid cell; missing corners drop out with their
+    weight, and a cell with none takes the nearest measured shape."""
+
+    rows: tuple[tuple[int, int, int, float], ...]  # (m, n, k, time_s), sorted
+    axes: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
+    rate: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        logs = {(math.log(m), math.log(n), math.log(k)): math.log(2 * m * n * k / t)
+                for m, n, k, t in self.rows}
+        axes = tuple(tuple(sorted({p[d] for p in logs})) for d in range(3))
+        object.__setattr__(self, "axes", axes)
+        object.__setattr__(self, "rate", logs)
+
+    def flops_per_s(self, m: float, n: float, k: float) -> float:
+        """Achieved FLOP/s of an m x k by k x n GEMM."""
+        q = [math.log(max(v, 1e-9)) for v in (m, n, k)]
+        br = [_bracket(ax, x) for ax, x in zip(self.axes, q, strict=True)]
+        num = den = 0.0
+        for corner in product((0, 1), repeat=3):
+            key, w = [], 1.0
+            for d, (lo, hi, t) in enumerate(br):
+                key.append(self.axes[d][hi if corner[d] else lo])
+                w *= t if corner[d] else 1.0 - t
+            if w <= 0.0:
+                continue
+            v = self.rate.get(tuple(key))
+            if v is not None:
+                num += w * v
+                den += w
+        if den > 0.0:
+            return math.exp(num / den)
+        near = min(self.rate, key=lambda p: sum((a - b) ** 2 for a, b in zip(p, q, strict=True)))
+        return math.exp(self.rate[near])
+
+    def time_s(self, m: float, n: float, k: float) -> float:
+        return 2 * m * n * k / self.flops_per_s(m, n, k)
+
+
+@dataclass(frozen=True)
+class BusTable:
+    """Measured bus bandwidth of one collective on one link: log-linear in message size
+    between measured sizes and in group size between measured groups, clamped at the ends."""
+
+    rows: tuple[tuple[int, float, float], ...]  # (group, bytes, B/s), sorted
+
+    def busbw(self, group: int, nbytes: float) -> float:
+        groups = tuple(sorted({r[0] for r in self.rows}))
+        lo, hi, t = _bracket(tuple(math.log(g) for g in groups), math.log(max(group, 1)))
+
+        def at(g: int) -> float:
+            pts = [(math.log(b), math.log(v)) for gg, b, v in self.rows if gg == g]
+            i, j, w = _bracket(tuple(p[0] for p in pts), math.log(max(nbytes, 1.0)))
+            return (1 - w) * pts[i][1] + w * pts[j][1]
+
+        y = at(groups[lo]) if t == 0.0 else (1 - t) * at(groups[lo]) + t * at(groups[hi])
+        return math.exp(y)
+
+
+@dataclass(frozen=True)
+class KernelTables:
+    """Every measured table of one calibration: GEMMs per dtype, collectives per (op, link)."""
+
+    gemm: dict[str, GemmTable] = field(default_factory=dict)
+    collectives: dict[tuple[str, str], BusTable] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.gemm or self.collectives)
+
+    def summary(self) -> dict:
+        """What a plan echoes of the tables: how many measurements each holds (the rows
+        themselves stay in the calibration file)."""
+        out: dict = {}
+        if self.gemm:
+            out["gemm_shapes"] = {d: len(t.rows) for d, t in sorted(self.gemm.items())}
+        if self.collectives:
+            out["collective_tables"] = {f"{op}.{link}": len(t.rows)
+                                        for (op, link), t in sorted(self.collectives.items())}
+        return out
