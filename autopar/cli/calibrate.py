@@ -1,0 +1,114 @@
+"""`autopar calibrate`: a calibration file from measured kernels (docs/calibration.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import options as opt
+from .app import main
+from .run import guard
+
+INSTALL_HINT = "pip install 'autopar[calibrate]'"
+
+
+@main.command(epilog=opt.epilog("calibrate"))
+@click.option("--gemm-csv", type=click.Path(dir_okay=False), default=None,
+              help="CSV of your GEMM timings, header m,n,k,dtype,time_us")
+@click.option("--nccl", multiple=True, metavar="[OP=]FILE",
+              help="nccl-tests output (all_reduce_perf etc.); OP= when the header lacks it; "
+                   "repeatable")
+@click.option("--from-aiconfigurator", "aic_system", default=None, metavar="SYSTEM",
+              help="read the aiconfigurator-core package's tables for SYSTEM (h100_sxm, "
+                   "b200_sxm, ...); needs the calibrate extra")
+@click.option("--aiconfigurator-data", "aic_root", type=click.Path(file_okay=False),
+              default=None, help="the package's systems/data folder (default: the installed "
+                                 "package's)")
+@click.option("--all-shapes", is_flag=True,
+              help="with --from-aiconfigurator: every measured m, not only powers of two")
+@click.option("--gpu", default=None, help="the GPU the measurements come from (in notes)")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="calibration YAML to write")
+def calibrate(gemm_csv, nccl, aic_system, aic_root, all_shapes, gpu, out_path) -> None:
+    """Write a calibration YAML (for --calibration) from measured GEMM and NCCL tables."""
+    from ..cost import measured
+    from ..errors import InputError
+
+    root = Path(aic_root) if aic_root else None
+    if aic_system and root is None:
+        root = measured.aiconfigurator_root()
+        if root is None:
+            click.echo(f"autopar: error: --from-aiconfigurator needs the aiconfigurator-core "
+                       f"package: {INSTALL_HINT}", err=True)
+            sys.exit(2)
+
+    def run() -> str:
+        from ..spec.datafile import read_text
+
+        if not (gemm_csv or nccl or aic_system):
+            raise InputError("autopar calibrate", "", "nothing to read: give --gemm-csv, "
+                             "--nccl or --from-aiconfigurator")
+        gemm: list[dict] = []
+        colls: dict[str, list[dict]] = {}
+        sources = []
+        if aic_system:
+            g, c = measured.read_aiconfigurator(aic_system, root,
+                                                "all" if all_shapes else "pow2")
+            gemm += g
+            for link, rows in c.items():
+                colls.setdefault(link, []).extend(rows)
+            sources.append(f"aiconfigurator-core {aic_system} (Apache-2.0)")
+        if gemm_csv:
+            gemm += measured.read_gemm_csv(read_text(gemm_csv), gemm_csv)
+            sources.append(gemm_csv)
+        for item in nccl:
+            op, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+            if op and op not in measured.OPS:
+                raise InputError(item, "--nccl", f"{op!r} is not one of "
+                                                 f"{', '.join(measured.OPS)}")
+            link, rows = measured.read_nccl_tests(read_text(path), path, op or None)
+            colls.setdefault(link, []).extend(rows)
+            sources.append(path)
+        notes = "autopar calibrate" + (f" for {gpu}" if gpu else "") + ": " + ", ".join(sources)
+        data = measured.calibration_data(gemm, colls, notes)
+        _write(out_path, data)
+        return f"{out_path}: {len(data.get('gemm_table', []))} GEMM shapes, " \
+               f"{sum(len(r) for r in data.get('collectives', {}).values())} collective sizes"
+
+    click.echo(guard(run))
+
+
+def _write(path: str, data: dict) -> None:
+    """Rows one per line in flow style, so the file stays readable and diffable."""
+    import json
+
+    lines = [f"notes: {json.dumps(data['notes'])}"]
+
+    def row(r: dict) -> str:
+        return "  - {" + ", ".join(f"{k}: {_num(v)}" for k, v in r.items()) + "}"
+
+    if "gemm_table" in data:
+        lines.append("gemm_table:")
+        lines += [row(r) for r in data["gemm_table"]]
+    if "collectives" in data:
+        lines.append("collectives:")
+        for link, rows in data["collectives"].items():
+            lines.append(f"  {link}:")
+            lines += ["  " + row(r) for r in rows]
+    tmp = Path(path).with_suffix(Path(path).suffix + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+
+
+def _num(v) -> str:
+    """A float as YAML reads it back as a number (a dot, and a signed exponent if any)."""
+    if not isinstance(v, float):
+        return str(v)
+    s = repr(v)
+    if "e" in s:
+        mant, exp = s.split("e")
+        mant = mant if "." in mant else mant + ".0"
+        return f"{mant}e{exp[0] if exp[0] in '+-' else '+'}{exp.lstrip('+-')}"
+    return s if "." in s else s + ".0"
