@@ -150,3 +150,13 @@ def test_plan_names_the_gemm_source_and_passes_check():
     assert undeclared(tabled, SCHEMA) == set() and undeclared(base, SCHEMA) == set()
     found = check_plan(tabled)
     assert not [x for x in found if x.severity == "error"], format_findings(found)
+
+
+def test_an_unmeasured_grid_node_is_interpolated_along_its_grid_lines():
+    """m = 64 is on the grid (another n measured it) but not at n = 1024: the m line through
+    it (16 and 256: 0.2 at the log midpoint) dominates, the n line's one-sided 0.4 pulls a
+    little; the nearest shape alone would say 0.1."""
+    rows = gemm_rows() + [{"m": 64, "n": 8192, "k": 1024, "dtype": "bf16",
+                           "time_us": 2 * 64 * 8192 * 1024 / (0.4 * PEAK) * 1e6}]
+    c = parse_calibration({"gemm_table": rows}, "cal.yaml")
+    assert 0.2 < c.gemm_eff(64, 1024, 1024, "bf16", PEAK) < 0.25

@@ -33,8 +33,9 @@ class GemmTable:
     """Measured GEMMs of one dtype: achieved FLOP/s at each (m, n, k), so that outside the
     measured range the rate is clamped (a bigger GEMM than any measured runs at the largest
     one's rate), not the time. Inside, log rate is multilinear in (log m, log n, log k) over
-    the measured corners of the enclosing grid cell; missing corners drop out with their
-    weight, and a cell with none takes the nearest measured shape."""
+    the corners of the enclosing grid cell; a corner not measured is interpolated along the
+    grid lines through it, one with no measured node on any of them drops out with its
+    weight, and a cell with none left takes the nearest measured shape."""
 
     rows: tuple[tuple[int, int, int, float], ...]  # (m, n, k, time_s), sorted
     axes: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
@@ -50,16 +51,16 @@ class GemmTable:
     def flops_per_s(self, m: float, n: float, k: float) -> float:
         """Achieved FLOP/s of an m x k by k x n GEMM."""
         q = [math.log(max(v, 1e-9)) for v in (m, n, k)]
-        br = [_bracket(ax, x) for ax, x in zip(self.axes, q, strict=True)]
+        cell = [_bracket(ax, x) for ax, x in zip(self.axes, q, strict=True)]
         num = den = 0.0
         for corner in product((0, 1), repeat=3):
-            key, w = [], 1.0
-            for d, (lo, hi, t) in enumerate(br):
-                key.append(self.axes[d][hi if corner[d] else lo])
-                w *= t if corner[d] else 1.0 - t
+            idx, w = [], 1.0
+            for lo, hi, t in cell:
+                idx.append(hi if corner[len(idx)] else lo)
+                w *= t if corner[len(idx) - 1] else 1.0 - t
             if w <= 0.0:
                 continue
-            v = self.rate.get(tuple(key))
+            v = self._at(tuple(idx))
             if v is not None:
                 num += w * v
                 den += w
@@ -67,6 +68,33 @@ class GemmTable:
             return math.exp(num / den)
         near = min(self.rate, key=lambda p: sum((a - b) ** 2 for a, b in zip(p, q, strict=True)))
         return math.exp(self.rate[near])
+
+    def _at(self, idx: tuple[int, int, int]) -> float | None:
+        """Log rate at a grid node: measured, else interpolated along each of the three grid
+        lines through it between the nearest measured nodes either side (one side only: that
+        node's, counted as farther), the lines weighted by 1 / the log span they bridge."""
+        key = tuple(ax[i] for ax, i in zip(self.axes, idx, strict=True))
+        if key in self.rate:
+            return self.rate[key]
+        num = den = 0.0
+        for d, ax in enumerate(self.axes):
+            def node(j: int, d: int = d, ax: tuple = ax) -> tuple[float, ...]:
+                return key[:d] + (ax[j],) + key[d + 1:]
+
+            lo = next((j for j in range(idx[d] - 1, -1, -1) if node(j) in self.rate), None)
+            hi = next((j for j in range(idx[d] + 1, len(ax)) if node(j) in self.rate), None)
+            if lo is not None and hi is not None:
+                span = ax[hi] - ax[lo]
+                t = (key[d] - ax[lo]) / span
+                v = (1 - t) * self.rate[node(lo)] + t * self.rate[node(hi)]
+            elif lo is not None or hi is not None:
+                j = lo if lo is not None else hi
+                span, v = 2 * abs(key[d] - ax[j]) + 10.0, self.rate[node(j)]
+            else:
+                continue
+            num += v / span
+            den += 1 / span
+        return num / den if den > 0.0 else None
 
     def time_s(self, m: float, n: float, k: float) -> float:
         return 2 * m * n * k / self.flops_per_s(m, n, k)
