@@ -148,8 +148,11 @@ def _table(folder: Path, stem: str) -> Path | None:
 
 def _records(path: Path) -> list[dict]:
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq  # comes with aiconfigurator-core
-
+        try:
+            import pyarrow.parquet as pq  # comes with aiconfigurator-core
+        except ImportError:
+            raise InputError(str(path), "", "reading parquet needs pyarrow: pip install "
+                                            "'autopar[calibrate]'") from None
         return pq.read_table(path).to_pylist()
     return list(csv.DictReader(io.StringIO(path.read_text())))
 
