@@ -80,11 +80,15 @@ def test_table_efficiency_never_exceeds_the_peak():
 
 
 @pytest.mark.parametrize("bad, field", [
-    ({"gemm_table": [{"m": 1, "n": 2, "k": 3, "dtype": "int3", "time_us": 1}]}, "dtype"),
-    ({"gemm_table": [{"m": 0, "n": 2, "k": 3, "dtype": "bf16", "time_us": 1}]}, "m"),
-    ({"gemm_table": gemm_rows() + gemm_rows()[:1]}, "two measurements"),
+    ({"gemm_table": [{"m": 1, "n": 2, "k": 3, "dtype": "int3", "time_us": 1}]},
+     r"gemm_table\[0\]\.dtype: 'int3' is not one of"),
+    ({"gemm_table": [{"m": 0, "n": 2, "k": 3, "dtype": "bf16", "time_us": 1}]},
+     r"gemm_table\[0\]\.m: 0 is out of range"),
+    ({"gemm_table": gemm_rows() + gemm_rows()[:1]},
+     r"gemm_table\[2\]\.m: two measurements of bf16 16x1024x1024"),
     ({"collectives": {"intra": [{"op": "broadcast", "group": 8, "bytes": 1e6,
-                                 "busbw_gbps": 9}]}}, "op"),
+                                 "busbw_gbps": 9}]}},
+     r"collectives\.intra\[0\]\.op: 'broadcast' is not one of"),
 ])
 def test_bad_tables_name_the_field(bad, field):
     with pytest.raises(InputError, match=field):
