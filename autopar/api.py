@@ -26,15 +26,18 @@ __all__ = ["solve", "check", "load_model", "load_hardware", "Plan", "make_proble
 def make_problem(model: ModelSpec | ModelFile | str | Path,
                  hardware: HardwareSpec | str | Path,
                  workload: Workload | None = None,
-                 calibration: Calibration | None = None,
+                 calibration: Calibration | str | None = None,
                  flash_attention: bool = True,
                  fused_grad_accumulation: bool = True,
                  async_tp_allreduce: bool = True) -> Problem:
     """The validated instance. The three switches describe the training software, not the
-    layout (`docs/calibration.md`, software-stack switches)."""
+    layout (`docs/calibration.md`, software-stack switches). `calibration="bundled"`: the
+    measured tables autopar ships for the hardware's GPU type (`cost.bundled`)."""
     mf = model if isinstance(model, ModelFile) else (
         ModelFile(model) if isinstance(model, ModelSpec) else load_model(model))
     hw = hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
+    if isinstance(calibration, str):
+        calibration = _named_calibration(calibration, hw)
     wl = workload or mf.workload
     if wl is None:
         raise InputError(mf.source or "model", "workload",
@@ -48,6 +51,17 @@ def make_problem(model: ModelSpec | ModelFile | str | Path,
                    fused_grad_accumulation, async_tp_allreduce)
 
 
+def _named_calibration(name: str, hw: HardwareSpec) -> Calibration:
+    """A calibration given by name rather than as a `Calibration`: only "bundled" so far."""
+    from .cost.bundled import BUNDLED, bundled_calibration
+
+    if name != BUNDLED:
+        raise InputError("calibration", "", f"{name!r} is not a calibration name (only "
+                                            f"{BUNDLED!r}; read a file with "
+                                            "cost.parse_calibration)")
+    return bundled_calibration(hw.gpu.name)
+
+
 def solve(model: ModelSpec | ModelFile | str | Path,
           hardware: HardwareSpec | str | Path,
           workload: Workload | None = None,
@@ -56,7 +70,7 @@ def solve(model: ModelSpec | ModelFile | str | Path,
           time_limit_s: float = 10.0,
           seed: int = 0,
           workers: int = 1,
-          calibration: Calibration | None = None,
+          calibration: Calibration | str | None = None,
           flash_attention: bool = True,
           fused_grad_accumulation: bool = True,
           async_tp_allreduce: bool = True,

@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from ..api import make_problem
-from ..cost.calibration import parse_calibration
 from ..errors import InfeasibleError, InputError
 from ..plan import write_atomic
 from ..plan.files import check_target, require_extra
@@ -21,7 +20,7 @@ from ..serve.evaluate import Evaluator
 from ..serve.frontier import Targets, serving_search
 from ..serve.plan import grace, why_not_served
 from ..serve.report import frontier_document, frontier_png, frontier_table
-from ..spec import load_hardware, load_model, read_data
+from ..spec import load_hardware, load_model
 from . import options as opt
 from .app import main
 from .run import Interruptible, guard
@@ -71,7 +70,7 @@ def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_le
                                   output_len, expert_load, spare_slots)
         wl = replace(wl, ttft_ms=wl.ttft_ms if ttft_ms is None else ttft_ms,
                      tpot_ms=wl.tpot_ms if tpot_ms is None else tpot_ms)
-        calib = parse_calibration(read_data(calibration), calibration) if calibration else None
+        calib = opt.read_calibration(calibration)
         p = make_problem(replace(mf, workload=wl), hw_path, calibration=calib)
         pins = {k: v for k, v in dict(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp).items()
                 if v is not None}

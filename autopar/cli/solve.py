@@ -7,13 +7,12 @@ from dataclasses import replace
 import click
 
 from .. import api
-from ..cost.calibration import parse_calibration
 from ..errors import InputError
 from ..plan import write_atomic
 from ..plan.files import check_target, default_plan_path, workload_label
 from ..plan.report import summary
 from ..serve.plan import wants_serving
-from ..spec import load_hardware, load_model, read_data
+from ..spec import load_hardware, load_model
 from . import options as opt
 from .app import main
 from .run import Interruptible, Progress, guard
@@ -93,7 +92,7 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
                                       overlap_grad_reduce=overlap_grad_reduce,
                                       overlap_tp_comm=tp_comm_overlap).items()
                 if v is not None}
-        calib = parse_calibration(read_data(calibration), calibration) if calibration else None
+        calib = opt.read_calibration(calibration)
         hw = load_hardware(hw_path)
         target = None
         if out or not as_json:  # refuse a bad destination before the search, not after it

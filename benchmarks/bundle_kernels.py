@@ -1,0 +1,69 @@
+"""Derive the compact kernel tables autopar ships (`--calibration bundled`) from the
+aiconfigurator-core package's measured tables, into autopar/data/kernels/.
+
+For each GPU type: the bf16 and fp8 GEMM timings of aiconfigurator's TensorRT-LLM table on
+the power-of-two grid (m 1..32768, n and k 32..65536, powers of two only), and its NCCL
+table (every op, group and size `autopar calibrate --from-aiconfigurator` reads). Re-run with
+a Python that has aiconfigurator-core installed:
+    python benchmarks/bundle_kernels.py
+benchmarks/kernel_holdout.py --bundled measures how far the compact tables are from the full
+ones (results/kernel-holdout.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from autopar.cost.bundled import GEMM_COLUMNS, NCCL_COLUMNS, bundle_dir  # noqa: E402
+from autopar.cost.measured import _table, aiconfigurator_root, read_aiconfigurator  # noqa: E402
+
+# autopar GPU type -> aiconfigurator system
+SYSTEMS = {"H100-SXM5-80GB": "h100_sxm", "H200-SXM-141GB": "h200_sxm", "B200": "b200_sxm"}
+DTYPES = ("bf16", "fp8")
+
+
+def pow2(x: int) -> bool:
+    return x & (x - 1) == 0
+
+
+def main() -> None:
+    root = aiconfigurator_root()
+    if root is None:
+        sys.exit("needs aiconfigurator-core: pip install 'autopar[calibrate]'")
+    version = importlib.metadata.version("aiconfigurator-core")
+    out = bundle_dir()
+    index = []
+    for gpu, system in SYSTEMS.items():
+        gemm, colls = read_aiconfigurator(system, root, "pow2")
+        keep = sorted((r for r in gemm if r["dtype"] in DTYPES and pow2(r["n"])
+                       and pow2(r["k"])), key=lambda r: (r["dtype"], r["m"], r["n"], r["k"]))
+        stem = gpu.lower()
+        with open(out / f"{stem}-gemm.csv", "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(GEMM_COLUMNS)
+            w.writerows([r[c] for c in GEMM_COLUMNS] for r in keep)
+        rows = sorted(({"link": link, **r} for link, rs in colls.items() for r in rs),
+                      key=lambda r: tuple(r[c] for c in NCCL_COLUMNS[:4]))
+        with open(out / f"{stem}-nccl.csv", "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(NCCL_COLUMNS)
+            w.writerows([r[c] for c in NCCL_COLUMNS] for r in rows)
+        files = [str(p.relative_to(root.parent.parent.parent)) for p in (
+            _table(root / system / "gemm" / "trtllm", "gemm_perf"),
+            _table(root / system / "comm" / "nccl", "nccl_perf"))]
+        index.append((gpu, system, f"aiconfigurator-core {version} {system} (Apache-2.0): "
+                                   + ", ".join(files)))
+        print(f"{gpu}: {len(keep)} GEMM shapes, {len(rows)} collective sizes")
+    with open(out / "index.csv", "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(("gpu", "system", "provenance"))
+        w.writerows(index)
+
+
+if __name__ == "__main__":
+    main()
