@@ -103,3 +103,25 @@ def test_from_aiconfigurator_without_the_package_says_how_to_install(tmp_path, m
     assert r.exit_code == 2
     assert r.output.strip().endswith("pip install 'autopar[calibrate]'")
     assert not (tmp_path / "c.yaml").exists()
+
+
+def test_calibrate_refuses_a_file_the_reader_could_not_read_back(tmp_path):
+    """20,000 GEMM rows are over the reader's 200,000 values: one line, nothing written
+    (`--all-shapes` from aiconfigurator wrote such a file)."""
+    rows = "\n".join(f"{m},{n},4096,bf16,{10 + m % 7}.5" for m in range(1, 201)
+                     for n in range(1, 101))
+    (tmp_path / "g.csv").write_text("m,n,k,dtype,time_us\n" + rows + "\n")
+    out = tmp_path / "c.yaml"
+    r = CliRunner().invoke(main, ["calibrate", "--gemm-csv", str(tmp_path / "g.csv"),
+                                  "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().startswith("autopar: error: --out: the tables hold")
+    assert "200,000" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".*tmp"))
+
+
+def test_calibrate_checks_out_before_reading(tmp_path):
+    """A device as --out is refused before the (missing) table is read."""
+    r = CliRunner().invoke(main, ["calibrate", "--gemm-csv", str(tmp_path / "missing.csv"),
+                                  "--out", "/dev/null"])
+    assert r.exit_code == 2 and "/dev/null: not a regular file" in r.output, r.output

@@ -45,8 +45,10 @@ def calibrate(gemm_csv, nccl, aic_system, aic_root, all_shapes, gpu, out_path) -
             sys.exit(2)
 
     def run() -> str:
+        from ..plan.files import check_target
         from ..spec.datafile import read_text
 
+        check_target(out_path)  # before reading any table, not after
         if not (gemm_csv or nccl or aic_system):
             raise InputError("autopar calibrate", "", "nothing to read: give --gemm-csv, "
                              "--nccl or --from-aiconfigurator")
@@ -73,11 +75,34 @@ def calibrate(gemm_csv, nccl, aic_system, aic_root, all_shapes, gpu, out_path) -
             sources.append(path)
         notes = "autopar calibrate" + (f" for {gpu}" if gpu else "") + ": " + ", ".join(sources)
         data = measured.calibration_data(gemm, colls, notes)
+        _check_readable(data)
         _write(out_path, data)
         return f"{out_path}: {len(data.get('gemm_table', []))} GEMM shapes, " \
                f"{sum(len(r) for r in data.get('collectives', {}).values())} collective sizes"
 
     click.echo(guard(run))
+
+
+def _values(x) -> int:
+    """YAML nodes as the reader counts them: every mapping, list, key and scalar."""
+    if isinstance(x, dict):
+        return 1 + sum(1 + _values(v) for v in x.values())
+    if isinstance(x, list):
+        return 1 + sum(_values(v) for v in x)
+    return 1
+
+
+def _check_readable(data: dict) -> None:
+    """Refuse to write a file that `--calibration` could not read back (the reader's bound
+    on values, `spec.datafile.MAX_YAML_VALUES`)."""
+    from ..errors import InputError
+    from ..spec.datafile import MAX_YAML_VALUES
+
+    n = _values(data)
+    if n > MAX_YAML_VALUES:
+        raise InputError("--out", "", f"the tables hold {n:,} values, over the "
+                                      f"{MAX_YAML_VALUES:,} a calibration file may hold; "
+                                      "drop --all-shapes or give fewer shapes")
 
 
 def _write(path: str, data: dict) -> None:
@@ -97,9 +122,9 @@ def _write(path: str, data: dict) -> None:
         for link, rows in data["collectives"].items():
             lines.append(f"  {link}:")
             lines += ["  " + row(r) for r in rows]
-    tmp = Path(path).with_suffix(Path(path).suffix + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    from ..plan import write_atomic
+
+    write_atomic(path, "\n".join(lines))
 
 
 def _num(v) -> str:
