@@ -15,8 +15,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..spec.datafile import read_text
-from .calibration import GB, LINKS, Calibration
-from .kernels import OPS, BusTable, GemmTable, KernelTables
+from .calibration import Calibration, parse_calibration
 from .measured import GEMM_COLUMNS, read_gemm_csv
 
 BUNDLED = "bundled"  # the --calibration value that selects these tables
@@ -38,33 +37,34 @@ def bundled_index() -> dict[str, tuple[str, str]]:
 def bundled_calibration(gpu: str) -> Calibration:
     """The default calibration with the shipped GEMM and NCCL tables of GPU type `gpu`; its
     source names them and their provenance. An InputError naming the GPU and the types that
-    have tables when `gpu` has none."""
+    have tables when `gpu` has none. The rows go through `parse_calibration`, so shipped
+    tables get the same range and duplicate checks as a user's calibration file."""
     index = bundled_index()
     if gpu not in index:
         raise InputError(SOURCE, "", f"no bundled kernel tables for GPU {gpu}; bundled: "
                                      f"{', '.join(sorted(index))}")
-    system, provenance = index[gpu]
+    _, provenance = index[gpu]
     stem = bundle_dir() / gpu.lower()
     gemm_path, nccl_path = f"{stem}-gemm.csv", f"{stem}-nccl.csv"
-    by_dtype: dict[str, list] = {}
-    for r in read_gemm_csv(read_text(gemm_path), gemm_path):
-        by_dtype.setdefault(r["dtype"], []).append((r["m"], r["n"], r["k"],
-                                                    r["time_us"] * 1e-6))
-    gemm = {d: GemmTable(tuple(sorted(rows))) for d, rows in by_dtype.items()}
-    colls: dict[tuple[str, str], list] = {}
-    for line, r in enumerate(csv.DictReader(io.StringIO(read_text(nccl_path))), start=2):
+    data = {"gemm_table": read_gemm_csv(read_text(gemm_path), gemm_path),
+            "collectives": _nccl_rows(read_text(nccl_path), nccl_path)}
+    cal = parse_calibration(data, f"{gemm_path}, {nccl_path}")
+    return replace(cal, source=f"{BUNDLED}: {provenance}")
+
+
+def _nccl_rows(text: str, path: str) -> dict[str, list[dict]]:
+    """`link,op,group,bytes,busbw_gbps` rows as the calibration file's `collectives` rows."""
+    out: dict[str, list[dict]] = {}
+    for line, r in enumerate(csv.DictReader(io.StringIO(text)), start=2):
         try:
-            op, link = r["op"], r["link"]
-            row = (int(r["group"]), float(r["bytes"]), float(r["busbw_gbps"]) * GB)
+            link = r["link"]
+            row = {"op": r["op"], "group": int(r["group"]), "bytes": float(r["bytes"]),
+                   "busbw_gbps": float(r["busbw_gbps"])}
         except (KeyError, TypeError, ValueError):
-            raise InputError(nccl_path, f"line {line}", f"expected the columns "
+            raise InputError(path, f"line {line}", f"expected the columns "
                              f"{','.join(NCCL_COLUMNS)}") from None
-        if op not in OPS or link not in LINKS or row[0] < 2 or row[1] <= 0 or row[2] <= 0:
-            raise InputError(nccl_path, f"line {line}", "op, link, group or a size out of "
-                                                        "range")
-        colls.setdefault((op, link), []).append(row)
-    tables = KernelTables(gemm, {k: BusTable(tuple(sorted(v))) for k, v in colls.items()})
-    return replace(Calibration(), kernels=tables, source=f"{BUNDLED}: {provenance}")
+        out.setdefault(link, []).append(row)
+    return out
 
 
 __all__ = ["BUNDLED", "GEMM_COLUMNS", "NCCL_COLUMNS", "bundle_dir", "bundled_calibration",
