@@ -39,11 +39,8 @@ from .run import Interruptible, guard
 @opt.request_lengths
 @opt.latency_targets
 @click.option("--disaggregate", is_flag=True, help="add the disaggregated frontier")
-@click.option("--decode-hw", type=click.Path(dir_okay=False), default=None,
-              help="hardware YAML of the decode pool (implies --disaggregate)")
-@click.option("--spare-slots", type=click.IntRange(0, 1024), default=None,
-              help="extra expert slots per GPU for replicas of hot experts (default: searched "
-                   "under skew)")
+@opt.decode_hw
+@opt.spare_slots
 @opt.degree_pins
 @opt.calibration
 @opt.time_limit

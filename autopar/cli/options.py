@@ -64,6 +64,17 @@ def request_lengths(f: Callable) -> Callable:
     )(f)
 
 
+def spare_slots(f: Callable) -> Callable:
+    return click.option("--spare-slots", type=click.IntRange(0, 1024), default=None,
+                        help="extra expert slots per GPU for replicas of hot experts "
+                             "(default: searched under skew)")(f)
+
+
+def decode_hw(f: Callable) -> Callable:
+    return click.option("--decode-hw", type=click.Path(dir_okay=False), default=None,
+                        help="hardware YAML of the decode pool (implies --disaggregate)")(f)
+
+
 def degree_pins(f: Callable) -> Callable:
     """--tp --pp --dp --ep --etp: pin a degree; the rest is searched."""
     what = {"tp": "tensor-parallel degree", "pp": "number of pipeline stages",

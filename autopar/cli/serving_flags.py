@@ -9,7 +9,7 @@ import click
 
 from ..errors import InputError
 from ..export.engines import ENGINES, export_text
-from .options import latency_targets
+from .options import decode_hw, latency_targets
 
 
 def serving_options(f):
@@ -20,8 +20,7 @@ def serving_options(f):
                      help="add the throughput/latency Pareto frontier to the plan"),
         click.option("--disaggregate", is_flag=True,
                      help="also plan separate prefill and decode pools and compare"),
-        click.option("--decode-hw", type=click.Path(dir_okay=False), default=None,
-                     help="hardware YAML of the decode pool (implies --disaggregate)"),
+        decode_hw,
     ]
     for o in reversed(opts):
         f = o(f)

@@ -34,9 +34,7 @@ from .serving_flags import apply_targets, serving_options, serving_summary, solv
 @click.option("--phase", type=click.Choice(["prefill", "decode", "both"]), default=None,
               help="inference: one prefill, one decode step, or whole requests (serving)")
 @opt.request_lengths
-@click.option("--spare-slots", type=click.IntRange(0, 1024), default=None,
-              help="extra expert slots per GPU for replicas of hot experts (default: searched "
-                   "under skew)")
+@opt.spare_slots
 @opt.degree_pins
 @click.option("--micro-batch", type=click.IntRange(1, 10_000_000), default=None,
               help="pin the micro-batch size (samples)")
