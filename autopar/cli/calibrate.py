@@ -107,33 +107,10 @@ def _check_readable(data: dict) -> None:
 
 def _write(path: str, data: dict) -> None:
     """Rows one per line in flow style, so the file stays readable and diffable."""
-    import json
+    import yaml
 
-    lines = [f"notes: {json.dumps(data['notes'])}"]
-
-    def row(r: dict) -> str:
-        return "  - {" + ", ".join(f"{k}: {_num(v)}" for k, v in r.items()) + "}"
-
-    if "gemm_table" in data:
-        lines.append("gemm_table:")
-        lines += [row(r) for r in data["gemm_table"]]
-    if "collectives" in data:
-        lines.append("collectives:")
-        for link, rows in data["collectives"].items():
-            lines.append(f"  {link}:")
-            lines += ["  " + row(r) for r in rows]
     from ..plan import write_atomic
 
-    write_atomic(path, "\n".join(lines))
-
-
-def _num(v) -> str:
-    """A float as YAML reads it back as a number (a dot, and a signed exponent if any)."""
-    if not isinstance(v, float):
-        return str(v)
-    s = repr(v)
-    if "e" in s:
-        mant, exp = s.split("e")
-        mant = mant if "." in mant else mant + ".0"
-        return f"{mant}e{exp[0] if exp[0] in '+-' else '+'}{exp.lstrip('+-')}"
-    return s if "." in s else s + ".0"
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml where built with it
+    write_atomic(path, yaml.dump(data, Dumper=dumper, default_flow_style=None,
+                                 sort_keys=False, width=1_000_000).rstrip("\n"))
