@@ -15,7 +15,7 @@ from .cost.calibration import Calibration
 from .cost.layer import Problem
 from .errors import InfeasibleError, InputError
 from .plan import Plan, build_plan
-from .search import FALLBACK_GRACE_S, PIN_KEYS, SearchOptions, fits, search
+from .search import PIN_KEYS, SearchOptions, fits, search
 from .search.deadline import Deadline, check_time_limit
 from .search.experts import placements_for
 from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
@@ -165,9 +165,7 @@ def explain_infeasible(p: Problem, opts: SearchOptions, result,
     reason = (f"no layout fits in {cap / GB:.1f} GB per GPU; the closest "
               f"({c.strategy.describe()}) needs {mem.total / GB:.1f} GB on stage {st.index}, "
               f"{short / GB:.1f} GB short (largest term: {top} {parts[top] / GB:.1f} GB)")
-    grace = None if deadline is None else Deadline(deadline.start, deadline.end + max(
-        FALLBACK_GRACE_S, 0.1 * deadline.limit_s))
-    need = _gpus_needed(p, opts, grace)
+    need = _gpus_needed(p, opts, None if deadline is None else deadline.graced())
     if need == 0:
         fixes = ["more GPUs (the time limit ended the count)"]
     else:

@@ -18,7 +18,7 @@ from ..search.deadline import Deadline
 from ..serve.disagg import disagg_search
 from ..serve.evaluate import Evaluator
 from ..serve.frontier import Targets, serving_search
-from ..serve.plan import grace, why_not_served
+from ..serve.plan import why_not_served
 from ..serve.report import frontier_document, frontier_png, frontier_table
 from ..spec import load_hardware, load_model
 from . import options as opt
@@ -78,7 +78,7 @@ def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_le
         dhw = load_hardware(decode_hw) if decode_hw else None
         split = disaggregate or decode_hw  # the aggregated search leaves the pools half
         res = serving_search(p, opts, targets, None, Evaluator(p, opts),
-                             deadline.fraction(0.5 if split else 1.0), grace(deadline))
+                             deadline.fraction(0.5 if split else 1.0), deadline.graced())
         if res.best is None:  # the answer, exit code and advice of `solve`
             raise InfeasibleError(*why_not_served(p, opts, res, targets, None, deadline))
         dis = disagg_search(p, opts, targets, dhw, deadline) if split else None

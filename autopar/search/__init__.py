@@ -9,7 +9,6 @@ from .bounds import compute_floor, quick_bound, stage_inputs, summed  # noqa: F4
 from .degrees import PIN_KEYS, SPARE_CHOICES, SearchOptions, enumerate_strategies  # noqa: F401
 from .driver import (  # noqa: F401
     BOUND_SHARE,
-    FALLBACK_GRACE_S,
     MIN_CPSAT_S,
     PLACEMENT_SHARE,
     Candidate,

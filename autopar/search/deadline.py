@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 MAX_TIME_LIMIT_S = 86_400.0  # one day: anything longer is a typo, not a plan
+GRACE_S = 0.5  # past the limit, at most this (or a tenth of the limit) to find any answer
 
 
 def check_time_limit(value: float, source: str = "time_limit_s") -> float:
@@ -62,10 +63,15 @@ class Deadline:
         """The same window ending `by_s` earlier (never before its start)."""
         return Deadline(self.start, max(self.start, self.end - by_s))
 
+    def graced(self) -> Deadline:
+        """The same window plus the short grace that finding any answer (a fallback layout,
+        the infeasibility advice) may take past the limit: GRACE_S or a tenth of it."""
+        return Deadline(self.start, self.end + max(GRACE_S, 0.1 * self.limit_s))
+
     def fraction(self, share: float) -> Deadline:
         """From now until `share` of the time left, e.g. a phase's part of the rest."""
         now = time.monotonic()
         return Deadline(now, now + max(0.0, self.end - now) * share)
 
 
-__all__ = ["Deadline", "check_time_limit", "MAX_TIME_LIMIT_S"]
+__all__ = ["Deadline", "check_time_limit", "MAX_TIME_LIMIT_S", "GRACE_S"]

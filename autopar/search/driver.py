@@ -30,7 +30,6 @@ from .stages import StageInputs, dp_partition, solve_stages
 BOUND_SHARE = 0.5  # of the search time left: bounding layouts before stage cuts are solved
 PLACEMENT_SHARE = 0.3  # of the search time: the expert placements the bounds need
 MIN_CPSAT_S = 0.02  # a stage model with less time than this is not built (the DP cut stands)
-FALLBACK_GRACE_S = 0.5  # past the limit, at most this (or a tenth of the limit) to find any
 
 
 @dataclass
@@ -96,7 +95,7 @@ def search(p: Problem, opts: SearchOptions, progress: Callable[[str], None] | No
     cap = p.hw.gpu.memory_bytes
     todo = _spread(strategies)
     rank = {id(s): i for i, s in enumerate(strategies)}  # ties: the enumeration's order
-    hard = Deadline(dl.start, dl.end + max(FALLBACK_GRACE_S, 0.1 * dl.limit_s))
+    hard = dl.graced()
     pending: list[Candidate] = []  # bounded, not solved
     over_memory: list[tuple[float, Strategy]] = []
     incumbent: Candidate | None = None

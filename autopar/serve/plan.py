@@ -20,7 +20,7 @@ from ..errors import InfeasibleError, InputError
 from ..export.engines import launch_section
 from ..model.components import weight_bytes
 from ..plan import Plan, build_plan
-from ..search import FALLBACK_GRACE_S, Candidate, SearchOptions, SearchResult
+from ..search import Candidate, SearchOptions, SearchResult
 from ..search.deadline import Deadline
 from ..search.experts import placements_for
 from ..spec import GB, HardwareSpec, Workload
@@ -56,7 +56,7 @@ def serve(p: Problem, opts: SearchOptions, frontier: bool = False, disaggregate:
     ev = Evaluator(p, opts)
     given = None if targets.any else w.batch
     turns = 1 + (frontier and given is not None) + bool(disaggregate or decode_hw)
-    res = serving_search(p, opts, targets, given, ev, dl.fraction(1 / turns), grace(dl))
+    res = serving_search(p, opts, targets, given, ev, dl.fraction(1 / turns), dl.graced())
     if frontier and given is not None:  # the frontier spans every load, not only this one
         turns -= 1
         ladder = serving_search(p, opts, targets, None, ev, dl.fraction(1 / turns))
@@ -68,13 +68,6 @@ def serve(p: Problem, opts: SearchOptions, frontier: bool = False, disaggregate:
     dis = disagg_search(p, opts, targets, decode_hw, dl) if (disaggregate or decode_hw) \
         else None
     return build_serving_plan(p, opts, res, ev, frontier, dis)
-
-
-def grace(deadline: Deadline) -> Deadline:
-    """The deadline plus the short grace that infeasibility advice may take past it (as in
-    the training path: 0.5 s or a tenth of the limit)."""
-    return Deadline(deadline.start, deadline.end + max(FALLBACK_GRACE_S,
-                                                       0.1 * deadline.limit_s))
 
 
 def why_not_served(p: Problem, opts: SearchOptions, res: ServingResult, targets: Targets,
@@ -118,7 +111,7 @@ def _why_nothing_fits(p: Problem, opts: SearchOptions,
     cap = p.hw.gpu.memory_bytes
     reason = (f"no layout of {p.model.name} on {p.hw.num_gpus} GPUs holds the weights and "
               "the KV cache of one sequence")
-    stop = grace(deadline or Deadline.after(opts.time_limit_s))
+    stop = (deadline or Deadline.after(opts.time_limit_s)).graced()
     closest = _closest(p, opts, stop)
     fixes = []
     if closest is not None:
@@ -312,4 +305,4 @@ def serving_solver(p: Problem, res: ServingResult, best: ServingPoint) -> dict[s
 
 
 __all__ = ["build_serving_plan", "serving_section", "disagg_section", "frontier_rows",
-           "why_not_served", "wants_serving", "serve", "serving_solver", "grace"]
+           "why_not_served", "wants_serving", "serve", "serving_solver"]
