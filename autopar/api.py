@@ -5,9 +5,7 @@ The CLI is a thin shell over this module; other planners call it directly.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ from .cost.calibration import Calibration
 from .cost.layer import Problem
 from .errors import InfeasibleError, InputError
 from .plan import Plan, build_plan
-from .search import PIN_KEYS, SearchOptions, fits, search
+from .search import PIN_KEYS, SearchOptions, fewest_gpus, fits, search
 from .search.deadline import Deadline, check_time_limit
 from .search.experts import placements_for
 from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
@@ -165,8 +163,8 @@ def explain_infeasible(p: Problem, opts: SearchOptions, result,
     reason = (f"no layout fits in {cap / GB:.1f} GB per GPU; the closest "
               f"({c.strategy.describe()}) needs {mem.total / GB:.1f} GB on stage {st.index}, "
               f"{short / GB:.1f} GB short (largest term: {top} {parts[top] / GB:.1f} GB)")
-    need = _gpus_needed(p, opts, None if deadline is None else deadline.graced())
-    if need == 0:
+    need, _, ended = _gpus_needed(p, opts, None if deadline is None else deadline.graced())
+    if ended:
         fixes = ["more GPUs (the time limit ended the count)"]
     else:
         fixes = [f"{need} GPUs ({need // p.hw.gpus_per_node} nodes of {p.hw.gpus_per_node})"
@@ -177,26 +175,17 @@ def explain_infeasible(p: Problem, opts: SearchOptions, result,
     return reason, "would fit with " + " ".join(fixes)
 
 
-def _gpus_needed(p: Problem, opts: SearchOptions, deadline: Deadline | None = None,
-                 max_factor: int = 64) -> int | None:
-    """The fewest whole nodes (a multiple of today's) on which some layout fits in memory;
-    None when even `max_factor` times as many do not, 0 when `deadline` came first.
-
-    Starts at the count that the model's static bytes alone demand (every byte shardable),
-    so only a few sizes are tried; step time is ignored."""
-    static = _static_bytes(p)
-    start = max(2, math.ceil(static / (p.hw.usable_bytes * p.hw.num_gpus)))
-    for k in range(start, max_factor + 1):
-        hw = replace(p.hw, nodes=p.hw.nodes * k)
+def _gpus_needed(p: Problem, opts: SearchOptions,
+                 deadline: Deadline | None = None) -> tuple[int | None, int, bool]:
+    """`search.fewest_gpus` for training: some layout fits in memory (step time ignored);
+    a size on which no layout is even valid counts as not enough."""
+    def fits_on(sub: Problem) -> bool | None:
         try:
-            found = fits(replace(p, hw=hw), opts, deadline)
+            return fits(sub, opts, deadline)
         except InfeasibleError:
-            continue
-        if found is None:
-            return 0
-        if found:
-            return hw.num_gpus
-    return None
+            return False
+
+    return fewest_gpus(p, _static_bytes(p), fits_on)
 
 
 def _static_bytes(p: Problem) -> float:

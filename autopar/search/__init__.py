@@ -13,6 +13,7 @@ from .driver import (  # noqa: F401
     PLACEMENT_SHARE,
     Candidate,
     SearchResult,
+    fewest_gpus,
     fits,
     search,
 )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..cost.evaluate import Evaluation, evaluate
 from ..cost.layer import MoEState, Problem
@@ -261,6 +261,25 @@ def fits(p: Problem, opts: SearchOptions, deadline: Deadline | None = None) -> b
         if dp_partition(stage_inputs(p, s, moe, costs))[0] is not None:
             return True
     return False
+
+
+def fewest_gpus(p: Problem, static_bytes: float, fits_on: Callable[[Problem], bool | None],
+                max_factor: int = 64) -> tuple[int | None, int, bool]:
+    """(the fewest GPUs, in whole nodes a multiple of today's, on which `fits_on` holds, or
+    None; the most GPUs known not to be enough; whether the count was cut short, i.e.
+    `fits_on` answered None). Starts where `static_bytes` alone fill every GPU, so only a
+    few sizes are tried, and gives up past `max_factor` times today's nodes."""
+    start = max(2, math.ceil(static_bytes / (p.hw.usable_bytes * p.hw.num_gpus)))
+    tried = p.hw.num_gpus
+    for k in range(start, max_factor + 1):
+        sub = replace(p, hw=replace(p.hw, nodes=p.hw.nodes * k))
+        ok = fits_on(sub)
+        if ok is None:
+            return None, tried, True
+        if ok:
+            return sub.hw.num_gpus, tried, False
+        tried = sub.hw.num_gpus
+    return None, tried, False
 
 
 def _no_layout_reason(p: Problem, opts: SearchOptions) -> str:

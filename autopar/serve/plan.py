@@ -11,8 +11,7 @@ workload) with `batch` = the chosen concurrency, so `autopar check` can recomput
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 from ..cost.layer import Problem
@@ -20,7 +19,7 @@ from ..errors import InfeasibleError, InputError
 from ..export.engines import launch_section
 from ..model.components import weight_bytes
 from ..plan import Plan, build_plan
-from ..search import Candidate, SearchOptions, SearchResult
+from ..search import Candidate, SearchOptions, SearchResult, fewest_gpus
 from ..search.deadline import Deadline
 from ..search.experts import placements_for
 from ..spec import GB, HardwareSpec, Workload
@@ -155,16 +154,11 @@ def _closest(p: Problem, opts: SearchOptions,
     return best
 
 
-def _gpus_needed(p: Problem, opts: SearchOptions, deadline: Deadline,
-                 max_factor: int = 64) -> tuple[int | None, int, bool]:
-    """(the fewest GPUs, in whole nodes a multiple of today's, on which some layout serves
-    one sequence, or None; the most GPUs known not to be enough; whether `deadline` ended
-    the count). Starts where the weights alone would fill every GPU, tries the most
-    memory-frugal layouts first, and gives up past `max_factor` times today's nodes."""
-    start = max(2, math.ceil(weight_bytes(p.model) / (p.hw.usable_bytes * p.hw.num_gpus)))
-    tried = p.hw.num_gpus
-    for k in range(start, max_factor + 1):
-        sub = replace(p, hw=replace(p.hw, nodes=p.hw.nodes * k))
+def _gpus_needed(p: Problem, opts: SearchOptions,
+                 deadline: Deadline) -> tuple[int | None, int, bool]:
+    """`search.fewest_gpus` for serving: some layout serves one sequence, the most
+    memory-frugal layouts tried first; `deadline` ends the count."""
+    def fits_on(sub: Problem) -> bool | None:
         ev = Evaluator(sub, opts)
         ev.share_placements(deadline, [])
         try:
@@ -173,11 +167,12 @@ def _gpus_needed(p: Problem, opts: SearchOptions, deadline: Deadline,
             lays = []
         for lay in sorted(lays, key=lambda x: (-x.pp, -x.tp, -x.ep, x.spare)):
             if deadline.expired():
-                return None, tried, True
+                return None
             if point(ev, lay, 1) is not None:
-                return sub.hw.num_gpus, tried, False
-        tried = sub.hw.num_gpus
-    return None, tried, False
+                return True
+        return False
+
+    return fewest_gpus(p, weight_bytes(p.model), fits_on)
 
 
 def _mark_replicas(launch: dict[str, Any], lay: Layout, experts: int) -> None:
