@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import InputError
 from .fields import Fields
-from .model import MLASpec, ModelSpec, _check_model
+from .model import ModelSpec, _check_model, read_mla
 
 _DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8_e4m3fn": "fp8"}
 
@@ -40,15 +40,7 @@ def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
     if f.has("shared_expert_intermediate_size"):  # Qwen2-MoE: one wide shared expert
         shared_ffn = f.int("shared_expert_intermediate_size", 0, 10_000_000)
         shared = 1 if shared_ffn else 0
-    mla = None
-    if f.has("kv_lora_rank"):
-        mla = MLASpec(
-            q_lora_rank=f.int("q_lora_rank", 0, 1_000_000, default=0),
-            kv_lora_rank=f.int("kv_lora_rank", 1, 1_000_000),
-            qk_nope_head_dim=f.int("qk_nope_head_dim", 1, 100_000),
-            qk_rope_head_dim=f.int("qk_rope_head_dim", 0, 100_000),
-            v_head_dim=f.int("v_head_dim", 1, 100_000),
-        )
+    mla = read_mla(f) if f.has("kv_lora_rank") else None
     if hidden % heads and not f.has("head_dim"):
         raise InputError(source, "head_dim", "required: hidden_size is not a multiple of heads")
     act = f.str("hidden_act", default="silu")

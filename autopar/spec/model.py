@@ -67,6 +67,18 @@ class ModelSpec:
         return DTYPE_BYTES[self.weight_dtype or self.dtype]
 
 
+def read_mla(f: Fields) -> MLASpec:
+    """The MLA ranks and head sizes, under the same key names in autopar's `mla:` section
+    and at the top level of an HF config (DeepSeek-V2/V3)."""
+    return MLASpec(
+        q_lora_rank=f.int("q_lora_rank", 0, 1_000_000, default=0),
+        kv_lora_rank=f.int("kv_lora_rank", 1, 1_000_000),
+        qk_nope_head_dim=f.int("qk_nope_head_dim", 1, 100_000),
+        qk_rope_head_dim=f.int("qk_rope_head_dim", 0, 100_000),
+        v_head_dim=f.int("v_head_dim", 1, 100_000),
+    )
+
+
 def _check_model(m: ModelSpec, f: Fields) -> ModelSpec:
     if m.mla is None and m.heads % m.kv_heads:
         raise f.error("kv_heads",
@@ -97,13 +109,7 @@ def _read_model_fields(f: Fields) -> ModelSpec:
     mla = None
     if f.has("mla"):
         g = f.section("mla")
-        mla = MLASpec(
-            q_lora_rank=g.int("q_lora_rank", 0, 1_000_000, default=0),
-            kv_lora_rank=g.int("kv_lora_rank", 1, 1_000_000),
-            qk_nope_head_dim=g.int("qk_nope_head_dim", 1, 100_000),
-            qk_rope_head_dim=g.int("qk_rope_head_dim", 0, 100_000),
-            v_head_dim=g.int("v_head_dim", 1, 100_000),
-        )
+        mla = read_mla(g)
         g.finish()
     experts = f.int("experts", 0, 100_000, default=0)
     m = ModelSpec(
