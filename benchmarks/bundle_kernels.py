@@ -3,7 +3,9 @@ aiconfigurator-core package's measured tables, into autopar/data/kernels/.
 
 For each GPU type: the bf16 and fp8 GEMM timings of aiconfigurator's TensorRT-LLM table on
 the power-of-two grid (m 1..32768, n and k 32..65536, powers of two only), and its NCCL
-table (every op, group and size `autopar calibrate --from-aiconfigurator` reads). Re-run with
+table (every op, group and size `autopar calibrate --from-aiconfigurator` reads), and its
+vLLM fused-MoE table (balanced routing, token counts on powers of two, each dtype's default
+kernel: what `autopar calibrate --from-aiconfigurator` reads with --moe-framework vllm). Re-run with
 a Python that has aiconfigurator-core installed:
     python benchmarks/bundle_kernels.py
 benchmarks/kernel_holdout.py --bundled measures how far the compact tables are from the full
@@ -19,8 +21,14 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from autopar.cost.bundled import GEMM_COLUMNS, NCCL_COLUMNS, bundle_dir  # noqa: E402
-from autopar.cost.measured import _table, aiconfigurator_root, read_aiconfigurator  # noqa: E402
+from autopar.cost.bundled import GEMM_COLUMNS, MOE_COLUMNS, NCCL_COLUMNS, bundle_dir  # noqa: E402
+from autopar.cost.measured import (  # noqa: E402
+    _table,
+    aiconfigurator_root,
+    moe_table_path,
+    read_aiconfigurator,
+    read_aiconfigurator_moe,
+)
 
 # autopar GPU type -> aiconfigurator system
 SYSTEMS = {"H100-SXM5-80GB": "h100_sxm", "H200-SXM-141GB": "h200_sxm", "B200": "b200_sxm"}
@@ -53,12 +61,19 @@ def main() -> None:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(NCCL_COLUMNS)
             w.writerows([r[c] for c in NCCL_COLUMNS] for r in rows)
+        moe = read_aiconfigurator_moe(system, root, "vllm", "pow2")
+        with open(out / f"{stem}-moe.csv", "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(MOE_COLUMNS)
+            w.writerows([r[c] for c in MOE_COLUMNS] for r in moe)
         files = [str(p.relative_to(root.parent.parent.parent)) for p in (
             _table(root / system / "gemm" / "trtllm", "gemm_perf"),
-            _table(root / system / "comm" / "nccl", "nccl_perf"))]
+            _table(root / system / "comm" / "nccl", "nccl_perf"),
+            moe_table_path(system, root, "vllm"))]
         index.append((gpu, system, f"aiconfigurator-core {version} {system} (Apache-2.0): "
                                    + ", ".join(files)))
-        print(f"{gpu}: {len(keep)} GEMM shapes, {len(rows)} collective sizes")
+        print(f"{gpu}: {len(keep)} GEMM shapes, {len(rows)} collective sizes, {len(moe)} "
+              f"fused-MoE layers")
     with open(out / "index.csv", "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(("gpu", "system", "provenance"))

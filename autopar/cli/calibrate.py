@@ -28,10 +28,15 @@ INSTALL_HINT = "pip install 'autopar[calibrate]'"
                                  "package's)")
 @click.option("--all-shapes", is_flag=True,
               help="with --from-aiconfigurator: every measured m, not only powers of two")
+@click.option("--moe-framework", type=click.Choice(["vllm", "sglang", "trtllm", "none"]),
+              default="vllm", show_default=True,
+              help="with --from-aiconfigurator: whose measured fused-MoE kernels to read "
+                   "(served MoE layers), or none")
 @click.option("--gpu", default=None, help="the GPU the measurements come from (in notes)")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="calibration YAML to write")
-def calibrate(gemm_csv, nccl, aic_system, aic_root, all_shapes, gpu, out_path) -> None:
+def calibrate(gemm_csv, nccl, aic_system, aic_root, all_shapes, moe_framework, gpu,
+              out_path) -> None:
     """Write a calibration YAML (for --calibration) from measured GEMM and NCCL tables."""
     from ..cost import measured
     from ..errors import InputError
@@ -53,12 +58,16 @@ def calibrate(gemm_csv, nccl, aic_system, aic_root, all_shapes, gpu, out_path) -
             raise InputError("autopar calibrate", "", "nothing to read: give --gemm-csv, "
                              "--nccl or --from-aiconfigurator")
         gemm: list[dict] = []
+        moe: list[dict] = []
         colls: dict[str, list[dict]] = {}
         sources = []
         if aic_system:
             g, c = measured.read_aiconfigurator(aic_system, root,
                                                 "all" if all_shapes else "pow2")
             gemm += g
+            if moe_framework != "none":
+                moe = measured.read_aiconfigurator_moe(aic_system, root, moe_framework,
+                                                       "all" if all_shapes else "pow2")
             for link, rows in c.items():
                 colls.setdefault(link, []).extend(rows)
             sources.append(f"aiconfigurator-core {aic_system} (Apache-2.0)")
@@ -74,11 +83,13 @@ def calibrate(gemm_csv, nccl, aic_system, aic_root, all_shapes, gpu, out_path) -
             colls.setdefault(link, []).extend(rows)
             sources.append(path)
         notes = "autopar calibrate" + (f" for {gpu}" if gpu else "") + ": " + ", ".join(sources)
-        data = measured.calibration_data(gemm, colls, notes)
+        data = measured.calibration_data(gemm, colls, notes, moe)
         _check_readable(data)
         _write(out_path, data)
         return f"{out_path}: {len(data.get('gemm_table', []))} GEMM shapes, " \
-               f"{sum(len(r) for r in data.get('collectives', {}).values())} collective sizes"
+               f"{sum(len(r) for r in data.get('collectives', {}).values())} collective " \
+               f"sizes, {sum(len(r['tokens']) for r in data.get('moe_table', []))} fused-MoE " \
+               f"measurements"
 
     click.echo(guard(run))
 

@@ -1,5 +1,5 @@
-"""The measured kernel tables autopar ships (`--calibration bundled`): compact bf16 / fp8 GEMM
-and NCCL tables per GPU type, derived from aiconfigurator-core's measurements by
+"""The measured kernel tables autopar ships (`--calibration bundled`): compact bf16 / fp8 GEMM,
+NCCL and vLLM fused-MoE tables per GPU type, derived from aiconfigurator-core's measurements by
 benchmarks/bundle_kernels.py into autopar/data/kernels/ (its NOTICE.md: provenance, licence).
 
 Opt-in: without `bundled` nothing here is read and the defaults stay as they are.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..spec.datafile import read_text
-from .calibration import Calibration, parse_calibration
+from .calibration import MOE_COLUMNS, Calibration, moe_series, parse_calibration
 from .measured import GEMM_COLUMNS, read_gemm_csv
 
 BUNDLED = "bundled"  # the --calibration value that selects these tables
@@ -45,10 +45,12 @@ def bundled_calibration(gpu: str) -> Calibration:
                                      f"{', '.join(sorted(index))}")
     _, provenance = index[gpu]
     stem = bundle_dir() / gpu.lower()
-    gemm_path, nccl_path = f"{stem}-gemm.csv", f"{stem}-nccl.csv"
+    gemm_path, nccl_path, moe_path = (f"{stem}-{x}.csv" for x in ("gemm", "nccl", "moe"))
     data = {"gemm_table": read_gemm_csv(read_text(gemm_path), gemm_path),
             "collectives": _nccl_rows(read_text(nccl_path), nccl_path)}
-    cal = parse_calibration(data, f"{gemm_path}, {nccl_path}")
+    if Path(moe_path).is_file():
+        data["moe_table"] = _moe_rows(read_text(moe_path), moe_path)
+    cal = parse_calibration(data, f"{gemm_path}, {nccl_path}, {moe_path}")
     return replace(cal, source=f"{BUNDLED}: {provenance}")
 
 
@@ -67,5 +69,20 @@ def _nccl_rows(text: str, path: str) -> dict[str, list[dict]]:
     return out
 
 
-__all__ = ["BUNDLED", "GEMM_COLUMNS", "NCCL_COLUMNS", "bundle_dir", "bundled_calibration",
-           "bundled_index"]
+def _moe_rows(text: str, path: str) -> list[dict]:
+    """`hidden,inter,topk,experts,tp,ep,tokens,dtype,time_us` rows as `moe_table` series (the
+    ranges are checked by parse_calibration)."""
+    out = []
+    for line, r in enumerate(csv.DictReader(io.StringIO(text)), start=2):
+        try:
+            row: dict = {c: int(r[c]) for c in MOE_COLUMNS[:7]}
+            row.update(dtype=r["dtype"], time_us=float(r["time_us"]))
+        except (KeyError, TypeError, ValueError):
+            raise InputError(path, f"line {line}", f"expected the columns "
+                             f"{','.join(MOE_COLUMNS)}") from None
+        out.append(row)
+    return moe_series(out)
+
+
+__all__ = ["BUNDLED", "GEMM_COLUMNS", "MOE_COLUMNS", "NCCL_COLUMNS", "bundle_dir",
+           "bundled_calibration", "bundled_index"]

@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from ..spec.fields import Fields
 from ..spec.units import DTYPE_BYTES
-from .kernels import OPS, BusTable, GemmTable, KernelTables
+from .kernels import (
+    MOE_DTYPES,
+    OPS,
+    BusTable,
+    GemmTable,
+    KernelTables,
+    MoEShape,
+    MoETable,
+    Roofline,
+)
 
 if TYPE_CHECKING:
     from ..spec import GPUSpec
@@ -73,6 +82,14 @@ class Calibration:
     def gemm_source(self, dtype: str) -> str:
         return "table" if dtype in self.kernels.gemm else "curve"
 
+    def moe_time(self, dtype: str, shape: MoEShape, tp: int, ep: int, tokens: float,
+                 roofline: Roofline) -> float | None:
+        """Measured fused-MoE layer time (both expert GEMMs, activation, routing) of
+        `tokens` entering the layer over an EP group of `ep` ranks with expert TP `tp`; None
+        without a fused-MoE table of `dtype` (the experts then run as GEMMs)."""
+        table = self.kernels.moe.get(dtype)
+        return None if table is None else table.time_s(shape, tp, ep, tokens, roofline)
+
     def busbw(self, link: str, group: int, nbytes: float, op: str | None = None) -> float | None:
         """Measured bus bandwidth (B/s) of collective `op` of `nbytes` over `group` GPUs on
         `link`: the op's own table if measured; else (ring ops only) the op-less rows of the
@@ -100,14 +117,19 @@ class Calibration:
             changes["link_eff"] = {**self.link_eff, "intra": gpu.nvlink_eff or GENERIC_INTRA_EFF}
         return replace(self, **changes) if changes else self
 
-    def echo(self, dtypes: tuple[str, ...]) -> dict[str, Any]:
+    def echo(self, dtypes: tuple[str, ...], moe_shape: MoEShape | None = None,
+             serving: bool = False) -> dict[str, Any]:
         """The plan's `inputs.calibration`: every figure, and where tables were given, how
-        many rows each holds and which source the GEMMs of each of `dtypes` used."""
+        many rows each holds and which source the GEMMs of each of `dtypes` used; for a
+        served MoE model with fused-MoE tables, whether its shape was measured."""
         out = asdict(replace(self, kernels=KernelTables()))
         del out["kernels"]
         out.update(self.kernels.summary())
         if self.kernels.gemm:
             out["gemm_source"] = {d: self.gemm_source(d) for d in sorted(set(dtypes))}
+        if self.kernels.moe and moe_shape is not None and serving:
+            out["moe_source"] = {d: self.kernels.moe[d].source(moe_shape) if d in
+                                 self.kernels.moe else "gemm" for d in sorted(set(dtypes))}
         return out
 
 
@@ -150,11 +172,15 @@ def parse_calibration(data: Any, source: str) -> Calibration:
         values["link_eff"] = links
     else:
         f.used.add("link_eff")
-    gemm, colls = {}, {}
+    gemm, colls, moe = {}, {}, {}
     if f.has("gemm_table"):
         gemm = _gemm_table(f, "gemm_table")
     else:
         f.used.add("gemm_table")
+    if f.has("moe_table"):
+        moe = _moe_table(f, "moe_table")
+    else:
+        f.used.add("moe_table")
     if f.has("collectives"):
         g = f.section("collectives")
         legacy = {}
@@ -168,8 +194,8 @@ def parse_calibration(data: Any, source: str) -> Calibration:
         g.finish()
     else:
         f.used.add("collectives")
-    if gemm or colls:
-        values["kernels"] = KernelTables(gemm, colls)
+    if gemm or colls or moe:
+        values["kernels"] = KernelTables(gemm, colls, moe)
     f.text("notes")
     f.finish()
     return replace(Calibration(), **values)
@@ -204,6 +230,52 @@ def _gemm_table(f: Fields, key: str) -> dict[str, GemmTable]:
             raise r.error("m", f"two measurements of {dtype} {'x'.join(map(str, shape))}")
         out[dtype][shape] = t
     return {d: GemmTable(tuple(sorted((*s, t) for s, t in rows.items())))
+            for d, rows in out.items()}
+
+
+MOE_COLUMNS = ("hidden", "inter", "topk", "experts", "tp", "ep", "tokens", "dtype", "time_us")
+MOE_KEY = ("dtype", "hidden", "inter", "topk", "experts", "tp", "ep")  # one series each
+
+
+def moe_series(rows: list[dict]) -> list[dict]:
+    """Flat fused-MoE rows (one per token count, MOE_COLUMNS) as the calibration file's
+    `moe_table` series: one per dtype, shape, tp and ep, tokens ascending."""
+    out: dict[tuple, dict] = {}
+    for r in sorted(rows, key=lambda r: tuple(r[c] for c in (*MOE_KEY, "tokens"))):
+        key = tuple(r[c] for c in MOE_KEY)
+        series = out.setdefault(key, {**dict(zip(MOE_KEY, key, strict=True)), "tokens": [],
+                                      "time_us": []})
+        series["tokens"].append(r["tokens"])
+        series["time_us"].append(r["time_us"])
+    return list(out.values())
+
+
+def _moe_table(f: Fields, key: str) -> dict[str, MoETable]:
+    """`moe_table: [{dtype, hidden, inter, topk, experts, tp, ep, tokens: [...], time_us:
+    [...]}]`: measured fused-MoE layer times per dtype, one series per shape and layout
+    (tokens over the whole EP group)."""
+    out: dict[str, dict] = {}
+    for r in _rows(f, key, 100_000):
+        dtype = r.str("dtype", tuple(MOE_DTYPES))
+        h, i = r.int("hidden", 1, 10**6), r.int("inter", 1, 10**6)
+        e = r.int("experts", 1, 65_536)
+        k = r.int("topk", 1, e)
+        tp, ep = r.int("tp", 1, 1024), r.int("ep", 1, e)
+        tokens = r.int_list("tokens", 1, 10**8)
+        times = r.float_list("time_us", 1e-6, 1e12)
+        r.finish()
+        if not tokens or len(tokens) != len(times):
+            raise r.error("time_us", f"{len(times)} times for {len(tokens)} token counts")
+        if len(set(tokens)) != len(tokens):
+            raise r.error("tokens", f"two measurements of {dtype} at the same shape, tp, ep "
+                                    f"and tokens")
+        cells = out.setdefault(dtype, {})
+        for n, t in zip(tokens, times, strict=True):
+            if (h, i, k, e, tp, ep, n) in cells:
+                raise r.error("tokens", f"two measurements of {dtype} at the same shape, tp, "
+                                        f"ep and tokens")
+            cells[(h, i, k, e, tp, ep, n)] = t * 1e-6
+    return {d: MoETable(tuple(sorted((*c, t) for c, t in rows.items())))
             for d, rows in out.items()}
 
 

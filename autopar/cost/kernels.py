@@ -1,19 +1,27 @@
 """Measured kernel tables: GEMM time by (m, n, k) per dtype and collective bus bandwidth by
 (op, group, message size) per link, interpolated in log space between measured points.
 
-A calibration file holds them (`gemm_table:`, `collectives:` rows with an `op`;
-docs/calibration.md); `Calibration` asks them first and keeps its flat fractions as the
-fallback where a dtype or a link has no table.
+A calibration file holds them (`gemm_table:`, `collectives:` rows with an `op`, `moe_table:`
+fused-MoE layers; docs/calibration.md); `Calibration` asks them first and keeps its flat
+fractions as the fallback where a dtype or a link has no table.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import product
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "alltoall")
+# Weight bytes per parameter of a fused-MoE precision, scales included: fp8 block scales are
+# one fp32 per 128 x 128 block, NVFP4 one fp8 per 16 values.
+MOE_DTYPES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp8_block": 1.0 + 4 / (128 * 128),
+              "nvfp4": 0.5 + 1 / 16}
+MoEShape = tuple[int, int, int, int]  # (hidden, expert inter size, top-k, routed experts)
+# (shape, tp, ep, tokens) -> roofline seconds of that MoE layer on this GPU
+Roofline = Callable[[MoEShape, int, int, float], float]
 
 
 def _bracket(axis: tuple[float, ...], x: float) -> tuple[int, int, float]:
@@ -121,14 +129,76 @@ class BusTable:
 
 
 @dataclass(frozen=True)
+class MoETable:
+    """Measured fused-MoE layers of one dtype (what vLLM and SGLang run: routing, both expert
+    GEMMs and the activation in one op): time per (model shape, expert TP, EP, tokens), where
+    tokens are those entering the layer over the whole EP group (each EP rank computes
+    tokens x top-k / EP of them). Between measured token counts the time is log-linear;
+    above the largest it grows with the roofline, below the smallest it stays at that time.
+    A shape or (tp, ep) not measured takes the nearest measured series (same tp, ep first)
+    scaled by the ratio of the two layers' rooflines: a transfer, which the plan names."""
+
+    rows: tuple[tuple[int, int, int, int, int, int, int, float], ...]
+    # (hidden, inter, top_k, experts, tp, ep, tokens, time_s), sorted
+    series: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        out: dict = {}
+        for h, i, k, e, tp, ep, n, t in self.rows:
+            out.setdefault(((h, i, k, e), tp, ep), []).append((n, t))
+        object.__setattr__(self, "series", {key: tuple(sorted(v)) for key, v in out.items()})
+
+    def nearest(self, shape: MoEShape, tp: int, ep: int) -> tuple[MoEShape, int, int]:
+        """The measured (shape, tp, ep) to read: itself if measured, else the closest in log
+        space, a different (tp, ep) weighing more than a different shape."""
+        key = (shape, tp, ep)
+        if key in self.series:
+            return key
+
+        def dist(c: tuple) -> float:
+            d = sum(math.log(a / b) ** 2 for a, b in zip(c[0], shape, strict=True))
+            return d + 10.0 * (math.log(c[1] / tp) ** 2 + math.log(c[2] / ep) ** 2)
+
+        return min(self.series, key=lambda c: (dist(c), c))
+
+    def time_s(self, shape: MoEShape, tp: int, ep: int, tokens: float,
+               roofline: Roofline) -> float:
+        key = self.nearest(shape, tp, ep)
+        pts = self.series[key]
+        n = max(tokens, 1e-9)
+        if n <= pts[0][0]:
+            t = pts[0][1]
+        elif n >= pts[-1][0]:
+            t = pts[-1][1] * roofline(key[0], key[1], key[2], n) / roofline(
+                key[0], key[1], key[2], pts[-1][0])
+        else:
+            i, j, w = _bracket(tuple(math.log(p[0]) for p in pts), math.log(n))
+            t = math.exp((1 - w) * math.log(pts[i][1]) + w * math.log(pts[j][1]))
+        if key != (shape, tp, ep):
+            t *= roofline(shape, tp, ep, n) / roofline(key[0], key[1], key[2], n)
+        return t
+
+    def source(self, shape: MoEShape) -> str:
+        """`table` when the shape was measured (at some tp, ep), else the shape transferred."""
+        shapes = {key[0] for key in self.series}
+        if shape in shapes:
+            return "table"
+        near = min(shapes, key=lambda c: (sum(math.log(a / b) ** 2 for a, b in zip(
+            c, shape, strict=True)), c))
+        return "transfer from hidden {} inter {} top-{} of {}".format(*near)
+
+
+@dataclass(frozen=True)
 class KernelTables:
-    """Every measured table of one calibration: GEMMs per dtype, collectives per (op, link)."""
+    """Every measured table of one calibration: GEMMs per dtype, collectives per (op, link),
+    fused-MoE layers per dtype."""
 
     gemm: dict[str, GemmTable] = field(default_factory=dict)
     collectives: dict[tuple[str, str], BusTable] = field(default_factory=dict)
+    moe: dict[str, MoETable] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.gemm or self.collectives)
+        return bool(self.gemm or self.collectives or self.moe)
 
     def summary(self) -> dict:
         """What a plan echoes of the tables: how many measurements each holds (the rows
@@ -139,4 +209,6 @@ class KernelTables:
         if self.collectives:
             out["collective_tables"] = {f"{op}.{link}": len(t.rows)
                                         for (op, link), t in sorted(self.collectives.items())}
+        if self.moe:
+            out["moe_layers"] = {d: len(t.rows) for d, t in sorted(self.moe.items())}
         return out

@@ -22,6 +22,7 @@ from ..model.components import (
 from ..spec import GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload
 from . import comm
 from .calibration import Calibration
+from .fused_moe import expert_flops_share, fused_moe_time
 from .strategy import Strategy
 
 
@@ -188,6 +189,11 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
         nbytes = params * wb * touched + routed * (k + n) * b / s.etp
         act = routed * c.act_bytes_sharded / s.etp
         ew = routed * (c.ew_bytes + c.ew_bytes_repl) / s.etp
+        fused = None if p.training else fused_moe_time(m, p.hw, p.calib, s.etp, s.ep,
+                                                        routed, dtype)
+        if fused is not None:  # the op's time, split over fc1 / fc2 by their FLOPs
+            share = expert_flops_share(m, c.name)
+            return ComponentCost(c.name, c.role, params, flops, fused * share, 0.0), act
     elif c.role == "replicated":
         toks = T / sp_div
         params = c.params

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..spec.units import DTYPE_BYTES
+from .calibration import moe_series
 from .kernels import OPS
 
 GEMM_COLUMNS = ("m", "n", "k", "dtype", "time_us")
@@ -191,7 +192,49 @@ def read_aiconfigurator(system: str, root: Path,
     return gemm, ({"intra": colls} if colls else {})
 
 
-def calibration_data(gemm: list[dict], colls: dict[str, list[dict]], notes: str) -> dict:
+MOE_DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16", "fp8": "fp8", "fp8_block": "fp8_block",
+                   "nvfp4": "nvfp4"}
+
+
+def moe_table_path(system: str, root: Path, framework: str = "vllm") -> Path | None:
+    """The newest `moe_perf` table of one framework's fused-MoE measurements."""
+    return _table(root / system / "moe" / framework, "moe_perf")
+
+
+def read_aiconfigurator_moe(system: str, root: Path, framework: str = "vllm",
+                            tokens: str = "pow2") -> list[dict]:
+    """Fused-MoE rows (`moe_table:`, docs/calibration.md) of one aiconfigurator system and
+    framework: balanced routing only (autopar applies its own load imbalance), per dtype the
+    kernel with the most measurements (the framework's default path for it), token counts on
+    powers of two unless `tokens` is "all"."""
+    path = moe_table_path(system, root, framework)
+    if path is None:
+        return []
+    recs = [r for r in _records(path) if str(r["distribution"]) == "balanced"
+            and str(r["moe_dtype"]) in MOE_DTYPE_NAMES]
+    count: dict[tuple[str, str], int] = {}
+    for r in recs:
+        key = (str(r["moe_dtype"]), str(r["kernel_source"]))
+        count[key] = count.get(key, 0) + 1
+    best = {d: max((n, k) for (dd, k), n in count.items() if dd == d)[1]
+            for d, _ in count}
+    rows: dict[tuple, dict] = {}
+    for r in recs:
+        d, n = str(r["moe_dtype"]), int(r["num_tokens"])
+        e, ep = int(r["num_experts"]), int(r["moe_ep_size"])
+        if str(r["kernel_source"]) != best[d] or e % ep or (tokens == "pow2" and n & (n - 1)):
+            continue
+        row = {"hidden": int(r["hidden_size"]), "inter": int(r["inter_size"]),
+               "topk": int(r["topk"]), "experts": e, "tp": int(r["moe_tp_size"]), "ep": ep,
+               "tokens": n, "dtype": MOE_DTYPE_NAMES[d],
+               "time_us": round(float(r["latency"]) * 1e3, 3)}
+        rows[tuple(row[c] for c in ("dtype", "hidden", "inter", "topk", "experts", "tp",
+                                    "ep", "tokens"))] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+def calibration_data(gemm: list[dict], colls: dict[str, list[dict]], notes: str,
+                     moe: list[dict] | None = None) -> dict:
     """The calibration file's content (docs/calibration.md), rows sorted, duplicates (the
     same shape or size measured twice) resolved to the last measurement."""
     out: dict = {"notes": notes}
@@ -203,4 +246,6 @@ def calibration_data(gemm: list[dict], colls: dict[str, list[dict]], notes: str)
         for link, rows in sorted(colls.items()):
             by_key = {(r["op"], r["group"], r["bytes"]): r for r in rows}
             out["collectives"][link] = [by_key[k] for k in sorted(by_key)]
+    if moe:
+        out["moe_table"] = moe_series(moe)
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from ..cost.fused_moe import moe_shape
 from ..cost.layer import Problem
 from ..cost.strategy import Strategy
 from ..search import SearchOptions, SearchResult
@@ -35,7 +36,8 @@ def inputs_echo(p: Problem, opts: SearchOptions) -> dict[str, Any]:
                     "flash_attention": p.flash_attention,
                     "fused_grad_accumulation": p.fused_grad_accumulation,
                     "async_tp_allreduce": p.async_tp_allreduce},
-        "calibration": p.calib.echo((p.gemm_dtype, p.model.dtype)),
+        "calibration": p.calib.echo((p.gemm_dtype, p.model.dtype), moe_shape(m),
+                                    not p.training),
     }
 
 

@@ -101,6 +101,20 @@ class Fields:
                                  f"expected an integer in [{lo}, {hi}], got {_show(item)}")
         return tuple(value)
 
+    def float_list(self, key: str, lo: float = 0.0, hi: float = 1e30,
+                   default: Any = MISSING) -> Any:
+        value = self._get(key, default)
+        if value is default and default is not MISSING:
+            return value
+        if not isinstance(value, list) or len(value) > 100_000:
+            raise self.error(key, f"expected a list of numbers, got {_kind(value)}")
+        for i, item in enumerate(value):
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not (
+                    math.isfinite(item) and lo <= item <= hi):
+                raise self.error(f"{key}[{i}]", f"expected a number in [{lo}, {hi}], got "
+                                                f"{_show(item)}")
+        return tuple(float(x) for x in value)
+
     def text(self, key: str) -> str:
         """Free text (notes, assumptions): a string or a list of strings, at most 64 KiB."""
         value = self._get(key, "")
