@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .cost.bundled import default_calibration
 from .cost.calibration import Calibration
 from .cost.layer import Problem
 from .errors import InfeasibleError, InputError
@@ -29,12 +30,16 @@ def make_problem(model: ModelSpec | ModelFile | str | Path,
                  fused_grad_accumulation: bool = True,
                  async_tp_allreduce: bool = True) -> Problem:
     """The validated instance. The three switches describe the training software, not the
-    layout (`docs/calibration.md`, software-stack switches). `calibration="bundled"`: the
-    measured tables autopar ships for the hardware's GPU type (`cost.bundled`)."""
+    layout (`docs/calibration.md`, software-stack switches). `calibration`: None plans with
+    the measured tables autopar ships for the hardware's GPU type where it has them and the
+    catalogue's flat fractions elsewhere; "bundled" insists on the tables (an error for a
+    GPU type without); "defaults" keeps the flat fractions everywhere (`cost.bundled`)."""
     mf = model if isinstance(model, ModelFile) else (
         ModelFile(model) if isinstance(model, ModelSpec) else load_model(model))
     hw = hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
-    if isinstance(calibration, str):
+    if calibration is None:
+        calibration = default_calibration(hw.gpu.name)
+    elif isinstance(calibration, str):
         calibration = _named_calibration(calibration, hw)
     wl = workload or mf.workload
     if wl is None:
@@ -50,12 +55,14 @@ def make_problem(model: ModelSpec | ModelFile | str | Path,
 
 
 def _named_calibration(name: str, hw: HardwareSpec) -> Calibration:
-    """A calibration given by name rather than as a `Calibration`: only "bundled" so far."""
-    from .cost.bundled import BUNDLED, bundled_calibration
+    """A calibration given by name rather than as a `Calibration`: "bundled" or "defaults"."""
+    from .cost.bundled import BUNDLED, DEFAULTS, bundled_calibration
 
+    if name == DEFAULTS:
+        return Calibration()
     if name != BUNDLED:
-        raise InputError("calibration", "", f"{name!r} is not a calibration name (only "
-                                            f"{BUNDLED!r}; read a file with "
+        raise InputError("calibration", "", f"{name!r} is not a calibration name "
+                                            f"({BUNDLED!r} or {DEFAULTS!r}; read a file with "
                                             "cost.parse_calibration)")
     return bundled_calibration(hw.gpu.name)
 

@@ -196,9 +196,10 @@ def forward_rows(p: Problem, ev: Evaluation, moe_of: list[MoEState]) -> list[Row
     return rows
 
 
-def serving_case(model: Path, calibration: str | None) -> Case:
+def serving_case(model: Path, calibration: str | None, pins: dict | None = None) -> Case:
     wl = replace(load_model(model).workload, phase="both")  # the CLI's --phase both
-    plan = solve(model, HW, wl, time_limit_s=TIME_LIMIT_S, calibration=calibration).data
+    plan = solve(model, HW, wl, time_limit_s=TIME_LIMIT_S, calibration=calibration,
+                 pins=pins).data
     pt = plan["serving"]["point"]
     p = make_problem(model, HW, wl, calibration=calibration)
     ev_ = Evaluator(p, SearchOptions(time_limit_s=TIME_LIMIT_S))
@@ -215,10 +216,11 @@ def serving_case(model: Path, calibration: str | None) -> Case:
     return figs, dp, ev, ev_.moe(lay, s)
 
 
-def training_case(model: Path, calibration: str | None) -> Case:
-    plan = solve(model, HW, time_limit_s=TIME_LIMIT_S, calibration=calibration).data
+def training_case(model: Path, calibration: str | None, pins: dict | None = None) -> Case:
+    plan = solve(model, HW, time_limit_s=TIME_LIMIT_S, calibration=calibration,
+                 pins=pins).data
     p = make_problem(model, HW, calibration=calibration)
-    res = search(p, SearchOptions(time_limit_s=TIME_LIMIT_S))
+    res = search(p, SearchOptions(time_limit_s=TIME_LIMIT_S, pins=pins or {}))
     best = res.best
     ev = evaluate(p, best.strategy, best.bounds, best.moe)
     st = ev.stages[0]
@@ -318,15 +320,19 @@ def main() -> None:
     for title, name in CASES:
         model = ROOT / "problems/models" / name
         case = serving_case if "serving" in title else training_case
-        fd, pd, evd, md = case(model, None)
-        fb, pb, evb, mb = case(model, "bundled")
+        fd, pd, evd, md = case(model, "defaults")
+        own = case(model, "bundled")[0]["layout"]  # what the tables choose on their own
+        s = evd.strategy  # the same layout under both, so the rows compare like with like
+        fb, pb, evb, mb = case(model, "bundled", {k: getattr(s, k) for k in
+                                                  ("tp", "pp", "dp", "ep", "etp")})
         rd, rb = forward_rows(pd, evd, md), forward_rows(pb, evb, mb)
         tab, sd, sb = table(rd, rb)
         for f, sm in ((fd, sd), (fb, sb)):  # the table is the whole pass, or it explains nothing
             want = f.get("plan step (decode_step_s)", f.get("fwd per micro-batch"))
             assert math.isclose(sm, want, rel_tol=1e-9), (title, sm, want)
-        lines += [f"## {title}", "", f"Layout (defaults): {fd['layout']}; bundled: "
-                  f"{fb['layout']}.", ""] + tab + [""]
+        lines += [f"## {title}", "", f"Layout (defaults): {fd['layout']}; bundled, pinned "
+                  f"to it: {fb['layout']} (the bundled tables' own choice: {own}).", ""] \
+            + tab + [""]
         hit = sorted({r.name for r in rb if clamped(pb, r.shape)})
         lines.append(f"- GEMMs the bundled table holds only by clamping: "
                      f"{', '.join(hit) if hit else 'none'}")

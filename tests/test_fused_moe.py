@@ -89,7 +89,7 @@ def test_a_served_moe_layer_runs_the_measured_op_and_training_does_not():
                  output_len=1000)
     s = Strategy(8, 1, 1, 8, 8, 1, micro_batch=16)
     layer = next(x for x in range(p.model.layers) if p.model.is_moe_layer(x))
-    lc = layer_cost(p, s, layer, MoEState(), strategy_groups(p, s))
+    lc = layer_cost(p, s, layer, MoEState(1.0, 16), strategy_groups(p, s))  # 128 / EP 8
     experts = [c for c in lc.components if c.role == "expert"]
     routed = 16 * 8  # 16 sequences x top-8, one decode token each
     op = fused_moe_time(p.model, p.hw, p.calib, s.etp, s.ep, routed, "bf16")
@@ -98,6 +98,8 @@ def test_a_served_moe_layer_runs_the_measured_op_and_training_does_not():
     assert op == pytest.approx(dict(measured)[128])
     assert sum(c.time_s for c in experts) == pytest.approx(op)
     assert experts[0].time_s == pytest.approx(2 * experts[1].time_s)  # fc1: 2/3 of FLOPs
+    replicas = layer_cost(p, s, layer, MoEState(1.0, 18), strategy_groups(p, s))
+    assert sum(c.time_s for c in replicas.components if c.role == "expert") > op  # 2 more
     train = _problem("bundled", kind="training", batch=64, seq_len=4096)
     lt = layer_cost(train, s, layer, MoEState(), strategy_groups(train, s))
     fc1 = next(c for c in lt.components if c.role == "expert")

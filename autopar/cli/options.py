@@ -86,20 +86,22 @@ def degree_pins(f: Callable) -> Callable:
 
 def calibration(f: Callable) -> Callable:
     return click.option("--calibration", type=click.Path(dir_okay=False), default=None,
-                        help="YAML of measured efficiencies overriding the defaults, or "
-                             "'bundled': the measured GEMM / NCCL tables shipped for the "
-                             "GPU type (docs/calibration.md)")(f)
+                        help="YAML of measured efficiencies overriding the defaults; "
+                             "'bundled': insist on the measured GEMM / NCCL / fused-MoE "
+                             "tables shipped for the GPU type (used by default where they "
+                             "exist); 'defaults': the catalogue's flat fractions "
+                             "(docs/calibration.md)")(f)
 
 
 def read_calibration(value: str | None):
-    """--calibration's value as make_problem takes it: None, the name 'bundled' (resolved
-    against the hardware's GPU type there), or the parsed file (./bundled for a file so
-    named)."""
-    from ..cost.bundled import BUNDLED
+    """--calibration's value as make_problem takes it: None, the names 'bundled' and
+    'defaults' (resolved against the hardware's GPU type there), or the parsed file
+    (./bundled for a file so named)."""
+    from ..cost.bundled import BUNDLED, DEFAULTS
     from ..cost.calibration import parse_calibration
     from ..spec.datafile import read_data
 
-    if value is None or value == BUNDLED:
+    if value is None or value in (BUNDLED, DEFAULTS):
         return value
     return parse_calibration(read_data(value), value)
 

@@ -2,7 +2,8 @@
 NCCL and vLLM fused-MoE tables per GPU type, derived from aiconfigurator-core's measurements by
 benchmarks/bundle_kernels.py into autopar/data/kernels/ (its NOTICE.md: provenance, licence).
 
-Opt-in: without `bundled` nothing here is read and the defaults stay as they are.
+They are the default calibration of a GPU type that has them (`default_calibration`); the
+name `defaults` keeps the catalogue's flat fractions instead, `bundled` insists on tables.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import replace
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from .calibration import MOE_COLUMNS, Calibration, moe_series, parse_calibration
 from .measured import GEMM_COLUMNS, read_gemm_csv
 
 BUNDLED = "bundled"  # the --calibration value that selects these tables
+DEFAULTS = "defaults"  # the --calibration value that keeps the flat fractions
 NCCL_COLUMNS = ("link", "op", "group", "bytes", "busbw_gbps")
 SOURCE = "--calibration bundled"
 
@@ -27,6 +30,7 @@ def bundle_dir() -> Path:
     return Path(str(resources.files("autopar"))) / "data" / "kernels"
 
 
+@lru_cache(maxsize=1)
 def bundled_index() -> dict[str, tuple[str, str]]:
     """{GPU type: (aiconfigurator system, provenance)} of the shipped tables."""
     path = bundle_dir() / "index.csv"
@@ -34,6 +38,13 @@ def bundled_index() -> dict[str, tuple[str, str]]:
     return {r["gpu"]: (r["system"], r["provenance"]) for r in rows}
 
 
+def default_calibration(gpu: str) -> Calibration:
+    """What a problem plans with when no calibration is given: the shipped tables of GPU type
+    `gpu` where there are some, else the flat fractions (Calibration())."""
+    return bundled_calibration(gpu) if gpu in bundled_index() else Calibration()
+
+
+@lru_cache(maxsize=16)
 def bundled_calibration(gpu: str) -> Calibration:
     """The default calibration with the shipped GEMM and NCCL tables of GPU type `gpu`; its
     source names them and their provenance. An InputError naming the GPU and the types that
@@ -84,5 +95,5 @@ def _moe_rows(text: str, path: str) -> list[dict]:
     return moe_series(out)
 
 
-__all__ = ["BUNDLED", "GEMM_COLUMNS", "MOE_COLUMNS", "NCCL_COLUMNS", "bundle_dir",
-           "bundled_calibration", "bundled_index"]
+__all__ = ["BUNDLED", "DEFAULTS", "GEMM_COLUMNS", "MOE_COLUMNS", "NCCL_COLUMNS", "bundle_dir",
+           "bundled_calibration", "bundled_index", "default_calibration"]

@@ -23,13 +23,16 @@ def moe_shape(m: ModelSpec) -> MoEShape | None:
 
 
 def moe_roofline(m: ModelSpec, hw: HardwareSpec, calib: Calibration, dtype: str,
-                 shape: MoEShape, tp: int, ep: int, tokens: float) -> float:
+                 shape: MoEShape, tp: int, ep: int, tokens: float,
+                 slots: float | None = None) -> float:
     """Roofline of one gated MoE layer on one EP rank: `tokens` enter over the EP group,
-    tokens x top-k / ep expert-token pairs land on the rank's experts / ep experts, each
-    holding 3 x hidden x inter / tp weights, of which the touched ones are read."""
+    tokens x top-k / ep expert-token pairs land on the rank's `slots` expert copies (experts
+    / ep without replicas), each holding 3 x hidden x inter / tp weights, of which the
+    touched ones are read."""
     h, i, k, e = shape
-    routed, local, il = tokens * k / ep, e / ep, i / tp
-    touched = 1.0 - (1.0 - k / e) ** tokens if k < e else 1.0
+    routed, il = tokens * k / ep, i / tp
+    local = e / ep if slots is None else slots
+    touched = 1.0 - (1.0 - k / e) ** (routed * e / (k * local)) if k < e else 1.0
     flops = 6 * h * il * routed
     nbytes = (local * touched * 3 * h * il * MOE_DTYPES[dtype]
               + routed * 2 * h * m.dtype_bytes)
@@ -40,16 +43,23 @@ def moe_roofline(m: ModelSpec, hw: HardwareSpec, calib: Calibration, dtype: str,
 
 
 def fused_moe_time(m: ModelSpec, hw: HardwareSpec, calib: Calibration, etp: int, ep: int,
-                   routed: float, dtype: str) -> float | None:
-    """Time of a served MoE layer's experts on the EP rank that sees `routed` token copies:
-    the fused-MoE table of `dtype`, read at the tokens that would put `routed` on a rank of
-    a balanced layer (routed x ep / top-k). None where no table applies (a non-gated MLP,
-    no table of the dtype): the experts then run as GEMMs."""
+                   routed: float, dtype: str, slots: int | None = None) -> float | None:
+    """Time of a served MoE layer's experts on the EP rank that sees `routed` token copies
+    over `slots` expert copies: the fused-MoE table of `dtype`, read at the tokens that would
+    put `routed` on a rank of a balanced layer (routed x ep / top-k); hot-expert replicas
+    (more slots than experts / ep) scale it by the roofline ratio, as they add weights to
+    read. None where no table applies (a non-gated MLP, no table of the dtype): the experts
+    then run as GEMMs."""
     shape = moe_shape(m)
     if shape is None or dtype not in calib.kernels.moe:
         return None
-    return calib.moe_time(dtype, shape, etp, ep, routed * ep / m.top_k,
-                          lambda sh, tp, e, n: moe_roofline(m, hw, calib, dtype, sh, tp, e, n))
+    tokens = routed * ep / m.top_k
+    t = calib.moe_time(dtype, shape, etp, ep, tokens,
+                       lambda sh, tp, e, n: moe_roofline(m, hw, calib, dtype, sh, tp, e, n))
+    if slots is not None and slots * ep != m.experts:
+        t *= moe_roofline(m, hw, calib, dtype, shape, etp, ep, tokens, slots) / moe_roofline(
+            m, hw, calib, dtype, shape, etp, ep, tokens)
+    return t
 
 
 def expert_flops_share(m: ModelSpec, name: str) -> float:

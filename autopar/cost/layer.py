@@ -190,7 +190,7 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
         act = routed * c.act_bytes_sharded / s.etp
         ew = routed * (c.ew_bytes + c.ew_bytes_repl) / s.etp
         fused = None if p.training else fused_moe_time(m, p.hw, p.calib, s.etp, s.ep,
-                                                        routed, dtype)
+                                                        routed, dtype, moe.max_slots)
         if fused is not None:  # the op's time, split over fc1 / fc2 by their FLOPs
             share = expert_flops_share(m, c.name)
             return ComponentCost(c.name, c.role, params, flops, fused * share, 0.0), act
