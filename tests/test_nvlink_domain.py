@@ -209,3 +209,35 @@ def test_mi300x_node_plan_passes_check():
     found = errors(plan)
     assert not found, format_findings(found)
     assert plan["inputs"]["hardware"]["intra_node"]["topology"] == "mesh"
+
+
+TINY_MOE = {"name": "tiny-moe", "layers": 4, "hidden": 128, "heads": 8, "kv_heads": 4,
+            "head_dim": 16, "ffn_hidden": 256, "gated_mlp": True, "vocab": 500,
+            "experts": 8, "top_k": 2, "expert_ffn_hidden": 128}
+WORKLOADS = {"training": {"kind": "training", "global_batch": 16, "seq_len": 64},
+             "decode": {"kind": "inference", "phase": "decode", "batch": 16,
+                        "input_len": 64, "output_len": 16}}
+
+
+@pytest.mark.parametrize("nodes, gpn, domain, topology", [
+    (4, 2, 4, "switch"), (4, 2, 8, "switch"), (2, 4, 8, "mesh"), (4, 2, 4, "mesh")])
+@pytest.mark.parametrize("kind", sorted(WORKLOADS))
+@pytest.mark.parametrize("pins", [{}, {"tp": 4}, {"ep": 8}])
+def test_solve_and_check_agree_over_domains_and_meshes(nodes, gpn, domain, topology, kind,
+                                                        pins):
+    """Plans over domains of several nodes, or meshes, pass `check`, and each collective's
+    link is the one its group spans by domain."""
+    hw = parse_hardware({"name": "d", "gpu": {"memory_gb": 40, "tflops": {"bf16": 200},
+                                              "hbm_tbps": 2.0},
+                         "nodes": nodes, "gpus_per_node": gpn, "nvlink_domain": domain,
+                         "intra_node": {"bandwidth_gbps": 100, "topology": topology},
+                         "inter_node": {"bandwidth_gbps": 10}}, "d")
+    mf = parse_model({"model": TINY_MOE, "workload": WORKLOADS[kind]}, "tiny")
+    plan = json.loads(solve(mf, hw, pins=pins, time_limit_s=2.0, seed=0,
+                            workers=1).to_json())
+    found = errors(plan)
+    assert not found, format_findings(found)
+    s = plan["strategy"]
+    for c in plan["communication"]:
+        if c["group"] == "tp":
+            assert c["link"] == ("intra" if s["tp"] <= domain else "inter")
