@@ -52,6 +52,9 @@ def test_problem_files_describe_trays_and_racks():
         18, 4, 72, 1)
     assert (NVL72X2.num_gpus, NVL72X2.nvlink_domain, NVL72X2.domains) == (144, 72, 2)
     assert NVL72.intra.bytes_per_s == 900 * GB and NVL72.inter.bytes_per_s == 50 * GB
+    gb300 = load_hardware(PROBLEMS / "hw" / "gb300-nvl72.yaml")
+    assert (gb300.nvlink_domain, gb300.gpus_per_node, gb300.inter.bytes_per_s) == (
+        72, 4, 100 * GB)  # one 800 Gb/s ConnectX-8 per GPU
     # trays are still the nodes (ids, NICs); domains group whole trays
     assert [NVL72X2.node_of(g) for g in (3, 4, 71, 72)] == [0, 1, 17, 18]
     assert [NVL72X2.domain_of(g) for g in (3, 4, 71, 72, 143)] == [0, 0, 0, 1, 1]
