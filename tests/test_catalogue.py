@@ -20,7 +20,8 @@ REQUIRED = {"A100-SXM4-80GB", "A100-SXM4-40GB", "H100-SXM5-80GB", "H800-SXM5-80G
 NAMES = sorted(set(gpu_catalogue()) | REQUIRED)
 NEW_IN_ISSUE_13 = ["A100-SXM4-40GB", "H20", "L40S", "B300", "GB200", "GB300"]
 # what `_read_gpu` reads, plus free-text notes; a misspelt key would be dropped silently
-KEYS = {"memory_gb", "tflops", "hbm_tbps", "nvlink_gbps", "gemm_tflops",
+KEYS = {"memory_gb", "tflops", "hbm_tbps", "nvlink_gbps", "gemm_tflops", "nvlink_domain",
+        "nvlink_topology",
         "allreduce_busbw_gbps", "sources", "notes"}
 
 MODEL = {"model": {**TINY_MODEL["model"], "layers": 4, "heads": 8, "kv_heads": 8,

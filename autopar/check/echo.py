@@ -54,7 +54,10 @@ def hardware_from_echo(data: Any, source: str) -> HardwareSpec:
                     "tflops": {k: v / 1e12 for k, v in gpu["peak_flops"].items()},
                     "hbm_tbps": gpu["hbm_bytes_per_s"] / 1e12},
             "nodes": d["nodes"], "gpus_per_node": d["gpus_per_node"],
-            "intra_node": _link(d["intra_node"]), "inter_node": _link(d["inter_node"]),
+            "nvlink_domain": d.get("nvlink_domain"),  # absent before it existed: one node
+            "intra_node": {**_link(d["intra_node"]),
+                           "topology": d["intra_node"].get("topology", "switch")},
+            "inter_node": _link(d["inter_node"]),
             "reserved_gb": d.get("reserved_bytes", GB) / GB,
         }
     except (KeyError, TypeError, AttributeError) as exc:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..model.components import Component, embedding_components, head_components, layer_components
 from ..spec import HardwareSpec, ModelSpec, Workload
+from .links import link_bw as _link_bw
 
 
 # --------------------------------------------------------------------------- layout
@@ -256,28 +257,6 @@ class Collective:
     bytes_per_call: float
     calls_per_step: int
     min_time_per_call_s: float  # on the nominal link, no latency: nothing can be faster
-
-
-def _link_bw(hw: HardwareSpec, groups: list[list[int]], all_to_all: bool = False) -> float:
-    """The fastest rate any group of this kind could use [dp-comm]: NVLink inside a node.
-    Across nodes a ring collective runs one ring per member on each node, each out of its
-    own member's NIC: `min(g x NIC, max(NVLink, NIC))` per GPU, `g` the fewest members the
-    group has on any node (one member per node: the NIC). An all-to-all sends over the NIC
-    and NVLink at once, so NIC + NVLink bounds it."""
-    best = 0.0
-    for g in groups:
-        per_node: dict[int, int] = {}
-        for x in g:
-            per_node[x // hw.gpus_per_node] = per_node.get(x // hw.gpus_per_node, 0) + 1
-        if len(per_node) == 1:
-            bw = hw.intra.bytes_per_s
-        elif all_to_all:
-            bw = hw.inter.bytes_per_s + hw.intra.bytes_per_s
-        else:
-            bw = min(min(per_node.values()) * hw.inter.bytes_per_s,
-                     max(hw.intra.bytes_per_s, hw.inter.bytes_per_s))
-        best = max(best, bw)
-    return best or hw.intra.bytes_per_s
 
 
 def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout,

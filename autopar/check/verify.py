@@ -36,6 +36,7 @@ from .figures import (
 )
 from .finding import Finding, Findings, fmt
 from .layout import check_degrees, check_divisibility, check_ranks, check_stages
+from .links import check_links
 from .placement import check_experts, check_shards
 from .recompute import gemm_dtype, model_flops_per_step
 
@@ -152,7 +153,8 @@ def _inside(base: Path, path: Path, max_links: int = 40) -> Path | None:
 
 def _hw_key(hw: HardwareSpec) -> tuple:
     r = lambda x: round(x, 3)  # noqa: E731  (the echo stores GB and TB/s as bytes)
-    return (hw.num_gpus, hw.gpus_per_node, r(hw.gpu.memory_bytes / 1e9),
+    return (hw.num_gpus, hw.gpus_per_node, hw.nvlink_domain, hw.intra_topology,
+            r(hw.gpu.memory_bytes / 1e9),
             tuple(sorted((k, r(v / 1e12)) for k, v in hw.gpu.peak_flops.items())),
             r(hw.reserved_bytes / 1e9))
 
@@ -239,6 +241,7 @@ def _check_full(f: Findings, plan: dict, inp: Inputs) -> dict[int, dict[str, int
         if ok("communication") and hw and w:
             _guarded(f, "communication",
                      lambda: check_communication(f, plan, m, hw, w, lay))
+            _guarded(f, "communication", lambda: check_links(f, plan, hw, lay))
     elif ok("gpus"):
         _guarded(f, "gpus", lambda: check_capacity(
             f, plan["gpus"], hw.gpu.memory_bytes if hw else None))

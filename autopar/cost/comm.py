@@ -17,27 +17,29 @@ class GroupLink:
     """The links one communication group uses."""
 
     size: int
-    nodes: int  # distinct nodes the group spans
+    nodes: int  # distinct NVLink domains the group spans (a domain is one node on HGX)
     link: LinkSpec  # the bottleneck link for ring collectives
-    cross_fraction: float  # share of a member's peers on other nodes (all-to-all)
-    name: str  # "local" | "intra" | "inter"
+    cross_fraction: float  # share of a member's peers in other domains (all-to-all)
+    name: str  # "local" | "intra" (one NVLink domain) | "inter" (across domains, NICs)
 
 
 def group_link(hw: HardwareSpec, gpus: list[int]) -> GroupLink:
-    """The link a group's ring collectives run at. A group spanning nodes with g members on
-    each node runs g rings at once, each leaving the node through its own member's NIC, so
-    it moves g x the per-GPU NIC rate (capped by NVLink, which every ring also crosses)."""
-    members = Counter(hw.node_of(g) for g in gpus)  # node -> members on it
+    """The link a group's ring collectives run at. Inside one NVLink domain that is the intra
+    link, even across the domain's nodes (NVL72 trays). A group spanning domains with g
+    members in each runs g rings at once, each leaving its domain through its own member's
+    NIC, so it moves g x the per-GPU NIC rate (capped by NVLink, which every ring also
+    crosses; on a mesh, by the g - 1 links among the g: `HardwareSpec.intra_rate`)."""
+    members = Counter(hw.domain_of(g) for g in gpus)  # domain -> members in it
     n = len(gpus)
     if n == 1:
         return GroupLink(1, 1, hw.intra, 0.0, "local")
-    cross = (n - members[hw.node_of(gpus[0])]) / (n - 1)
+    cross = (n - members[hw.domain_of(gpus[0])]) / (n - 1)
     if len(members) == 1:
-        return GroupLink(n, 1, hw.intra, 0.0, "intra")
-    nodes = members
-    per_node = min(members.values())
-    rate = min(per_node * hw.inter.bytes_per_s, max(hw.intra.bytes_per_s, hw.inter.bytes_per_s))
-    return GroupLink(n, len(nodes), LinkSpec(rate, hw.inter.latency_s), cross, "inter")
+        return GroupLink(n, 1, LinkSpec(hw.intra_rate(n), hw.intra.latency_s), 0.0, "intra")
+    per_domain = min(members.values())
+    rate = min(per_domain * hw.inter.bytes_per_s,
+               max(hw.intra_rate(per_domain), hw.inter.bytes_per_s))
+    return GroupLink(n, len(members), LinkSpec(rate, hw.inter.latency_s), cross, "inter")
 
 
 def _rate(g: GroupLink, eff, nbytes: float, op: str) -> tuple[float, float]:
@@ -95,19 +97,22 @@ def all_reduce_one_shot(nbytes: float, g: GroupLink, eff) -> float:
 def all_to_all(nbytes: float, g: GroupLink, hw: HardwareSpec, eff) -> float:
     """Each member sends nbytes spread evenly over the group; (n-1)/n of it leaves the GPU.
 
-    The intra-node and inter-node parts move concurrently on their own links, so the slower
-    of the two sets the time; one latency per link class is paid (the sends are concurrent).
+    The parts inside the member's NVLink domain and to other domains move concurrently on
+    their own links, so the slower of the two sets the time; one latency per link class is
+    paid (the sends are concurrent). On a mesh the intra part spreads over the links to the
+    group's n / domains members of the domain (`HardwareSpec.intra_rate`).
     """
     n = g.size
     if n == 1:
         return 0.0
     remote = (n - 1) / n * nbytes
+    nvlink = hw.intra_rate(max(n // max(g.nodes, 1), 2))
     measured = eff.busbw(g.name, n, nbytes, "alltoall") if hasattr(eff, "busbw") else None
     if measured:  # nccl-tests' alltoall bus bandwidth: (n-1)/n S / time, capped at the links
-        return remote / min(measured, hw.intra.bytes_per_s + hw.inter.bytes_per_s)
+        return remote / min(measured, nvlink + hw.inter.bytes_per_s)
     inter = remote * g.cross_fraction
     intra = remote - inter
-    t_intra = intra / (hw.intra.bytes_per_s * _link_eff(eff, "intra")) if intra else 0.0
+    t_intra = intra / (nvlink * _link_eff(eff, "intra")) if intra else 0.0
     t_inter = inter / (hw.inter.bytes_per_s * _link_eff(eff, "inter")) if inter else 0.0
     lat = hw.inter.latency_s if inter else hw.intra.latency_s
     return max(t_intra, t_inter) + lat

@@ -199,7 +199,7 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
     p2p_f = p2p_b = 0.0
     if s.pp > 1:
         a, bnext = k * s.stage_width, min(k + 1, s.pp - 1) * s.stage_width
-        same = p.hw.node_of(a) == p.hw.node_of(bnext)
+        same = p.hw.domain_of(a) == p.hw.domain_of(bnext)  # NVLink across trays too
         link, name = (p.hw.intra, "intra") if same else (p.hw.inter, "inter")
         # interleaved: every chunk boundary is a send (the last chunk of the last stage and
         # the first chunk of the first stage have none)

@@ -265,19 +265,21 @@ def _collectives(p: Problem, s: Strategy, T: float, moe_layer: bool, moe: MoESta
 
 
 def strategy_groups(p: Problem, s: Strategy) -> dict[str, comm.GroupLink]:
-    """Links of each group kind; where stages differ (a stage spanning a node boundary), the
-    slowest stage's group is taken. Cached on the geometry: thousands of candidates share
+    """Links of each group kind; where stages differ (a stage spanning a domain boundary),
+    the slowest stage's group is taken. Cached on the geometry: thousands of candidates share
     a few dozen geometries."""
     hw = p.hw
-    return _groups(hw.nodes, hw.gpus_per_node, hw.intra, hw.inter, s.num_gpus, s.tp, s.dp,
-                   s.pp, s.ep, s.etp)
+    return _groups(hw.nodes, hw.gpus_per_node, hw.nodes_per_domain, hw.intra_topology,
+                   hw.intra, hw.inter, s.num_gpus, s.tp, s.dp, s.pp, s.ep, s.etp)
 
 
 @lru_cache(maxsize=4096)
-def _groups(nodes: int, gpn: int, intra: LinkSpec, inter: LinkSpec, num_gpus: int, tp: int,
-            dp: int, pp: int, ep: int, etp: int) -> dict[str, comm.GroupLink]:
+def _groups(nodes: int, gpn: int, per_domain: int, topology: str, intra: LinkSpec,
+            inter: LinkSpec, num_gpus: int, tp: int, dp: int, pp: int, ep: int,
+            etp: int) -> dict[str, comm.GroupLink]:
     s = Strategy(num_gpus, tp, pp, dp, ep, etp)
-    hw = HardwareSpec("", GPUSpec("", 1.0, {}, 1.0), nodes, gpn, intra, inter)
+    hw = HardwareSpec("", GPUSpec("", 1.0, {}, 1.0), nodes, gpn, intra, inter,
+                      nodes_per_domain=per_domain, intra_topology=topology)
     worst: dict[str, comm.GroupLink] = {}
     for stage in range(pp):
         g0 = stage * s.stage_width

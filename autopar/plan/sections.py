@@ -27,7 +27,9 @@ def inputs_echo(p: Problem, opts: SearchOptions) -> dict[str, Any]:
                     "peak_flops": hw.gpu.peak_flops, "hbm_bytes_per_s": hw.gpu.hbm_bytes_per_s,
                     "sources": list(hw.gpu.sources)},
             "nodes": hw.nodes, "gpus_per_node": hw.gpus_per_node, "num_gpus": hw.num_gpus,
-            "intra_node": asdict(hw.intra), "inter_node": asdict(hw.inter),
+            "nvlink_domain": hw.nvlink_domain,
+            "intra_node": {**asdict(hw.intra), "topology": hw.intra_topology},
+            "inter_node": asdict(hw.inter),
             "reserved_bytes": hw.reserved_bytes,
         },
         "workload": asdict(w),
@@ -114,7 +116,7 @@ def formula_index() -> dict[str, str]:
                "S = T*h*bytes/tp, + a TP all-gather without sequence parallelism",
         "dp-comm": "all-reduce of grads, or reduce-scatter grads + all-gather params (ZeRO>=1); "
                    "exposed = max(0, sync - backward of the last micro-batch), all of it "
-                   "without overlap; rings across nodes run at members-per-node x NIC; "
+                   "without overlap; rings across NVLink domains run at members-per-domain x NIC; "
                    "ZeRO-3 all-gathers the parameters before each forward and backward",
         "memory-training": "weights + grads + optimizer (ZeRO-sharded) + in-flight micro-batches"
                            " x activations (Korthikanti 2022) + workspace + reserved",

@@ -45,7 +45,7 @@ def _round_robin_states(p: Problem, s: Strategy) -> list[MoEState]:
 
 def megatron_default(p: Problem) -> Evaluation | None:
     m, G = p.model, p.hw.num_gpus
-    tp = _largest_divisor(G, p.hw.gpus_per_node, m.heads)
+    tp = _largest_divisor(G, p.hw.nvlink_domain, m.heads)  # TP inside the NVLink domain
     for pp in (d for d in range(1, min(G // tp, m.layers) + 1) if (G // tp) % d == 0):
         dp = G // (tp * pp)
         W = tp * dp

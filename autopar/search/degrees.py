@@ -25,7 +25,7 @@ class SearchOptions:
     time_limit_s: float = 10.0
     seed: int = 0
     workers: int = 1
-    max_tp: int | None = None  # default: GPUs per node (TP stays inside an NVLink island)
+    max_tp: int | None = None  # default: GPUs per NVLink domain (TP stays on NVLink)
 
 
 def _divisors(n: int) -> list[int]:
@@ -36,7 +36,7 @@ def enumerate_strategies(p: Problem, opts: SearchOptions) -> list[Strategy]:
     """Every layout the inputs allow, after pins and divisibility rules (DESIGN sec. 3)."""
     m, w, G = p.model, p.workload, p.hw.num_gpus
     pins = opts.pins
-    max_tp = opts.max_tp or p.hw.gpus_per_node
+    max_tp = opts.max_tp or p.hw.nvlink_domain
     out = []
     for pp in _divisors(G):
         if pp > m.layers or pins.get("pp", pp) != pp:

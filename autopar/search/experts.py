@@ -1,7 +1,7 @@
 """Expert placement of every MoE layer for one layout, turned into the cost model's MoEState.
 
 Placements depend only on the EP group's shape and the load profile, not on the other
-degrees, so they are cached per (EP, ETP, node span, slots) across all candidates.
+degrees, so they are cached per (EP, ETP, NVLink-domain span, slots) across all candidates.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from .placement import Placement, PlacementProblem, place_layers
 
 
 def ep_geometry(p: Problem, s: Strategy) -> tuple[int, int]:
-    """(nodes the EP group spans, EP ranks per node) for the first stage's first EP group."""
+    """(NVLink domains the EP group spans, EP ranks per domain) for the first stage's first
+    EP group: the placement's "nodes" are domains, since only tokens leaving a domain cross
+    the NICs (on HGX a domain is a node)."""
     members = s.ep_group(0)
-    nodes = len({p.hw.node_of(g) for g in members})
+    nodes = len({p.hw.domain_of(g) for g in members})
     return nodes, max(1, -(-s.ep // nodes))
 
 

@@ -184,7 +184,7 @@ def disagg_search(p: Problem, opts: SearchOptions | None = None,
         if pre_res.timed_out or dec_res.timed_out:
             timed_out = True
             entry["time_limit_reached"] = True  # its pools were costed in part
-        same_node = decode_hw is None and hw.nodes == 1
+        same_node = decode_hw is None and hw.domains == 1  # one NVLink domain
         pre = _best_prefill(p, pre_res, same_node, hw, targets)
         if pre is None:
             entry["why"] = ("no prefill point found before the time limit" if

@@ -1,5 +1,10 @@
-"""The hardware spec: a GPU (from the bundled catalogue or stated), nodes of GPUs and the two
-links between them, read and range-checked from a hardware file."""
+"""The hardware spec: a GPU (from the bundled catalogue or stated), nodes of GPUs, the NVLink
+domains they form and the two links, read and range-checked from a hardware file.
+
+A node (a server, or an NVL72 compute tray) is what has its own NICs, host and processes; an
+NVLink domain is the set of GPUs one NVLink (or Infinity Fabric) fabric joins: one node on
+an HGX / DGX server, 18 trays of 4 on a GB200 NVL72 rack. Groups inside a domain use the
+intra link, groups across domains the inter (NIC) link."""
 
 from __future__ import annotations
 
@@ -38,6 +43,9 @@ class LinkSpec:
     latency_s: float
 
 
+TOPOLOGIES = ("switch", "mesh")
+
+
 @dataclass(frozen=True)
 class HardwareSpec:
     name: str
@@ -47,10 +55,37 @@ class HardwareSpec:
     intra: LinkSpec
     inter: LinkSpec
     reserved_bytes: float = 1.0 * GB  # CUDA context, NCCL buffers, allocator slack
+    # nodes per NVLink domain; kept in nodes (not GPUs) so that a cluster cut into fewer or
+    # narrower nodes (serving pools, the fewest-GPUs advice) keeps its racks
+    nodes_per_domain: int = 1
+    # "switch": every GPU reaches every peer of its domain at `intra` (NVSwitch);
+    # "mesh": one link of `intra` per peer (AMD Infinity Fabric), see `intra_rate`
+    intra_topology: str = "switch"
 
     @property
     def num_gpus(self) -> int:
         return self.nodes * self.gpus_per_node
+
+    @property
+    def nvlink_domain(self) -> int:
+        """GPUs per NVLink domain (the last one is partial when the nodes do not fill it)."""
+        return min(self.nodes_per_domain, self.nodes) * self.gpus_per_node
+
+    @property
+    def domains(self) -> int:
+        return -(-self.nodes // self.nodes_per_domain)
+
+    def domain_of(self, gpu: int) -> int:
+        return self.node_of(gpu) // self.nodes_per_domain
+
+    def intra_rate(self, members: int) -> float:
+        """Per-GPU rate of a collective among `members` GPUs of one domain. On a switch it is
+        the GPU's link; on a full mesh each member has one link per peer, and the direct
+        (all-pairs) algorithm, or members - 1 edge-disjoint rings, drives all members - 1 of
+        them at once: (members - 1) x the per-peer link."""
+        if self.intra_topology == "mesh":
+            return max(members - 1, 0) * self.intra.bytes_per_s
+        return self.intra.bytes_per_s
 
     @property
     def usable_bytes(self) -> float:
@@ -107,19 +142,40 @@ def _read_gpu(f: Fields) -> tuple[GPUSpec, float | None]:
     return gpu, nvlink
 
 
-def _read_link(f: Fields, key: str, default_gbps: float | None, default_us: float) -> LinkSpec:
+def _read_link(f: Fields, key: str, default_gbps: float | None, default_us: float,
+               topology: str | None = None) -> tuple[LinkSpec, str]:
+    """The link and, for the intra link (`topology` not None), its topology."""
     if not f.has(key):
         f.used.add(key)
         if default_gbps is None:
             raise f.error(key, "missing required field (bandwidth_gbps, latency_us)")
-        return LinkSpec(default_gbps * GB, default_us * 1e-6)
+        return LinkSpec(default_gbps * GB, default_us * 1e-6), topology or "switch"
     g = f.section(key)
     bw = g.float("bandwidth_gbps", 0.001, 100_000, default=default_gbps)
     if bw is None:
         raise g.error("bandwidth_gbps", "missing required field")
     lat = g.float("latency_us", 0.0, 1e6, default=default_us)
+    if topology is not None:
+        topology = g.str("topology", TOPOLOGIES, default=topology)
     g.finish()
-    return LinkSpec(bw * GB, lat * 1e-6)
+    return LinkSpec(bw * GB, lat * 1e-6), topology or "switch"
+
+
+def _read_domain(f: Fields, nodes: int, gpn: int, default: int | None) -> int:
+    """Nodes per NVLink domain from `nvlink_domain` (GPUs): a whole number of nodes that
+    divides the cluster. Without the field: the catalogue's domain (GB200 / GB300: 72),
+    capped at the cluster (a cluster under a rack is one domain), else one node."""
+    total = nodes * gpn
+    stated = f.has("nvlink_domain")
+    domain = f.int("nvlink_domain", 1, 10_000_000, default=min(default or gpn, total))
+    why = "" if stated else f" (the GPU's catalogue default {default}; state nvlink_domain)"
+    if domain % gpn:
+        raise f.error("nvlink_domain", f"{domain} GPUs is not a whole number of nodes of "
+                      f"{gpn} GPUs{why}")
+    if total % domain:
+        raise f.error("nvlink_domain", f"{domain} GPUs does not divide the {total} GPUs "
+                      f"({nodes} nodes of {gpn}){why}")
+    return domain // gpn
 
 
 def _read_hardware_fields(f: Fields) -> HardwareSpec:
@@ -129,13 +185,17 @@ def _read_hardware_fields(f: Fields) -> HardwareSpec:
     g.finish()
     nodes = f.int("nodes", 1, 100_000, default=1)
     gpn = f.int("gpus_per_node", 1, 1024)
-    # a link no group can use (one GPU per node, or one node) needs no figures
-    intra = _read_link(f, "intra_node", nvlink if gpn > 1 and nvlink else (
-        None if gpn > 1 else 1000.0), 3.0)
-    inter = _read_link(f, "inter_node", None if nodes > 1 else 25.0, 10.0)
+    part = gpu_catalogue().get(gpu.name, {}) if g.has("type") else {}
+    per_domain = _read_domain(f, nodes, gpn, part.get("nvlink_domain"))
+    wide = gpn * per_domain > 1  # a domain of one GPU has no intra link to describe
+    # a link no group can use (one GPU per domain, or one domain) needs no figures
+    intra, topology = _read_link(f, "intra_node", nvlink if wide and nvlink else (
+        None if wide else 1000.0), 3.0, part.get("nvlink_topology", "switch"))
+    inter, _ = _read_link(f, "inter_node", None if nodes > per_domain else 25.0, 10.0)
     reserved = f.float("reserved_gb", 0.0, 10_000, default=1.0)
     if reserved * GB >= gpu.memory_bytes:
         raise f.error("reserved_gb",
                       f"{reserved} GB leaves no memory on a {gpu.memory_bytes / GB:g} GB GPU")
-    return HardwareSpec(name, gpu, nodes, gpn, intra, inter, reserved * GB)
+    return HardwareSpec(name, gpu, nodes, gpn, intra, inter, reserved * GB, per_domain,
+                        topology)
 
