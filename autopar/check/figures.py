@@ -384,10 +384,12 @@ def check_metrics(f: Findings, plan: dict, w: Workload | None, peak: float | Non
         same("mfu", mt["model_flops_per_step"] / (step * peak),
              "model_flops_per_step / (step x peak)")
     if isinstance(plan.get("serving"), dict):  # serving figures (docs/serving.md)
-        from .serving import serving_expectations
+        from .serving import serving_expectations, serving_mismatches
 
         for key, value, why in serving_expectations(plan):
             same(key, value, why)
+        for field, why, got, want in serving_mismatches(plan):
+            f.error("metrics", field, why, got, want)
     else:
         same("tokens_per_s_per_gpu", mt["throughput_tokens_per_s"] / num_gpus,
              "tokens/s / GPUs")

@@ -24,6 +24,7 @@ from ..spec import load_hardware, load_model
 from . import options as opt
 from .app import main
 from .run import Interruptible, guard
+from .serving_flags import apply_scheduler, scheduler_options
 
 
 @main.command(epilog=opt.epilog("frontier"))
@@ -38,6 +39,7 @@ from .run import Interruptible, guard
                                       "step or one prefill")
 @opt.request_lengths
 @opt.latency_targets
+@scheduler_options
 @click.option("--disaggregate", is_flag=True, help="add the disaggregated frontier")
 @opt.decode_hw
 @opt.spare_slots
@@ -46,8 +48,9 @@ from .run import Interruptible, guard
 @opt.time_limit
 @opt.solver_controls
 def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_len,
-             expert_load, ttft_ms, tpot_ms, disaggregate, decode_hw, spare_slots, tp, pp, dp,
-             ep, etp, calibration, time_limit, seed, workers) -> None:
+             expert_load, ttft_ms, tpot_ms, token_budget, two_batch_overlap, disaggregate,
+             decode_hw, spare_slots, tp, pp, dp, ep, etp, calibration, time_limit, seed,
+             workers) -> None:
     """Tokens/s per GPU against tokens/s per user for every serving layout and load.
 
     --time-limit bounds the whole run; a search cut short gives the frontier of the layouts
@@ -67,6 +70,7 @@ def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_le
                                   output_len, expert_load, spare_slots)
         wl = replace(wl, ttft_ms=wl.ttft_ms if ttft_ms is None else ttft_ms,
                      tpot_ms=wl.tpot_ms if tpot_ms is None else tpot_ms)
+        wl = apply_scheduler(wl, token_budget, two_batch_overlap)
         calib = opt.read_calibration(calibration)
         p = make_problem(replace(mf, workload=wl), hw_path, calibration=calib)
         pins = {k: v for k, v in dict(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp).items()

@@ -159,6 +159,9 @@ def workload_from_flags(base, source: str, kind, batch, seq_len, phase, input_le
             data.update(batch=base.batch, phase=base.phase, input_len=base.input_len,
                         output_len=base.output_len, ttft_ms=base.ttft_ms,
                         tpot_ms=base.tpot_ms)
+            data.update({k: v for k, v in (("token_budget", base.token_budget),
+                                           ("two_batch_overlap", base.two_batch_overlap))
+                         if v is not None})
         data.update(expert_load=base.expert_load, spare_slots=base.spare_slots,
                     causal=base.causal)
         if base.precision:

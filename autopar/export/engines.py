@@ -74,7 +74,8 @@ def _sglang(d: dict[str, int], moe: bool, seqs: int, frac: float, max_len: int,
 
 def launch_section(degrees: dict[str, int], moe: bool, per_replica: int, memory_bytes: float,
                    static_bytes: float, capacity_bytes: float, max_model_len: int,
-                   nodes: int) -> dict[str, Any]:
+                   nodes: int, token_budget: int | None = None,
+                   two_batch_overlap: bool = False) -> dict[str, Any]:
     """The `launch` section of a serving plan: one entry per engine.
 
     `memory_bytes` is the plan's fullest GPU (vLLM's utilization covers everything it
@@ -86,6 +87,7 @@ def launch_section(degrees: dict[str, int], moe: bool, per_replica: int, memory_
         "sglang": _sglang(d, moe, per_replica, _fraction(static_bytes, capacity_bytes),
                           max_model_len, nodes),
     }
+    _schedule_flags(out, token_budget, two_batch_overlap)
     used = memory_bytes / capacity_bytes
     for entry in out.values():
         entry["note"] = "" if used <= TIGHT_FRACTION else (
@@ -93,6 +95,25 @@ def launch_section(degrees: dict[str, int], moe: bool, per_replica: int, memory_
             "graphs and NCCL buffers (vLLM's default utilization is 0.90); raise the "
             "hardware file's reserved_gb and plan again for more headroom")
     return out
+
+
+def _schedule_flags(out: dict[str, Any], budget: int | None, tbo: bool) -> None:
+    """The scheduler the plan priced [serving-chunked, serving-tbo]: vLLM's token budget
+    (decode tokens included, mixed with prefill chunks in V1); SGLang's chunk size with
+    prefill mixed into decode batches (--enable-mixed-chunk, off by its default), -1 for
+    whole prefills; SGLang's two-batch overlap when the plan turned it on."""
+    v, s = out["vllm"], out["sglang"]
+    if budget:
+        v["args"]["max-num-batched-tokens"] = budget
+        s["args"] |= {"chunked-prefill-size": budget, "enable-mixed-chunk": True}
+    elif budget == 0:
+        s["args"]["chunked-prefill-size"] = -1
+    if tbo:
+        s["args"]["enable-two-batch-overlap"] = True
+        why = ("the plan prices SGLang's two-batch overlap; vLLM's counterpart (--enable-dbo, "
+               "DP + EP on a DeepEP all-to-all backend) is not written")
+        v["exact"] = False
+        v["why"] = f"{v['why']}; {why}" if v["why"] else why
 
 
 def launch_from_plan(plan: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from ..search import PLACEMENT_SHARE, SearchOptions, stage_inputs
 from ..search.deadline import Deadline
 from ..search.experts import moe_states, placement_key
 from ..search.stages import dp_partition
+from .chunked import aggregated, mixed_evaluation, token_budget
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class ServingPoint:
     decode_step_s: float | None = None  # a decode step with no prefill mixed in
     prefill_s: float | None = None  # one prompt through every stage
     bounds: list[int] = field(default_factory=list)
+    iteration: dict | None = None  # phase both: the scheduler iterations behind TTFT / TPOT
 
     @property
     def tokens_per_s_per_gpu(self) -> float:
@@ -133,6 +135,7 @@ class ServingPoint:
             "decode_step_s": self.decode_step_s, "prefill_s": self.prefill_s,
             "stage_layers": [[a, b - 1]
                              for a, b in zip(self.bounds, self.bounds[1:], strict=False)],
+            **({"iteration": self.iteration} if self.iteration is not None else {}),
         }
 
 
@@ -158,6 +161,7 @@ class Evaluator:
         self._placements: dict = {}
         self._moe: dict[Layout, list[MoEState]] = {}
         self._prefill: dict[tuple, PhaseCost | None] = {}
+        self._mixed: dict[tuple, Evaluation] = {}
         self.evaluations = 0
         self._placing: Deadline | None = None
         self._keys_left = 0
@@ -210,6 +214,15 @@ class Evaluator:
                     return None
         self.evaluations += 1
         return PhaseCost(evaluate(p, s, bounds, moe, costs), bounds)
+
+    def mixed(self, layout: Layout, tokens: int, bounds: list[int]) -> Evaluation:
+        """One pass of `tokens` prompt-form tokens per replica (cached): the linear layers
+        of a mixed iteration, or the engine's activation workspace at its token budget."""
+        key = (layout, tokens, tuple(bounds))
+        if key not in self._mixed:
+            self.evaluations += 1
+            self._mixed[key] = mixed_evaluation(self, layout, tokens, bounds)
+        return self._mixed[key]
 
     def prefill(self, layout: Layout, bounds: list[int] | None) -> PhaseCost | None:
         """One prompt per replica (cached: it does not depend on the concurrency)."""
@@ -278,7 +291,10 @@ def point(ev: Evaluator, layout: Layout, per_replica: int) -> ServingPoint | Non
     pre = ev.prefill(layout, dec.bounds) if w.phase == "both" else None
     if w.phase == "both" and pre is None:
         return None
-    mem = peak_memory(dec, pre)
+    # [serving-kv] an engine sizes its activations for one iteration of its token budget
+    budget = token_budget(p) if pre is not None else 0
+    work = PhaseCost(ev.mixed(layout, budget, dec.bounds), dec.bounds) if budget else pre
+    mem = peak_memory(dec, work)
     cap = p.hw.gpu.memory_bytes
     if mem > cap:
         return None
@@ -286,7 +302,7 @@ def point(ev: Evaluator, layout: Layout, per_replica: int) -> ServingPoint | Non
     t_dec = decode_time(dec, m)
     conc = per_replica * layout.dp
     common = dict(layout=layout, phase=w.phase, per_replica=per_replica, micro_batches=m,
-                  gpus=layout.gpus, max_concurrency=max_concurrency(p, layout, dec, pre,
+                  gpus=layout.gpus, max_concurrency=max_concurrency(p, layout, dec, work,
                                                                     per_replica),
                   memory_bytes=mem, capacity_bytes=cap, decode_step_s=t_dec,
                   bounds=dec.bounds)
@@ -296,29 +312,15 @@ def point(ev: Evaluator, layout: Layout, per_replica: int) -> ServingPoint | Non
                             request_latency_s=t_dec * steps,
                             requests_per_s=conc / (t_dec * steps),
                             tokens_per_s=conc / t_dec, **common)
-    ttft, tpot = aggregated_times(dec, pre, m, per_replica, w.output_len)
+    agg = aggregated(ev, layout, dec.evaluation, pre.evaluation, per_replica)
+    if agg is None:  # the token budget cannot keep up with the prompts this load offers
+        return None
+    ttft, tpot = agg.ttft_s, agg.tpot_s
     latency = ttft + max(w.output_len - 1, 0) * tpot
     rate = conc / latency  # [serving-little] requests in the system / time each stays
     return ServingPoint(concurrency=conc, ttft_s=ttft, tpot_s=tpot, request_latency_s=latency,
                         requests_per_s=rate, tokens_per_s=rate * w.output_len,
-                        prefill_s=pre.latency, **common)
-
-
-def aggregated_times(dec: PhaseCost, pre: PhaseCost, m: int, per_replica: int,
-                     output_len: int) -> tuple[float, float]:
-    """[serving-aggregated] TTFT and TPOT when prefill and decode share the GPUs.
-
-    Each sequence needs OSL - 1 decode steps after its prefill, so every decode step a
-    replica must also prefill a = b / (OSL - 1) new prompts (continuous batching keeps b
-    sequences running). Stage k then works m d_k + a p_k per step. A new request waits,
-    on average, for the rest of the running step (half of it) and for half of the other
-    prompts that arrived with it, then runs its own prefill."""
-    steps = max(output_len - 1, 1)
-    a = per_replica / steps
-    d, pf = dec.stage_busy, pre.stage_busy
-    tpot = max(sum(d), max(m * dk + a * pk for dk, pk in zip(d, pf, strict=True)))
-    ttft = pre.latency + tpot / 2 + max(0.0, a - 1) / 2 * pre.slot
-    return ttft, tpot
+                        prefill_s=pre.latency, iteration=agg.iteration, **common)
 
 
 def _prefill_point(ev: Evaluator, layout: Layout, per_replica: int) -> ServingPoint | None:
@@ -341,4 +343,4 @@ def _prefill_point(ev: Evaluator, layout: Layout, per_replica: int) -> ServingPo
 
 
 __all__ = ["Layout", "PhaseCost", "ServingPoint", "Evaluator", "point", "decode_time",
-           "aggregated_times", "max_concurrency", "phase_problem", "peak_memory"]
+           "max_concurrency", "phase_problem", "peak_memory"]

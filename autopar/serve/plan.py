@@ -188,6 +188,12 @@ def _mark_replicas(launch: dict[str, Any], lay: Layout, experts: int) -> None:
         entry["why"] = f"{entry['why']}; {why}" if entry["why"] else why
 
 
+def _scheduler(best: ServingPoint) -> tuple[int | None, bool]:
+    """The token budget and two-batch overlap the chosen point was priced with."""
+    it = best.iteration or {}
+    return it.get("token_budget"), bool(it.get("two_batch_overlap"))
+
+
 def frontier_rows(points: list) -> list[dict[str, Any]]:
     return [pt.to_dict() for pt in points]
 
@@ -207,13 +213,21 @@ def serving_section(p: Problem, res: ServingResult, frontier: bool,
                    "method": "every layout x a doubling ladder of concurrencies up to what "
                              "the KV cache holds; under targets, bisection to the largest "
                              "concurrency that meets them"},
-        "formulas": ["serving-decode", "serving-aggregated", "serving-kv", "serving-little"],
+        "formulas": ["serving-decode", *_formulas(best), "serving-kv", "serving-little"],
     }
     if frontier:
         out["frontier"] = frontier_rows(res.frontier)
     if disagg is not None:
         out["disaggregated"] = disagg_section(best, disagg)
     return out
+
+
+def _formulas(best: ServingPoint) -> list[str]:
+    it = best.iteration
+    if it is None:
+        return []
+    return (["serving-chunked", "serving-queue"] if it["token_budget"]
+            else ["serving-aggregated"]) + (["serving-tbo"] if it["two_batch_overlap"] else [])
 
 
 def disagg_section(agg: ServingPoint | None, d: DisaggResult) -> dict[str, Any]:
@@ -257,7 +271,8 @@ def build_serving_plan(p: Problem, opts: SearchOptions, res: ServingResult, ev: 
     d["launch"] = launch_section(lay.to_dict(), p.model.is_moe, best.per_replica,
                                  best.memory_bytes, static, best.capacity_bytes,
                                  p.workload.input_len + p.workload.output_len,
-                                 -(-p.hw.num_gpus // p.hw.gpus_per_node))
+                                 -(-p.hw.num_gpus // p.hw.gpus_per_node),
+                                 *_scheduler(best))
     if lay.spare and lay.ep > 1:
         _mark_replicas(d["launch"], lay, p.model.experts)
     mt = d["metrics"]

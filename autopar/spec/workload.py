@@ -28,6 +28,10 @@ class Workload:
     master_dtype: str = "fp32"  # optimizer's master copy of the weights ("none": no copy)
     state_dtype: str = "fp32"  # Adam m and v
     precision: str | None = None  # GEMM compute precision ("fp8": fp8 tensor cores); None: dtype
+    # serving (docs/serving.md): prefill + decode tokens one scheduler iteration may carry
+    # (vLLM --max-num-batched-tokens); None: vLLM's default for the GPU; 0: whole prefills
+    token_budget: int | None = None
+    two_batch_overlap: bool | None = None  # SGLang's, on EP layouts; None: searched
 
     @property
     def grad_bytes(self) -> int:
@@ -112,6 +116,9 @@ def _read_workload_fields(f: Fields) -> Workload:
             spare_slots=spare,
             causal=causal,
             precision=precision,
+            token_budget=f.int("token_budget", 0, 10_000_000, default=None),
+            two_batch_overlap=f.bool("two_batch_overlap") if f.has("two_batch_overlap")
+            else None,
         )
         if ttft is not None and w.phase == "decode":
             raise f.error("ttft_ms", "a TTFT target needs a prefill: use phase prefill or both")
