@@ -254,6 +254,18 @@ def test_disaggregation_on_another_gpu_type_uses_its_pool():
     assert res.best.prefill.gpus <= 3
 
 
+def test_a_decode_pool_on_another_gpu_type_plans_with_that_types_figures():
+    from autopar.serve.disagg import pool_calibration
+    from autopar.spec import load_hardware
+    h100 = make_problem(PROBLEMS / "models/qwen3-30b-a3b.yaml", H100)
+    h200 = load_hardware(PROBLEMS / "hw/h200-8x.yaml")
+    mine = pool_calibration(h100, h200)
+    assert "h100_sxm" in h100.calib.source and "h200_sxm" in mine.source  # its own tables
+    flat = make_problem(PROBLEMS / "models/qwen3-30b-a3b.yaml", H100, calibration="defaults")
+    assert pool_calibration(flat, h200).gemm_peak is None  # resolved again on the H200
+    assert pool_calibration(flat, flat.hw) is flat.calib
+
+
 # ----------------------------------------------------------------------------- export
 def test_export_has_the_plans_parallel_sizes(seed_plan):
     d = seed_plan.data

@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
+from ..cost.bundled import BUNDLED, default_calibration
+from ..cost.calibration import Calibration
 from ..cost.layer import Problem, kv_bytes_per_token_layer
 from ..model.components import weight_bytes
 from ..search import SearchOptions
@@ -215,10 +217,23 @@ def disagg_search(p: Problem, opts: SearchOptions | None = None,
                         timed_out=timed_out)
 
 
+def pool_calibration(p: Problem, hw: HardwareSpec) -> Calibration:
+    """A pool on another GPU type (--decode-hw) plans with that type's own figures: its
+    shipped tables when the problem's came from the shipped ones (`bundled: ...`), the
+    catalogue's flat fractions of that GPU under `defaults` (the problem's were resolved
+    against the prefill GPU); a calibration file applies to both pools as given."""
+    if hw.gpu.name == p.hw.gpu.name:
+        return p.calib
+    if p.calib.source.startswith(BUNDLED + ":"):
+        return default_calibration(hw.gpu.name)
+    return Calibration() if p.calib.source == "defaults" else p.calib
+
+
 def _pool(p: Problem, hw: HardwareSpec, shape: tuple[int, int], phase: str,
           opts: SearchOptions, targets: Targets,
           deadline: Deadline | None = None) -> ServingResult:
-    sub = replace(phase_problem(p, phase, 1), hw=sub_hardware(hw, shape))
+    sub = replace(phase_problem(p, phase, 1), hw=sub_hardware(hw, shape),
+                  calib=pool_calibration(p, hw))
     pins = {k: v for k, v in opts.pins.items() if k not in ("tp", "pp", "dp", "ep", "etp")}
     return serving_search(sub, replace(opts, pins=pins), targets, deadline=deadline)
 
