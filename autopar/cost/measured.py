@@ -204,9 +204,10 @@ def moe_table_path(system: str, root: Path, framework: str = "vllm") -> Path | N
 def read_aiconfigurator_moe(system: str, root: Path, framework: str = "vllm",
                             tokens: str = "pow2") -> list[dict]:
     """Fused-MoE rows (`moe_table:`, docs/calibration.md) of one aiconfigurator system and
-    framework: balanced routing only (autopar applies its own load imbalance), per dtype the
-    kernel with the most measurements (the framework's default path for it), token counts on
-    powers of two unless `tokens` is "all"."""
+    framework: balanced routing only (autopar applies its own load imbalance); where several
+    kernels measured the same dtype, shape, layout and tokens, the one with the most
+    measurements of that dtype (the framework's main path for it) gives the row; token counts
+    on powers of two unless `tokens` is "all"."""
     path = moe_table_path(system, root, framework)
     if path is None:
         return []
@@ -216,21 +217,22 @@ def read_aiconfigurator_moe(system: str, root: Path, framework: str = "vllm",
     for r in recs:
         key = (str(r["moe_dtype"]), str(r["kernel_source"]))
         count[key] = count.get(key, 0) + 1
-    best = {d: max((n, k) for (dd, k), n in count.items() if dd == d)[1]
-            for d, _ in count}
-    rows: dict[tuple, dict] = {}
+    rows: dict[tuple, tuple[int, dict]] = {}
     for r in recs:
         d, n = str(r["moe_dtype"]), int(r["num_tokens"])
         e, ep = int(r["num_experts"]), int(r["moe_ep_size"])
-        if str(r["kernel_source"]) != best[d] or e % ep or (tokens == "pow2" and n & (n - 1)):
+        if e % ep or (tokens == "pow2" and n & (n - 1)):
             continue
         row = {"hidden": int(r["hidden_size"]), "inter": int(r["inter_size"]),
                "topk": int(r["topk"]), "experts": e, "tp": int(r["moe_tp_size"]), "ep": ep,
                "tokens": n, "dtype": MOE_DTYPE_NAMES[d],
                "time_us": round(float(r["latency"]) * 1e3, 3)}
-        rows[tuple(row[c] for c in ("dtype", "hidden", "inter", "topk", "experts", "tp",
-                                    "ep", "tokens"))] = row
-    return [rows[k] for k in sorted(rows)]
+        key = tuple(row[c] for c in ("dtype", "hidden", "inter", "topk", "experts", "tp", "ep",
+                                     "tokens"))
+        rank = count[(d, str(r["kernel_source"]))]
+        if key not in rows or rank > rows[key][0]:
+            rows[key] = (rank, row)
+    return [rows[k][1] for k in sorted(rows)]
 
 
 def calibration_data(gemm: list[dict], colls: dict[str, list[dict]], notes: str,
