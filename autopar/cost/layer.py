@@ -20,7 +20,7 @@ from ..model.components import (
     param_bytes,
 )
 from ..spec import GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload
-from . import comm
+from . import comm, fp8
 from .calibration import Calibration
 from .strategy import Strategy
 
@@ -73,11 +73,15 @@ class ComponentCost:
     flops: float  # forward FLOPs on this GPU per micro-batch
     time_s: float  # forward time on this GPU per micro-batch
     ew_s: float = 0.0  # of which memory-bound elementwise kernels [elementwise]
+    cast_s: float = 0.0  # of ew_s, the fp8 quantize of the input [fp8-cast]
+    cast_bwd_s: float = 0.0  # the backward's: the output gradient's
 
     @property
     def bwd_s(self) -> float:
-        """[backward] GEMMs: dgrad + wgrad = 2x the forward; elementwise: EW_BWD x."""
-        return 2 * (self.time_s - self.ew_s) + EW_BWD * self.ew_s
+        """[backward] GEMMs: dgrad + wgrad = 2x the forward; elementwise: EW_BWD x; fp8
+        casts: the output gradient's [fp8-cast]."""
+        return (2 * (self.time_s - self.ew_s) + EW_BWD * (self.ew_s - self.cast_s)
+                + self.cast_bwd_s)
 
 
 @dataclass
@@ -103,6 +107,8 @@ class LayerCost:
     # the forward TP collectives on the link, before overlap hides any of them: what the
     # plan lists as their time (tp_fwd / tp_bwd are the exposed parts) [tp-overlap]
     tp_link: float = 0.0
+    fp8_cast: float = 0.0  # of the compute, fp8 quantize kernels (fwd + bwd + recompute)
+    fp8_weight_cast: float = 0.0  # per optimizer step: the fp8 weight copies [fp8-weights]
 
     @property
     def fwd(self) -> float:
@@ -172,9 +178,10 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
     m, b, tp = p.model, p.model.dtype_bytes, s.tp
     sp_div = tp if s.sequence_parallel else 1
     k, n = c.gemm
+    cast = 0.0, 0.0  # fp8 quantize of the input (forward), of the output gradient (backward)
     # fp8 runs the transformer blocks' linear layers; router and LM head stay 16-bit (as TE)
     dtype = p.gemm_dtype if k and c.role in LINEAR_ROLES else m.dtype
-    pk = dtype, p.hw.gpu.flops(dtype)  # a measured table of this dtype wins (calibration)
+    pk = fp8.gemm_key(p, dtype), p.hw.gpu.flops(dtype)  # a measured table of it wins
     wb = param_bytes(m, c.role)
     if c.is_expert:
         routed = T * m.top_k * s.etp / tp * moe.imbalance  # tokens this EP rank's experts see
@@ -182,8 +189,9 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
         flops_busiest = routed * c.flops_per_token / s.etp
         flops = flops_busiest / moe.imbalance  # FLOPs are conserved; time sees the busiest
         per_expert = max(routed / max(moe.max_slots, 1), 1.0)
-        eff = p.calib.gemm_eff(per_expert, n / s.etp if c.name.endswith("fc1") else n,
-                               k if c.name.endswith("fc1") else k / s.etp, *pk)
+        kk, nn = (k, n / s.etp) if c.name.endswith("fc1") else (k / s.etp, n)
+        eff = p.calib.gemm_eff(per_expert, nn, kk, *pk)
+        cast = fp8.linear_casts(p, routed, kk, nn)
         touched = 1.0 if p.training else experts_touched(m, routed, moe.max_slots)
         nbytes = params * wb * touched + routed * (k + n) * b / s.etp
         act = routed * c.act_bytes_sharded / s.etp
@@ -214,13 +222,15 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
             kk, nn = (k, n / tp) if c.role in ("column", "vocab") else (k / tp, n)
             eff = p.calib.gemm_eff(T, nn, kk, *pk) if k else 1.0
             nbytes = params * wb + T * (kk + nn) * b
+            if c.role in LINEAR_ROLES:
+                cast = fp8.linear_casts(p, T, kk, nn)
         act = T * c.act_bytes_sharded / tp + T * c.act_bytes_replicated / sp_div
         ew = T * c.ew_bytes / tp + T * c.ew_bytes_repl / sp_div
     t = _time(flops_busiest if c.is_expert else flops, nbytes, eff, p, dtype)
-    ew_t = _elementwise(ew, p)
+    ew_t = _elementwise(ew, p) + cast[0]
     # norms and gathers are elementwise too
     ew_s = ew_t + t if not k and c.role not in ("heads", "expert") else ew_t
-    return ComponentCost(c.name, c.role, params, flops, t + ew_t, ew_s), act
+    return ComponentCost(c.name, c.role, params, flops, t + ew_t, ew_s, *cast), act
 
 
 def _collectives(p: Problem, s: Strategy, T: float, moe_layer: bool, moe: MoEState,
@@ -314,6 +324,10 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         tp_b1 = max(0.0, tp_t - async_tp_hidden(costs, tp_t, s.sequence_parallel))
     sp_div = s.tp if s.sequence_parallel else 1
     act_input = T * m.hidden * m.dtype_bytes / sp_div
+    casts = sum(c.cast_s * (2 if s.recompute == "full" else 1) + c.cast_bwd_s for c in costs)
+    z3 = (s.dp, s.edp) if s.zero >= 3 else (1, 1)  # ZeRO-3 stores (and casts) a shard
+    fp8_w = [(c.params / moe.max_slots / z3[1], moe.max_slots) if c.role == "expert" else
+             (c.params / z3[0], 1) for c in costs if c.role in LINEAR_ROLES]
     if s.recompute == "full":  # [recompute] one more forward, its comm included
         act, recompute, tp_bwd, ep_bwd = act_input, compute, tp_b1 + tp_f, 2 * ep_t
     elif s.recompute == "selective":  # attention core only
@@ -341,6 +355,7 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         components=costs,
         params_linear=sum(c.params for c in costs if c.role in ("column", "row")),
         tp_link=tp_t,
+        fp8_cast=casts, fp8_weight_cast=fp8.weight_cast_time(p, fp8_w),
     )
 
 

@@ -3,10 +3,10 @@ whole served requests), read and range-checked from a `workload:` section or the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from .fields import MISSING, Fields
-from .units import DTYPE_BYTES
+from .units import DTYPE_BYTES, FP8_RECIPES
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,20 @@ class Workload:
     master_dtype: str = "fp32"  # optimizer's master copy of the weights ("none": no copy)
     state_dtype: str = "fp32"  # Adam m and v
     precision: str | None = None  # GEMM compute precision ("fp8": fp8 tensor cores); None: dtype
+    # fp8 scaling recipe (units.FP8_RECIPES); set exactly when precision is fp8 (tensorwise
+    # unless stated), None otherwise
+    fp8_recipe: str | None = None
+
+    def __post_init__(self) -> None:  # fp8 always runs some recipe: Megatron's default
+        if self.precision == "fp8" and self.fp8_recipe is None:
+            object.__setattr__(self, "fp8_recipe", "tensorwise")
+
+    def echo(self) -> dict:
+        """Every field for a plan's echo; the recipe only where fp8 runs one."""
+        out = asdict(self)
+        if self.fp8_recipe is None:
+            del out["fp8_recipe"]
+        return out
 
     @property
     def grad_bytes(self) -> int:
@@ -71,6 +85,10 @@ def _read_workload_fields(f: Fields) -> Workload:
     spare = f.int("spare_slots", 0, 1024, default=None)
     causal = f.bool("causal", default=True)
     precision = f.str("precision", ("bf16", "fp16", "fp8"), default=None)
+    recipe = f.str("fp8_recipe", FP8_RECIPES, default=None)
+    if recipe is not None and precision != "fp8":
+        raise f.error("fp8_recipe", f"{recipe!r} is an fp8 recipe: it needs precision: fp8 "
+                                    f"(precision is {precision or 'unset'})")
     if kind == "training":
         opt = {}
         if f.has("optimizer"):
@@ -93,6 +111,7 @@ def _read_workload_fields(f: Fields) -> Workload:
             spare_slots=spare,
             causal=causal,
             precision=precision,
+            fp8_recipe=recipe,
             **opt,
         )
     else:
@@ -112,6 +131,7 @@ def _read_workload_fields(f: Fields) -> Workload:
             spare_slots=spare,
             causal=causal,
             precision=precision,
+            fp8_recipe=recipe,
         )
         if ttft is not None and w.phase == "decode":
             raise f.error("ttft_ms", "a TTFT target needs a prefill: use phase prefill or both")
