@@ -1,7 +1,7 @@
 """Derive the compact kernel tables autopar ships (`--calibration bundled`) from the
 aiconfigurator-core package's measured tables, into autopar/data/kernels/.
 
-For each GPU type: the bf16 and fp8 GEMM timings of aiconfigurator's TensorRT-LLM table on
+For each GPU type: the bf16, fp8 and fp8_block GEMM timings of aiconfigurator's TensorRT-LLM table on
 the power-of-two grid (m 1..32768, n and k 32..65536, powers of two only), and its NCCL
 table (every op, group and size `autopar calibrate --from-aiconfigurator` reads). Re-run with
 a Python that has aiconfigurator-core installed:
@@ -24,7 +24,9 @@ from autopar.cost.measured import _table, aiconfigurator_root, read_aiconfigurat
 
 # autopar GPU type -> aiconfigurator system
 SYSTEMS = {"H100-SXM5-80GB": "h100_sxm", "H200-SXM-141GB": "h200_sxm", "B200": "b200_sxm"}
-DTYPES = ("bf16", "fp8")
+# bf16, per-tensor fp8 (delayed / tensorwise recipes), block-scaled fp8 (blockwise recipe);
+# aiconfigurator-core 0.12.0 measured no MXFP8 GEMM, so the mxfp8 recipe keeps the curve
+DTYPES = ("bf16", "fp8", "fp8_block")
 
 
 def pow2(x: int) -> bool:

@@ -196,3 +196,20 @@ def test_check_catches_a_wrong_fp8_figure(fp8_plan, path, edit):
     edit(bad)
     paths = {x.path for x in check_plan(bad) if x.severity == "error"}
     assert any(path in x for x in paths), paths
+
+
+def test_bundled_prices_blockwise_on_its_measured_table():
+    """H100 bundled: blockwise GEMMs come from the fp8_block table, the others from fp8's;
+    the plan's echo says so."""
+    from autopar.spec import load_hardware, load_model
+
+    mf = load_model(PROBLEMS / "models" / "llama3-70b.yaml")
+    hw8 = load_hardware(PROBLEMS / "hw" / "h100-8x.yaml")
+    p = make_problem(mf, hw8, replace(mf.workload, precision="fp8", fp8_recipe="blockwise"),
+                     calibration="bundled")
+    assert fp8.gemm_key(p, "fp8") == "fp8_block"
+    block = p.calib.gemm_eff(8192, 8192, 8192, "fp8_block", hw8.gpu.flops("fp8"))
+    tensor = p.calib.gemm_eff(8192, 8192, 8192, "fp8", hw8.gpu.flops("fp8"))
+    assert 0.3 < block < tensor < 1  # measured: block scaling is slower at this shape
+    assert p.calib.echo(("fp8_block", "bf16"))["gemm_source"] == {"bf16": "table",
+                                                                   "fp8_block": "table"}
