@@ -1,8 +1,8 @@
 """Derive the compact kernel tables autopar ships (`--calibration bundled`) from the
 aiconfigurator-core package's measured tables, into autopar/data/kernels/.
 
-For each GPU type: the bf16, fp8 and fp8_block GEMM timings of aiconfigurator's TensorRT-LLM table on
-the power-of-two grid (m 1..32768, n and k 32..65536, powers of two only), and its NCCL
+For each GPU type: the bf16, fp8 and fp8_block GEMM timings of aiconfigurator's TensorRT-LLM
+table on the power-of-two grid (m 1..32768, n and k 32..65536, powers of two only), and its NCCL
 table (every op, group and size `autopar calibrate --from-aiconfigurator` reads). Re-run with
 a Python that has aiconfigurator-core installed:
     python benchmarks/bundle_kernels.py

@@ -213,3 +213,16 @@ def test_bundled_prices_blockwise_on_its_measured_table():
     assert 0.3 < block < tensor < 1  # measured: block scaling is slower at this shape
     assert p.calib.echo(("fp8_block", "bf16"))["gemm_source"] == {"bf16": "table",
                                                                    "fp8_block": "table"}
+
+
+def test_mbridge_validation_pins_three_rows_and_lists_the_rest():
+    import sys
+
+    sys.path.insert(0, str(PROBLEMS.parent / "benchmarks" / "validation"))
+    import mbridge_h100 as mb
+
+    if not mb.REFERENCE.is_file():
+        pytest.skip("no ../shared/reference/calibration-2025.yaml here")
+    text = mb.report()
+    rows = [x for x in text.splitlines() if x.startswith("| ") and "tensorwise" in x]
+    assert len(rows) == 3 and text.count("\n- `mbridge_2509_h100_") == 3
