@@ -11,6 +11,7 @@ from typing import Any
 
 from .cost.bundled import default_calibration
 from .cost.calibration import Calibration
+from .cost.fp8 import check_recipe
 from .cost.layer import Problem
 from .errors import InfeasibleError, InputError
 from .plan import Plan, build_plan
@@ -50,6 +51,7 @@ def make_problem(model: ModelSpec | ModelFile | str | Path,
         raise InputError(mf.source or "model", "model.weight_dtype",
                          f"{m.weight_dtype} weights are a serving checkpoint; training keeps "
                          f"{m.dtype} weights (workload.precision: fp8 runs fp8 GEMMs)")
+    check_recipe(wl, hw, mf.source or "workload")
     return Problem(mf.model, hw, wl, calibration or Calibration(), flash_attention,
                    fused_grad_accumulation, async_tp_allreduce)
 

@@ -24,7 +24,7 @@ def test_bundled_tables_reproduce_their_rows_and_interpolate_between(gpu):
     cal = bundled_calibration(gpu)
     with open(bundle_dir() / f"{gpu.lower()}-gemm.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {r["dtype"] for r in rows} == {"bf16", "fp8"}
+    assert {r["dtype"] for r in rows} == {"bf16", "fp8", "fp8_block"}  # one per GEMM recipe
     r = rows[len(rows) // 3]
     m, n, k, t = int(r["m"]), int(r["n"]), int(r["k"]), float(r["time_us"]) * 1e-6
     table = cal.kernels.gemm[r["dtype"]]

@@ -86,8 +86,9 @@ def test_from_aiconfigurator_reads_its_tables(tmp_path):
                                   "--aiconfigurator-data", str(AIC), "--out", str(out)])
     assert r.exit_code == 0, r.output
     c = parse_calibration(read_data(out), str(out))
-    assert set(c.kernels.gemm) == {"bf16"}  # fp8_block: no autopar dtype yet
+    assert set(c.kernels.gemm) == {"bf16", "fp8_block"}  # the blockwise recipe's GEMMs
     assert len(c.kernels.gemm["bf16"].rows) == 4  # m = 17 is not a power of two
+    assert len(c.kernels.gemm["fp8_block"].rows) == 4
     assert c.kernels.gemm["bf16"].time_s(256, 4096, 1024) == pytest.approx(7.1061e-6,
                                                                            rel=1e-4)
     # all_reduce of 268435456 half elements on 8 GPUs in 2.11106 ms: 2 x 7/8 x S / t

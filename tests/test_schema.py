@@ -81,11 +81,12 @@ def plans() -> dict[str, dict]:
     mixtral = load_model(PROBLEMS / "models" / "mixtral-8x7b.yaml")
     built = {
         "training": solve(SEED, SEED_HW, time_limit_s=5),
-        "training options": solve(replace(mixtral, workload=replace(mixtral.workload,
-                                                                     precision="fp8")),
+        "training options": solve(replace(mixtral, workload=replace(
+                                      mixtral.workload, precision="fp8",
+                                      fp8_recipe="blockwise")),
                                   PROBLEMS / "hw" / "h100-8x.yaml",
                                   pins={"tp": 2, "pp": 2, "virtual_stages": 2, "zero": 3,
-                                        "overlap_tp_comm": True, "recompute": "selective"},
+                                        "overlap_tp_comm": True, "recompute": "full"},
                                   time_limit_s=5),
         "decode step": solve(SERVE, SEED_HW, Workload("inference", batch=8, phase="decode",
                                                       input_len=256, output_len=32),

@@ -20,7 +20,7 @@ IDENTITY_TOL = 1e-6  # figures the plan derives from each other: only float nois
 RECOMPUTE_TOL = 1e-4  # figures recomputed here from the formulas of docs/cost-model.md
 MEMORY_KEYS = ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes",
                "activations_no_recompute_bytes", "kv_cache_bytes", "workspace_bytes",
-               "tp_overhead_bytes", "reserved_bytes", "total_bytes")
+               "tp_overhead_bytes", "reserved_bytes", "total_bytes", "fp8_weights_bytes")
 PARTS = ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes",
          "kv_cache_bytes", "workspace_bytes", "reserved_bytes")
 
@@ -38,7 +38,7 @@ def check_capacity(f: Findings, gpus: list[dict], capacity: float | None = None)
             f.error("memory", f"{p}.total_bytes", f"over capacity by "
                     f"{(mem['total_bytes'] - cap) / GB:.2f} GB", mem["total_bytes"], f"<= {cap}")
         if all(k in mem for k in PARTS):
-            parts = sum(mem[k] for k in PARTS)
+            parts = sum(mem[k] for k in PARTS) + mem.get("fp8_weights_bytes", 0.0)
             if not close(parts, mem["total_bytes"], IDENTITY_TOL):
                 f.error("memory", f"{p}.total_bytes", "the sum of its parts",
                         mem["total_bytes"], parts)

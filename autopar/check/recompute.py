@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..model.components import Component, embedding_components, head_components, layer_components
 from ..spec import HardwareSpec, ModelSpec, Workload
+from .fp8 import copy_bytes_per_param
 from .links import link_bw as _link_bw
 
 
@@ -206,7 +207,7 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
     T = tokens_per_micro_batch(w, lay)
     out = dict.fromkeys(("weights_bytes", "gradients_bytes", "optimizer_bytes",
                          "activations_bytes", "activations_no_recompute_bytes",
-                         "kv_cache_bytes", "tp_overhead_bytes"), 0.0)
+                         "kv_cache_bytes", "tp_overhead_bytes", "fp8_weights_bytes"), 0.0)
     out["workspace_bytes"] = 2 * T / lay.tp * m.top_k * m.hidden * b if moe else 0.0
     out["reserved_bytes"] = hw.reserved_bytes
     if w.kind == "training":
@@ -227,6 +228,8 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
             sum(acts[x][1] for x in layers) + edges)
         if lay.recompute == "full":  # one layer's activations live while it is recomputed
             out["activations_bytes"] += peak
+        d, e = shard(3)  # [fp8-weights] ZeRO-3 shards the fp8 copies as the weights
+        out["fp8_weights_bytes"] = copy_bytes_per_param(hw, w) * (par.linear / d + par.expert / e)
     else:  # the blocks' linear layers in the checkpoint's weight_dtype
         out["weights_bytes"] = b * (par.dense - par.linear) + m.linear_bytes * (
             par.linear + par.expert)
@@ -236,7 +239,7 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
         out["activations_bytes"] = out["activations_no_recompute_bytes"] = peak
     out["total_bytes"] = sum(out[k] for k in (
         "weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes",
-        "kv_cache_bytes", "workspace_bytes", "reserved_bytes"))
+        "kv_cache_bytes", "workspace_bytes", "reserved_bytes", "fp8_weights_bytes"))
     return out
 
 

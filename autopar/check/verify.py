@@ -24,6 +24,8 @@ from ..schema.rules import plan_schema, schema_problems
 from ..spec import HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
 from .echo import Inputs, inputs_from_echo
 from .figures import (
+    _fullest,
+    _imbalance,
     check_capacity,
     check_communication,
     check_exposed,
@@ -35,6 +37,7 @@ from .figures import (
     check_timing,
 )
 from .finding import Finding, Findings, fmt
+from .fp8 import check_fp8_timing
 from .layout import check_degrees, check_divisibility, check_ranks, check_stages
 from .links import check_links
 from .placement import check_experts, check_shards
@@ -252,6 +255,9 @@ def _check_full(f: Findings, plan: dict, inp: Inputs) -> dict[int, dict[str, int
             _guarded(f, "flops", lambda: check_flops_sums(f, plan))
     if ok("timing"):
         _guarded(f, "timing", lambda: check_timing(f, plan, lay))
+        if lay is not None and m is not None and hw and w and ok("experts"):
+            _guarded(f, "timing", lambda: check_fp8_timing(
+                f, plan, m, hw, w, lay, _imbalance(plan), _fullest(plan), inp.flash_attention))
         if ok("communication"):
             _guarded(f, "communication", lambda: check_exposed(f, plan))
     if ok("metrics"):

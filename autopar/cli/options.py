@@ -146,7 +146,7 @@ def time_limit(f: Callable) -> Callable:
 
 
 def workload_from_flags(base, source: str, kind, batch, seq_len, phase, input_len, output_len,
-                         expert_load, spare_slots, precision=None):
+                         expert_load, spare_slots, precision=None, fp8_recipe=None):
     data = {}
     if base is not None:
         data = {"kind": base.kind}
@@ -172,10 +172,12 @@ def workload_from_flags(base, source: str, kind, batch, seq_len, phase, input_le
         data["kind"] = kind
     flags = {"seq_len": seq_len, "phase": phase, "input_len": input_len,
              "output_len": output_len, "expert_load": expert_load, "spare_slots": spare_slots,
-             "precision": precision}
+             "precision": precision, "fp8_recipe": fp8_recipe}
     if batch is not None:
         data["global_batch" if data.get("kind") == "training" else "batch"] = batch
     data.update({k: v for k, v in flags.items() if v is not None})
+    if base is not None and base.fp8_recipe and data.get("precision") == "fp8":
+        data.setdefault("fp8_recipe", base.fp8_recipe)  # the file's recipe unless overridden
     if not data:
         return None
     if data.get("kind") != "training":

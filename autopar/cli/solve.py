@@ -13,6 +13,7 @@ from ..plan.files import check_target, default_plan_path, workload_label
 from ..plan.report import summary
 from ..serve.plan import wants_serving
 from ..spec import load_hardware, load_model
+from ..spec.units import FP8_RECIPES
 from . import options as opt
 from .app import main
 from .run import Interruptible, Progress, guard
@@ -62,6 +63,9 @@ from .serving_flags import apply_targets, serving_options, serving_summary, solv
                                       "(Megatron since 2022; software switch)")
 @click.option("--precision", type=click.Choice(["bf16", "fp16", "fp8"]), default=None,
               help="GEMM precision (fp8 where the GPU has fp8 tensor cores)")
+@click.option("--fp8-recipe", type=click.Choice(list(FP8_RECIPES)), default=None,
+              help="fp8 scaling recipe, as Megatron's --fp8-recipe (needs --precision fp8 or "
+                   "a workload with it; default tensorwise)")
 @opt.calibration
 @opt.time_limit
 @opt.solver_controls
@@ -71,13 +75,14 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
           output_len, expert_load, spare_slots, tp, pp, dp, ep, etp, micro_batch, recompute,
           zero, sequence_parallel, num_micro_batches, virtual_stages, overlap_grad_reduce,
           tp_comm_overlap, flash_attention, async_tp_allreduce, fused_grad_accumulation,
-          precision, calibration, time_limit, seed, workers, quiet, **serving) -> None:
+          precision, fp8_recipe, calibration, time_limit, seed, workers, quiet, **serving) -> None:
     """Find the fastest layout of MODEL on HW and write its deployment plan."""
 
     def run():
         mf = load_model(model_path)
         wl = opt.workload_from_flags(mf.workload, "command line", kind, batch, seq_len, phase,
-                                  input_len, output_len, expert_load, spare_slots, precision)
+                                  input_len, output_len, expert_load, spare_slots, precision,
+                                  fp8_recipe)
         wl = apply_targets(wl, serving)
         if wl is None:
             raise InputError(model_path, "workload",

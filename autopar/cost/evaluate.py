@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..spec import DTYPE_BYTES
-from . import comm
+from . import comm, fp8
 from .layer import (
     LayerCost,
     MoEState,
@@ -33,11 +33,12 @@ class Memory:
     workspace: float = 0.0
     tp_overhead: float = 0.0  # part of weights+grads+optimizer replicated across the TP group
     reserved: float = 0.0
+    fp8_weights: float = 0.0  # the cached fp8 copies of the linear layers [fp8-weights]
 
     @property
     def total(self) -> float:
         return (self.weights + self.gradients + self.optimizer + self.activations
-                + self.kv_cache + self.workspace + self.reserved)
+                + self.kv_cache + self.workspace + self.reserved + self.fp8_weights)
 
 
 @dataclass
@@ -142,6 +143,8 @@ def _stage_memory(p: Problem, s: Strategy, stage: int, layers: list[LayerCost],
         mem.gradients = gb * (dense / shard_g[0] + expert / shard_g[1])
         mem.optimizer = ob * (dense / shard_o[0] + expert / shard_o[1])
         mem.tp_overhead = repl * (b / shard_w[0] + gb / shard_g[0] + ob / shard_o[0])
+        linear = sum(c.params_linear for c in layers)  # [fp8-weights] sharded as weights
+        mem.fp8_weights = fp8.weight_copy_bytes(p) * (linear / shard_w[0] + expert / shard_w[1])
         k = in_flight(s, stage, True)
         per_mb = sum(c.act_bytes for c in layers) + sum(c.act_bytes for c in edges)
         mem.activations = k * per_mb
@@ -239,6 +242,7 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
         eshard = s.edp if s.zero >= 1 else 1
         opt = adam_traffic(p) * (dense / shard + expert / eshard) / (
             p.hw.gpu.hbm_bytes_per_s * p.calib.hbm_eff)
+        opt += sum(c.fp8_weight_cast for c in lc)  # [fp8-weights] once per step, after Adam
     return StageCost(k, first, end, fwd + p2p_f, bwd + p2p_b, p2p_f, p2p_b, dp_sync, exposed,
                      opt, mem, in_flight(s, k, p.training), last_bwd, lc, edges, gather_dp,
                      gather_edp)

@@ -8,7 +8,6 @@ Formulas are named in `docs/cost-model.md`; the key of each is in brackets in th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from ..model.components import (
     EW_BWD,
@@ -19,10 +18,11 @@ from ..model.components import (
     layer_components,
     param_bytes,
 )
-from ..spec import GPUSpec, HardwareSpec, LinkSpec, ModelSpec, Workload
-from . import comm
+from ..spec import HardwareSpec, ModelSpec, Workload
+from . import comm, fp8
 from .calibration import Calibration
 from .fused_moe import expert_flops_share, fused_moe_time
+from .groups import group_links
 from .strategy import Strategy
 
 
@@ -74,11 +74,15 @@ class ComponentCost:
     flops: float  # forward FLOPs on this GPU per micro-batch
     time_s: float  # forward time on this GPU per micro-batch
     ew_s: float = 0.0  # of which memory-bound elementwise kernels [elementwise]
+    cast_s: float = 0.0  # of ew_s, the fp8 quantize of the input [fp8-cast]
+    cast_bwd_s: float = 0.0  # the backward's: the output gradient's
 
     @property
     def bwd_s(self) -> float:
-        """[backward] GEMMs: dgrad + wgrad = 2x the forward; elementwise: EW_BWD x."""
-        return 2 * (self.time_s - self.ew_s) + EW_BWD * self.ew_s
+        """[backward] GEMMs: dgrad + wgrad = 2x the forward; elementwise: EW_BWD x; fp8
+        casts: the output gradient's [fp8-cast]."""
+        return (2 * (self.time_s - self.ew_s) + EW_BWD * (self.ew_s - self.cast_s)
+                + self.cast_bwd_s)
 
 
 @dataclass
@@ -104,6 +108,8 @@ class LayerCost:
     # the forward TP collectives on the link, before overlap hides any of them: what the
     # plan lists as their time (tp_fwd / tp_bwd are the exposed parts) [tp-overlap]
     tp_link: float = 0.0
+    fp8_cast: float = 0.0  # of the compute, fp8 quantize kernels (fwd + bwd + recompute)
+    fp8_weight_cast: float = 0.0  # per optimizer step: the fp8 weight copies [fp8-weights]
 
     @property
     def fwd(self) -> float:
@@ -173,9 +179,10 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
     m, b, tp = p.model, p.model.dtype_bytes, s.tp
     sp_div = tp if s.sequence_parallel else 1
     k, n = c.gemm
+    cast = 0.0, 0.0  # fp8 quantize of the input (forward), of the output gradient (backward)
     # fp8 runs the transformer blocks' linear layers; router and LM head stay 16-bit (as TE)
     dtype = p.gemm_dtype if k and c.role in LINEAR_ROLES else m.dtype
-    pk = dtype, p.hw.gpu.flops(dtype)  # a measured table of this dtype wins (calibration)
+    pk = fp8.gemm_key(p, dtype), p.hw.gpu.flops(dtype)  # a measured table of it wins
     wb = param_bytes(m, c.role)
     if c.is_expert:
         routed = T * m.top_k * s.etp / tp * moe.imbalance  # tokens this EP rank's experts see
@@ -183,14 +190,15 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
         flops_busiest = routed * c.flops_per_token / s.etp
         flops = flops_busiest / moe.imbalance  # FLOPs are conserved; time sees the busiest
         per_expert = max(routed / max(moe.max_slots, 1), 1.0)
-        eff = p.calib.gemm_eff(per_expert, n / s.etp if c.name.endswith("fc1") else n,
-                               k if c.name.endswith("fc1") else k / s.etp, *pk)
+        kk, nn = (k, n / s.etp) if c.name.endswith("fc1") else (k / s.etp, n)
+        eff = p.calib.gemm_eff(per_expert, nn, kk, *pk)
+        cast = fp8.linear_casts(p, routed, kk, nn)
         touched = 1.0 if p.training else experts_touched(m, routed, moe.max_slots)
         nbytes = params * wb * touched + routed * (k + n) * b / s.etp
         act = routed * c.act_bytes_sharded / s.etp
         ew = routed * (c.ew_bytes + c.ew_bytes_repl) / s.etp
         fused = None if p.training else fused_moe_time(m, p.hw, p.calib, s.etp, s.ep,
-                                                        routed, dtype, moe.max_slots)
+                                                        routed, pk[0], moe.max_slots)
         if fused is not None:  # the op's time, split over fc1 / fc2 by their FLOPs
             share = expert_flops_share(m, c.name)
             return ComponentCost(c.name, c.role, params, flops, fused * share, 0.0), act
@@ -220,13 +228,15 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
             kk, nn = (k, n / tp) if c.role in ("column", "vocab") else (k / tp, n)
             eff = p.calib.gemm_eff(T, nn, kk, *pk) if k else 1.0
             nbytes = params * wb + T * (kk + nn) * b
+            if c.role in LINEAR_ROLES:
+                cast = fp8.linear_casts(p, T, kk, nn)
         act = T * c.act_bytes_sharded / tp + T * c.act_bytes_replicated / sp_div
         ew = T * c.ew_bytes / tp + T * c.ew_bytes_repl / sp_div
     t = _time(flops_busiest if c.is_expert else flops, nbytes, eff, p, dtype)
-    ew_t = _elementwise(ew, p)
+    ew_t = _elementwise(ew, p) + cast[0]
     # norms and gathers are elementwise too
     ew_s = ew_t + t if not k and c.role not in ("heads", "expert") else ew_t
-    return ComponentCost(c.name, c.role, params, flops, t + ew_t, ew_s), act
+    return ComponentCost(c.name, c.role, params, flops, t + ew_t, ew_s, *cast), act
 
 
 def _collectives(p: Problem, s: Strategy, T: float, moe_layer: bool, moe: MoEState,
@@ -265,33 +275,8 @@ def _collectives(p: Problem, s: Strategy, T: float, moe_layer: bool, moe: MoESta
 
 
 def strategy_groups(p: Problem, s: Strategy) -> dict[str, comm.GroupLink]:
-    """Links of each group kind; where stages differ (a stage spanning a domain boundary),
-    the slowest stage's group is taken. Cached on the geometry: thousands of candidates share
-    a few dozen geometries."""
-    hw = p.hw
-    return _groups(hw.nodes, hw.gpus_per_node, hw.nodes_per_domain, hw.intra_topology,
-                   hw.intra, hw.inter, s.num_gpus, s.tp, s.dp, s.pp, s.ep, s.etp)
-
-
-@lru_cache(maxsize=4096)
-def _groups(nodes: int, gpn: int, per_domain: int, topology: str, intra: LinkSpec,
-            inter: LinkSpec, num_gpus: int, tp: int, dp: int, pp: int, ep: int,
-            etp: int) -> dict[str, comm.GroupLink]:
-    s = Strategy(num_gpus, tp, pp, dp, ep, etp)
-    hw = HardwareSpec("", GPUSpec("", 1.0, {}, 1.0), nodes, gpn, intra, inter,
-                      nodes_per_domain=per_domain, intra_topology=topology)
-    worst: dict[str, comm.GroupLink] = {}
-    for stage in range(pp):
-        g0 = stage * s.stage_width
-        for name, members in (("tp", s.tp_group(g0)), ("dp", s.dp_group(g0)),
-                              ("ep", s.ep_group(g0)), ("etp", s.etp_group(g0)),
-                              ("edp", s.edp_group(g0))):
-            gl = comm.group_link(hw, members)
-            cur = worst.get(name)
-            if cur is None or (gl.link.bytes_per_s, -gl.cross_fraction) < (
-                    cur.link.bytes_per_s, -cur.cross_fraction):
-                worst[name] = gl
-    return worst
+    """Links of each group kind of layout `s` on the problem's hardware (`groups`)."""
+    return group_links(p.hw, s)
 
 
 def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
@@ -322,6 +307,10 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         tp_b1 = max(0.0, tp_t - async_tp_hidden(costs, tp_t, s.sequence_parallel))
     sp_div = s.tp if s.sequence_parallel else 1
     act_input = T * m.hidden * m.dtype_bytes / sp_div
+    casts = sum(c.cast_s * (2 if s.recompute == "full" else 1) + c.cast_bwd_s for c in costs)
+    z3 = (s.dp, s.edp) if s.zero >= 3 else (1, 1)  # ZeRO-3 stores (and casts) a shard
+    fp8_w = [(c.params / moe.max_slots / z3[1], moe.max_slots) if c.role == "expert" else
+             (c.params / z3[0], 1) for c in costs if c.role in LINEAR_ROLES]
     if s.recompute == "full":  # [recompute] one more forward, its comm included
         act, recompute, tp_bwd, ep_bwd = act_input, compute, tp_b1 + tp_f, 2 * ep_t
     elif s.recompute == "selective":  # attention core only
@@ -349,6 +338,7 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         components=costs,
         params_linear=sum(c.params for c in costs if c.role in ("column", "row")),
         tp_link=tp_t,
+        fp8_cast=casts, fp8_weight_cast=fp8.weight_cast_time(p, fp8_w),
     )
 
 

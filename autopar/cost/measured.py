@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from ..errors import InputError
-from ..spec.units import DTYPE_BYTES
+from ..spec.units import GEMM_DTYPES
 from .calibration import moe_series
 from .kernels import OPS
 
@@ -27,7 +27,7 @@ BUS_FACTOR = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: (
 def _dtype(value: str) -> str | None:
     v = value.strip().lower()
     v = DTYPE_ALIASES.get(v, v)
-    return v if v in DTYPE_BYTES else None
+    return v if v in GEMM_DTYPES else None
 
 
 # --------------------------------------------------------------------------- GEMM CSV
@@ -57,7 +57,7 @@ def read_gemm_csv(text: str, source: str) -> list[dict]:
         dtype = _dtype(rec[col["dtype"]])
         if dtype is None:
             raise InputError(source, f"line {line}, field dtype", f"{rec[col['dtype']]!r} is "
-                             f"not one of {', '.join(DTYPE_BYTES)}")
+                             f"not one of {', '.join(GEMM_DTYPES)}")
         row["dtype"] = dtype
         try:
             t = float(rec[col["time_us"]])
@@ -174,7 +174,7 @@ def read_aiconfigurator(system: str, root: Path,
     for r in _records(path) if path else []:
         dtype, m = _dtype(str(r["gemm_dtype"])), int(r["m"])
         if dtype is None or (m_values == "pow2" and m & (m - 1)):
-            continue  # fp8_block / nvfp4: autopar has no such dtype yet
+            continue  # nvfp4 and the like: no autopar GEMM dtype
         gemm.append({"m": m, "n": int(r["n"]), "k": int(r["k"]), "dtype": dtype,
                      "time_us": round(float(r["latency"]) * 1e3, 4)})  # latency in ms
     comm = _table(base / "comm" / "nccl", "nccl_perf")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..cost.evaluate import Memory, StageCost
+from ..cost.fp8 import weight_copy_bytes
 from ..cost.layer import Problem
 from ..cost.strategy import Strategy
 from ..model.components import layer_components
@@ -32,6 +33,8 @@ def _memory(mem: Memory, capacity: float, p: Problem | None = None,
     }
     if p is not None and s is not None and p.training:
         out["optimizer_states"] = optimizer_states(p, s, mem.optimizer)
+    if mem.fp8_weights:  # [fp8-weights] the cached fp8 weight copies (fp8 training only)
+        out["fp8_weights_bytes"] = mem.fp8_weights
     return out
 
 
@@ -94,6 +97,7 @@ def _gpu_memory(p: Problem, s: Strategy, st: StageCost, rank: int,
         mem.weights += delta * m.dtype_bytes / (s.edp if s.zero >= 3 else 1)
         mem.gradients += delta * p.workload.grad_bytes / (s.edp if s.zero >= 2 else 1)
         mem.optimizer += delta * p.workload.optimizer_bytes / (s.edp if s.zero >= 1 else 1)
+        mem.fp8_weights += delta * weight_copy_bytes(p) / (s.edp if s.zero >= 3 else 1)
     else:
         mem.weights += delta * m.linear_bytes
     return mem

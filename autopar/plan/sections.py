@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from ..cost.fp8 import gemm_key
 from ..cost.fused_moe import moe_shape
 from ..cost.layer import Problem
 from ..cost.strategy import Strategy
@@ -32,14 +33,14 @@ def inputs_echo(p: Problem, opts: SearchOptions) -> dict[str, Any]:
             "inter_node": asdict(hw.inter),
             "reserved_bytes": hw.reserved_bytes,
         },
-        "workload": asdict(w),
+        "workload": w.echo(),
         "options": {"pins": dict(opts.pins), "time_limit_s": opts.time_limit_s,
                     "seed": opts.seed, "workers": opts.workers,
                     "flash_attention": p.flash_attention,
                     "fused_grad_accumulation": p.fused_grad_accumulation,
                     "async_tp_allreduce": p.async_tp_allreduce},
-        "calibration": p.calib.echo((p.gemm_dtype, p.model.dtype), moe_shape(m),
-                                    not p.training),
+        "calibration": p.calib.echo((gemm_key(p, p.gemm_dtype), p.model.dtype),
+                                    moe_shape(m), not p.training),
     }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..cost import fp8
 from ..cost.evaluate import Evaluation, StageCost, pipeline_time
 from ..cost.layer import Problem
 from ..cost.strategy import Strategy
@@ -121,6 +122,9 @@ def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
             "dp_sync_s": st.dp_sync, "dp_exposed_s": st.dp_exposed,
             "optimizer_s": st.optimizer,
         })
+        if p.training and fp8.active(p):  # [fp8-cast] of the compute; [fp8-weights] of the
+            per_stage[-1]["fp8_cast_s"] = sum(c.fp8_cast for c in lcs)  # optimizer step
+            per_stage[-1]["fp8_weight_cast_s"] = sum(c.fp8_weight_cast for c in lcs)
     slow = max(ev.stages, key=lambda x: x.busy)
     crit = per_stage[slow.index]
     mb, v = s.num_micro_batches, s.virtual_stages
@@ -173,7 +177,8 @@ def _elementwise(p: Problem, s: Strategy, st: StageCost) -> float:
             if p.training:
                 again = s.recompute == "full" and lc.recompute > 0 or (
                     s.recompute == "selective" and c.role == "heads")
-                total += EW_BWD * c.ew_s + (c.ew_s if again else 0.0)
+                total += (EW_BWD * (c.ew_s - c.cast_s) + c.cast_bwd_s
+                          + (c.ew_s if again else 0.0))
     return total
 
 

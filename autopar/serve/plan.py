@@ -11,7 +11,6 @@ workload) with `batch` = the chosen concurrency, so `autopar check` can recomput
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from ..cost.layer import Problem
@@ -203,7 +202,7 @@ def serving_section(p: Problem, res: ServingResult, frontier: bool,
     best = res.best
     out: dict[str, Any] = {
         "mode": "aggregated",
-        "workload": asdict(p.workload),
+        "workload": p.workload.echo(),
         "objective": res.objective,
         "targets": {"ttft_ms": res.targets.ttft_ms, "tpot_ms": res.targets.tpot_ms},
         "point": best.to_dict(),

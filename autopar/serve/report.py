@@ -3,7 +3,6 @@ PNG of tokens/s per GPU against tokens/s per user."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +75,7 @@ def frontier_document(p: Problem, res: ServingResult,
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "model": p.model.name, "hardware": p.hw.name, "gpus": p.hw.num_gpus,
-        "workload": asdict(p.workload),
+        "workload": p.workload.echo(),
         "targets": {"ttft_ms": res.targets.ttft_ms, "tpot_ms": res.targets.tpot_ms},
         "objective": res.objective,
         "best": res.best.to_dict() if res.best else None,

@@ -3,10 +3,10 @@ whole served requests), read and range-checked from a `workload:` section or the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from .fields import MISSING, Fields
-from .units import DTYPE_BYTES
+from .units import DTYPE_BYTES, FP8_RECIPES
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,20 @@ class Workload:
     # (vLLM --max-num-batched-tokens); None: vLLM's default for the GPU; 0: whole prefills
     token_budget: int | None = None
     two_batch_overlap: bool | None = None  # SGLang's, on EP layouts; None: searched
+    # fp8 scaling recipe (units.FP8_RECIPES); set exactly when precision is fp8 (tensorwise
+    # unless stated), None otherwise
+    fp8_recipe: str | None = None
+
+    def __post_init__(self) -> None:  # fp8 always runs some recipe: Megatron's default
+        if self.precision == "fp8" and self.fp8_recipe is None:
+            object.__setattr__(self, "fp8_recipe", "tensorwise")
+
+    def echo(self) -> dict:
+        """Every field for a plan's echo; the recipe only where fp8 runs one."""
+        out = asdict(self)
+        if self.fp8_recipe is None:
+            del out["fp8_recipe"]
+        return out
 
     @property
     def grad_bytes(self) -> int:
@@ -75,6 +89,10 @@ def _read_workload_fields(f: Fields) -> Workload:
     spare = f.int("spare_slots", 0, 1024, default=None)
     causal = f.bool("causal", default=True)
     precision = f.str("precision", ("bf16", "fp16", "fp8"), default=None)
+    recipe = f.str("fp8_recipe", FP8_RECIPES, default=None)
+    if recipe is not None and precision != "fp8":
+        raise f.error("fp8_recipe", f"{recipe!r} is an fp8 recipe: it needs precision: fp8 "
+                                    f"(precision is {precision or 'unset'})")
     if kind == "training":
         opt = {}
         if f.has("optimizer"):
@@ -97,6 +115,7 @@ def _read_workload_fields(f: Fields) -> Workload:
             spare_slots=spare,
             causal=causal,
             precision=precision,
+            fp8_recipe=recipe,
             **opt,
         )
     else:
@@ -119,6 +138,7 @@ def _read_workload_fields(f: Fields) -> Workload:
             token_budget=f.int("token_budget", 0, 10_000_000, default=None),
             two_batch_overlap=f.bool("two_batch_overlap") if f.has("two_batch_overlap")
             else None,
+            fp8_recipe=recipe,
         )
         if ttft is not None and w.phase == "decode":
             raise f.error("ttft_ms", "a TTFT target needs a prefill: use phase prefill or both")

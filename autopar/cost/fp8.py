@@ -1,0 +1,91 @@
+"""fp8 recipes as Transformer Engine runs them (docs/cost-model.md [fp8-gemm, fp8-cast,
+fp8-weights]): which measured GEMM table a recipe's GEMMs are priced on, the quantize kernels
+around every fp8 linear layer, and the fp8 copy of the weights made once per optimizer step
+(cached across micro-batches) with the memory it holds. Everything here is a memory-bound
+kernel at HBM speed with one kernel floor each, like `layer._elementwise`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InputError
+from ..spec import HardwareSpec, Workload
+from ..spec.units import FP8_GEMM_KEY, FP8_SCALE_BYTES, MXFP8_GPUS
+
+Problem = Any  # a `layer.Problem` (layer imports this module, so it is not imported here)
+
+
+def check_recipe(w: Workload, hw: HardwareSpec, source: str) -> None:
+    """MXFP8 needs block-scaled tensor cores (Blackwell); on anything else it cannot run."""
+    if w.fp8_recipe == "mxfp8" and hw.gpu.name not in MXFP8_GPUS:
+        raise InputError(source, "workload.fp8_recipe",
+                         f"mxfp8 runs on Blackwell block-scaled tensor cores "
+                         f"({', '.join(MXFP8_GPUS)}), not on {hw.gpu.name}: use tensorwise, "
+                         "delayed or blockwise")
+
+
+def active(p: Problem) -> str | None:
+    """The recipe that runs: the workload's, where the GPU has fp8 tensor cores (without
+    them the GEMMs fall back to 16-bit, and nothing is cast)."""
+    w = p.workload
+    if w.precision == "fp8" and w.fp8_recipe and "fp8" in p.hw.gpu.peak_flops:
+        return w.fp8_recipe
+    return None
+
+
+def gemm_key(p: Problem, dtype: str) -> str:
+    """[fp8-gemm] The calibration GEMM table an fp8 GEMM of the running recipe is priced on
+    (fp8, fp8_block, mxfp8); other dtypes are their own key."""
+    recipe = active(p)
+    return FP8_GEMM_KEY[recipe] if dtype == "fp8" and recipe else dtype
+
+
+def kernel_bytes(elems: float, b: float, recipe: str, copies: int,
+                 weights: bool = False) -> list[float]:
+    """[fp8-cast] Bytes each kernel of one quantization moves: read the 16-bit tensor, write
+    `copies` fp8 copies (training: row-wise and transposed / column-wise) with their scales;
+    current per-tensor scaling (tensorwise) first reads the tensor once more for its amax."""
+    scale = FP8_SCALE_BYTES[recipe][1 if weights else 0]
+    out = [elems * (b + copies * (1.0 + scale))]
+    if recipe == "tensorwise":
+        out.insert(0, elems * b)
+    return out
+
+
+def kernels_time(kernels: list[float], p: Problem) -> float:
+    bw = p.hw.gpu.hbm_bytes_per_s * p.calib.hbm_eff
+    return sum(max(x / bw, p.calib.kernel_floor_s) for x in kernels if x > 0)
+
+
+def linear_casts(p: Problem, rows: float, k: float, n: float) -> tuple[float, float]:
+    """[fp8-cast] (forward, backward) quantize time of one fp8 linear layer whose GEMM on
+    this GPU is `rows` x `k` by `k` x `n`: its input in the forward, its output gradient in
+    the backward. Zero when no recipe runs."""
+    recipe = active(p)
+    if recipe is None or not k:
+        return 0.0, 0.0
+    b, copies = p.model.dtype_bytes, 2 if p.training else 1
+    fwd = kernels_time(kernel_bytes(rows * k, b, recipe, copies), p)
+    bwd = kernels_time(kernel_bytes(rows * n, b, recipe, copies), p) if p.training else 0.0
+    return fwd, bwd
+
+
+def weight_copy_bytes(p: Problem) -> float:
+    """[fp8-weights] Bytes per fp8 linear-layer parameter of its cached fp8 copies: row-wise
+    and transposed (Hopper tensorwise / blockwise) or row-wise and column-wise (MXFP8), with
+    their scales. Zero for serving (checkpoints are quantized offline) and without a recipe."""
+    recipe = active(p)
+    if recipe is None or not p.training:
+        return 0.0
+    return 2 * (1.0 + FP8_SCALE_BYTES[recipe][1])
+
+
+def weight_cast_time(p: Problem, tensors: list[tuple[float, int]]) -> float:
+    """[fp8-weights] Once per optimizer step every fp8 weight matrix on this GPU is quantized
+    into its fp8 copies, one kernel each; `tensors`: (parameters of one matrix, how many)."""
+    recipe = active(p)
+    if recipe is None or not p.training:
+        return 0.0
+    b = p.model.dtype_bytes
+    return sum(count * kernels_time(kernel_bytes(params, b, recipe, 2, weights=True), p)
+               for params, count in tensors if params and count)
