@@ -35,9 +35,15 @@ def active(p: Problem) -> str | None:
 
 def gemm_key(p: Problem, dtype: str) -> str:
     """[fp8-gemm] The calibration GEMM table an fp8 GEMM of the running recipe is priced on
-    (fp8, fp8_block, mxfp8); other dtypes are their own key."""
+    (fp8, fp8_block, mxfp8), or without a recipe, of the fp8 checkpoint's weight scaling
+    (block-scaled: fp8_block); other dtypes are their own key."""
     recipe = active(p)
-    return FP8_GEMM_KEY[recipe] if dtype == "fp8" and recipe else dtype
+    if dtype != "fp8":
+        return dtype
+    if recipe:
+        return FP8_GEMM_KEY[recipe]
+    m = p.model  # an fp8 checkpoint served as stored: its scaling picks the kernels
+    return "fp8_block" if m.weight_dtype == "fp8" and m.weight_scaling == "block" else "fp8"
 
 
 def kernel_bytes(elems: float, b: float, recipe: str, copies: int,

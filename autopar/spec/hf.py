@@ -48,7 +48,7 @@ def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
     # (transformers >= 4.56 writes `dtype`; older configs `torch_dtype`)
     dtype_key = "dtype" if f.has("dtype") and not f.has("torch_dtype") else "torch_dtype"
     dtype = _DTYPES[f.str(dtype_key, tuple(_DTYPES), default="bfloat16")]
-    weight_dtype = None
+    weight_dtype = weight_scaling = None
     if f.has("quantization_config"):  # DeepSeek-V3's block-scaled fp8 linear layers
         q = f.section("quantization_config")
         method = q.str("quant_method")
@@ -56,6 +56,8 @@ def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
             raise q.error("quant_method", f"{method!r} checkpoints are not modelled (fp8 is); "
                                           "drop quantization_config to plan the 16-bit model")
         weight_dtype = "fp8"
+        block = q.int_list("weight_block_size", 1, 1 << 20, default=None)
+        weight_scaling = "block" if block else "tensor"
     model = ModelSpec(
         name=f.str("_name_or_path", default="") or f.str("model_type", default="hf-model"),
         layers=layers,
@@ -78,5 +80,6 @@ def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
         dtype=dtype,
         mla=mla,
         weight_dtype=weight_dtype,
+        weight_scaling=weight_scaling,
     )
     return _check_model(model, f)

@@ -45,6 +45,9 @@ class ModelSpec:
     # serving checkpoint (DeepSeek-V3's fp8); None: `dtype`. Norms, router, embedding and LM
     # head, the KV cache and activations stay `dtype`.
     weight_dtype: str | None = None
+    # How an fp8 checkpoint's weights are scaled: "tensor" (one scale per matrix) or "block"
+    # (DeepSeek-V3's 128 x 128 blocks): which measured GEMM / fused-MoE kernels serve it.
+    weight_scaling: str | None = None
 
     @property
     def is_moe(self) -> bool:
@@ -79,6 +82,9 @@ def read_mla(f: Fields) -> MLASpec:
     )
 
 
+WEIGHT_SCALINGS = ("tensor", "block")
+
+
 def _check_model(m: ModelSpec, f: Fields) -> ModelSpec:
     if m.mla is None and m.heads % m.kv_heads:
         raise f.error("kv_heads",
@@ -95,6 +101,10 @@ def _check_model(m: ModelSpec, f: Fields) -> ModelSpec:
         raise f.error("experts", "top_k/shared_experts/dense_layers given but experts is 0")
     if (not m.is_moe or m.dense_layers) and m.ffn_hidden <= 0:
         raise f.error("ffn_hidden", "required (> 0) for dense layers")
+    if m.weight_scaling is not None and m.weight_dtype != "fp8":
+        raise f.error("weight_scaling", "describes an fp8 checkpoint: needs weight_dtype: fp8")
+    if m.weight_dtype == "fp8" and m.weight_scaling is None:
+        m = replace(m, weight_scaling="tensor")
     return m
 
 
@@ -133,6 +143,7 @@ def _read_model_fields(f: Fields) -> ModelSpec:
         dropout=f.bool("dropout", default=False),
         mla=mla,
         weight_dtype=f.str("weight_dtype", ("bf16", "fp16", "fp8"), default=None),
+        weight_scaling=f.str("weight_scaling", WEIGHT_SCALINGS, default=None),
     )
     if m.shared_experts and not m.shared_expert_ffn_hidden:
         m = replace(m, shared_expert_ffn_hidden=m.expert_ffn_hidden)
