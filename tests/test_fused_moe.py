@@ -143,3 +143,28 @@ def test_from_aiconfigurator_reads_the_fused_moe_table(tmp_path):
                                   "--aiconfigurator-data", str(AIC), "--moe-framework", "none",
                                   "--out", str(tmp_path / "c2.yaml")])
     assert r.exit_code == 0 and "0 fused-MoE measurements" in r.output, r.output
+
+
+def test_a_block_scaled_fp8_checkpoint_is_served_on_the_block_scaled_tables(tmp_path):
+    from autopar.cost.fp8 import gemm_key
+    from autopar.spec import load_model
+
+    hf = load_model(ROOT / "problems/models/hf/deepseek-v3-config.json").model
+    assert (hf.weight_dtype, hf.weight_scaling) == ("fp8", "block")  # weight_block_size
+    p = make_problem(ROOT / "problems/models/deepseek-v3.yaml", ROOT / "problems/hw/h200-8x.yaml")
+    assert gemm_key(p, "fp8") == "fp8_block"
+    tensor = replace(p, model=replace(p.model, weight_scaling="tensor"))
+    assert gemm_key(tensor, "fp8") == "fp8"
+    s = Strategy(8, 1, 1, 8, 8, 1, micro_batch=16)
+    t_block = fused_moe_time(p.model, p.hw, p.calib, 1, 8, 128, "fp8_block")
+    t_tensor = fused_moe_time(p.model, p.hw, p.calib, 1, 8, 128, "fp8")
+    assert t_block != t_tensor  # two measured kernels, not one
+    layer = 3  # the first MoE layer
+    lc = layer_cost(p, s, layer, MoEState(1.0, 32), strategy_groups(p, s))
+    assert sum(c.time_s for c in lc.components if c.role == "expert") == pytest.approx(
+        fused_moe_time(p.model, p.hw, p.calib, 1, 8, 16 * 8, "fp8_block", 32))
+    bad = tmp_path / "m.yaml"
+    bad.write_text((ROOT / "problems/models/deepseek-v3.yaml").read_text().replace(
+        "  weight_dtype: fp8\n", ""))
+    with pytest.raises(InputError, match="weight_scaling"):
+        load_model(bad)
