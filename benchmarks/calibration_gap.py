@@ -33,26 +33,26 @@ CASES = (("Qwen3-30B-A3B decode step (serving, phase both)", "qwen3-30b-a3b.yaml
 TIME_LIMIT_S = 20.0
 READING = """## Reading
 
-**Qwen3-30B-A3B decode (6.46 -> 12.71 ms a step; TPOT 7.09 -> 13.50 ms, the plans' TPOT adding
-the prefill share each decode step absorbs).** Same layout (TP1 EP8 DP8, 16 sequences a
-replica). 77 % of the gap (+4.80 of +6.25 ms) is the two expert GEMMs, 16 % (+1.02 ms) the EP
-all-to-all, 7 % the attention-block and router GEMMs; attention, norms and the LM head do not
-move (no table prices attention or elementwise kernels; the LM head stays HBM-bound). The
-expert GEMMs run at m = 8 tokens per expert. The defaults price them as HBM-bound, each local
-expert's weights read once (2.4 us an fc1 at 80 % of HBM, 2.56 us with the elementwise kernel).
-The measured table times that shape (8 x 1536 x 2048 bf16) at 6.1 us, 2.6x its HBM roofline: a
-small-m GEMM measured far below the roofline, what a lone cuBLAS launch of that shape achieves
-(the table's smallest shapes, 1 x 32 x 32, take 2.6 us). The cost model then charges this
-per-expert time 16 times, once for each expert a GPU holds (the rate of one m = 8 GEMM applied
-to all of the GPU's expert FLOPs). A grouped / fused-MoE kernel, which is what vLLM and SGLang
-run, pays that fixed cost once for all of a GPU's experts. So the gap comes from pricing the
-MoE layer as separate dense small-m GEMMs on a dense-GEMM table, not from the measurements
-being wrong. The measured fused-MoE kernels issue 13 names are the right table for it. The
-dense GEMMs at m = 16 (qkv, out) come out 1.4x for the same reason, with one kernel each. The
-all-to-all moves 0.46 MB per GPU off-GPU in each direction. aiconfigurator's NCCL alltoall
-reaches 31 GB/s bus bandwidth at that size (about 15 us a call, latency-dominated), against
-the alpha-beta default's 4.2 us. No decode GEMM clamps in a way that matters: only the LM head
-(n = 151,936 > the table's 65,536) is held by clamping, and it is HBM-bound either way.
+The shipped tables are autopar's default on these GPUs; `--calibration defaults` gives the flat
+fractions this compares against. Both columns are at the flat fractions' layout.
+
+**Qwen3-30B-A3B decode (6.46 -> 9.64 ms a step at TP1 EP8 DP8, 16 sequences a replica).** 58 %
+of the gap (+1.73 of +3.18 ms) is the two expert rows, 32 % (+1.02 ms) the EP all-to-all, the
+rest the attention-block and router GEMMs; attention, norms and the LM head do not move (no
+table prices attention or elementwise kernels; the LM head stays HBM-bound). The experts are
+now the measured vLLM fused-MoE op (`docs/cost-model.md` `fused-moe`), read at 128 tokens over
+the EP group of 8: 96 us a layer for both GEMMs, the activation and the routing, where the
+flat fractions price the two GEMMs HBM-bound at 60 us (each of the GPU's 16 experts read once
+at 80 % of HBM, m = 8 tokens an expert). Priced instead as 16 separate small-m GEMMs on the
+dense GEMM table, as before the fused-MoE table existed, the same step came to 12.71 ms: a lone
+cuBLAS launch of 8 x 1536 x 2048 takes 6.1 us, 2.6x its roofline, paid once per expert, where
+a fused kernel pays its fixed cost once. The dense GEMMs at m = 16 (qkv, out) come out 1.4x:
+small-m GEMMs measured below their roofline. The all-to-all moves 0.46 MB per GPU off-GPU in
+each direction; aiconfigurator's NCCL alltoall reaches 31 GB/s bus bandwidth at that size
+(about 15 us a call, latency-dominated), against the alpha-beta default's 4.2 us. With the
+tables the search itself prefers TP4 PP2 EP2 ETP2 (all 128 sequences in one replica, two
+micro-batches): fewer, larger fused-MoE calls. Only the LM head (n = 151,936 > the table's
+65,536) is held by clamping, and it is HBM-bound either way.
 
 **Mixtral-8x7B training (4.21 -> 4.56 s a step, same layout TP2 EP8 DP4 SP ZeRO-1, 16
 micro-batches).** Here the GEMMs are large (m = 4096) and the measured table agrees with the
@@ -64,13 +64,11 @@ about 175-180 GB/s bus bandwidth against the default's NVLink fraction of 450 GB
 time. The EP all-to-all of 33.6 MB a GPU is 1.5x. The router GEMM (n = 8 < the table's 32) is
 held by clamping; it is HBM-bound and does not move.
 
-Neither gap is a defect in the interpolation. Decode is dominated by the per-expert pricing of
-MoE GEMMs at small m, now read off measured single-GEMM latencies. Training is dominated by
-the measured 2-GPU and 8-GPU NCCL bus bandwidths, well below the flat NVLink fraction. Before
-the tables become the default, the MoE decode GEMMs need a grouped-GEMM / fused-MoE figure.
-Whether the 2-GPU NCCL figures describe Megatron's SP collectives (aiconfigurator measures
-NCCL in isolation) is a question for the reference runs. No default and no cost-model code
-was changed here.
+Neither gap is a defect in the interpolation. Decode is the measured fused-MoE op and small-m
+GEMMs; training the measured 2-GPU and 8-GPU NCCL bus bandwidths, well below the flat NVLink
+fraction. Whether the 2-GPU NCCL figures describe Megatron's SP collectives (aiconfigurator
+measures NCCL in isolation) is a question for the reference runs
+(`results/validation-h100-fp8.md`).
 """
 
 
@@ -103,6 +101,7 @@ class Row:
     compute_s: float | None  # the GEMM / attention time with HBM made free (None: collective)
     floor_s: float
     eff: float | None = None  # achieved fraction of peak the GEMM was priced at
+    fused: bool = False  # an expert priced as the measured fused-MoE op, not as a GEMM
 
     @property
     def kernel_s(self) -> float:
@@ -110,6 +109,8 @@ class Row:
 
     @property
     def dominant(self) -> str:
+        if self.fused:
+            return "measured fused-MoE op"
         if self.compute_s is None:
             return "link"
         if self.shape is None and self.role != "heads":
@@ -143,8 +144,10 @@ def component_rows(p: Problem, s, layer: int, moe: MoEState, count: int,
         log = pr.calib.log[0] if pr.calib.log else None
         if c.role == "heads" and p.flash_attention:
             log = None
+        fused = c.is_expert and cc.ew_s == 0.0 and not p.training and bool(p.calib.kernels.moe)
         rows.append(Row(c.name, c.role, count, log[:4] if log else None, cc.time_s, cc.ew_s,
-                        fc.time_s - fc.ew_s, p.calib.kernel_floor_s, log[4] if log else None))
+                        fc.time_s - fc.ew_s, p.calib.kernel_floor_s,
+                        None if fused else (log[4] if log else None), fused))
     return rows
 
 
@@ -266,7 +269,8 @@ def table(rows_d: list[Row], rows_b: list[Row]) -> tuple[list[str], float, float
         ratio = b.time_s / a.time_s if a.time_s else math.nan
         sd += a.count * a.time_s
         sb += b.count * b.time_s
-        eff = f"{a.eff:.3f} / {b.eff:.3f}" if a.eff is not None and b.eff is not None else "-"
+        eff = "-" if a.eff is None else f"{a.eff:.3f} / " + (
+            "fused op" if b.fused else "-" if b.eff is None else f"{b.eff:.3f}")
         out.append(f"| {a.name} | {a.count} | {_shape(a.shape)} | {eff} | {_ms(a.time_s)} | "
                    f"{_ms(b.time_s)} | {ratio:.2f} | {_ms(a.count * a.time_s)} | "
                    f"{_ms(b.count * b.time_s)} | {a.dominant} / {b.dominant} |")
@@ -309,7 +313,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "results/calibration-gap.md")
     args = ap.parse_args()
-    lines = ["# Where `--calibration bundled` moves the step (h100-8x)", "",
+    lines = ["# Where the shipped kernel tables move the step (h100-8x, against "
+             "`--calibration defaults`)", "",
              "Generated by `python benchmarks/calibration_gap.py`. Every time is the cost "
              "model's own (`cost.layer._component` / `layer_cost`, collectives from "
              "`layer_cost`); a GEMM's shape is the (m, n, k) the model passed to "
