@@ -60,7 +60,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 BUNDLED_HEAD = "## Bundled compact tables"
-AIC_DTYPE = {"bf16": "bfloat16", "fp8": "fp8"}
+AIC_DTYPE = {"bf16": "bfloat16", "fp8": "fp8", "fp8_block": "fp8_block", "nvfp4": "nvfp4"}
 
 
 def bundled_lines(root) -> list[str]:
@@ -91,11 +91,12 @@ def write_bundled(version: str, seconds: float, lines: list[str]) -> None:
 
 `python benchmarks/kernel_holdout.py --bundled` (aiconfigurator-core {version}; {seconds:.0f} s).
 
-The tables `--calibration bundled` reads (autopar/data/kernels/, written by
-`python benchmarks/bundle_kernels.py`) keep aiconfigurator's bf16 and fp8 GEMMs on powers of
-two only (m 1..32768, n and k 32..65536) and every NCCL row. Each compact table predicts every
-shape of the full TensorRT-LLM table it was cut from that it does not hold (every measured m,
-n and k in between and beyond the grid); errors are |predicted - measured| / measured time.
+The tables autopar plans with by default on these GPUs (autopar/data/kernels/, written by
+`python benchmarks/bundle_kernels.py`) keep aiconfigurator's GEMMs of the dtypes autopar
+reads on powers of two only (m 1..32768, n and k 32..65536) and every NCCL row. Each compact
+table predicts every shape of the full TensorRT-LLM table it was cut from that it does not
+hold (every measured m, n and k in between and beyond the grid); errors are |predicted -
+measured| / measured time.
 The NCCL tables are not thinned, so they have no such error.
 
 | GPU | dtype | compact shapes | predicted | median % | p90 % | p99 % |
