@@ -168,3 +168,23 @@ def test_a_block_scaled_fp8_checkpoint_is_served_on_the_block_scaled_tables(tmp_
         "  weight_dtype: fp8\n", ""))
     with pytest.raises(InputError, match="weight_scaling"):
         load_model(bad)
+
+
+def test_served_expert_tp_without_ep_gathers_tokens_not_their_routed_copies():
+    """EP 1, ETP 4 serving (vLLM's expert TP with attention DP): each rank holds a slice of
+    every expert, so the ETP group gathers each token once and routes it locally."""
+    from autopar.cost import comm
+
+    p = _problem(None, kind="inference", phase="decode", batch=16384, input_len=4000,
+                 output_len=1000)
+    s = Strategy(8, 1, 1, 8, 1, 4, micro_batch=2048)
+    g = strategy_groups(p, s)
+    layer = next(x for x in range(p.model.layers) if p.model.is_moe_layer(x))
+    lc = layer_cost(p, s, layer, MoEState(1.0, 128), g)
+    tokens = 2048 * p.model.hidden * p.model.dtype_bytes * 4  # T / tp x h x b, ETP 4
+    want = comm.all_gather(tokens, g["etp"], p.calib) + comm.reduce_scatter(
+        tokens, g["etp"], p.calib)
+    assert lc.ep_fwd == pytest.approx(want)
+    train = _problem(None, kind="training", batch=16384, seq_len=1)  # the same tokens
+    lt = layer_cost(train, s, layer, MoEState(1.0, 128), strategy_groups(train, s))
+    assert lt.ep_fwd > 4 * want  # Megatron's dispatcher gathers the top-8 routed copies

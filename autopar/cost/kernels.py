@@ -48,6 +48,8 @@ class GemmTable:
     rows: tuple[tuple[int, int, int, float], ...]  # (m, n, k, time_s), sorted
     axes: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
     rate: dict = field(init=False, repr=False, compare=False)
+    # answers already computed: a search asks about the same few hundred shapes many times
+    memo: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         logs = {(math.log(m), math.log(n), math.log(k)): math.log(2 * m * n * k / t)
@@ -55,9 +57,18 @@ class GemmTable:
         axes = tuple(tuple(sorted({p[d] for p in logs})) for d in range(3))
         object.__setattr__(self, "axes", axes)
         object.__setattr__(self, "rate", logs)
+        object.__setattr__(self, "memo", {})
 
     def flops_per_s(self, m: float, n: float, k: float) -> float:
         """Achieved FLOP/s of an m x k by k x n GEMM."""
+        key = (m, n, k)
+        if key not in self.memo:
+            if len(self.memo) > 100_000:
+                self.memo.clear()
+            self.memo[key] = self._flops_per_s(m, n, k)
+        return self.memo[key]
+
+    def _flops_per_s(self, m: float, n: float, k: float) -> float:
         q = [math.log(max(v, 1e-9)) for v in (m, n, k)]
         cell = [_bracket(ax, x) for ax, x in zip(self.axes, q, strict=True)]
         num = den = 0.0

@@ -269,6 +269,8 @@ def _collectives(p: Problem, s: Strategy, T: float, moe_layer: bool, moe: MoESta
         ep_time = 2 * comm.all_to_all(ep_bytes * moe.imbalance, g, p.hw, eff)
         if s.etp > 1:  # expert-TP: gather routed tokens over ETP and scatter results back
             routed = ep_bytes * s.etp * moe.imbalance
+            if not p.training and s.ep == 1:  # every rank holds a slice of every expert:
+                routed = T / s.tp * m.hidden * b * s.etp  # serving gathers the tokens once
             ep_time += comm.all_gather(routed, groups["etp"], eff) + comm.reduce_scatter(
                 routed, groups["etp"], eff)
     return tp_time, ep_time, tp_bytes, ep_bytes
