@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from autopar.api import load_model, make_problem, solve  # noqa: E402
+from autopar.cost.fp8 import gemm_key  # noqa: E402
 from autopar.cost.fused_moe import moe_shape  # noqa: E402
 from autopar.serve.evaluate import Evaluator, Layout, PhaseCost, decode_time, point  # noqa: E402
 
@@ -134,15 +135,16 @@ class Aic:
 
     def estimate(self, c: Case, t: Targets, mode: str, w: dict, bs: int,
                  ctx: int | None = None) -> dict:
-        """One `cli estimate`: TTFT / TPOT / tokens/s/GPU, each step's ops (ms per step,
-        with aiconfigurator's data source), the MoE quant mode and any capacity warning.
-        Where its silicon tables lack the layout it is rerun with `--database-mode HYBRID`
-        (silicon where measured, speed-of-light x empirical factors elsewhere): `db`."""
+        """One `cli estimate` of autopar's `bs` sequences a replica: TTFT / TPOT /
+        tokens/s/GPU, each step's ops (ms per step, with aiconfigurator's data source), the
+        MoE quant mode and any capacity warning. Where its silicon tables lack the layout it
+        is rerun with `--database-mode HYBRID` (silicon where measured, speed-of-light x
+        empirical factors elsewhere): `db`."""
         args = ["estimate", "--model-path", self.model_path(c), "--system", c.system,
                 "--backend", "vllm", "--isl", str(t.isl), "--osl", str(t.osl),
                 "--estimate-mode", mode, "--tp", str(w["tp"]), "--pp", str(w["pp"]),
                 "--dp", str(w["dp"]), "--etp", str(w["etp"]), "--ep", str(w["ep"]),
-                "--bs", str(bs), "--detail", "time,source"]
+                "--bs", str(aic_bs(bs, w["pp"])), "--detail", "time,source"]
         args += ["--ctx-tokens", str(ctx)] if ctx else []
         db = "SILICON"
         try:
@@ -291,7 +293,7 @@ def moe_table_state(p, lay: Layout) -> str:
     """Whether autopar's fused-MoE table measured this shape at this (ETP, EP), per the
     dtype its experts run in."""
     shape = moe_shape(p.model)
-    dtype = p.model.weight_dtype or p.model.dtype
+    dtype = gemm_key(p, p.gemm_dtype)  # the key the cost model reads (fp8_block: DeepSeek)
     table = p.calib.kernels.moe.get(dtype) if shape else None
     if table is None:
         return f"{dtype}: GEMMs (no fused-MoE table)"
@@ -434,7 +436,7 @@ def run(cases: list[Case], aic: Aic | None, failure: str, t: Targets, limit: flo
         # ---- headline: both directions
         todo = []  # (direction, layout, batch, aic figures or None)
         if ag:
-            todo.append(("aic's layout in autopar", layout_of(ag, G), int(ag["bs"]),
+            todo.append(("aic's layout in autopar", layout_of(ag, G), replica_bs(ag),
                          (float(ag["ttft"]), float(ag["tpot"]), float(ag["tokens/s/gpu"])),
                          int(float(ag["ctx_tokens"]))))
         for s in sd:
@@ -489,7 +491,7 @@ def run(cases: list[Case], aic: Aic | None, failure: str, t: Targets, limit: flo
         tp8 = Layout(8, 1, G // 8, 1, 8)
         dprobes = [(tp8, 1), (tp8, 64)] + [(s.layout, s.point["per_replica"]) for s in sd]
         if ag:
-            dprobes.append((layout_of(ag, G), int(ag["bs"])))
+            dprobes.append((layout_of(ag, G), replica_bs(ag)))
         for pl, bs in dict.fromkeys(dprobes):
             ph = [s.ev.phase(pl, "decode", bs) for s in (ap, flat)]
             if ph[0] is None or not ph[0].evaluation.feasible:
@@ -561,6 +563,18 @@ def run(cases: list[Case], aic: Aic | None, failure: str, t: Targets, limit: flo
         "summed the same way (static_gen totals scaled to one step).", "",
         f"| case | step | tool | {cat_head} | total |", "|---" * (len(CATS) + 4) + "|", *brk, ""]
     return "\n".join(lines)
+
+
+def aic_bs(bs: int, pp: int) -> int:
+    """aiconfigurator's `--bs` for autopar's `bs` sequences a replica: its batch is one
+    pipeline stage's (it keeps `pp` such batches in flight and scales throughput by `pp`,
+    `base_backend`), autopar's the replica's, split into micro-batches over the stages."""
+    return max(1, round(bs / max(pp, 1)))
+
+
+def replica_bs(row: dict) -> int:
+    """autopar's sequences a replica for an aiconfigurator result row (bs x pp)."""
+    return int(row["bs"]) * int(row.get("pp", 1) or 1)
 
 
 def _try(aic: Aic | None, c: Case, t: Targets, mode: str, lay: Layout, bs: int) -> dict | None:

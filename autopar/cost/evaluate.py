@@ -201,18 +201,22 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
     # [p2p] activations forward, gradients backward, over the link between stages
     p2p_f = p2p_b = 0.0
     if s.pp > 1:
-        a, bnext = k * s.stage_width, min(k + 1, s.pp - 1) * s.stage_width
-        same = p.hw.domain_of(a) == p.hw.domain_of(bnext)  # NVLink across trays too
-        link, name = (p.hw.intra, "intra") if same else (p.hw.inter, "inter")
         # interleaved: every chunk boundary is a send (the last chunk of the last stage and
-        # the first chunk of the first stage have none)
+        # the first chunk of the first stage have none); forward to the next stage (the last
+        # stage's wrap to the first), backward to the previous (the first's to the last)
         v = s.virtual_stages
-        one = comm.p2p(ctx.p2p_bytes, link, name, eff)
-        if s.tp > 1 and not s.sequence_parallel:  # [p2p] scatter-gather: each TP rank sends
-            one += comm.all_gather(ctx.p2p_bytes * s.tp, ctx.groups["tp"], eff)  # 1/t, gathers
-        p2p_f = one * (v if k < s.pp - 1 else v - 1)
+
+        def send(to: int) -> float:
+            same = p.hw.domain_of(k * s.stage_width) == p.hw.domain_of(to * s.stage_width)
+            link, name = (p.hw.intra, "intra") if same else (p.hw.inter, "inter")  # NVLink
+            one = comm.p2p(ctx.p2p_bytes, link, name, eff)  # across trays too
+            if s.tp > 1 and not s.sequence_parallel:  # [p2p] scatter-gather: each TP rank
+                one += comm.all_gather(ctx.p2p_bytes * s.tp, ctx.groups["tp"], eff)  # 1/t
+            return one
+
+        p2p_f = send((k + 1) % s.pp) * (v if k < s.pp - 1 else v - 1)
         if p.training:
-            p2p_b = one * (v if k > 0 else v - 1)
+            p2p_b = send((k - 1) % s.pp) * (v if k > 0 else v - 1)
     mem = _stage_memory(p, s, k, lc, edges, ctx.seqs, ctx.peak)
     dp_sync = opt = exposed = last_bwd = gather_dp = gather_edp = 0.0
     if p.training:
