@@ -37,8 +37,7 @@ def moe_roofline(m: ModelSpec, hw: HardwareSpec, calib: Calibration, dtype: str,
     nbytes = (local * touched * 3 * h * il * MOE_DTYPES[dtype]
               + routed * 2 * h * m.dtype_bytes)
     gpu = hw.gpu
-    peak = gpu.flops("fp8" if dtype in ("fp8_block", "nvfp4") and dtype not in
-                     gpu.peak_flops else dtype)
+    peak = gpu.flops("fp8" if dtype == "fp8_block" else dtype)  # nvfp4: the fp4 peak
     return max(flops / peak, nbytes / (gpu.hbm_bytes_per_s * calib.hbm_eff))
 
 
