@@ -2,10 +2,11 @@
 aiconfigurator-core package's measured tables, into autopar/data/kernels/.
 
 For each GPU type: the bf16, fp8, fp8_block and nvfp4 (Blackwell only) GEMM timings of
-aiconfigurator's TensorRT-LLM table on the power-of-two grid (m 1..32768, n and k 32..65536, powers of two only), its NCCL
-table (every op, group and size `autopar calibrate --from-aiconfigurator` reads), and its
-vLLM fused-MoE table (balanced routing, token counts on powers of two: what `autopar calibrate
---from-aiconfigurator` reads with --moe-framework vllm). Re-run with
+aiconfigurator's TensorRT-LLM table on the power-of-two grid (m 1..32768, n and k
+32..65536, powers of two only), its NCCL table (every op, group and size `autopar calibrate
+--from-aiconfigurator` reads), and its vLLM fused-MoE table (balanced routing, token counts
+on powers of two: what `autopar calibrate --from-aiconfigurator` reads with --moe-framework
+vllm). Re-run with
 a Python that has aiconfigurator-core installed:
     python benchmarks/bundle_kernels.py
 benchmarks/kernel_holdout.py --bundled measures how far the compact tables are from the full
