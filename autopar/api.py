@@ -11,7 +11,7 @@ from typing import Any
 
 from .cost.bundled import default_calibration
 from .cost.calibration import Calibration
-from .cost.fp8 import check_recipe
+from .cost.fp8 import check_recipe, check_weights
 from .cost.layer import Problem
 from .errors import InfeasibleError, InputError
 from .plan import Plan, build_plan
@@ -52,6 +52,7 @@ def make_problem(model: ModelSpec | ModelFile | str | Path,
                          f"{m.weight_dtype} weights are a serving checkpoint; training keeps "
                          f"{m.dtype} weights (workload.precision: fp8 runs fp8 GEMMs)")
     check_recipe(wl, hw, mf.source or "workload")
+    check_weights(m, hw, mf.source or "model")
     return Problem(mf.model, hw, wl, calibration or Calibration(), flash_attention,
                    fused_grad_accumulation, async_tp_allreduce)
 
@@ -110,6 +111,8 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     if wants_serving(p.workload) or frontier or disaggregate or decode_hw is not None:
         dhw = decode_hw if decode_hw is None or isinstance(decode_hw, HardwareSpec) \
             else load_hardware(decode_hw)
+        if dhw is not None:  # the decode pool serves the same checkpoint
+            check_weights(p.model, dhw, "decode hardware")
         say("searching serving layouts")
         return serve(p, opts, frontier, disaggregate, dhw,
                      deadline.sooner(plan_reserve_s(p, deadline.limit_s)))

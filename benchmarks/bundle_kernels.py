@@ -1,11 +1,12 @@
 """Derive the compact kernel tables autopar ships (`--calibration bundled`) from the
 aiconfigurator-core package's measured tables, into autopar/data/kernels/.
 
-For each GPU type: the bf16, fp8 and fp8_block GEMM timings of aiconfigurator's TensorRT-LLM
-table on the power-of-two grid (m 1..32768, n and k 32..65536, powers of two only), its NCCL
-table (every op, group and size `autopar calibrate --from-aiconfigurator` reads), and its
-vLLM fused-MoE table (balanced routing, token counts on powers of two: what `autopar calibrate
---from-aiconfigurator` reads with --moe-framework vllm). Re-run with
+For each GPU type: the bf16, fp8, fp8_block and nvfp4 (Blackwell only) GEMM timings of
+aiconfigurator's TensorRT-LLM table on the power-of-two grid (m 1..32768, n and k
+32..65536, powers of two only), its NCCL table (every op, group and size `autopar calibrate
+--from-aiconfigurator` reads), and its vLLM fused-MoE table (balanced routing, token counts
+on powers of two: what `autopar calibrate --from-aiconfigurator` reads with --moe-framework
+vllm). Re-run with
 a Python that has aiconfigurator-core installed:
     python benchmarks/bundle_kernels.py
 benchmarks/kernel_holdout.py --bundled measures how far the compact tables are from the full
@@ -32,9 +33,10 @@ from autopar.cost.measured import (  # noqa: E402
 
 # autopar GPU type -> aiconfigurator system
 SYSTEMS = {"H100-SXM5-80GB": "h100_sxm", "H200-SXM-141GB": "h200_sxm", "B200": "b200_sxm"}
-# bf16, per-tensor fp8 (delayed / tensorwise recipes), block-scaled fp8 (blockwise recipe);
-# aiconfigurator-core 0.12.0 measured no MXFP8 GEMM, so the mxfp8 recipe keeps the curve
-DTYPES = ("bf16", "fp8", "fp8_block")
+# bf16, per-tensor fp8 (delayed / tensorwise recipes), block-scaled fp8 (blockwise recipe),
+# NVFP4 (nvfp4 serving checkpoints; measured on B200 only); aiconfigurator-core 0.12.0
+# measured no MXFP8 GEMM, so the mxfp8 recipe keeps the curve
+DTYPES = ("bf16", "fp8", "fp8_block", "nvfp4")
 
 
 def pow2(x: int) -> bool:

@@ -92,11 +92,11 @@ def write_bundled(version: str, seconds: float, lines: list[str]) -> None:
 `python benchmarks/kernel_holdout.py --bundled` (aiconfigurator-core {version}; {seconds:.0f} s).
 
 The tables autopar plans with by default on these GPUs (autopar/data/kernels/, written by
-`python benchmarks/bundle_kernels.py`) keep aiconfigurator's GEMMs of the dtypes autopar
-reads on powers of two only (m 1..32768, n and k 32..65536) and every NCCL row. Each compact
-table predicts every shape of the full TensorRT-LLM table it was cut from that it does not
-hold (every measured m, n and k in between and beyond the grid); errors are |predicted -
-measured| / measured time.
+`python benchmarks/bundle_kernels.py`) keep aiconfigurator's bf16, fp8 and fp8_block GEMMs
+(and B200's nvfp4) on powers of two only (m 1..32768, n and k 32..65536) and every NCCL row.
+Each compact table predicts every shape of the full TensorRT-LLM table it was cut from that it
+does not hold (every measured m, n and k in between and beyond the grid); errors are
+|predicted - measured| / measured time.
 The NCCL tables are not thinned, so they have no such error.
 
 | GPU | dtype | compact shapes | predicted | median % | p90 % | p99 % |
@@ -155,11 +155,11 @@ the corners of the grid cell, clamped at the edges. A held-out shape is a grid n
 measurement is hidden, so it is interpolated along the three grid lines through it, between
 the nearest measured nodes either side (docs/calibration.md). Errors are |predicted -
 measured| / measured GEMM time. Target (issue 13): median <= 5 %, 90th percentile <= 15 %;
-met in {met} of {len(lines)} tables. autopar reads bfloat16 and fp8 (tensor-wise) today; the
-other dtypes are shown for the interpolation alone. The misses are not analysed further: in
-the two looked at (l40s bfloat16, h100_sxm fp8_block) the worst 10 % of held-out shapes are
-spread over even and odd m (the 2^k / 2^k + 1 pairs the tables measure), with no one shape
-class dominating.
+met in {met} of {len(lines)} tables. autopar reads bfloat16, fp8 (tensor-wise), fp8_block
+and nvfp4 (`docs/calibration.md`); the other dtypes are shown for the interpolation alone.
+The misses are not analysed further: in the two looked at (l40s bfloat16, h100_sxm
+fp8_block) the worst 10 % of held-out shapes are spread over even and odd m (the 2^k /
+2^k + 1 pairs the tables measure), with no one shape class dominating.
 
 | GPU | dtype | shapes | held out | median % | p90 % | p99 % | target met | table |
 |---|---|---|---|---|---|---|---|---|

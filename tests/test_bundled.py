@@ -19,12 +19,19 @@ ROOT = Path(__file__).resolve().parent.parent
 GPUS = ("H100-SXM5-80GB", "H200-SXM-141GB", "B200")
 
 
+def cal_peaks(gpu: str) -> dict:
+    from autopar.spec import gpu_catalogue
+    return gpu_catalogue()[gpu]["tflops"]
+
+
 @pytest.mark.parametrize("gpu", GPUS)
 def test_bundled_tables_reproduce_their_rows_and_interpolate_between(gpu):
     cal = bundled_calibration(gpu)
     with open(bundle_dir() / f"{gpu.lower()}-gemm.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {r["dtype"] for r in rows} == {"bf16", "fp8", "fp8_block"}  # one per GEMM recipe
+    # one per GEMM recipe, and NVFP4 where aiconfigurator measured it (Blackwell)
+    fp4 = {"nvfp4"} if "fp4" in cal_peaks(gpu) else set()
+    assert {r["dtype"] for r in rows} == {"bf16", "fp8", "fp8_block"} | fp4
     r = rows[len(rows) // 3]
     m, n, k, t = int(r["m"]), int(r["n"]), int(r["k"]), float(r["time_us"]) * 1e-6
     table = cal.kernels.gemm[r["dtype"]]

@@ -99,7 +99,7 @@ def experts_in_tp_group(w: Workload, lay: Layout) -> bool:
 
 def gemm_dtype(m: ModelSpec, w: Workload | None) -> str:
     """[roofline, metrics] The precision the blocks' linear layers run at: the workload's
-    `precision`, else the checkpoint's `weight_dtype` (fp8 serving), else the model dtype.
+    `precision`, else the checkpoint's `weight_dtype` (fp8, nvfp4 serving), else the model dtype.
     MFU and HFU are taken against this precision's peak."""
     return (w.precision if w is not None else None) or m.weight_dtype or m.dtype
 

@@ -1,5 +1,6 @@
 """fp8 recipes as Transformer Engine runs them (docs/cost-model.md [fp8-gemm, fp8-cast,
-fp8-weights]): which measured GEMM table a recipe's GEMMs are priced on, the quantize kernels
+fp8-weights]) and quantized serving checkpoints (fp8, nvfp4: where they can run and which
+table prices them): which measured GEMM table a recipe's GEMMs are priced on, the quantize kernels
 around every fp8 linear layer, and the fp8 copy of the weights made once per optimizer step
 (cached across micro-batches) with the memory it holds. Everything here is a memory-bound
 kernel at HBM speed with one kernel floor each, like `layer._elementwise`."""
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InputError
-from ..spec import HardwareSpec, Workload
+from ..spec import HardwareSpec, ModelSpec, Workload, gpu_catalogue
 from ..spec.units import FP8_GEMM_KEY, FP8_SCALE_BYTES, MXFP8_GPUS
 
 Problem = Any  # a `layer.Problem` (layer imports this module, so it is not imported here)
@@ -24,6 +25,17 @@ def check_recipe(w: Workload, hw: HardwareSpec, source: str) -> None:
                          "delayed or blockwise")
 
 
+def check_weights(m: ModelSpec, hw: HardwareSpec, source: str) -> None:
+    """An nvfp4 checkpoint's GEMMs run on FP4 tensor cores (Blackwell); a GPU that states no
+    fp4 peak has none (Hopper and older cannot run NVFP4 GEMMs), so it cannot serve one."""
+    if m.weight_dtype == "nvfp4" and "fp4" not in hw.gpu.peak_flops:
+        fp4 = [name for name, g in gpu_catalogue().items() if "fp4" in g.get("tflops", {})]
+        raise InputError(source, "model.weight_dtype",
+                         f"nvfp4 weights need FP4 tensor cores ({', '.join(fp4)}); "
+                         f"{hw.gpu.name} has no fp4 peak (Hopper and older cannot run NVFP4 "
+                         "GEMMs): serve the bf16 or fp8 checkpoint there")
+
+
 def active(p: Problem) -> str | None:
     """The recipe that runs: the workload's, where the GPU has fp8 tensor cores (without
     them the GEMMs fall back to 16-bit, and nothing is cast)."""
@@ -36,7 +48,7 @@ def active(p: Problem) -> str | None:
 def gemm_key(p: Problem, dtype: str) -> str:
     """[fp8-gemm] The calibration GEMM table an fp8 GEMM of the running recipe is priced on
     (fp8, fp8_block, mxfp8), or without a recipe, of the fp8 checkpoint's weight scaling
-    (block-scaled: fp8_block); other dtypes are their own key."""
+    (block-scaled: fp8_block); other dtypes (nvfp4 among them) are their own key."""
     recipe = active(p)
     if dtype != "fp8":
         return dtype

@@ -37,9 +37,14 @@ def moe_roofline(m: ModelSpec, hw: HardwareSpec, calib: Calibration, dtype: str,
     nbytes = (local * touched * 3 * h * il * MOE_DTYPES[dtype]
               + routed * 2 * h * m.dtype_bytes)
     gpu = hw.gpu
-    peak = gpu.flops("fp8" if dtype in ("fp8_block", "nvfp4") and dtype not in
-                     gpu.peak_flops else dtype)
+    peak = gpu.flops("fp8" if dtype == "fp8_block" else dtype)  # nvfp4: the fp4 peak
     return max(flops / peak, nbytes / (gpu.hbm_bytes_per_s * calib.hbm_eff))
+
+
+def fused_moe_applies(m: ModelSpec, calib: Calibration, dtype: str) -> bool:
+    """Whether a served layer's routed experts run as the measured fused op (then the op
+    also does the router's permute of the token copies and their weighted sum)."""
+    return moe_shape(m) is not None and dtype in calib.kernels.moe
 
 
 def fused_moe_time(m: ModelSpec, hw: HardwareSpec, calib: Calibration, etp: int, ep: int,
@@ -51,7 +56,7 @@ def fused_moe_time(m: ModelSpec, hw: HardwareSpec, calib: Calibration, etp: int,
     read. None where no table applies (a non-gated MLP, no table of the dtype): the experts
     then run as GEMMs."""
     shape = moe_shape(m)
-    if shape is None or dtype not in calib.kernels.moe:
+    if shape is None or not fused_moe_applies(m, calib, dtype):
         return None
     tokens = routed * ep / m.top_k
     t = calib.moe_time(dtype, shape, etp, ep, tokens,

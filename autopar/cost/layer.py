@@ -21,7 +21,7 @@ from ..model.components import (
 from ..spec import HardwareSpec, ModelSpec, Workload
 from . import comm, fp8
 from .calibration import Calibration
-from .fused_moe import expert_flops_share, fused_moe_time
+from .fused_moe import expert_flops_share, fused_moe_applies, fused_moe_time
 from .groups import group_links
 from .strategy import Strategy
 
@@ -210,6 +210,9 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
         nbytes = params * b + toks * (k + n if k else 2 * m.hidden) * b
         act = toks * (c.act_bytes_sharded + c.act_bytes_replicated)
         ew = toks * (c.ew_bytes + c.ew_bytes_repl)
+        if c.name == "router" and not p.training and fused_moe_applies(
+                m, p.calib, fp8.gemm_key(p, p.gemm_dtype)):  # the fused op permutes and
+            ew = toks * c.ew_bytes  # sums the routed copies itself [fused-moe]
     else:  # column / row / heads / vocab: the work splits over the TP group
         params = c.params / tp
         flops = T * c.flops_per_token / tp

@@ -121,5 +121,5 @@ def compute_floor(p: Problem) -> float:
     per_token = model_flops_per_token(m, w.context_len, w.causal, w.decoding)
     per_token -= sum(c.flops_per_token for c in head_components(m))
     flops = max(0.0, per_token) * w.batch * w.tokens_per_sample * (3 if p.training else 1)
-    peak = max(p.hw.gpu.peak_flops.values()) * p.hw.num_gpus
+    peak = p.hw.gpu.max_flops(p.model.weight_dtype == "nvfp4") * p.hw.num_gpus
     return flops / peak

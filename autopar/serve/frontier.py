@@ -177,7 +177,7 @@ def serving_ceiling(p: Problem, maximize: bool) -> float:
     m, w = p.model, p.workload
     flops = model_flops_per_token(m, 0.0) - sum(c.flops_per_token for c in head_components(m))
     flops = max(flops, 1e-30)
-    peak = max(p.hw.gpu.peak_flops.values())
+    peak = p.hw.gpu.max_flops(p.model.weight_dtype == "nvfp4")
     isl, osl = w.input_len, w.output_len
     tokens = {"both": isl + max(osl - 1, 0), "decode": max(osl - 1, 1), "prefill": isl}
     if maximize:

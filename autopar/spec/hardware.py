@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .fields import MISSING, Fields
-from .units import DTYPE_BYTES, GB
+from .units import GB, PEAK_DTYPES, PEAK_KEY
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,22 @@ class GPUSpec:
     nvlink_eff: float | None = None  # measured NVLink all-reduce bus bandwidth / line rate
 
     def flops(self, dtype: str) -> float:
-        if dtype in self.peak_flops:
-            return self.peak_flops[dtype]
-        if dtype == "fp8" or dtype == "fp16":  # fall back to the 16-bit tensor-core rate
-            return self.peak_flops.get("bf16", max(self.peak_flops.values()))
-        return max(self.peak_flops.values())
+        """Peak FLOP/s of a GEMM in `dtype` (nvfp4: the fp4 rate). The fp4 rate is only ever
+        a 4-bit GEMM's: a dtype the GPU states no peak for falls back among the others."""
+        key = PEAK_KEY.get(dtype, dtype)
+        if key in self.peak_flops:
+            return self.peak_flops[key]
+        if dtype in ("fp8", "fp16"):  # fall back to the 16-bit tensor-core rate
+            return self.peak_flops.get("bf16", self.max_flops())
+        if dtype == "nvfp4":  # no fp4 tensor cores (refused for a checkpoint: cost.fp8)
+            return self.flops("fp8")
+        return self.max_flops()
+
+    def max_flops(self, fp4: bool = False) -> float:
+        """The highest peak a GEMM can reach here; the fp4 one only where `fp4` (a model
+        whose GEMMs run in 4 bits): what a compute bound (MFU <= 1) takes."""
+        rates = [v for k, v in self.peak_flops.items() if fp4 or k != "fp4"]
+        return max(rates or self.peak_flops.values())
 
 
 @dataclass(frozen=True)
@@ -119,9 +130,9 @@ def _read_gpu(f: Fields) -> tuple[GPUSpec, float | None]:
     if f.has("tflops"):
         t = f.section("tflops")
         tflops = {k: t.float(k, 0.001, 1e7) for k in list(t.data)}
-        bad = [k for k in tflops if k not in DTYPE_BYTES]
+        bad = [k for k in tflops if k not in PEAK_DTYPES]
         if bad:
-            raise t.error(bad[0], f"unknown dtype; known: {', '.join(DTYPE_BYTES)}")
+            raise t.error(bad[0], f"unknown dtype; known: {', '.join(PEAK_DTYPES)}")
     elif tflops_default is None:
         raise f.error("tflops", "missing required field (e.g. tflops: {bf16: 400})")
     else:

@@ -49,15 +49,8 @@ def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
     dtype_key = "dtype" if f.has("dtype") and not f.has("torch_dtype") else "torch_dtype"
     dtype = _DTYPES[f.str(dtype_key, tuple(_DTYPES), default="bfloat16")]
     weight_dtype = weight_scaling = None
-    if f.has("quantization_config"):  # DeepSeek-V3's block-scaled fp8 linear layers
-        q = f.section("quantization_config")
-        method = q.str("quant_method")
-        if method != "fp8":
-            raise q.error("quant_method", f"{method!r} checkpoints are not modelled (fp8 is); "
-                                          "drop quantization_config to plan the 16-bit model")
-        weight_dtype = "fp8"
-        block = q.int_list("weight_block_size", 1, 1 << 20, default=None)
-        weight_scaling = "block" if block else "tensor"
+    if f.has("quantization_config"):
+        weight_dtype, weight_scaling = _quantization(f.section("quantization_config"))
     model = ModelSpec(
         name=f.str("_name_or_path", default="") or f.str("model_type", default="hf-model"),
         layers=layers,
@@ -83,3 +76,56 @@ def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
         weight_scaling=weight_scaling,
     )
     return _check_model(model, f)
+
+
+NVFP4_FORMAT = "nvfp4-pack-quantized"  # compressed-tensors' name for packed NVFP4 weights
+
+
+def _quantization(q: Fields) -> tuple[str, str | None]:
+    """(weight_dtype, weight_scaling) of a checkpoint's `quantization_config`: fp8
+    (DeepSeek-V3's, block-scaled where it gives `weight_block_size`), or NVFP4 as NVIDIA
+    ModelOpt writes it (`quant_method: modelopt`, `quant_algo: NVFP4`, flat or under
+    `quantization`, as in its hf_quant_config.json) or as compressed-tensors does
+    (`format: nvfp4-pack-quantized`, 4-bit float weights and activations in groups of 16).
+    Anything else is refused: planning it at 16 bits would misstate its memory."""
+    method = q.str("quant_method")
+    if method == "fp8":
+        block = q.int_list("weight_block_size", 1, 1 << 20, default=None)
+        return "fp8", "block" if block else "tensor"
+    if method == "modelopt":
+        inner = q.section("quantization") if q.has("quantization") else q
+        algo = inner.str("quant_algo", default="")
+        if algo.upper() != "NVFP4":
+            raise inner.error("quant_algo", f"{algo!r} ModelOpt checkpoints are not modelled "
+                                            "(NVFP4 is)")
+        return "nvfp4", None
+    if method == "compressed-tensors":
+        _compressed_nvfp4(q)
+        return "nvfp4", None
+    raise q.error("quant_method", f"{method!r} checkpoints are not modelled (fp8, modelopt "
+                                  "NVFP4 and compressed-tensors NVFP4 are); drop "
+                                  "quantization_config to plan the 16-bit model")
+
+
+def _compressed_nvfp4(q: Fields) -> None:
+    """A compressed-tensors config is NVFP4 W4A4 when every config group packs its weights
+    as nvfp4 and quantizes weights and input activations to 4-bit floats in groups of 16;
+    W4A16 (16-bit activations) runs dequantizing GEMMs, not FP4 tensor cores."""
+    top = q.str("format", default=None)
+    groups = q.section("config_groups")
+    if not isinstance(groups.data, dict) or not groups.data:
+        raise q.error("config_groups", "expected a mapping of quantization groups")
+    for name in list(groups.data):
+        g = groups.section(str(name))
+        fmt = g.str("format", default=top)
+        if fmt != NVFP4_FORMAT:
+            raise g.error("format", f"{fmt!r} compressed-tensors checkpoints are not "
+                                    f"modelled ({NVFP4_FORMAT} is)")
+        for key in ("weights", "input_activations"):
+            if not g.has(key):
+                raise g.error(key, "missing: NVFP4 with 16-bit activations (W4A16) is not "
+                                   "modelled (W4A4 is)")
+            t = g.section(key)
+            if (t.int("num_bits", 1, 64), t.str("type"), t.int("group_size", 1, 1 << 20,
+                                                                default=16)) != (4, "float", 16):
+                raise g.error(key, "expected 4-bit floats in groups of 16 (NVFP4)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .fields import Fields
-from .units import DTYPE_BYTES
+from .units import DTYPE_BYTES, WEIGHT_BYTES, WEIGHT_DTYPES
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,8 @@ class ModelSpec:
     dropout: bool = False
     mla: MLASpec | None = None
     # Stored precision of the blocks' linear layers (QKV, out, MLP, experts) in a quantized
-    # serving checkpoint (DeepSeek-V3's fp8); None: `dtype`. Norms, router, embedding and LM
-    # head, the KV cache and activations stay `dtype`.
+    # serving checkpoint (DeepSeek-V3's fp8, ModelOpt's nvfp4); None: `dtype`. Norms, router,
+    # embedding and LM head, the KV cache and activations stay `dtype`.
     weight_dtype: str | None = None
     # How an fp8 checkpoint's weights are scaled: "tensor" (one scale per matrix) or "block"
     # (DeepSeek-V3's 128 x 128 blocks): which measured GEMM / fused-MoE kernels serve it.
@@ -65,9 +65,10 @@ class ModelSpec:
         return DTYPE_BYTES[self.dtype]
 
     @property
-    def linear_bytes(self) -> int:
-        """Bytes per stored weight of the blocks' linear layers."""
-        return DTYPE_BYTES[self.weight_dtype or self.dtype]
+    def linear_bytes(self) -> float:
+        """Bytes per stored weight of the blocks' linear layers, scales included (nvfp4:
+        0.5 + 1/16, not a whole byte count)."""
+        return WEIGHT_BYTES[self.weight_dtype or self.dtype]
 
 
 def read_mla(f: Fields) -> MLASpec:
@@ -142,7 +143,7 @@ def _read_model_fields(f: Fields) -> ModelSpec:
         dtype=f.str("dtype", tuple(DTYPE_BYTES), default="bf16"),
         dropout=f.bool("dropout", default=False),
         mla=mla,
-        weight_dtype=f.str("weight_dtype", ("bf16", "fp16", "fp8"), default=None),
+        weight_dtype=f.str("weight_dtype", WEIGHT_DTYPES, default=None),
         weight_scaling=f.str("weight_scaling", WEIGHT_SCALINGS, default=None),
     )
     if m.shared_experts and not m.shared_expert_ffn_hidden:
