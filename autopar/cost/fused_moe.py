@@ -56,7 +56,7 @@ def fused_moe_time(m: ModelSpec, hw: HardwareSpec, calib: Calibration, etp: int,
     read. None where no table applies (a non-gated MLP, no table of the dtype): the experts
     then run as GEMMs."""
     shape = moe_shape(m)
-    if shape is None or not fused_moe_applies(m, calib, dtype):
+    if shape is None or dtype not in calib.kernels.moe:
         return None
     tokens = routed * ep / m.top_k
     t = calib.moe_time(dtype, shape, etp, ep, tokens,
