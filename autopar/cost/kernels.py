@@ -125,15 +125,36 @@ class BusTable:
     between measured sizes and in group size between measured groups, clamped at the ends."""
 
     rows: tuple[tuple[int, float, float], ...]  # (group, bytes, B/s), sorted
+    # per measured group: (log bytes, log B/s) axes; and answers already computed
+    groups: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    curves: dict = field(init=False, repr=False, compare=False)
+    memo: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        groups = tuple(sorted({r[0] for r in self.rows}))
+        curves = {g: (tuple(math.log(b) for gg, b, _ in self.rows if gg == g),
+                      tuple(math.log(v) for gg, _, v in self.rows if gg == g)) for g in groups}
+        object.__setattr__(self, "groups", groups)
+        object.__setattr__(self, "curves", curves)
+        object.__setattr__(self, "memo", {})
 
     def busbw(self, group: int, nbytes: float) -> float:
-        groups = tuple(sorted({r[0] for r in self.rows}))
+        key = (group, nbytes)
+        if key not in self.memo:
+            if len(self.memo) > 100_000:
+                self.memo.clear()
+            self.memo[key] = self._busbw(group, nbytes)
+        return self.memo[key]
+
+    def _busbw(self, group: int, nbytes: float) -> float:
+        groups = self.groups
         lo, hi, t = _bracket(tuple(math.log(g) for g in groups), math.log(max(group, 1)))
+        x = math.log(max(nbytes, 1.0))
 
         def at(g: int) -> float:
-            pts = [(math.log(b), math.log(v)) for gg, b, v in self.rows if gg == g]
-            i, j, w = _bracket(tuple(p[0] for p in pts), math.log(max(nbytes, 1.0)))
-            return (1 - w) * pts[i][1] + w * pts[j][1]
+            xs, ys = self.curves[g]
+            i, j, w = _bracket(xs, x)
+            return (1 - w) * ys[i] + w * ys[j]
 
         y = at(groups[lo]) if t == 0.0 else (1 - t) * at(groups[lo]) + t * at(groups[hi])
         return math.exp(y)
