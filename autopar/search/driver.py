@@ -182,8 +182,10 @@ def search(p: Problem, opts: SearchOptions, progress: Callable[[str], None] | No
 
 def _frugal(s: Strategy) -> tuple:
     """Most memory-frugal first (deep pipelines, full sharding and recompute, small
-    micro-batches, wide TP and EP): the order in which a layout that fits is found soonest."""
-    return (-s.pp, -s.zero, s.recompute != "full", s.micro_batch, -s.tp, -s.ep)
+    micro-batches, no interleaving, wide TP and EP): the order in which a layout that fits is
+    found soonest (interleaving holds more micro-batches' activations in flight)."""
+    return (-s.pp, -s.zero, s.recompute != "full", s.micro_batch, s.virtual_stages, -s.tp,
+            -s.ep)
 
 
 def _spread(strategies: list[Strategy]) -> list[Strategy]:
