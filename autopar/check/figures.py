@@ -277,7 +277,8 @@ def check_timing(f: Findings, plan: dict, lay: Layout | None) -> None:
     busy = [st.get("per_micro_batch_s") for st in stages]
     pipeline = t.get("pipeline_s")
     if busy and all(isinstance(x, (int, float)) for x in busy):
-        pipeline = pipeline_time(busy, m, v)
+        counts = [b - a + 1 for a, b in lay.stage_layers] if lay else None
+        pipeline = pipeline_time(busy, m, v, counts)
         if "pipeline_s" in t and not close(t["pipeline_s"], pipeline, IDENTITY_TOL):
             f.error("timing", "timing.pipeline_s", "sum over stages / v + (m - 1/v) x slowest",
                     t["pipeline_s"], pipeline)

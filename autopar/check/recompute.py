@@ -84,9 +84,17 @@ def in_flight(lay: Layout, stage: int) -> float:
     return min(2 * (p - stage - 1) + (v - 1) * p + 1, m * v) / v
 
 
-def pipeline_time(busy: list[float], m: int, v: int = 1) -> float:
+def pipeline_time(busy: list[float], m: int, v: int = 1,
+                  counts: list[int] | None = None) -> float:
     """[1f1b] sum over stages of one micro-batch + (m - 1) x the slowest; interleaving over
-    v chunks shrinks fill and drain by v: sum / v + (m - 1/v) x the slowest."""
+    v chunks shrinks fill and drain by v: sum / v + (m - 1/v) x the slowest. [pipeline-split]
+    Where a stage's `counts` layers do not split evenly over v chunks, the slowest stage c
+    waits for the largest chunk of each other stage: m busy_c + sum_{k != c} busy_k
+    ceil(n_k / v) / n_k."""
+    if v > 1 and counts and any(n % v for n in counts):
+        c = max(range(len(busy)), key=busy.__getitem__)
+        return m * busy[c] + sum(b * (-(-n // v) / n if n else 1 / v) for k, (b, n) in
+                                 enumerate(zip(busy, counts, strict=True)) if k != c)
     return sum(busy) / v + (m - 1 / v) * max(busy)
 
 

@@ -49,6 +49,14 @@ from .serving_flags import apply_targets, serving_options, serving_summary, solv
               help="gradient-accumulation steps per replica")
 @click.option("--virtual-stages", type=click.IntRange(1, 10_000), default=None,
               help="interleaved 1F1B: model chunks per pipeline stage")
+@click.option("--first-stage-layers", type=click.IntRange(1, 100_000), default=None,
+              help="pin Megatron's --decoder-first-pipeline-num-layers (the rest split evenly)")
+@click.option("--last-stage-layers", type=click.IntRange(1, 100_000), default=None,
+              help="pin Megatron's --decoder-last-pipeline-num-layers (the rest split evenly)")
+@click.option("--embedding-in-split", is_flag=True, default=None,
+              help="pin Megatron's --account-for-embedding-in-pipeline-split")
+@click.option("--loss-in-split", is_flag=True, default=None,
+              help="pin Megatron's --account-for-loss-in-pipeline-split")
 @click.option("--overlap-grad-reduce/--no-overlap-grad-reduce", default=None,
               help="DP gradient reduction behind the backward (default on)")
 @click.option("--tp-comm-overlap/--no-tp-comm-overlap", default=None,
@@ -73,7 +81,8 @@ from .serving_flags import apply_targets, serving_options, serving_summary, solv
 @serving_options
 def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_len,
           output_len, expert_load, spare_slots, tp, pp, dp, ep, etp, micro_batch, recompute,
-          zero, sequence_parallel, num_micro_batches, virtual_stages, overlap_grad_reduce,
+          zero, sequence_parallel, num_micro_batches, virtual_stages, first_stage_layers,
+          last_stage_layers, embedding_in_split, loss_in_split, overlap_grad_reduce,
           tp_comm_overlap, flash_attention, async_tp_allreduce, fused_grad_accumulation,
           precision, fp8_recipe, calibration, time_limit, seed, workers, quiet, **serving) -> None:
     """Find the fastest layout of MODEL on HW and write its deployment plan."""
@@ -92,6 +101,10 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
                                       sequence_parallel=sequence_parallel,
                                       num_micro_batches=num_micro_batches,
                                       virtual_stages=virtual_stages,
+                                      first_stage_layers=first_stage_layers,
+                                      last_stage_layers=last_stage_layers,
+                                      embedding_in_split=embedding_in_split or None,
+                                      loss_in_split=loss_in_split or None,
                                       overlap_grad_reduce=overlap_grad_reduce,
                                       overlap_tp_comm=tp_comm_overlap).items()
                 if v is not None}

@@ -19,6 +19,7 @@ from .layer import (
     layer_cost,
     strategy_groups,
 )
+from .pipeline import chunked_pipeline
 from .strategy import Strategy
 
 
@@ -252,21 +253,12 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
                      gather_edp)
 
 
-def pipeline_time(sum_busy: float, max_busy: float, m: int, v: int = 1) -> float:
-    """[1f1b] sum over stages of one micro-batch + (m - 1) x the slowest stage; interleaving
-    over v chunks shrinks the fill and drain by v: sum / v + (m - 1/v) x the slowest.
-    Increasing in both busy figures, so bounds on them bound the pipeline."""
-    return sum_busy / v + (m - 1 / v) * max_busy
-
-
 def compose(stages: list[StageCost], m: int, v: int = 1) -> tuple[float, float]:
     """Step = pipeline + the largest exposed gradient sync + the largest optimizer step; and
-    the bubble (the pipeline beyond m x the slowest stage)."""
-    busy = [st.busy for st in stages]
-    pipeline = pipeline_time(sum(busy), max(busy), m, v)
-    # pipeline - m x slowest, written as (sum - slowest) / v so that float noise cannot make
-    # it negative (-1e-16 on one stage): a rounded sum of non-negatives is >= its largest term
-    bubble = (sum(busy) - max(busy)) / v
+    the bubble (the pipeline beyond m x the slowest stage), chunk by chunk where the layers
+    do not split evenly over the v chunks (`pipeline.chunked_pipeline`)."""
+    pipeline, bubble = chunked_pipeline([st.busy for st in stages],
+                                        [st.end_layer - st.first_layer for st in stages], m, v)
     step = pipeline + max(st.dp_exposed for st in stages) + max(st.optimizer for st in stages)
     return step, bubble
 

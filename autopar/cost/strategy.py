@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 RECOMPUTE = ("none", "selective", "full")
+SPLIT_KEYS = ("first_stage_layers", "last_stage_layers", "embedding_in_split", "loss_in_split")
 
 
 class StrategyError(ValueError):
@@ -32,6 +33,11 @@ class Strategy:
     overlap_grad_reduce: bool = True  # DP gradient reduction runs behind the backward
     overlap_tp_comm: bool = False  # TP collectives hidden behind the GEMMs (TE userbuffers)
     spare_slots: int = 0  # redundant expert slots per GPU beyond ceil(experts / EP)
+    # [pipeline-split] Megatron's split flags, pinned: the cut is then Megatron's, not searched
+    first_stage_layers: int = 0  # --decoder-first-pipeline-num-layers (0: not set)
+    last_stage_layers: int = 0  # --decoder-last-pipeline-num-layers (0: not set)
+    embedding_in_split: bool = False  # --account-for-embedding-in-pipeline-split
+    loss_in_split: bool = False  # --account-for-loss-in-pipeline-split
 
     def __post_init__(self) -> None:
         if min(self.tp, self.pp, self.dp, self.ep, self.etp, self.micro_batch,
@@ -60,9 +66,23 @@ class Strategy:
             raise StrategyError(
                 f"interleaving (virtual_stages={self.virtual_stages}) needs pp > 1 and "
                 f"micro-batches ({self.num_micro_batches}) a multiple of pp ({self.pp})")
+        if min(self.first_stage_layers, self.last_stage_layers) < 0:
+            raise StrategyError("first/last stage layers must be >= 0")
+        if (self.first_stage_layers or self.last_stage_layers) and (
+                self.embedding_in_split or self.loss_in_split):
+            raise StrategyError("first/last stage layers exclude account-for-embedding/loss "
+                                "(Megatron refuses both)")
+        if self.split_pinned and self.pp == 1:
+            raise StrategyError("pipeline split flags need pp > 1")
         if self.overlap_tp_comm and not self.sequence_parallel:
             raise StrategyError("overlap_tp_comm needs sequence_parallel (the overlapped "
                                 "collectives are its all-gather and reduce-scatter)")
+
+    @property
+    def split_pinned(self) -> bool:
+        """The stage cut is Megatron's from pinned split flags, not the search's."""
+        return bool(self.first_stage_layers or self.last_stage_layers
+                    or self.embedding_in_split or self.loss_in_split)
 
     @property
     def stage_width(self) -> int:
@@ -79,11 +99,18 @@ class Strategy:
                 + (f" v={self.virtual_stages}" if self.virtual_stages > 1 else "")
                 + ("" if self.overlap_grad_reduce else " no-dp-overlap")
                 + (" tp-overlap" if self.overlap_tp_comm else "")
-                + (f" spare={self.spare_slots}" if self.spare_slots else ""))
+                + (f" spare={self.spare_slots}" if self.spare_slots else "")
+                + (f" first={self.first_stage_layers}" if self.first_stage_layers else "")
+                + (f" last={self.last_stage_layers}" if self.last_stage_layers else "")
+                + (" emb-in-split" if self.embedding_in_split else "")
+                + (" loss-in-split" if self.loss_in_split else ""))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("num_gpus")
+        for key in SPLIT_KEYS:  # stated only when pinned: plans without them are unchanged
+            if not d[key]:
+                d.pop(key)
         d["edp"] = self.edp
         return d
 

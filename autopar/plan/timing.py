@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..cost import fp8
-from ..cost.evaluate import Evaluation, StageCost, pipeline_time
+from ..cost.evaluate import Evaluation, StageCost
 from ..cost.layer import Problem
+from ..cost.pipeline import chunked_pipeline
 from ..cost.strategy import Strategy
 from ..model.components import EW_BWD
 
@@ -128,7 +129,8 @@ def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
     slow = max(ev.stages, key=lambda x: x.busy)
     crit = per_stage[slow.index]
     mb, v = s.num_micro_batches, s.virtual_stages
-    pipeline = pipeline_time(sum(x.busy for x in ev.stages), slow.busy, mb, v)
+    pipeline = chunked_pipeline([x.busy for x in ev.stages],
+                                [x.end_layer - x.first_layer for x in ev.stages], mb, v)[0]
     schedule = ("interleaved-1f1b" if v > 1 else "1f1b") if p.training else "forward-pipeline"
     out = {
         "schedule": schedule,

@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import fields
 
-from ..cost.evaluate import Context, layer_costs, pipeline_time, stage_cost
+from ..cost.evaluate import Context, layer_costs, stage_cost
 from ..cost.layer import LayerCost, MoEState, Problem
+from ..cost.pipeline import pipeline_time
 from ..cost.strategy import Strategy
 from ..model.components import head_components, model_flops_per_token
 from .deadline import Deadline

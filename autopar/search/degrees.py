@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..cost.layer import Problem
-from ..cost.strategy import RECOMPUTE, Strategy, StrategyError
+from ..cost.pipeline import SplitError, megatron_bounds
+from ..cost.strategy import RECOMPUTE, SPLIT_KEYS, Strategy, StrategyError
 
 PIN_KEYS = ("tp", "pp", "dp", "ep", "etp", "micro_batch", "num_micro_batches", "recompute",
             "zero", "sequence_parallel", "virtual_stages", "overlap_grad_reduce",
-            "overlap_tp_comm", "spare_slots")
+            "overlap_tp_comm", "spare_slots", *SPLIT_KEYS)
 SPARE_CHOICES = (0, 1, 2)  # redundant expert slots per GPU tried under a skewed load
 
 
@@ -76,16 +77,39 @@ def _options(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb:
     recomputes = RECOMPUTE if training else ("none",)
     sharded = dp > 1 or (p.model.is_moe and (tp * dp) // (ep * etp) > 1)
     zeros = (1, 2, 3) if (training and sharded) else (0,)
-    # interleaved 1F1B: v chunks of equal layer counts per stage (Megatron: layers divisible
-    # by pp x v, micro-batches by pp)
-    chunks = p.model.layers // pp if p.model.layers % pp == 0 else 1
-    vs = [v for v in _divisors(chunks) if v == 1 or (training and nmb % pp == 0)]
+    vs = [v for v in virtual_choices(p.model.layers, pp)
+          if v == 1 or (training and nmb % pp == 0)]
     if "virtual_stages" in pins:  # interleaving is a training schedule
         vs = [pins["virtual_stages"]] if training or pins["virtual_stages"] == 1 else []
-    flags = {k: pins[k] for k in ("overlap_grad_reduce", "overlap_tp_comm") if k in pins}
+    flags = {k: pins[k] for k in ("overlap_grad_reduce", "overlap_tp_comm", *SPLIT_KEYS)
+             if k in pins}
+    if any(flags.get(k) for k in SPLIT_KEYS):  # Megatron's checks of the pinned split
+        vs = [v for v in vs if _split_ok(p.model.layers, pp, v, flags)]
     for spare in _spare_choices(p, ep, pins):
         _variants(G, tp, pp, dp, ep, etp, mb, nmb, recomputes, zeros, vs,
                   {**flags, "spare_slots": spare}, pins, out)
+
+
+def virtual_choices(layers: int, pp: int) -> list[int]:
+    """Interleaving degrees v offered on pp stages [pipeline-split]: the divisors of the
+    layers per stage when pp divides the layers (equal chunks, Megatron's plain rule);
+    otherwise the divisors of the larger stage size ceil(L / pp), up to the smaller one:
+    the full stages split into equal chunks and the short ones, fewer, into uneven chunks,
+    which Megatron runs with `--pipeline-model-parallel-layout` (or first / last stage
+    counts) and autopar prices chunk by chunk (`pipeline.chunked_pipeline`)."""
+    if layers % pp == 0:
+        return _divisors(layers // pp)
+    return [v for v in _divisors(layers // pp + 1) if v <= layers // pp]
+
+
+def _split_ok(layers: int, pp: int, v: int, flags: dict) -> bool:
+    try:
+        megatron_bounds(layers, pp, v, flags.get("first_stage_layers", 0),
+                        flags.get("last_stage_layers", 0), flags.get("embedding_in_split", False),
+                        flags.get("loss_in_split", False))
+    except SplitError:
+        return False
+    return True
 
 
 def _spare_choices(p: Problem, ep: int, pins: dict) -> tuple[int, ...]:

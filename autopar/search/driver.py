@@ -19,13 +19,14 @@ from dataclasses import dataclass, replace
 
 from ..cost.evaluate import Evaluation, evaluate
 from ..cost.layer import MoEState, Problem
+from ..cost.pipeline import even_chunks, pinned_bounds
 from ..cost.strategy import Strategy
 from ..errors import InfeasibleError
 from .bounds import _CostCache, compute_floor, quick_bound, stage_inputs
 from .deadline import Deadline
 from .degrees import SearchOptions, enumerate_strategies
 from .experts import placement_key
-from .stages import StageInputs, dp_partition, solve_stages
+from .stages import StageInputs, best_cut, dp_partition, solve_stages
 
 BOUND_SHARE = 0.5  # of the search time left: bounding layouts before stage cuts are solved
 PLACEMENT_SHARE = 0.3  # of the search time: the expert placements the bounds need
@@ -181,8 +182,10 @@ def search(p: Problem, opts: SearchOptions, progress: Callable[[str], None] | No
 
 def _frugal(s: Strategy) -> tuple:
     """Most memory-frugal first (deep pipelines, full sharding and recompute, small
-    micro-batches, wide TP and EP): the order in which a layout that fits is found soonest."""
-    return (-s.pp, -s.zero, s.recompute != "full", s.micro_batch, -s.tp, -s.ep)
+    micro-batches, no interleaving, wide TP and EP): the order in which a layout that fits is
+    found soonest (interleaving holds more micro-batches' activations in flight)."""
+    return (-s.pp, -s.zero, s.recompute != "full", s.micro_batch, s.virtual_stages, -s.tp,
+            -s.ep)
 
 
 def _spread(strategies: list[Strategy]) -> list[Strategy]:
@@ -213,6 +216,9 @@ def _solve_candidate(p: Problem, c: Candidate, cache: _CostCache, opts: SearchOp
     c.evaluation = evaluate(p, c.strategy, bounds, moe, costs)
     c.value = c.evaluation.step_time
     c.status = "OPTIMAL"
+    if inputs.fixed is not None:  # Megatron's pinned cut: its value is exact, nothing to cut
+        c.lower_bound = c.value
+        return
     if c.strategy.pp == 1 or c.lower_bound >= c.value * (1 - 1e-9):
         return  # the DP cut meets the bound: nothing left to prove
     if incumbent is not None and c.lower_bound >= incumbent.value * (1 - 1e-9):
@@ -228,10 +234,27 @@ def _solve_candidate(p: Problem, c: Candidate, cache: _CostCache, opts: SearchOp
         ev = evaluate(p, c.strategy, res.bounds, moe, costs)
         if ev.step_time < c.value and ev.feasible:
             c.bounds, c.evaluation, c.value = res.bounds, ev, ev.step_time
-    if res.status == "OPTIMAL":
-        c.lower_bound = c.value
-    elif res.bounds is not None:
+    b = res.bounds
+    if res.status == "OPTIMAL" and b is not None and even_chunks(
+            [b[k + 1] - b[k] for k in range(len(b) - 1)], c.strategy.virtual_stages):
+        c.lower_bound = c.value  # the model prices chunks at 1 / v: exact at its optimum
+    elif res.bounds is not None:  # uneven chunks: CP-SAT's optimum is a bound, not the value
         c.lower_bound = max(c.lower_bound, min(res.bound_s, c.value))
+        if c.lower_bound < c.value * (1 - 1e-9):
+            _enumerate_cuts(p, c, inputs, moe, costs)
+
+
+def _enumerate_cuts(p: Problem, c: Candidate, inputs: StageInputs, moe, costs) -> None:
+    """Prove a cut with uneven chunks by pricing every cut, where they are few; else the
+    candidate stays FEASIBLE with CP-SAT's bound (`stages.best_cut`)."""
+    found = best_cut(inputs)
+    if found is None:
+        c.status = "FEASIBLE"
+        return
+    ev = evaluate(p, c.strategy, found[0], moe, costs)
+    if ev.step_time < c.value:
+        c.bounds, c.evaluation, c.value = found[0], ev, ev.step_time
+    c.lower_bound = c.value
 
 
 def _closest(p: Problem, over: list[tuple[float, Strategy]], cache: _CostCache) -> Candidate:
@@ -240,7 +263,9 @@ def _closest(p: Problem, over: list[tuple[float, Strategy]], cache: _CostCache) 
     best = None
     for _, s in sorted(finite, key=lambda x: x[0])[:50]:
         moe, costs = cache.get(s)
-        ev = evaluate(p, s, _even_bounds(p.model.layers, s.pp), moe, costs)
+        cut = (pinned_bounds(p.model.layers, s) if s.split_pinned
+               else _even_bounds(p.model.layers, s.pp))
+        ev = evaluate(p, s, cut, moe, costs)
         if best is None or ev.max_memory < best.evaluation.max_memory:
             best = Candidate(s, moe, math.inf, None, evaluation=ev)
     return best

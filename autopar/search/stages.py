@@ -9,14 +9,16 @@ balanced parameters), which is what the CP-SAT model trades off exactly.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 from ortools.sat.python import cp_model
 
-from ..cost.evaluate import Context, Evaluation, in_flight, pipeline_time, stage_cost
+from ..cost.evaluate import Context, Evaluation, in_flight, stage_cost
 from ..cost.layer import LayerCost, Problem
+from ..cost.pipeline import chunked_pipeline, pinned_bounds, pipeline_time
 from ..cost.strategy import Strategy
 
 TIME_STEPS = 10_000_000  # time resolution: the upper bound split into this many units
@@ -42,6 +44,7 @@ class StageInputs:
     c_opt: list[float]
     c_mem: list[float]
     virtual: int = 1  # interleaved chunks per stage (evaluate.pipeline_time)
+    fixed: list[int] | None = None  # Megatron's cut from pinned split flags [pipeline-split]
 
     @staticmethod
     def build(p: Problem, s: Strategy, costs: list[LayerCost], ctx: Context) -> StageInputs:
@@ -74,6 +77,7 @@ class StageInputs:
             c_opt=[b.optimizer for b in base],
             c_mem=[b.memory.total for b in base],
             virtual=s.virtual_stages,
+            fixed=pinned_bounds(p.model.layers, s) if s.split_pinned else None,
         )
 
     def lower_bound(self, bottleneck: float) -> float:
@@ -96,6 +100,8 @@ def dp_partition(x: StageInputs) -> tuple[list[int] | None, float]:
     L, P = x.layers, x.stages
     if P > L:
         return None, math.inf
+    if x.fixed is not None:
+        return _fixed_cut(x)
     pre_busy = np.concatenate([[0.0], np.cumsum(x.busy)])
     idx = np.arange(L + 1)
     later = idx[:, None] < idx[None, :]  # i < j: the stage takes layers [i, j)
@@ -121,6 +127,15 @@ def dp_partition(x: StageInputs) -> tuple[list[int] | None, float]:
     if bounds[0] != 0:
         return None, math.inf
     return bounds, float(prev[L])
+
+
+def _fixed_cut(x: StageInputs) -> tuple[list[int] | None, float]:
+    """The pinned cut if every stage fits, with its slowest stage."""
+    b = x.fixed
+    spans = [(b[k], b[k + 1]) for k in range(x.stages)]
+    if any(sum(x.mem[k][i:j]) + x.c_mem[k] > x.capacity for k, (i, j) in enumerate(spans)):
+        return None, math.inf
+    return list(b), max(sum(x.busy[i:j]) + x.c_busy[k] for k, (i, j) in enumerate(spans))
 
 
 def _prefix(v: list[float]) -> list[float]:
@@ -209,6 +224,29 @@ def solve_stages(x: StageInputs, hint: list[int], time_limit_s: float, seed: int
     return StageSolution(None, name, math.inf, -math.inf, solver.wall_time, *size)
 
 
+ENUM_CUTS = 4096  # cuts few enough to price one by one (uneven chunks, `best_cut`)
+
+
+def best_cut(x: StageInputs) -> tuple[list[int], float] | None:
+    """The exact best cut by enumeration, when there are at most `ENUM_CUTS` cuts: where
+    interleaved chunks are uneven the CP-SAT model prices them at 1 / v (a bound), so small
+    instances are proven this way; None when there are more cuts or none fits."""
+    L, P = x.layers, x.stages
+    if P > L or math.comb(L - 1, P - 1) > ENUM_CUTS:
+        return None
+    pre_mem = [_prefix(row) for row in x.mem]
+    best = None
+    for inner in itertools.combinations(range(1, L), P - 1):
+        b = [0, *inner, L]
+        if any(pre_mem[k][b[k + 1]] - pre_mem[k][b[k]] + x.c_mem[k] > x.capacity
+               for k in range(P)):
+            continue
+        value = _objective(x, b)
+        if best is None or value < best[1]:
+            best = (b, value)
+    return best
+
+
 def _objective(x: StageInputs, bounds: list[int]) -> float:
     """The step time of a cut, from the same affine pieces (checked against `evaluate`)."""
     m = x.micro_batches
@@ -218,7 +256,8 @@ def _objective(x: StageInputs, bounds: list[int]) -> float:
         busy.append(sum(x.busy[a:b]) + x.c_busy[k])
         exposed.append(max(0.0, sum(x.dp[a:b]) + x.c_dp[k] - sum(x.bwd[a:b]) - x.c_bwd[k]))
         opt.append(sum(x.opt[a:b]) + x.c_opt[k])
-    return pipeline_time(sum(busy), max(busy), m, x.virtual) + max(exposed) + max(opt)
+    counts = [bounds[k + 1] - bounds[k] for k in range(x.stages)]
+    return chunked_pipeline(busy, counts, m, x.virtual)[0] + max(exposed) + max(opt)
 
 
 __all__ = ["StageInputs", "dp_partition", "solve_stages", "Evaluation"]

@@ -38,9 +38,8 @@ MODEL_KEYS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden",
               "vocab", "experts", "top_k", "expert_ffn_hidden", "shared_experts")
 # what autopar does not model, per row id (the row is listed, not run)
 NOT_MODELLED = {
-    "mbridge_2509_h100_deepseek_v3": "the MTP module (training FLOPs include it) and 61 layers "
-                                     "over PP 8 x VP 4 (uneven chunks; autopar needs layers in "
-                                     "multiples of PP x VP)",
+    "mbridge_2509_h100_deepseek_v3": "the MTP module (training FLOPs include it; 61 layers "
+                                     "over PP 8 x VP 4 are expressible since pipeline-split)",
     "mbridge_2509_h100_llama31_405b": "context parallelism 2 (autopar has no CP)",
     "mbridge_2509_h100_qwen3_235b_a22b": "precision not published for this row (fp8 or bf16 "
                                          "unknown), so no recipe to price",
