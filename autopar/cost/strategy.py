@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..model.recompute import DEFAULT_MODULES, canonical, module_error
+
 RECOMPUTE = ("none", "selective", "full")
 
 
@@ -32,8 +34,19 @@ class Strategy:
     overlap_grad_reduce: bool = True  # DP gradient reduction runs behind the backward
     overlap_tp_comm: bool = False  # TP collectives hidden behind the GEMMs (TE userbuffers)
     spare_slots: int = 0  # redundant expert slots per GPU beyond ceil(experts / EP)
+    # selective recompute: Megatron-Core's --recompute-modules (empty: its default, core_attn)
+    recompute_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.recompute == "selective":
+            mods = canonical(tuple(self.recompute_modules)) or DEFAULT_MODULES
+            why = module_error(tuple(self.recompute_modules))
+            if why:
+                raise StrategyError(why)
+            object.__setattr__(self, "recompute_modules", mods)
+        elif self.recompute_modules:
+            raise StrategyError(f"recompute_modules {','.join(self.recompute_modules)} need "
+                                f"recompute 'selective', not {self.recompute!r}")
         if min(self.tp, self.pp, self.dp, self.ep, self.etp, self.micro_batch,
                self.num_micro_batches) < 1:
             raise StrategyError(f"every degree must be >= 1: {self.describe()}")
@@ -74,8 +87,11 @@ class Strategy:
 
     def describe(self) -> str:
         return (f"TP={self.tp} PP={self.pp} DP={self.dp} EP={self.ep} ETP={self.etp} "
-                f"mb={self.micro_batch}x{self.num_micro_batches} recompute={self.recompute} "
-                f"zero={self.zero} sp={int(self.sequence_parallel)}"
+                f"mb={self.micro_batch}x{self.num_micro_batches} recompute={self.recompute}"
+                + (f"[{','.join(self.recompute_modules)}] "
+                   if self.recompute_modules != DEFAULT_MODULES and self.recompute_modules
+                   else " ")
+                + f"zero={self.zero} sp={int(self.sequence_parallel)}"
                 + (f" v={self.virtual_stages}" if self.virtual_stages > 1 else "")
                 + ("" if self.overlap_grad_reduce else " no-dp-overlap")
                 + (" tp-overlap" if self.overlap_tp_comm else "")
@@ -85,6 +101,10 @@ class Strategy:
         d = asdict(self)
         d.pop("num_gpus")
         d["edp"] = self.edp
+        if self.recompute == "selective":  # only then, so other plans keep their bytes
+            d["recompute_modules"] = list(self.recompute_modules)
+        else:
+            d.pop("recompute_modules")
         return d
 
     # ---- rank layout -------------------------------------------------------------
