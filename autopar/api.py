@@ -16,8 +16,8 @@ from .cost.layer import Problem
 from .errors import InfeasibleError, InputError
 from .plan import Plan, build_plan
 from .search import PIN_KEYS, SearchOptions, fewest_gpus, fits, search
-from .search.degrees import recompute_modules_pin
 from .search.deadline import Deadline, check_time_limit
+from .search.degrees import recompute_modules_pin
 from .search.experts import placements_for
 from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
 

@@ -5,14 +5,14 @@ component each module covers is `model.recompute`'s table (Megatron-Core's modul
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..model.components import Component
 from ..model.recompute import block_reruns, module_reruns
+from .strategy import Strategy
 
-if TYPE_CHECKING:  # layer.py imports this module
-    from .layer import ComponentCost, MoEState, Problem
-    from .strategy import Strategy
+# layer.py imports this module, so its types (Problem, MoEState, ComponentCost) are `Any` here
+Problem = MoEState = ComponentCost = Any
 
 
 def saved_bytes(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
