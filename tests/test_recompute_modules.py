@@ -188,3 +188,16 @@ def test_korthikanti_full_and_selective_ranked_as_measured(name):
     measured = sel["iteration_s"] / full["iteration_s"]
     assert (t_sel < t_full) == (measured < 1)
     assert t_sel / t_full == pytest.approx(measured, abs=0.08)
+
+
+def test_fp8_zero3_plan_with_modules_passes_check():
+    """The search's layer-cost cache kept ZeRO-1 layouts' fp8 weight casts for ZeRO-3 ones
+    (ZeRO-3 casts only its shard): this layout and pin exposed it."""
+    model = load_model(PROBLEMS / "models" / "mixtral-8x7b.yaml")
+    model = replace(model, workload=replace(model.workload, precision="fp8",
+                                            fp8_recipe="tensorwise"))
+    plan = autopar.solve(model, H100, pins={"recompute_modules": ["moe_act", "moe"]},
+                         time_limit_s=30)
+    assert plan.strategy["zero"] == 3  # the case the cache got wrong
+    found = autopar.check(plan, model=model, hardware=H100)
+    assert not [f for f in found if f.severity == "error"], found
