@@ -17,6 +17,7 @@ from .errors import InfeasibleError, InputError
 from .plan import Plan, build_plan
 from .search import PIN_KEYS, SearchOptions, fewest_gpus, fits, search
 from .search.deadline import Deadline, check_time_limit
+from .search.degrees import recompute_modules_pin
 from .search.experts import placements_for
 from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
 
@@ -105,6 +106,8 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     bad = [k for k in pins if k not in PIN_KEYS]
     if bad:
         raise InputError("pins", bad[0], f"unknown option; known: {', '.join(PIN_KEYS)}")
+    if "recompute_modules" in pins:
+        pins["recompute_modules"] = recompute_modules_pin(pins, p.model)
     opts = SearchOptions(pins=pins, time_limit_s=time_limit_s, seed=seed, workers=workers)
     from .serve.plan import serve, wants_serving
 

@@ -135,7 +135,8 @@ def check_flops(f: Findings, plan: dict, m: ModelSpec, w: Workload, lay: Layout,
     """FLOPs conserved [flops]: the plan's total is the model's FLOPs x recompute and TP
     replication overheads, and its model FLOPs (no overheads) match the model's."""
     check_flops_sums(f, plan)
-    want = hardware_flops_per_step(m, w, lay.recompute, lay.tp, lay.sequence_parallel, flash)
+    want = hardware_flops_per_step(m, w, lay.recompute, lay.tp, lay.sequence_parallel, flash,
+                                   lay.modules)
     if not close(plan["flops"]["total"], want, RECOMPUTE_TOL):
         f.error("flops", "flops.total", "model FLOPs x passes x recompute and replication "
                 "overheads", plan["flops"]["total"], want)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..model.components import layer_components
+from ..model.recompute import module_reruns
 from ..spec import HardwareSpec, ModelSpec, Workload
 from ..spec.units import FP8_SCALE_BYTES
 from .finding import Findings, close
@@ -40,6 +41,18 @@ def _cast_s(elems: float, b: float, r: str, copies: int, weights: bool, bw: floa
     return sum(max(x / bw, floor) for x in kernels if x > 0)
 
 
+def _rerun_shares(m: ModelSpec, w: Workload, lay: Any, layer: int,
+                  flash: bool) -> dict[str, float]:
+    """Each component's recomputed GEMM share: 1 under full recompute, its modules' under
+    selective [recompute-modules]."""
+    comps = layer_components(m, layer, w.context_len, w.causal, flash)
+    if lay.recompute == "full":
+        return {c.name: 1.0 for c in comps}
+    mods = lay.recompute_modules if lay.recompute == "selective" else ()
+    return {c.name: r.gemm for c, r in zip(comps, module_reruns(m, comps, mods, flash,
+                                                               w.context_len), strict=True)}
+
+
 def _linears(m: ModelSpec, w: Workload, lay: Any, layer: int, flash: bool):
     """Each fp8 linear layer of `layer`: (component, rows, k, n) of its GEMM on one GPU."""
     T = lay.micro_batch * w.tokens_per_sample
@@ -67,10 +80,11 @@ def stage_casts(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Any, stage: in
     first, last = lay.stage_layers[stage]
     casts = weights = 0.0
     for layer in range(first, last + 1):
+        again = _rerun_shares(m, w, lay, layer, flash)
         for c, rows, k, n in _linears(m, w, lay, layer, flash):
             rows *= imbalance.get(layer, 1.0) if c.is_expert else 1.0
             fwd = _cast_s(rows * k, b, r, 2, False, bw, floor)
-            casts += fwd * (2 if lay.recompute == "full" else 1)
+            casts += fwd * (1 + again[c.name])  # the recomputed GEMM quantizes again
             casts += _cast_s(rows * n, b, r, 2, False, bw, floor)
             count = fullest.get(layer, m.experts) if c.is_expert else 1
             z3 = (lay.edp if c.is_expert else lay.dp) if lay.zero >= 3 else 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..model.components import Component, embedding_components, head_components, layer_components
+from ..model.recompute import block_reruns, module_reruns
 from ..spec import HardwareSpec, ModelSpec, Workload
 from .fp8 import copy_bytes_per_param
 from .links import link_bw as _link_bw
@@ -35,15 +36,23 @@ class Layout:
     sequence_parallel: bool
     stage_layers: tuple[tuple[int, int], ...]
     virtual_stages: int = 1  # interleaved 1F1B: model chunks per pipeline stage
+    recompute_modules: tuple[str, ...] = ()  # selective: Megatron-Core's modules
 
     @staticmethod
     def from_strategy(s: dict) -> Layout:
+        mods = tuple(s.get("recompute_modules") or (
+            ("core_attn",) if s["recompute"] == "selective" else ()))
         return Layout(int(s["num_gpus"]), int(s["tp"]), int(s["pp"]), int(s["dp"]),
                       int(s["ep"]), int(s["etp"]), int(s["micro_batch"]),
                       int(s["num_micro_batches"]), s["recompute"], int(s["zero"]),
                       bool(s["sequence_parallel"]),
                       tuple((int(a), int(b)) for a, b in s["stage_layers"]),
-                      int(s.get("virtual_stages", 1)))
+                      int(s.get("virtual_stages", 1)), mods)
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """The modules selective recompute reruns (none under the other modes)."""
+        return self.recompute_modules if self.recompute == "selective" else ()
 
     @property
     def width(self) -> int:
@@ -121,29 +130,35 @@ def samples_per_replica(w: Workload, lay: Layout) -> int:
 
 
 # --------------------------------------------------------------------------- memory
-def _act(c: Component, m: ModelSpec, T: float, lay: Layout, imbalance: float) -> float:
+def _act(c: Component, m: ModelSpec, T: float, lay: Layout, imbalance: float,
+         drop: tuple[float, float] = (0.0, 0.0)) -> float:
     """Saved activations of one component per micro-batch on one GPU (Korthikanti sec. 4,
     per component): TP splits the sharded part, sequence parallelism the replicated part;
-    an expert keeps what the tokens routed to its EP rank (the busiest, by `imbalance`) need."""
+    an expert keeps what the tokens routed to its EP rank (the busiest, by `imbalance`) need.
+    `drop`: per-token bytes of each part that selective recompute does not keep."""
     sp = lay.tp if lay.sequence_parallel else 1
+    sh, rep = c.act_bytes_sharded - drop[0], c.act_bytes_replicated - drop[1]
     if c.is_expert:
-        return T * m.top_k / lay.tp * imbalance * c.act_bytes_sharded
+        return T * m.top_k / lay.tp * imbalance * sh
     if c.role == "replicated":
-        return T / sp * (c.act_bytes_sharded + c.act_bytes_replicated)
-    return T * c.act_bytes_sharded / lay.tp + T * c.act_bytes_replicated / sp
+        return T / sp * (sh + rep)
+    return T * sh / lay.tp + T * rep / sp
 
 
 def layer_activations(m: ModelSpec, w: Workload, lay: Layout, layer: int, imbalance: float,
                       flash: bool) -> tuple[float, float]:
-    """(bytes saved under the plan's recompute mode, bytes saved with none) per micro-batch."""
+    """(bytes saved under the plan's recompute mode, bytes saved with none) per micro-batch;
+    selective recompute keeps what its modules do not drop [recompute-modules]."""
     T = tokens_per_micro_batch(w, lay)
-    full = sum(_act(c, m, T, lay, imbalance)
-               for c in layer_components(m, layer, w.context_len, w.causal, flash))
+    comps = layer_components(m, layer, w.context_len, w.causal, flash)
+    full = sum(_act(c, m, T, lay, imbalance) for c in comps)
     if lay.recompute == "full":  # only the layer input is kept
         sp = lay.tp if lay.sequence_parallel else 1
         return T * m.hidden * m.dtype_bytes / sp, full
-    if lay.recompute == "selective" and not flash:  # the attention scores are dropped
-        return full - T * 5 * m.heads * w.context_len / lay.tp, full
+    if lay.recompute == "selective":
+        reruns = module_reruns(m, comps, lay.modules, flash, w.context_len)
+        return sum(_act(c, m, T, lay, imbalance, (r.drop_sharded, r.drop_replicated))
+                   for c, r in zip(comps, reruns, strict=True)), full
     return full, full
 
 
@@ -236,6 +251,8 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
             sum(acts[x][1] for x in layers) + edges)
         if lay.recompute == "full":  # one layer's activations live while it is recomputed
             out["activations_bytes"] += peak
+        elif lay.recompute == "selective":  # what one layer's modules dropped, live again
+            out["activations_bytes"] += max(none - kept for kept, none in acts.values())
         d, e = shard(3)  # [fp8-weights] ZeRO-3 shards the fp8 copies as the weights
         out["fp8_weights_bytes"] = copy_bytes_per_param(hw, w) * (par.linear / d + par.expert / e)
     else:  # the blocks' linear layers in the checkpoint's weight_dtype
@@ -284,13 +301,17 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
     for k, (first, last) in enumerate(lay.stage_layers):
         n = last - first + 1
         n_moe = sum(m.is_moe_layer(x) for x in range(first, last + 1))
+        # a checkpointed MLP / MoE layer reruns its block's TP collective and all-to-alls
+        again = [block_reruns(m, x, lay.modules) if training else (0, 0)
+                 for x in range(first, last + 1)]
         if lay.tp > 1:
             S = T * h * b
             t = lay.tp
             bw = _link_bw(hw, lay.groups("tp"))
             out[("tp", k, "")] = Collective(
                 "reduce_scatter+all_gather" if lay.sequence_parallel else "all_reduce", t, S,
-                2 * passes * n * lay.num_micro_batches, 2 * (t - 1) / t * S / bw)
+                (2 * passes * n + sum(a[0] for a in again)) * lay.num_micro_batches,
+                2 * (t - 1) / t * S / bw)
             # [tp-comm] the vocab-parallel embedding and the loss: one all-reduce per pass
             # (serving computes logits for each sequence's last position only)
             edges = (["embedding"] if k == 0 else []) + (["lm_head"] if k == lay.pp - 1
@@ -304,7 +325,8 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
             S = T / lay.tp * m.top_k * h * b
             e = lay.ep
             out[("ep", k, "")] = Collective(
-                "all_to_all", e, S, 2 * passes * n_moe * lay.num_micro_batches,
+                "all_to_all", e, S,
+                (2 * passes * n_moe + sum(a[1] for a in again)) * lay.num_micro_batches,
                 (e - 1) / e * S / _link_bw(hw, lay.groups("ep"), all_to_all=True))
         if lay.pp > 1:
             S = T * h * b / lay.tp
@@ -373,17 +395,21 @@ def model_flops_per_step(m: ModelSpec, w: Workload) -> float:
 
 
 def hardware_flops_per_step(m: ModelSpec, w: Workload, recompute: str, tp: int,
-                            sequence_parallel: bool, flash: bool = True) -> float:
+                            sequence_parallel: bool, flash: bool = True,
+                            modules: tuple[str, ...] = ("core_attn",)) -> float:
     """FLOPs all GPUs run in one step [flops]: tokens x FLOPs/token x passes, plus one more
-    forward under full recompute (the attention core under selective), and the replicated
-    components (norms, router) run on every TP rank unless sequence parallelism splits them."""
+    forward under full recompute (the recomputed modules' kernels under selective), and the
+    replicated components (norms, router) run on every TP rank unless sequence parallelism
+    splits them."""
     tokens = w.batch * w.tokens_per_sample
     passes = 3 if w.kind == "training" else 1
     total = 0.0
     for layer in range(m.layers):
-        for c, fl in layer_flops(m, w, layer, flash):
-            extra = 1 if recompute == "full" or (recompute == "selective"
-                                                 and c.role == "heads") else 0
+        pairs = layer_flops(m, w, layer, flash)
+        reruns = module_reruns(m, [c for c, _ in pairs], modules if recompute == "selective"
+                               else (), flash, w.context_len)
+        for (c, fl), r in zip(pairs, reruns, strict=True):
+            extra = 1 if recompute == "full" else r.gemm
             mult = m.top_k if c.is_expert else 1
             repl = tp if c.role == "replicated" and not sequence_parallel else 1
             total += tokens * fl * mult * repl * (passes + extra)

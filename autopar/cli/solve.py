@@ -40,7 +40,11 @@ from .serving_flags import apply_targets, serving_options, serving_summary, solv
 @click.option("--micro-batch", type=click.IntRange(1, 10_000_000), default=None,
               help="pin the micro-batch size (samples)")
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None,
-              help="pin activation recompute (selective: the attention core only)")
+              help="pin activation recompute (selective: --recompute-modules, default "
+                   "core_attn)")
+@click.option("--recompute-modules", default=None, metavar="A,B,..",
+              help="pin selective recompute's modules, as Megatron-Core's --recompute-modules: "
+                   "core_attn moe_act layernorm mla_up_proj mlp moe shared_experts")
 @click.option("--zero", type=click.IntRange(0, 3), default=None,
               help="pin the ZeRO stage (1 optimizer states, 2 + gradients, 3 + weights)")
 @click.option("--sequence-parallel/--no-sequence-parallel", default=None,
@@ -81,10 +85,11 @@ from .serving_flags import apply_targets, serving_options, serving_summary, solv
 @serving_options
 def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_len,
           output_len, expert_load, spare_slots, tp, pp, dp, ep, etp, micro_batch, recompute,
-          zero, sequence_parallel, num_micro_batches, virtual_stages, first_stage_layers,
-          last_stage_layers, embedding_in_split, loss_in_split, overlap_grad_reduce,
-          tp_comm_overlap, flash_attention, async_tp_allreduce, fused_grad_accumulation,
-          precision, fp8_recipe, calibration, time_limit, seed, workers, quiet, **serving) -> None:
+          recompute_modules, zero, sequence_parallel, num_micro_batches, virtual_stages,
+          first_stage_layers, last_stage_layers, embedding_in_split, loss_in_split,
+          overlap_grad_reduce, tp_comm_overlap, flash_attention, async_tp_allreduce,
+          fused_grad_accumulation, precision, fp8_recipe, calibration, time_limit, seed,
+          workers, quiet, **serving) -> None:
     """Find the fastest layout of MODEL on HW and write its deployment plan."""
 
     def run():
@@ -97,7 +102,8 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
             raise InputError(model_path, "workload",
                              "no workload section; pass --kind and --batch/--seq-len etc.")
         pins = {k: v for k, v in dict(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp,
-                                      micro_batch=micro_batch, recompute=recompute, zero=zero,
+                                      micro_batch=micro_batch, recompute=recompute,
+                                      recompute_modules=recompute_modules, zero=zero,
                                       sequence_parallel=sequence_parallel,
                                       num_micro_batches=num_micro_batches,
                                       virtual_stages=virtual_stages,

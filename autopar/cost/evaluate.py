@@ -106,11 +106,14 @@ class PeakTerms:
 
     layer_act: float  # one layer's full activations (recompute working set, serving workspace)
     workspace: float  # all-to-all send + receive buffers of one MoE layer
+    # selective recompute: what one layer's modules drop, live again during its backward
+    rematerialized: float = 0.0
 
     @staticmethod
     def of(costs: list[LayerCost], edges: list[LayerCost]) -> PeakTerms:
         return PeakTerms(max(c.act_bytes_none for c in costs + edges),
-                         2 * max(c.ep_bytes for c in costs))
+                         2 * max(c.ep_bytes for c in costs),
+                         max(c.act_bytes_none - c.act_bytes for c in costs))
 
 
 def in_flight(s: Strategy, stage: int, training: bool) -> float:
@@ -153,6 +156,8 @@ def _stage_memory(p: Problem, s: Strategy, stage: int, layers: list[LayerCost],
                                             + sum(c.act_bytes_none for c in edges))
         if s.recompute == "full":  # one layer's activations live during its recompute
             mem.activations += peak.layer_act
+        elif s.recompute == "selective":  # [recompute-modules]
+            mem.activations += peak.rematerialized
     else:  # serving: the blocks' linear layers in the checkpoint's weight_dtype
         linear = sum(c.params_linear for c in layers)
         mem.weights = b * (dense - linear) + m.linear_bytes * (linear + expert)

@@ -23,6 +23,7 @@ from . import comm, fp8
 from .calibration import Calibration
 from .fused_moe import expert_flops_share, fused_moe_applies, fused_moe_time
 from .groups import group_links
+from .recompute import selective
 from .strategy import Strategy
 
 
@@ -76,6 +77,10 @@ class ComponentCost:
     ew_s: float = 0.0  # of which memory-bound elementwise kernels [elementwise]
     cast_s: float = 0.0  # of ew_s, the fp8 quantize of the input [fp8-cast]
     cast_bwd_s: float = 0.0  # the backward's: the output gradient's
+    # recompute: share of the kernel (and its input cast) and of the elementwise kernels
+    # that the backward runs again (1, 1 under full recompute) [recompute-modules]
+    again: float = 0.0
+    again_ew: float = 0.0
 
     @property
     def bwd_s(self) -> float:
@@ -292,16 +297,12 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
     comps = layer_components(m, layer, ctx, p.workload.causal, p.flash_attention,
                              p.workload.decoding)
     costs, acts = [], 0.0
-    scores = 0.0
     for c in comps:
         cc, act = _component(c, p, s, T, moe, ctx)
         costs.append(cc)
         acts += act
-        if c.role == "heads" and not p.flash_attention:
-            scores = T * 5 * m.heads * ctx / s.tp  # what selective recompute drops
     compute = sum(c.time_s for c in costs)
     compute_bwd = sum(c.bwd_s for c in costs) + grad_accumulation(p, sum(c.params for c in costs))
-    attn_core = sum(c.time_s for c in costs if c.role == "heads")
     moe_layer = m.is_moe_layer(layer)
     tp_t, ep_t, tp_b, ep_b = _collectives(p, s, T, moe_layer, moe, groups)
     tp_f, tp_b1 = tp_t, tp_t
@@ -312,16 +313,19 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         tp_b1 = max(0.0, tp_t - async_tp_hidden(costs, tp_t, s.sequence_parallel))
     sp_div = s.tp if s.sequence_parallel else 1
     act_input = T * m.hidden * m.dtype_bytes / sp_div
-    casts = sum(c.cast_s * (2 if s.recompute == "full" else 1) + c.cast_bwd_s for c in costs)
     z3 = (s.dp, s.edp) if s.zero >= 3 else (1, 1)  # ZeRO-3 stores (and casts) a shard
     fp8_w = [(c.params / moe.max_slots / z3[1], moe.max_slots) if c.role == "expert" else
              (c.params / z3[0], 1) for c in costs if c.role in LINEAR_ROLES]
     if s.recompute == "full":  # [recompute] one more forward, its comm included
         act, recompute, tp_bwd, ep_bwd = act_input, compute, tp_b1 + tp_f, 2 * ep_t
-    elif s.recompute == "selective":  # attention core only
-        act, recompute, tp_bwd, ep_bwd = acts - scores, attn_core, tp_b1, ep_t
+        for cc in costs:
+            cc.again = cc.again_ew = 1.0
+    elif s.recompute == "selective":  # the modules [recompute-modules]
+        act, recompute, tp_x, ep_x = selective(p, s, layer, comps, costs, T, moe, tp_f, ep_t)
+        tp_bwd, ep_bwd = tp_b1 + tp_x, ep_t + ep_x
     else:
         act, recompute, tp_bwd, ep_bwd = acts, 0.0, tp_b1, ep_t
+    casts = sum(c.cast_s * (1 + c.again) + c.cast_bwd_s for c in costs)
     return LayerCost(
         compute_fwd=compute,
         compute_bwd=compute_bwd,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..model.recompute import DEFAULT_MODULES, canonical, module_error
+
 RECOMPUTE = ("none", "selective", "full")
 SPLIT_KEYS = ("first_stage_layers", "last_stage_layers", "embedding_in_split", "loss_in_split")
 
@@ -38,8 +40,19 @@ class Strategy:
     last_stage_layers: int = 0  # --decoder-last-pipeline-num-layers (0: not set)
     embedding_in_split: bool = False  # --account-for-embedding-in-pipeline-split
     loss_in_split: bool = False  # --account-for-loss-in-pipeline-split
+    # selective recompute: Megatron-Core's --recompute-modules (empty: its default, core_attn)
+    recompute_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.recompute == "selective":
+            mods = canonical(tuple(self.recompute_modules)) or DEFAULT_MODULES
+            why = module_error(tuple(self.recompute_modules))
+            if why:
+                raise StrategyError(why)
+            object.__setattr__(self, "recompute_modules", mods)
+        elif self.recompute_modules:
+            raise StrategyError(f"recompute_modules {','.join(self.recompute_modules)} need "
+                                f"recompute 'selective', not {self.recompute!r}")
         if min(self.tp, self.pp, self.dp, self.ep, self.etp, self.micro_batch,
                self.num_micro_batches) < 1:
             raise StrategyError(f"every degree must be >= 1: {self.describe()}")
@@ -94,8 +107,11 @@ class Strategy:
 
     def describe(self) -> str:
         return (f"TP={self.tp} PP={self.pp} DP={self.dp} EP={self.ep} ETP={self.etp} "
-                f"mb={self.micro_batch}x{self.num_micro_batches} recompute={self.recompute} "
-                f"zero={self.zero} sp={int(self.sequence_parallel)}"
+                f"mb={self.micro_batch}x{self.num_micro_batches} recompute={self.recompute}"
+                + (f"[{','.join(self.recompute_modules)}] "
+                   if self.recompute_modules != DEFAULT_MODULES and self.recompute_modules
+                   else " ")
+                + f"zero={self.zero} sp={int(self.sequence_parallel)}"
                 + (f" v={self.virtual_stages}" if self.virtual_stages > 1 else "")
                 + ("" if self.overlap_grad_reduce else " no-dp-overlap")
                 + (" tp-overlap" if self.overlap_tp_comm else "")
@@ -112,6 +128,10 @@ class Strategy:
             if not d[key]:
                 d.pop(key)
         d["edp"] = self.edp
+        if self.recompute == "selective":  # only then, so other plans keep their bytes
+            d["recompute_modules"] = list(self.recompute_modules)
+        else:
+            d.pop("recompute_modules")
         return d
 
     # ---- rank layout -------------------------------------------------------------

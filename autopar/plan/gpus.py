@@ -68,7 +68,7 @@ def _shard_entries(p: Problem, s: Strategy, ev: Evaluation, stage: int, tp_rank:
                 continue
             n_layers = last - first + 1
             flops = cc.flops * s.num_micro_batches * n_layers * passes
-            flops += _recompute_flops(s, comp.role, cc.flops) * s.num_micro_batches * n_layers
+            flops += cc.again * cc.flops * s.num_micro_batches * n_layers  # recomputed
             entries.append({
                 "name": comp.name, "role": comp.role, "layers": [first, last],
                 "shard": tp_shard(comp.name, comp.role, _dims(p, comp.name), s.tp, tp_rank),
@@ -111,7 +111,8 @@ def _expert_entries(p: Problem, s: Strategy, ev: Evaluation, stage: int, ep_rank
                                      p.flash_attention, p.workload.decoding)
             runs.append((first, last, sum(x.flops for comp, x in zip(comps, lc.components,
                                                                      strict=True)
-                                          if comp.is_expert)))
+                                          if comp.is_expert),
+                         max(x.again for x in lc.components if x.role == "expert")))
         entry = (runs, {layer: i for i, layer in enumerate(
             [x for x in range(m.layers) if m.is_moe_layer(x)])})
         if cache is None:
@@ -121,10 +122,9 @@ def _expert_entries(p: Problem, s: Strategy, ev: Evaluation, stage: int, ep_rank
     passes = 3 if p.training else 1
     per_replica = -(-p.workload.batch // s.dp)
     f_expert = p.workload.batch / (per_replica * s.dp)
-    again = 1 if s.recompute == "full" else 0
     etp_shard = list(split(m.expert_ffn_hidden, s.etp, etp_rank))
     experts = []
-    for first, last, exp_flops in runs:
+    for first, last, exp_flops, again in runs:  # again: the experts' recomputed share
         if placed is None:  # EP = 1: every expert on every GPU, columns split by ETP
             f = exp_flops * s.num_micro_batches * (last - first + 1)
             experts.append({"layers": [first, last], "experts": list(range(m.experts)),
@@ -217,13 +217,6 @@ def gpus_section(p: Problem, s: Strategy, ev: Evaluation,
             (ids, {"stage": st, "memory": memory_of(st, e)})
             for (st, e), (_, ids) in memory.items()),
     }
-
-
-def _recompute_flops(s: Strategy, role: str, fwd: float) -> float:
-    """FLOPs a backward pass spends recomputing this component's forward."""
-    if s.recompute == "full" or (s.recompute == "selective" and role == "heads"):
-        return fwd
-    return 0.0
 
 
 __all__ = ["gpu_record", "gpus_section"]

@@ -19,7 +19,9 @@ def summary(plan: dict[str, Any]) -> str:
         f"{plan['name']}: {s['num_gpus']} GPUs",
         f"strategy  TP={s['tp']} PP={s['pp']} DP={s['dp']} EP={s['ep']} ETP={s['etp']} "
         f"EDP={s['edp']}  micro-batch {s['micro_batch']} x {s['num_micro_batches']}  "
-        f"recompute={s['recompute']} zero={s['zero']} "
+        f"recompute={s['recompute']}"
+        + (f"({','.join(s['recompute_modules'])})" if s.get("recompute_modules") else "")
+        + f" zero={s['zero']} "
         f"sp={'on' if s['sequence_parallel'] else 'off'}"
         f"  stages {s['stage_layers']}",
     ]

@@ -143,7 +143,8 @@ def expected_flops(p: Problem, plan: dict) -> float:
     recompute and TP replication of the replicated components."""
     s = plan["strategy"]
     return hardware_flops_per_step(p.model, p.workload, s["recompute"], s["tp"],
-                                   s["sequence_parallel"], p.flash_attention)
+                                   s["sequence_parallel"], p.flash_attention,
+                                   tuple(s.get("recompute_modules", ("core_attn",))))
 
 
 def check_flops(p: Problem, plan: dict | PlanView) -> dict[str, Any]:

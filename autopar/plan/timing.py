@@ -11,8 +11,10 @@ from ..cost import fp8
 from ..cost.evaluate import Evaluation, StageCost
 from ..cost.layer import Problem
 from ..cost.pipeline import chunked_pipeline
+from ..cost.recompute import rerun_ew
 from ..cost.strategy import Strategy
 from ..model.components import EW_BWD
+from ..model.recompute import block_reruns
 
 
 def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, Any]]:
@@ -29,6 +31,7 @@ def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, An
     passes = 1 + (1 if p.training else 0) + (1 if full else 0)  # forward, backward, recompute
     for st in ev.stages:
         n_layers = len(st.layer_costs)
+        reruns = _block_reruns(p, s, st)
         if not n_layers:
             continue
         if s.tp > 1:
@@ -37,7 +40,8 @@ def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, An
                           for c in st.layer_costs) * m_mb
             out.append(_coll("reduce_scatter+all_gather" if s.sequence_parallel
                              else "all_reduce", "tp", groups["tp"], st.index, lc.tp_bytes,
-                             2 * passes * n_layers * m_mb, lc.tp_link / 2, exposed,
+                             (2 * passes * n_layers + reruns[0]) * m_mb, lc.tp_link / 2,
+                             exposed,
                              "tp-comm"))
             for edge, part in zip(st.edges, _edge_parts(s, st.index), strict=True):
                 # vocab-parallel embedding / loss: one all-reduce per pass, never hidden
@@ -49,7 +53,7 @@ def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, An
         if moe_costs and (s.ep > 1 or s.etp > 1):
             worst = max(moe_costs, key=lambda c: c.ep_fwd)
             per_call = sum(c.ep_fwd for c in moe_costs) / (2 * len(moe_costs))
-            calls = len(moe_costs) * m_mb * 2 * passes
+            calls = len(moe_costs) * m_mb * 2 * passes + reruns[1] * m_mb
             out.append(_coll("all_to_all", "ep", groups["ep"], st.index, worst.ep_bytes, calls,
                              per_call, per_call * calls, "ep-comm"))
         v = s.virtual_stages  # interleaved: a send per chunk boundary
@@ -169,6 +173,16 @@ def dominant_term(timing: dict[str, Any]) -> str:
     return max(PHASES, key=lambda k: timing.get(k, 0.0)).removesuffix("_s")
 
 
+def _block_reruns(p: Problem, s: Strategy, st: StageCost) -> tuple[int, int]:
+    """TP block collectives and all-to-alls per micro-batch that the stage's selective
+    recompute runs again (a checkpointed dense MLP or MoE layer) [recompute-modules]."""
+    if not p.training or s.recompute != "selective":
+        return 0, 0
+    runs = [block_reruns(p.model, x, s.recompute_modules)
+            for x in range(st.first_layer, st.end_layer)]
+    return sum(r[0] for r in runs), sum(r[1] for r in runs)
+
+
 def _elementwise(p: Problem, s: Strategy, st: StageCost) -> float:
     """Per micro-batch: the memory-bound kernels' share of the stage's compute (forward,
     EW_BWD x in the backward, again when recomputed)."""
@@ -177,10 +191,7 @@ def _elementwise(p: Problem, s: Strategy, st: StageCost) -> float:
         for c in lc.components:
             total += c.ew_s
             if p.training:
-                again = s.recompute == "full" and lc.recompute > 0 or (
-                    s.recompute == "selective" and c.role == "heads")
-                total += (EW_BWD * (c.ew_s - c.cast_s) + c.cast_bwd_s
-                          + (c.ew_s if again else 0.0))
+                total += EW_BWD * (c.ew_s - c.cast_s) + c.cast_bwd_s + rerun_ew(c)
     return total
 
 

@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from ..cost.layer import Problem
 from ..cost.pipeline import SplitError, megatron_bounds
 from ..cost.strategy import RECOMPUTE, SPLIT_KEYS, Strategy, StrategyError
+from ..errors import InputError
+from ..model.recompute import DEFAULT_MODULES, canonical, module_error, searched_module_sets
+from ..spec import ModelSpec
 
 PIN_KEYS = ("tp", "pp", "dp", "ep", "etp", "micro_batch", "num_micro_batches", "recompute",
             "zero", "sequence_parallel", "virtual_stages", "overlap_grad_reduce",
-            "overlap_tp_comm", "spare_slots", *SPLIT_KEYS)
+            "overlap_tp_comm", "spare_slots", "recompute_modules", *SPLIT_KEYS)
 SPARE_CHOICES = (0, 1, 2)  # redundant expert slots per GPU tried under a skewed load
 
 
@@ -74,7 +77,7 @@ def _options(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb:
     training = p.workload.kind == "training"
     if pins.get("num_micro_batches", nmb) != nmb:
         return
-    recomputes = RECOMPUTE if training else ("none",)
+    recomputes = recompute_choices(p, pins) if training else (("none", ()),)
     sharded = dp > 1 or (p.model.is_moe and (tp * dp) // (ep * etp) > 1)
     zeros = (1, 2, 3) if (training and sharded) else (0,)
     vs = [v for v in virtual_choices(p.model.layers, pp)
@@ -112,6 +115,43 @@ def _split_ok(layers: int, pp: int, v: int, flags: dict) -> bool:
     return True
 
 
+def recompute_modules_pin(pins: dict, m: ModelSpec) -> tuple[str, ...]:
+    """The pinned `recompute_modules` (a list or a comma-separated string) as a canonical
+    tuple; a bad one is an InputError naming the pin."""
+    raw = pins["recompute_modules"]
+    mods = tuple(x.strip() for x in raw.split(",") if x.strip()) if isinstance(raw, str) \
+        else tuple(raw)
+    why = module_error(mods, m) if mods else "give at least one module"
+    if why is None and pins.get("recompute", "selective") != "selective":
+        why = f"modules need recompute 'selective', not {pins['recompute']!r}"
+    if why:
+        raise InputError("pins", "recompute_modules", why)
+    return canonical(mods)
+
+
+def recompute_choices(p: Problem, pins: dict) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(granularity, modules) pairs a training search tries [recompute-modules]: none, the
+    selective sets of `searched_module_sets` (today's attention-core-only where it saves
+    memory, the cheap set of norms / MoE activation / MLA up-projections) and full; pinned
+    modules mean selective with exactly those, a pinned `selective` alone Megatron's default
+    (core_attn)."""
+    if "recompute_modules" in pins:
+        mods = canonical(tuple(pins["recompute_modules"]))
+        return (("selective", mods),) if pins.get("recompute", "selective") == "selective" \
+            else ()
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for rc in RECOMPUTE:
+        if pins.get("recompute", rc) != rc:
+            continue
+        if rc != "selective":
+            out.append((rc, ()))
+        elif "recompute" in pins:
+            out.append((rc, DEFAULT_MODULES))
+        else:
+            out += [(rc, mods) for mods in searched_module_sets(p.model, p.flash_attention)]
+    return tuple(out)
+
+
 def _spare_choices(p: Problem, ep: int, pins: dict) -> tuple[int, ...]:
     """Redundant expert slots: what the user fixed, else a few when the load is skewed (the
     search weighs their memory against the balance they buy); none for a uniform load, where
@@ -128,14 +168,12 @@ def _spare_choices(p: Problem, ep: int, pins: dict) -> tuple[int, ...]:
 def _variants(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb: int,
               recomputes: tuple, zeros: tuple, vs: list, flags: dict, pins: dict,
               out: list[Strategy]) -> None:
-    for rc in recomputes:
-        if pins.get("recompute", rc) != rc:
-            continue
+    for rc, mods in recomputes:
         for z in ([pins["zero"]] if "zero" in pins else zeros):
             sps = (tp > 1,) if "sequence_parallel" not in pins else (pins["sequence_parallel"],)
             for sp, v in ((sp, v) for sp in sps for v in vs):
                 try:
                     out.append(Strategy(G, tp, pp, dp, ep, etp, mb, nmb, rc, z, sp, v,
-                                        **flags))
+                                        **flags, recompute_modules=mods))
                 except StrategyError:
                     continue
