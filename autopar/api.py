@@ -15,7 +15,7 @@ from .cost.fp8 import check_recipe, check_weights
 from .cost.layer import Problem
 from .errors import InfeasibleError, InputError
 from .plan import Plan, build_plan
-from .search import PIN_KEYS, SearchOptions, fewest_gpus, fits, search
+from .search import PIN_KEYS, SearchOptions, check_cp_pins, fewest_gpus, fits, search
 from .search.deadline import Deadline, check_time_limit
 from .search.experts import placements_for
 from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
@@ -105,6 +105,7 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     bad = [k for k in pins if k not in PIN_KEYS]
     if bad:
         raise InputError("pins", bad[0], f"unknown option; known: {', '.join(PIN_KEYS)}")
+    check_cp_pins(p, pins)
     opts = SearchOptions(pins=pins, time_limit_s=time_limit_s, seed=seed, workers=workers)
     from .serve.plan import serve, wants_serving
 

@@ -73,7 +73,7 @@ def stage_casts(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Any, stage: in
             casts += fwd * (2 if lay.recompute == "full" else 1)
             casts += _cast_s(rows * n, b, r, 2, False, bw, floor)
             count = fullest.get(layer, m.experts) if c.is_expert else 1
-            z3 = (lay.edp if c.is_expert else lay.dp) if lay.zero >= 3 else 1
+            z3 = (lay.edp if c.is_expert else lay.dp_cp) if lay.zero >= 3 else 1
             per = c.params / (lay.etp if c.is_expert else lay.tp) / z3  # the stored shard
             weights += count * _cast_s(per, b, r, 2, True, bw, floor)
     return casts, weights

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..model.components import Component, embedding_components, head_components, layer_components
 from ..spec import HardwareSpec, ModelSpec, Workload
+from .cp_attention import cp_collective
 from .fp8 import copy_bytes_per_param
 from .links import link_bw as _link_bw
 
@@ -19,8 +20,9 @@ from .links import link_bw as _link_bw
 # --------------------------------------------------------------------------- layout
 @dataclass(frozen=True)
 class Layout:
-    """The degrees a plan states, with Megatron's rank order: TP fastest, then DP, then PP;
-    inside a stage the experts fold onto the same TP x DP GPUs as ETP, EP, then EDP."""
+    """The degrees a plan states, with Megatron's rank order: TP fastest, then CP, then DP,
+    then PP; inside a stage the experts fold onto the same TP x CP x DP GPUs as ETP, EP, then
+    EDP. A plan without `cp` has none (cp = 1)."""
 
     num_gpus: int
     tp: int
@@ -35,6 +37,8 @@ class Layout:
     sequence_parallel: bool
     stage_layers: tuple[tuple[int, int], ...]
     virtual_stages: int = 1  # interleaved 1F1B: model chunks per pipeline stage
+    cp: int = 1  # context parallelism: each sequence split over cp ranks [cp-attention]
+    cp_comm: str = "p2p"
 
     @staticmethod
     def from_strategy(s: dict) -> Layout:
@@ -43,11 +47,17 @@ class Layout:
                       int(s["num_micro_batches"]), s["recompute"], int(s["zero"]),
                       bool(s["sequence_parallel"]),
                       tuple((int(a), int(b)) for a, b in s["stage_layers"]),
-                      int(s.get("virtual_stages", 1)))
+                      int(s.get("virtual_stages", 1)), int(s.get("cp", 1)),
+                      str(s.get("cp_comm", "p2p")))
 
     @property
     def width(self) -> int:
-        return self.tp * self.dp
+        return self.tp * self.cp * self.dp
+
+    @property
+    def dp_cp(self) -> int:
+        """The gradient group (and ZeRO's shards): DP x CP GPUs hold the same weights."""
+        return self.dp * self.cp
 
     @property
     def edp(self) -> int:
@@ -55,17 +65,23 @@ class Layout:
 
     def coords(self, gpu: int) -> dict[str, int]:
         local = gpu % self.width
-        return {"stage": gpu // self.width, "tp_rank": local % self.tp,
-                "dp_rank": local // self.tp, "etp_rank": local % self.etp,
-                "ep_rank": (local // self.etp) % self.ep,
-                "edp_rank": local // (self.etp * self.ep)}
+        c = {"stage": gpu // self.width, "tp_rank": local % self.tp,
+             "dp_rank": local // (self.tp * self.cp), "etp_rank": local % self.etp,
+             "ep_rank": (local // self.etp) % self.ep,
+             "edp_rank": local // (self.etp * self.ep)}
+        if self.cp > 1:
+            c["cp_rank"] = local // self.tp % self.cp
+        return c
 
     def groups(self, kind: str) -> list[list[int]]:
-        """Every group of one kind ("tp", "dp", "ep", "edp"), as GPU ids."""
+        """Every group of one kind ("tp", "cp", "dp", "ep", "edp"), as GPU ids; "dp" is the
+        gradient group, DP x CP GPUs."""
         out: dict[tuple, list[int]] = {}
         for g in range(self.num_gpus):
             c = self.coords(g)
-            key = {"tp": (c["stage"], c["dp_rank"]),
+            cp = c.get("cp_rank", 0)
+            key = {"tp": (c["stage"], cp, c["dp_rank"]),
+                   "cp": (c["stage"], c["tp_rank"], c["dp_rank"]),
                    "dp": (c["stage"], c["tp_rank"]),
                    "ep": (c["stage"], c["edp_rank"], c["etp_rank"]),
                    "edp": (c["stage"], c["ep_rank"], c["etp_rank"])}[kind]
@@ -105,7 +121,8 @@ def gemm_dtype(m: ModelSpec, w: Workload | None) -> str:
 
 
 def tokens_per_micro_batch(w: Workload, lay: Layout) -> int:
-    return lay.micro_batch * w.tokens_per_sample
+    """On one GPU: a CP rank holds 1 / cp of each sequence."""
+    return lay.micro_batch * w.tokens_per_sample // lay.cp
 
 
 def samples_per_replica(w: Workload, lay: Layout) -> int:
@@ -212,7 +229,7 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
     out["reserved_bytes"] = hw.reserved_bytes
     if w.kind == "training":
         def shard(level: int) -> tuple[int, int]:
-            return (lay.dp, lay.edp) if lay.zero >= level else (1, 1)
+            return (lay.dp_cp, lay.edp) if lay.zero >= level else (1, 1)
 
         for key, per_param, level in (("weights_bytes", b, 3),
                                       ("gradients_bytes", w.grad_bytes, 2),
@@ -292,6 +309,8 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
                 out[("tp", k, part)] = Collective(
                     "all_reduce", t, Se, lay.num_micro_batches * (2 if training else 1),
                     2 * (t - 1) / t * Se / bw)
+        if lay.cp > 1:  # [cp-attention] the KV exchange of every layer and pass
+            out[("cp", k, "")] = Collective(*cp_collective(m, hw, w, lay, n))
         if n_moe and (lay.ep > 1 or lay.etp > 1) and not experts_in_tp_group(w, lay):
             S = T / lay.tp * m.top_k * h * b
             e = lay.ep
@@ -310,10 +329,10 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
             if training and sends_b:
                 out[("pp", k, "backward")] = Collective(
                     "send_recv", 2, S, lay.num_micro_batches * sends_b, S / bw)
-        if training and (lay.dp > 1 or (m.is_moe and lay.edp > 1)):
+        if training and (lay.dp_cp > 1 or (m.is_moe and lay.edp > 1)):
             params = stage_params(m, lay, k, {}).dense
             S = params * w.grad_bytes
-            d = lay.dp
+            d = lay.dp_cp
             bw = _link_bw(hw, lay.groups("dp"))
             if lay.zero >= 1:  # reduce-scatter the gradients, all-gather the new weights
                 t_min = (d - 1) / d * (S + params * b) / bw
@@ -323,7 +342,7 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
                 "reduce_scatter+all_gather" if lay.zero >= 1 else "all_reduce", d, S, 1, t_min)
         if training and lay.zero >= 3:  # parameters gathered before forward and backward
             par = stage_params(m, lay, k, fullest or {})
-            for group, size, nbytes, kind in (("dp", lay.dp, par.dense * b, "dp"),
+            for group, size, nbytes, kind in (("dp", lay.dp_cp, par.dense * b, "dp"),
                                               ("edp", lay.edp, par.expert * b, "edp")):
                 if size > 1 and (group == "dp" or m.is_moe):
                     bw = _link_bw(hw, lay.groups(kind))
