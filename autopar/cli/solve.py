@@ -79,9 +79,10 @@ from .serving_flags import apply_targets, serving_options, serving_summary, solv
 @serving_options
 def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_len,
           output_len, expert_load, spare_slots, tp, pp, dp, ep, etp, cp, cp_comm, micro_batch,
-          recompute, zero, sequence_parallel, num_micro_batches, virtual_stages, overlap_grad_reduce,
-          tp_comm_overlap, flash_attention, async_tp_allreduce, fused_grad_accumulation,
-          precision, fp8_recipe, calibration, time_limit, seed, workers, quiet, **serving) -> None:
+          recompute, zero, sequence_parallel, num_micro_batches, virtual_stages,
+          overlap_grad_reduce, tp_comm_overlap, flash_attention, async_tp_allreduce,
+          fused_grad_accumulation, precision, fp8_recipe, calibration, time_limit, seed,
+          workers, quiet, **serving) -> None:
     """Find the fastest layout of MODEL on HW and write its deployment plan."""
 
     def run():

@@ -1,9 +1,9 @@
 """The layouts the search may choose: every degree and option combination the inputs allow.
 
 Degrees (TP, CP, PP, DP, EP, ETP, micro-batch, recompute, ZeRO, sequence parallel,
-interleaving, spare expert slots) are enumerated outside CP-SAT (reference/cpsat.md sec. 3.1), after the
-user's pins (`SearchOptions`, whose keys are `PIN_KEYS`) and the divisibility rules; the
-search then only bounds and solves this list.
+interleaving, spare expert slots) are enumerated outside CP-SAT (reference/cpsat.md sec.
+3.1), after the user's pins (`SearchOptions`, whose keys are `PIN_KEYS`) and the
+divisibility rules; the search then only bounds and solves this list.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def enumerate_strategies(p: Problem, opts: SearchOptions) -> list[Strategy]:
         if pp > m.layers or pins.get("pp", pp) != pp:
             continue
         W = G // pp
-        for cp, tp in ((cp, tp) for cp in cp_choices(p, W, pins) for tp in _divisors(W // cp)):
+        for cp, tp in ((c, t) for c in cp_choices(p, W, pins) for t in _divisors(W // c)):
             if pins.get("tp", tp) != tp or (tp > max_tp and "tp" not in pins):
                 continue
             heads_ok = m.heads % tp == 0 and (m.kv_heads % tp == 0 or tp % m.kv_heads == 0
