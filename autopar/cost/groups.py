@@ -26,7 +26,9 @@ def _groups(nodes: int, gpn: int, per_domain: int, topology: str, intra: LinkSpe
     hw = HardwareSpec("", GPUSpec("", 1.0, {}, 1.0), nodes, gpn, intra, inter,
                       nodes_per_domain=per_domain, intra_topology=topology)
     worst: dict[str, comm.GroupLink] = {}
-    for stage in range(pp):
+    D, W = gpn * per_domain, s.stage_width  # every stage sits on the domains alike when
+    alike = nodes % per_domain == 0 and (W % D == 0 or D % W == 0)  # they tile evenly
+    for stage in range(1 if alike else pp):
         g0 = stage * s.stage_width
         for name, members in (("tp", s.tp_group(g0)), ("dp", s.dp_group(g0)),
                               ("ep", s.ep_group(g0)), ("etp", s.etp_group(g0)),
