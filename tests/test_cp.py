@@ -155,3 +155,17 @@ def test_cp_pays_where_attention_dominates():
                             time_limit_s=20).to_json())
     assert plan["strategy"].get("cp", 1) > 1
     assert not errors(check_plan(plan))
+
+
+def test_fp8_cp_plan_passes_check():
+    """The fp8 casts follow a CP rank's tokens in the cost model and in the checker alike."""
+    from conftest import PROBLEMS
+
+    from autopar.spec import load_hardware
+
+    w = Workload("training", 8, 16384, precision="fp8")
+    plan = json.loads(solve(DENSE, load_hardware(PROBLEMS / "hw" / "h100-8x.yaml"), w,
+                            pins={"cp": 4, "zero": 3}, time_limit_s=5).to_json())
+    assert plan["strategy"]["cp"] == 4
+    found = check_plan(plan)
+    assert not errors(found), format_findings(found)

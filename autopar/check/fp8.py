@@ -42,7 +42,7 @@ def _cast_s(elems: float, b: float, r: str, copies: int, weights: bool, bw: floa
 
 def _linears(m: ModelSpec, w: Workload, lay: Any, layer: int, flash: bool):
     """Each fp8 linear layer of `layer`: (component, rows, k, n) of its GEMM on one GPU."""
-    T = lay.micro_batch * w.tokens_per_sample
+    T = lay.micro_batch * w.tokens_per_sample // getattr(lay, "cp", 1)  # a CP rank's share
     for c in layer_components(m, layer, w.context_len, w.causal, flash):
         k, n = c.gemm
         if c.role not in LINEAR or not k:
