@@ -80,7 +80,10 @@ def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, An
         expert = sum(c.params_expert for c in st.layer_costs)
         for group, t, nbytes in (("dp", st.param_gather_dp, dense * b),
                                  ("edp", st.param_gather_edp, expert * b)):
-            if t:
+            # listed wherever ZeRO-3 gathers, even when free (a stage with no experts on
+            # links without latency): `autopar check` expects every such gather
+            if t or (p.training and s.zero >= 3 and groups[group].size > 1
+                     and (group == "dp" or p.model.is_moe)):
                 out.append(_coll("all_gather", group, groups[group], st.index, nbytes,
                                  2 * m_mb, t, 2 * m_mb * t, "dp-comm", part="parameters"))
     return out
