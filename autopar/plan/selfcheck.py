@@ -87,6 +87,13 @@ def _layout(plan: dict) -> Layout:
 def check_degrees(plan: dict) -> dict[str, Any]:
     s, f = plan["strategy"], Findings()
     layout.check_degrees(f, s, s["num_gpus"], None)
+    cp = s.get("cp", 1)
+    if cp > 1:  # context parallelism: a stage is tp x cp x dp GPUs
+        w = s["tp"] * cp * s["dp"]
+        return _check("degrees_multiply", f,
+                      f"tp*cp*dp*pp = {s['tp']}*{cp}*{s['dp']}*{s['pp']} = {w * s['pp']} "
+                      f"(GPUs {s['num_gpus']}); ep*etp*edp = {s['ep']}*{s['etp']}*{s['edp']} "
+                      f"(tp*cp*dp {w})")
     return _check("degrees_multiply", f,
                   f"tp*dp*pp = {s['tp']}*{s['dp']}*{s['pp']} = {s['tp'] * s['dp'] * s['pp']} "
                   f"(GPUs {s['num_gpus']}); ep*etp*edp = {s['ep']}*{s['etp']}*{s['edp']} "
