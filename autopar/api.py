@@ -15,7 +15,7 @@ from .cost.fp8 import check_recipe, check_weights
 from .cost.layer import Problem
 from .errors import InfeasibleError, InputError
 from .plan import Plan, build_plan
-from .search import PIN_KEYS, SearchOptions, fewest_gpus, fits, search
+from .search import PIN_KEYS, SearchOptions, check_cp_pins, fewest_gpus, fits, search
 from .search.deadline import Deadline, check_time_limit
 from .search.degrees import recompute_modules_pin
 from .search.experts import placements_for
@@ -108,6 +108,7 @@ def solve(model: ModelSpec | ModelFile | str | Path,
         raise InputError("pins", bad[0], f"unknown option; known: {', '.join(PIN_KEYS)}")
     if "recompute_modules" in pins:
         pins["recompute_modules"] = recompute_modules_pin(pins, p.model)
+    check_cp_pins(p, pins)
     opts = SearchOptions(pins=pins, time_limit_s=time_limit_s, seed=seed, workers=workers)
     from .serve.plan import serve, wants_serving
 

@@ -54,6 +54,8 @@ CASES = [
     ("synthetic MoE 96 L x 512 E on 4096 H100", SYNTH, hw("h100-4096", "H100-SXM5-80GB", 512)),
     ("GPT-3 175B on 1024 A100", str(M / "gpt3-175b.yaml"),
      hw("a100-1024", "A100-SXM4-80GB", 128, intra=300, inter=25)),
+    ("Llama-3 405B at 128k tokens on 16384 H100", str(M / "llama3-405b-128k.yaml"),
+     str(H / "h100-2048node.yaml")),  # context parallelism in the space (issue 14)
 ]
 QUICK = {0, 1, 3}
 EXHAUSTIVE_BUDGET_S = 600.0
@@ -113,10 +115,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the three small cases only")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--time-limit", type=float, default=120.0)
-    ap.add_argument("--out", default=str(ROOT / "results" / "solver-scale.md"))
+    ap.add_argument("--out", default=None,
+                    help="default results/solver-scale.md; with --only: print the table only")
+    ap.add_argument("--only", default=None, help="run the cases whose name contains this")
     ap.add_argument("--replot", action="store_true",
                     help="redraw the PNG from the JSON of the last run, solving nothing")
     args = ap.parse_args()
+    only = args.only
+    if args.out is None and not only:
+        args.out = str(ROOT / "results" / "solver-scale.md")
     if args.replot:
         raw = json.loads(Path(args.out).with_suffix(".json").read_text())
         _plot([(c["case"], statistics.median(r["wall_s"] for r in c["runs"])) for c in raw
@@ -124,7 +131,7 @@ def main() -> None:
         return
     rows, raw = [], []
     for i, (name, model, hw_spec) in enumerate(CASES):
-        if args.quick and i not in QUICK:
+        if (args.quick and i not in QUICK) or (only and only not in name):
             continue
         runs = []
         for rep in range(args.repeats):
@@ -169,6 +176,9 @@ def main() -> None:
              "(enumeration, bounds, expert placement, stage cuts) in a fresh process.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    if args.out is None:  # one case alone: the table on stdout, the results left as they are
+        print("\n".join(lines))
+        return
     if all(r[1] == "error" for r in rows):  # a broken install, not a result: keep the old one
         sys.exit(f"every case failed (first: {rows[0][2]}); {args.out} left as it was")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

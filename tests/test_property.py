@@ -245,6 +245,36 @@ def test_every_generated_plan_passes_check():
     assert COVERED <= seen, f"no feasible plan exercises {sorted(COVERED - seen)}"
 
 
+def generate_cp(count: int = 48, seed: int = 14) -> list[Case]:
+    """Training problems with context parallelism pinned [cp-attention], from their own seeded
+    generator (the main set stays as it was): every exchange, recompute mode and ZeRO stage,
+    dense, MoE and MLA models, fp8 sometimes."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        per_node, nodes = rng.choice([2, 4, 8]), rng.choice([1, 1, 2, 4])
+        m = _model(rng, rng.choice(["dense", "moe", "mla"]), rng.choice([2, 4]))
+        hw = _hardware(rng, nodes, per_node, 80.0)
+        n = nodes * per_node
+        cp = rng.choice([c for c in (2, 4, 8) if n % c == 0])
+        seq = rng.choice([64, 128, 256])
+        pins = {"cp": cp, "cp_comm": rng.choice(["p2p", "p2p", "all_gather", "a2a"]),
+                "recompute": rng.choice(["none", "selective", "full"]),
+                "zero": rng.choice([0, 1, 2, 3])}
+        w = Workload("training", rng.randint(1, 8), seq,
+                     precision="fp8" if rng.random() < 0.3 else None)
+        out.append(Case(i, m, hw, w, pins, 0.5))
+    return out
+
+
+def test_generated_cp_plans_pass_check():
+    results = [(c, *run_case(c)) for c in generate_cp()]
+    fails = [f"{c.describe()}\n{detail}" for c, kind, detail, _ in results if kind == "fail"]
+    assert not fails, f"{len(fails)} CP plans fail check:\n" + "\n\n".join(fails[:3])
+    ok = sum(kind == "ok" for _, kind, _, _ in results)
+    assert ok >= len(results) * 3 // 4, f"only {ok} of {len(results)} CP problems feasible"
+
+
 if __name__ == "__main__":  # python tests/test_property.py [count]: counts and failures
     import sys
 

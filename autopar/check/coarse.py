@@ -17,8 +17,9 @@ from ..schema.rules import plan_schema
 from ..spec import GB
 from .echo import Inputs
 from .finding import Findings, close, fmt, is_num
+from .flops import model_flops_per_step
 from .layout import _ranges
-from .recompute import model_flops_per_step, static_bytes_lower_bound
+from .recompute import static_bytes_lower_bound
 
 # sections of the schema an older key stands in for (partially)
 STANDS_IN = {"strategy": "parallel_strategy", "gpus": "tensor_parallel_distribution",

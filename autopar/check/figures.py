@@ -7,14 +7,8 @@ from __future__ import annotations
 
 from ..spec import GB, HardwareSpec, ModelSpec, Workload
 from .finding import Findings, close, is_num
-from .recompute import (
-    Layout,
-    expected_collectives,
-    expected_memory,
-    hardware_flops_per_step,
-    model_flops_per_step,
-    pipeline_time,
-)
+from .flops import hardware_flops_per_step, model_flops_per_step
+from .recompute import Layout, expected_collectives, expected_memory, pipeline_time
 
 IDENTITY_TOL = 1e-6  # figures the plan derives from each other: only float noise
 RECOMPUTE_TOL = 1e-4  # figures recomputed here from the formulas of docs/cost-model.md
@@ -225,10 +219,11 @@ def check_exposed(f: Findings, plan: dict) -> None:
     def phase_of(c: dict) -> str:  # the per-stage timing figure a collective's exposure is in
         if c.get("part") == "parameters":
             return "param_gather_s"
-        return {"tp": "tp_comm_s", "ep": "ep_comm_s", "pp": "pp_comm_s",
+        return {"tp": "tp_comm_s", "ep": "ep_comm_s", "pp": "pp_comm_s", "cp": "cp_comm_s",
                 "dp": "dp_exposed_s"}.get(c["group"], "")
 
-    keys = ("tp_comm_s", "ep_comm_s", "pp_comm_s", "param_gather_s", "dp_exposed_s")
+    keys = ("tp_comm_s", "ep_comm_s", "pp_comm_s", "param_gather_s", "cp_comm_s",
+            "dp_exposed_s")
     for k, st in enumerate(t["per_stage"]):
         for key in keys:
             if key not in st:
@@ -243,7 +238,7 @@ def check_exposed(f: Findings, plan: dict) -> None:
     crit = t.get("critical_stage")
     if isinstance(crit, int) and 0 <= crit < len(t["per_stage"]):
         st = t["per_stage"][crit]
-        for key in keys[:4]:
+        for key in keys[:5]:
             name = key.removesuffix("_s") + "_exposed_s"
             if name in t and key in st and not close(t[name], st[key] * m, IDENTITY_TOL):
                 f.error("timing", f"timing.{name}", f"the critical stage's {key} x "
@@ -255,7 +250,9 @@ def check_exposed(f: Findings, plan: dict) -> None:
 
 
 _COMM_FORMULA = {"tp": "T x hidden x dtype bytes", "ep": "T / tp x top_k x hidden x dtype bytes",
-                 "pp": "T x hidden x dtype bytes / tp", "dp": "stage parameters x grad bytes"}
+                 "pp": "T x hidden x dtype bytes / tp", "dp": "stage parameters x grad bytes",
+                 "cp": "T / cp x K and V bytes per token on one GPU (x cp gathered; + Q and "
+                       "output for a2a)"}
 
 
 # --------------------------------------------------------------------------- timing
@@ -264,6 +261,7 @@ PHASES = ("forward_s", "backward_s", "recompute_s", "tp_comm_exposed_s", "ep_com
           "optimizer_s")  # the step's phases (docs/cost-model.md, timing phases)
 STAGE_PARTS = ("forward_compute_s", "backward_compute_s", "recompute_s", "tp_comm_s",
                "ep_comm_s", "pp_comm_s", "param_gather_s")
+CP_PHASE, CP_PART = "cp_comm_exposed_s", "cp_comm_s"  # in plans with CP only [cp-attention]
 
 
 def check_timing(f: Findings, plan: dict, lay: Layout | None) -> None:
@@ -298,12 +296,12 @@ def check_timing(f: Findings, plan: dict, lay: Layout | None) -> None:
                     t["step_time_s"], step)
     for k, st in enumerate(stages):  # a micro-batch's time is its compute and exposed comm
         if all(is_num(st.get(x)) for x in (*STAGE_PARTS, "per_micro_batch_s")):
-            parts = sum(st[x] for x in STAGE_PARTS)
+            parts = sum(st[x] for x in STAGE_PARTS) + st.get(CP_PART, 0.0)
             if not close(st["per_micro_batch_s"], parts, IDENTITY_TOL):
                 f.error("timing", f"timing.per_stage[{k}].per_micro_batch_s", "the sum of its "
                         "compute and exposed communication", st["per_micro_batch_s"], parts)
     if all(is_num(t.get(x)) for x in PHASES):  # [timing phases] they add up to the step
-        total = sum(t[x] for x in PHASES)
+        total = sum(t[x] for x in PHASES) + t.get(CP_PHASE, 0.0)
         if not close(total, t["step_time_s"], IDENTITY_TOL):
             f.error("timing", "timing", f"the phases {', '.join(PHASES)} add up to the step "
                     "time", total, t["step_time_s"])

@@ -55,7 +55,7 @@ def _rerun_shares(m: ModelSpec, w: Workload, lay: Any, layer: int,
 
 def _linears(m: ModelSpec, w: Workload, lay: Any, layer: int, flash: bool):
     """Each fp8 linear layer of `layer`: (component, rows, k, n) of its GEMM on one GPU."""
-    T = lay.micro_batch * w.tokens_per_sample
+    T = lay.micro_batch * w.tokens_per_sample // getattr(lay, "cp", 1)  # a CP rank's share
     for c in layer_components(m, layer, w.context_len, w.causal, flash):
         k, n = c.gemm
         if c.role not in LINEAR or not k:
@@ -87,7 +87,7 @@ def stage_casts(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Any, stage: in
             casts += fwd * (1 + again[c.name])  # the recomputed GEMM quantizes again
             casts += _cast_s(rows * n, b, r, 2, False, bw, floor)
             count = fullest.get(layer, m.experts) if c.is_expert else 1
-            z3 = (lay.edp if c.is_expert else lay.dp) if lay.zero >= 3 else 1
+            z3 = (lay.edp if c.is_expert else lay.dp_cp) if lay.zero >= 3 else 1
             per = c.params / (lay.etp if c.is_expert else lay.tp) / z3  # the stored shard
             weights += count * _cast_s(per, b, r, 2, True, bw, floor)
     return casts, weights

@@ -30,17 +30,21 @@ def _ranges(xs: list[int]) -> str:
 
 # --------------------------------------------------------------------------- degrees
 def check_degrees(f: Findings, s: dict, num_gpus: int, w: Workload | None) -> Layout | None:
-    """tp x dp x pp = GPUs, the expert folding ep x etp x edp = tp x dp, and the batch split;
-    returns the layout when it is sound enough to check anything that depends on it."""
+    """tp x cp x dp x pp = GPUs, the expert folding ep x etp x edp = tp x cp x dp, and the
+    batch and sequence split; returns the layout when it is sound enough to check anything
+    that depends on it."""
     n0 = len(f.items)
     tp, pp, dp, ep, etp = (int(s[k]) for k in ("tp", "pp", "dp", "ep", "etp"))
+    cp = int(s.get("cp", 1))
     if s["num_gpus"] != num_gpus:
         f.error("degrees", "strategy.num_gpus", "the plan is for another GPU count than the "
                 "hardware", s["num_gpus"], num_gpus)
-    if tp * dp * pp != num_gpus:
-        f.error("degrees", "strategy", "tp x dp x pp must equal the GPU count",
-                f"tp x dp x pp = {tp}x{dp}x{pp} = {tp * dp * pp}", num_gpus)
-    width = tp * dp
+    if tp * cp * dp * pp != num_gpus:
+        f.error("degrees", "strategy", "tp x cp x dp x pp must equal the GPU count",
+                f"tp x cp x dp x pp = {tp}x{cp}x{dp}x{pp} = {tp * cp * dp * pp}", num_gpus)
+    width = tp * cp * dp
+    if cp > 1:
+        _check_cp(f, s, cp, w)
     if width % (ep * etp):
         f.error("degrees", "strategy.ep", "experts fold onto the tp x dp GPUs of a stage: "
                 "ep x etp must divide tp x dp", f"ep x etp = {ep}x{etp} = {ep * etp}",
@@ -72,6 +76,21 @@ def check_degrees(f: Findings, s: dict, num_gpus: int, w: Workload | None) -> La
     return Layout.from_strategy(s)
 
 
+def _check_cp(f: Findings, s: dict, cp: int, w: Workload | None) -> None:
+    """[cp-attention] CP is a training split of the sequence into 2 cp load-balanced chunks."""
+    if s.get("cp_comm", "p2p") not in ("p2p", "all_gather", "a2a"):
+        f.error("degrees", "strategy.cp_comm", "one of p2p, all_gather, a2a", s["cp_comm"],
+                "p2p")
+    if w is None:
+        return
+    if w.kind != "training":
+        f.error("degrees", "strategy.cp", "context parallelism splits training sequences",
+                cp, 1)
+    elif w.seq_len % (2 * cp):
+        f.error("degrees", "strategy.cp", "the sequence splits into 2 x cp equal chunks",
+                f"{w.seq_len} tokens over cp {cp}", f"cp with 2 cp dividing {w.seq_len}")
+
+
 def check_ranks(f: Findings, gpus: list[dict], lay: Layout, hw: HardwareSpec | None) -> None:
     """Each GPU's id, stage, node and ranks follow the Megatron rank order of the degrees."""
     if len(gpus) != lay.num_gpus:
@@ -87,7 +106,7 @@ def check_ranks(f: Findings, gpus: list[dict], lay: Layout, hw: HardwareSpec | N
         for k, v in c.items():
             if k in ranks and ranks[k] != v:
                 f.error("degrees", f"gpus[{i}].ranks.{k}",
-                        "rank order: TP fastest, then DP, then PP (experts: ETP, EP, EDP)",
+                        "rank order: TP fastest, then CP, DP, PP (experts: ETP, EP, EDP)",
                         ranks[k], v)
         if hw is not None and g["node"] != i // hw.gpus_per_node:
             f.error("degrees", f"gpus[{i}].node", "node = id // gpus_per_node", g["node"],

@@ -59,7 +59,7 @@ def link_names(hw: HardwareSpec, groups: list[list[int]]) -> set[str]:
 
 def check_links(f: Findings, plan: dict, hw: HardwareSpec, lay) -> None:
     """Each collective's `link` is the one its group spans on this hardware's domains."""
-    kinds = {"tp": "tp", "ep": "ep", "dp": "dp", "edp": "edp"}
+    kinds = {"tp": "tp", "ep": "ep", "dp": "dp", "edp": "edp", "cp": "cp"}
     want = {k: link_names(hw, lay.groups(k)) for k in kinds}
     for i, c in enumerate(plan.get("communication") or []):
         kind = kinds.get(c.get("group"))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ..model.components import Component, embedding_components, head_components, layer_components
 from ..model.recompute import block_reruns, module_reruns
 from ..spec import HardwareSpec, ModelSpec, Workload
+from .cp_attention import cp_collective
 from .fp8 import copy_bytes_per_param
 from .links import link_bw as _link_bw
 
@@ -20,8 +21,9 @@ from .links import link_bw as _link_bw
 # --------------------------------------------------------------------------- layout
 @dataclass(frozen=True)
 class Layout:
-    """The degrees a plan states, with Megatron's rank order: TP fastest, then DP, then PP;
-    inside a stage the experts fold onto the same TP x DP GPUs as ETP, EP, then EDP."""
+    """The degrees a plan states, with Megatron's rank order: TP fastest, then CP, then DP,
+    then PP; inside a stage the experts fold onto the same TP x CP x DP GPUs as ETP, EP, then
+    EDP. A plan without `cp` has none (cp = 1)."""
 
     num_gpus: int
     tp: int
@@ -37,6 +39,8 @@ class Layout:
     stage_layers: tuple[tuple[int, int], ...]
     virtual_stages: int = 1  # interleaved 1F1B: model chunks per pipeline stage
     recompute_modules: tuple[str, ...] = ()  # selective: Megatron-Core's modules
+    cp: int = 1  # context parallelism: each sequence split over cp ranks [cp-attention]
+    cp_comm: str = "p2p"
 
     @staticmethod
     def from_strategy(s: dict) -> Layout:
@@ -47,7 +51,8 @@ class Layout:
                       int(s["num_micro_batches"]), s["recompute"], int(s["zero"]),
                       bool(s["sequence_parallel"]),
                       tuple((int(a), int(b)) for a, b in s["stage_layers"]),
-                      int(s.get("virtual_stages", 1)), mods)
+                      int(s.get("virtual_stages", 1)), mods, int(s.get("cp", 1)),
+                      str(s.get("cp_comm", "p2p")))
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -56,7 +61,12 @@ class Layout:
 
     @property
     def width(self) -> int:
-        return self.tp * self.dp
+        return self.tp * self.cp * self.dp
+
+    @property
+    def dp_cp(self) -> int:
+        """The gradient group (and ZeRO's shards): DP x CP GPUs hold the same weights."""
+        return self.dp * self.cp
 
     @property
     def edp(self) -> int:
@@ -64,17 +74,23 @@ class Layout:
 
     def coords(self, gpu: int) -> dict[str, int]:
         local = gpu % self.width
-        return {"stage": gpu // self.width, "tp_rank": local % self.tp,
-                "dp_rank": local // self.tp, "etp_rank": local % self.etp,
-                "ep_rank": (local // self.etp) % self.ep,
-                "edp_rank": local // (self.etp * self.ep)}
+        c = {"stage": gpu // self.width, "tp_rank": local % self.tp,
+             "dp_rank": local // (self.tp * self.cp), "etp_rank": local % self.etp,
+             "ep_rank": (local // self.etp) % self.ep,
+             "edp_rank": local // (self.etp * self.ep)}
+        if self.cp > 1:
+            c["cp_rank"] = local // self.tp % self.cp
+        return c
 
     def groups(self, kind: str) -> list[list[int]]:
-        """Every group of one kind ("tp", "dp", "ep", "edp"), as GPU ids."""
+        """Every group of one kind ("tp", "cp", "dp", "ep", "edp"), as GPU ids; "dp" is the
+        gradient group, DP x CP GPUs."""
         out: dict[tuple, list[int]] = {}
         for g in range(self.num_gpus):
             c = self.coords(g)
-            key = {"tp": (c["stage"], c["dp_rank"]),
+            cp = c.get("cp_rank", 0)
+            key = {"tp": (c["stage"], cp, c["dp_rank"]),
+                   "cp": (c["stage"], c["tp_rank"], c["dp_rank"]),
                    "dp": (c["stage"], c["tp_rank"]),
                    "ep": (c["stage"], c["edp_rank"], c["etp_rank"]),
                    "edp": (c["stage"], c["ep_rank"], c["etp_rank"])}[kind]
@@ -122,7 +138,8 @@ def gemm_dtype(m: ModelSpec, w: Workload | None) -> str:
 
 
 def tokens_per_micro_batch(w: Workload, lay: Layout) -> int:
-    return lay.micro_batch * w.tokens_per_sample
+    """On one GPU: a CP rank holds 1 / cp of each sequence."""
+    return lay.micro_batch * w.tokens_per_sample // lay.cp
 
 
 def samples_per_replica(w: Workload, lay: Layout) -> int:
@@ -235,7 +252,7 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
     out["reserved_bytes"] = hw.reserved_bytes
     if w.kind == "training":
         def shard(level: int) -> tuple[int, int]:
-            return (lay.dp, lay.edp) if lay.zero >= level else (1, 1)
+            return (lay.dp_cp, lay.edp) if lay.zero >= level else (1, 1)
 
         for key, per_param, level in (("weights_bytes", b, 3),
                                       ("gradients_bytes", w.grad_bytes, 2),
@@ -321,6 +338,8 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
                 out[("tp", k, part)] = Collective(
                     "all_reduce", t, Se, lay.num_micro_batches * (2 if training else 1),
                     2 * (t - 1) / t * Se / bw)
+        if lay.cp > 1:  # [cp-attention] the KV exchange of every layer and pass
+            out[("cp", k, "")] = Collective(*cp_collective(m, hw, w, lay, n))
         if n_moe and (lay.ep > 1 or lay.etp > 1) and not experts_in_tp_group(w, lay):
             S = T / lay.tp * m.top_k * h * b
             e = lay.ep
@@ -340,10 +359,10 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
             if training and sends_b:
                 out[("pp", k, "backward")] = Collective(
                     "send_recv", 2, S, lay.num_micro_batches * sends_b, S / bw)
-        if training and (lay.dp > 1 or (m.is_moe and lay.edp > 1)):
+        if training and (lay.dp_cp > 1 or (m.is_moe and lay.edp > 1)):
             params = stage_params(m, lay, k, {}).dense
             S = params * w.grad_bytes
-            d = lay.dp
+            d = lay.dp_cp
             bw = _link_bw(hw, lay.groups("dp"))
             if lay.zero >= 1:  # reduce-scatter the gradients, all-gather the new weights
                 t_min = (d - 1) / d * (S + params * b) / bw
@@ -353,7 +372,7 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
                 "reduce_scatter+all_gather" if lay.zero >= 1 else "all_reduce", d, S, 1, t_min)
         if training and lay.zero >= 3:  # parameters gathered before forward and backward
             par = stage_params(m, lay, k, fullest or {})
-            for group, size, nbytes, kind in (("dp", lay.dp, par.dense * b, "dp"),
+            for group, size, nbytes, kind in (("dp", lay.dp_cp, par.dense * b, "dp"),
                                               ("edp", lay.edp, par.expert * b, "edp")):
                 if size > 1 and (group == "dp" or m.is_moe):
                     bw = _link_bw(hw, lay.groups(kind))
@@ -361,60 +380,3 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
                         "all_gather", size, nbytes, 2 * lay.num_micro_batches,
                         (size - 1) / size * nbytes / bw)
     return out
-
-
-# --------------------------------------------------------------------------- FLOPs
-def decoding(w: Workload) -> bool:
-    return w.kind != "training" and w.phase == "decode"
-
-
-def layer_flops(m: ModelSpec, w: Workload, layer: int,
-                flash: bool = True) -> list[tuple[Component, float]]:
-    """Each component of a layer with its forward FLOPs per token it processes; a decode
-    token attends to its whole context, MLA with its up-projections absorbed
-    [decode-attention] (`components` holds the rule)."""
-    return [(c, c.flops_per_token) for c in layer_components(
-        m, layer, w.context_len, w.causal, flash, decode=decoding(w))]
-
-
-def forward_flops_per_token(m: ModelSpec, w: Workload) -> float:
-    """Model forward FLOPs per processed token (top_k experts per token); a prefill computes
-    logits for the last position only."""
-    f = sum(fl * (m.top_k if c.is_expert else 1)
-            for layer in range(m.layers) for c, fl in layer_flops(m, w, layer))
-    head = sum(c.flops_per_token for c in head_components(m))
-    if w.kind != "training" and w.phase == "prefill":
-        head /= w.input_len
-    return f + head
-
-
-def model_flops_per_step(m: ModelSpec, w: Workload) -> float:
-    """Model FLOPs of one step, no recompute: forward x 3 when training [metrics]."""
-    passes = 3 if w.kind == "training" else 1
-    return forward_flops_per_token(m, w) * w.batch * w.tokens_per_sample * passes
-
-
-def hardware_flops_per_step(m: ModelSpec, w: Workload, recompute: str, tp: int,
-                            sequence_parallel: bool, flash: bool = True,
-                            modules: tuple[str, ...] = ("core_attn",)) -> float:
-    """FLOPs all GPUs run in one step [flops]: tokens x FLOPs/token x passes, plus one more
-    forward under full recompute (the recomputed modules' kernels under selective), and the
-    replicated components (norms, router) run on every TP rank unless sequence parallelism
-    splits them."""
-    tokens = w.batch * w.tokens_per_sample
-    passes = 3 if w.kind == "training" else 1
-    total = 0.0
-    for layer in range(m.layers):
-        pairs = layer_flops(m, w, layer, flash)
-        reruns = module_reruns(m, [c for c, _ in pairs], modules if recompute == "selective"
-                               else (), flash, w.context_len)
-        for (c, fl), r in zip(pairs, reruns, strict=True):
-            extra = 1 if recompute == "full" else r.gemm
-            mult = m.top_k if c.is_expert else 1
-            repl = tp if c.role == "replicated" and not sequence_parallel else 1
-            total += tokens * fl * mult * repl * (passes + extra)
-    head_tokens = w.batch if w.kind != "training" and w.phase == "prefill" else tokens
-    for c in head_components(m) + embedding_components(m):
-        repl = tp if c.role == "replicated" and not sequence_parallel else 1
-        total += head_tokens * c.flops_per_token * repl * passes
-    return total

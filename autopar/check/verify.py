@@ -37,11 +37,12 @@ from .figures import (
     check_timing,
 )
 from .finding import Finding, Findings, fmt
+from .flops import model_flops_per_step
 from .fp8 import check_fp8_timing
 from .layout import check_degrees, check_divisibility, check_ranks, check_stages
 from .links import check_links
 from .placement import check_experts, check_shards
-from .recompute import gemm_dtype, model_flops_per_step
+from .recompute import gemm_dtype
 
 __all__ = ["Finding", "check_plan", "resolve_inputs", "format_findings", "exit_code"]
 

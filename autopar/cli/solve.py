@@ -37,6 +37,12 @@ from .serving_flags import apply_targets, serving_options, serving_summary, solv
 @opt.request_lengths
 @opt.spare_slots
 @opt.degree_pins
+@click.option("--cp", type=click.IntRange(1, 100_000), default=None,
+              help="pin the context-parallel degree (training: each sequence split over cp "
+                   "ranks, Megatron's --context-parallel-size)")
+@click.option("--cp-comm", type=click.Choice(["p2p", "all_gather", "a2a"]), default=None,
+              help="how attention exchanges KV over the CP group (Megatron's --cp-comm-type; "
+                   "default p2p, the ring)")
 @click.option("--micro-batch", type=click.IntRange(1, 10_000_000), default=None,
               help="pin the micro-batch size (samples)")
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None,
@@ -84,9 +90,10 @@ from .serving_flags import apply_targets, serving_options, serving_summary, solv
 @click.option("--quiet", is_flag=True, help="no table and no progress on the terminal")
 @serving_options
 def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_len,
-          output_len, expert_load, spare_slots, tp, pp, dp, ep, etp, micro_batch, recompute,
-          recompute_modules, zero, sequence_parallel, num_micro_batches, virtual_stages,
-          first_stage_layers, last_stage_layers, embedding_in_split, loss_in_split,
+          output_len, expert_load, spare_slots, tp, pp, dp, ep, etp, cp, cp_comm, micro_batch,
+          recompute, recompute_modules, zero, sequence_parallel, num_micro_batches,
+          virtual_stages, first_stage_layers, last_stage_layers, embedding_in_split,
+          loss_in_split,
           overlap_grad_reduce, tp_comm_overlap, flash_attention, async_tp_allreduce,
           fused_grad_accumulation, precision, fp8_recipe, calibration, time_limit, seed,
           workers, quiet, **serving) -> None:
@@ -101,7 +108,8 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
         if wl is None:
             raise InputError(model_path, "workload",
                              "no workload section; pass --kind and --batch/--seq-len etc.")
-        pins = {k: v for k, v in dict(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp,
+        pins = {k: v for k, v in dict(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp, cp=cp,
+                                      cp_comm=cp_comm,
                                       micro_batch=micro_batch, recompute=recompute,
                                       recompute_modules=recompute_modules, zero=zero,
                                       sequence_parallel=sequence_parallel,

@@ -29,7 +29,8 @@ def group_link(hw: HardwareSpec, gpus: list[int]) -> GroupLink:
     members in each runs g rings at once, each leaving its domain through its own member's
     NIC, so it moves g x the per-GPU NIC rate (capped by NVLink, which every ring also
     crosses; on a mesh, by the g - 1 links among the g: `HardwareSpec.intra_rate`)."""
-    members = Counter(hw.domain_of(g) for g in gpus)  # domain -> members in it
+    per = hw.gpus_per_node * hw.nodes_per_domain  # GPUs a domain holds: hw.domain_of
+    members = Counter(map(per.__rfloordiv__, gpus))  # domain -> members in it
     n = len(gpus)
     if n == 1:
         return GroupLink(1, 1, hw.intra, 0.0, "local")

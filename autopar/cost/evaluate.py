@@ -139,9 +139,10 @@ def _stage_memory(p: Problem, s: Strategy, stage: int, layers: list[LayerCost],
     repl = sum(c.params_replicated for c in layers) + sum(c.params_replicated for c in edges)
     mem = Memory(reserved=p.hw.reserved_bytes)
     if p.training:
-        shard_w = (s.dp, s.edp) if s.zero >= 3 else (1, 1)
-        shard_g = (s.dp, s.edp) if s.zero >= 2 else (1, 1)
-        shard_o = (s.dp, s.edp) if s.zero >= 1 else (1, 1)
+        # ZeRO shards over the gradient group: DP x CP [cp-attention]
+        shard_w = (s.dp_cp, s.edp) if s.zero >= 3 else (1, 1)
+        shard_g = (s.dp_cp, s.edp) if s.zero >= 2 else (1, 1)
+        shard_o = (s.dp_cp, s.edp) if s.zero >= 1 else (1, 1)
         mem.weights = b * (dense / shard_w[0] + expert / shard_w[1])
         gb, ob = p.workload.grad_bytes, p.workload.optimizer_bytes
         mem.gradients = gb * (dense / shard_g[0] + expert / shard_g[1])
@@ -185,7 +186,7 @@ class Context:
         emb, head = edge_cost(p, s, "embedding"), edge_cost(p, s, "lm_head")
         if p.model.tie_embeddings and s.pp == 1:  # one shared table on the only stage
             head.params -= p.model.vocab * p.model.hidden / s.tp
-        T = s.micro_batch * p.workload.tokens_per_sample
+        T = s.micro_batch * p.workload.tokens_per_sample // s.cp  # a CP rank's chunks
         return Context(strategy_groups(p, s), emb, head, PeakTerms.of(costs, [emb, head]),
                        -(-p.workload.batch // s.dp),
                        T * p.model.hidden * p.model.dtype_bytes / s.tp)
@@ -248,7 +249,7 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
         if not s.overlap_grad_reduce:  # reduced after the last backward, nothing hidden
             last_bwd = 0.0
         exposed = max(0.0, dp_sync - last_bwd)  # [dp-overlap] buckets reduce during backward
-        shard = s.dp if s.zero >= 1 else 1
+        shard = s.dp_cp if s.zero >= 1 else 1
         eshard = s.edp if s.zero >= 1 else 1
         opt = adam_traffic(p) * (dense / shard + expert / eshard) / (
             p.hw.gpu.hbm_bytes_per_s * p.calib.hbm_eff)

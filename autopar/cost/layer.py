@@ -21,6 +21,7 @@ from ..model.components import (
 from ..spec import HardwareSpec, ModelSpec, Workload
 from . import comm, fp8
 from .calibration import Calibration
+from .cp_attention import cp_terms
 from .fused_moe import expert_flops_share, fused_moe_applies, fused_moe_time
 from .groups import group_links
 from .recompute import selective
@@ -115,18 +116,24 @@ class LayerCost:
     tp_link: float = 0.0
     fp8_cast: float = 0.0  # of the compute, fp8 quantize kernels (fwd + bwd + recompute)
     fp8_weight_cast: float = 0.0  # per optimizer step: the fp8 weight copies [fp8-weights]
+    # [cp-attention] the CP exchange: exposed forward / backward, all passes on the link
+    cp_fwd: float = 0.0
+    cp_bwd: float = 0.0
+    cp_link: float = 0.0
+    cp_bytes: float = 0.0  # per call
 
     @property
     def fwd(self) -> float:
-        return self.compute_fwd + self.tp_fwd + self.ep_fwd
+        return self.compute_fwd + self.tp_fwd + self.ep_fwd + self.cp_fwd
 
     @property
     def bwd(self) -> float:
-        return self.compute_bwd + self.recompute + self.tp_bwd + self.ep_bwd
+        return self.compute_bwd + self.recompute + self.tp_bwd + self.ep_bwd + self.cp_bwd
 
 
 def micro_batch_tokens(p: Problem, s: Strategy) -> int:
-    return s.micro_batch * p.workload.tokens_per_sample
+    """Tokens of one micro-batch on one GPU: a CP rank holds 1 / cp of each sequence."""
+    return s.micro_batch * p.workload.tokens_per_sample // s.cp
 
 
 def experts_touched(m: ModelSpec, routed: float, slots: int) -> float:
@@ -313,7 +320,7 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         tp_b1 = max(0.0, tp_t - async_tp_hidden(costs, tp_t, s.sequence_parallel))
     sp_div = s.tp if s.sequence_parallel else 1
     act_input = T * m.hidden * m.dtype_bytes / sp_div
-    z3 = (s.dp, s.edp) if s.zero >= 3 else (1, 1)  # ZeRO-3 stores (and casts) a shard
+    z3 = (s.dp_cp, s.edp) if s.zero >= 3 else (1, 1)  # ZeRO-3 stores (and casts) a shard
     fp8_w = [(c.params / moe.max_slots / z3[1], moe.max_slots) if c.role == "expert" else
              (c.params / z3[0], 1) for c in costs if c.role in LINEAR_ROLES]
     if s.recompute == "full":  # [recompute] one more forward, its comm included
@@ -326,6 +333,7 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
     else:
         act, recompute, tp_bwd, ep_bwd = acts, 0.0, tp_b1, ep_t
     casts = sum(c.cast_s * (1 + c.again) + c.cast_bwd_s for c in costs)
+    cpt = cp_terms(p, s, T, costs, groups)
     return LayerCost(
         compute_fwd=compute,
         compute_bwd=compute_bwd,
@@ -348,6 +356,7 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         params_linear=sum(c.params for c in costs if c.role in ("column", "row")),
         tp_link=tp_t,
         fp8_cast=casts, fp8_weight_cast=fp8.weight_cast_time(p, fp8_w),
+        cp_fwd=cpt.fwd, cp_bwd=cpt.bwd, cp_link=cpt.link, cp_bytes=cpt.bytes_per_call,
     )
 
 

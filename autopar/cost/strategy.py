@@ -1,7 +1,7 @@
 """One validated parallel layout, and the rank layout that maps its groups onto GPUs.
 
-Rank order follows Megatron-Core: TP varies fastest, then DP, then PP; inside a stage the
-experts fold onto the same W = TP x DP GPUs as ETP (fastest), EP, then EDP.
+Rank order follows Megatron-Core: TP varies fastest, then CP, then DP, then PP; inside a
+stage the experts fold onto the same W = TP x CP x DP GPUs as ETP (fastest), EP, then EDP.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from ..model.recompute import DEFAULT_MODULES, canonical, module_error
 
 RECOMPUTE = ("none", "selective", "full")
 SPLIT_KEYS = ("first_stage_layers", "last_stage_layers", "embedding_in_split", "loss_in_split")
+# context parallelism's attention exchange (Megatron-Core --cp-comm-type) [cp-attention]
+CP_COMM = ("p2p", "all_gather", "a2a")
 
 
 class StrategyError(ValueError):
@@ -42,6 +44,8 @@ class Strategy:
     loss_in_split: bool = False  # --account-for-loss-in-pipeline-split
     # selective recompute: Megatron-Core's --recompute-modules (empty: its default, core_attn)
     recompute_modules: tuple[str, ...] = ()
+    cp: int = 1  # context parallelism: the sequence split over cp ranks [cp-attention]
+    cp_comm: str = "p2p"  # how attention exchanges KV over the CP group (CP_COMM)
 
     def __post_init__(self) -> None:
         if self.recompute == "selective":
@@ -54,17 +58,21 @@ class Strategy:
             raise StrategyError(f"recompute_modules {','.join(self.recompute_modules)} need "
                                 f"recompute 'selective', not {self.recompute!r}")
         if min(self.tp, self.pp, self.dp, self.ep, self.etp, self.micro_batch,
-               self.num_micro_batches) < 1:
+               self.num_micro_batches, self.cp) < 1:
             raise StrategyError(f"every degree must be >= 1: {self.describe()}")
-        if self.tp * self.dp * self.pp != self.num_gpus:
+        if self.stage_width * self.pp != self.num_gpus:
+            cp = f" * cp({self.cp})" if self.cp > 1 else ""
             raise StrategyError(
-                f"tp({self.tp}) * dp({self.dp}) * pp({self.pp}) = "
-                f"{self.tp * self.dp * self.pp} != GPUs({self.num_gpus})"
+                f"tp({self.tp}){cp} * dp({self.dp}) * pp({self.pp}) = "
+                f"{self.stage_width * self.pp} != GPUs({self.num_gpus})"
             )
         if self.stage_width % (self.ep * self.etp):
             raise StrategyError(
-                f"ep({self.ep}) * etp({self.etp}) must divide tp*dp ({self.stage_width})"
+                f"ep({self.ep}) * etp({self.etp}) must divide tp*{'cp*' if self.cp > 1 else ''}"
+                f"dp ({self.stage_width})"
             )
+        if self.cp_comm not in CP_COMM:
+            raise StrategyError(f"cp_comm {self.cp_comm!r} is not one of {CP_COMM}")
         if self.recompute not in RECOMPUTE:
             raise StrategyError(f"recompute {self.recompute!r} is not one of {RECOMPUTE}")
         if self.zero not in (0, 1, 2, 3):
@@ -99,7 +107,13 @@ class Strategy:
 
     @property
     def stage_width(self) -> int:
-        return self.tp * self.dp
+        return self.tp * self.cp * self.dp
+
+    @property
+    def dp_cp(self) -> int:
+        """The gradient group's size: Megatron reduces (and its distributed optimizer
+        shards) over DP x CP, since every CP rank holds the same weights [cp-attention]."""
+        return self.dp * self.cp
 
     @property
     def edp(self) -> int:
@@ -119,7 +133,9 @@ class Strategy:
                 + (f" first={self.first_stage_layers}" if self.first_stage_layers else "")
                 + (f" last={self.last_stage_layers}" if self.last_stage_layers else "")
                 + (" emb-in-split" if self.embedding_in_split else "")
-                + (" loss-in-split" if self.loss_in_split else ""))
+                + (" loss-in-split" if self.loss_in_split else "")
+                + (f" cp={self.cp}" if self.cp > 1 else "")
+                + (f" cp-{self.cp_comm}" if self.cp > 1 and self.cp_comm != "p2p" else ""))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -127,6 +143,9 @@ class Strategy:
         for key in SPLIT_KEYS:  # stated only when pinned: plans without them are unchanged
             if not d[key]:
                 d.pop(key)
+        if self.cp == 1:  # no CP: the plan reads as before context parallelism existed
+            d.pop("cp")
+            d.pop("cp_comm")
         d["edp"] = self.edp
         if self.recompute == "selective":  # only then, so other plans keep their bytes
             d["recompute_modules"] = list(self.recompute_modules)
@@ -135,31 +154,41 @@ class Strategy:
         return d
 
     # ---- rank layout -------------------------------------------------------------
-    def rank(self, stage: int, dp_rank: int, tp_rank: int) -> int:
-        return stage * self.stage_width + dp_rank * self.tp + tp_rank
+    def rank(self, stage: int, dp_rank: int, tp_rank: int, cp_rank: int = 0) -> int:
+        return stage * self.stage_width + (dp_rank * self.cp + cp_rank) * self.tp + tp_rank
 
     def stage_of(self, gpu: int) -> int:
         return gpu // self.stage_width
 
     def coords(self, gpu: int) -> dict[str, int]:
         local = gpu % self.stage_width
-        return {
+        c = {
             "stage": self.stage_of(gpu),
             "tp_rank": local % self.tp,
-            "dp_rank": local // self.tp,
+            "dp_rank": local // (self.tp * self.cp),
             "etp_rank": local % self.etp,
             "ep_rank": (local // self.etp) % self.ep,
             "edp_rank": local // (self.etp * self.ep),
         }
+        if self.cp > 1:
+            c["cp_rank"] = (local // self.tp) % self.cp
+        return c
 
     def tp_group(self, gpu: int) -> list[int]:
         base = gpu - gpu % self.tp
         return list(range(base, base + self.tp))
 
     def dp_group(self, gpu: int) -> list[int]:
+        """The gradient group: the GPUs of this stage with this TP rank, DP x CP of them
+        (Megatron's data-parallel group with CP)."""
         stage0 = self.stage_of(gpu) * self.stage_width
         tp_rank = gpu % self.tp
-        return [stage0 + d * self.tp + tp_rank for d in range(self.dp)]
+        return [stage0 + d * self.tp + tp_rank for d in range(self.dp_cp)]
+
+    def cp_group(self, gpu: int) -> list[int]:
+        """The ring the sequence's chunks are split over: stride TP inside one DP replica."""
+        base = gpu - gpu % (self.tp * self.cp) + gpu % self.tp
+        return [base + j * self.tp for j in range(self.cp)]
 
     def ep_group(self, gpu: int) -> list[int]:
         stage0 = self.stage_of(gpu) * self.stage_width

@@ -47,7 +47,7 @@ def optimizer_states(p: Problem, s: Strategy, optimizer_bytes: float) -> dict[st
     per = optimizer_bytes / w.optimizer_bytes if w.optimizer_bytes else 0.0
     return {"master_bytes": per * master, "adam_m_bytes": per * state,
             "adam_v_bytes": per * state, "zero_stage": s.zero,
-            "sharded_over": {"dense": s.dp if s.zero >= 1 else 1,
+            "sharded_over": {"dense": s.dp_cp if s.zero >= 1 else 1,
                              "expert": s.edp if s.zero >= 1 else 1},
             "bytes_per_param_unsharded": w.optimizer_bytes}
 

@@ -17,7 +17,8 @@ def summary(plan: dict[str, Any]) -> str:
     s, mt, sv = plan["strategy"], plan["metrics"], plan["solver"]
     lines = [
         f"{plan['name']}: {s['num_gpus']} GPUs",
-        f"strategy  TP={s['tp']} PP={s['pp']} DP={s['dp']} EP={s['ep']} ETP={s['etp']} "
+        f"strategy  TP={s['tp']}{' CP=' + str(s['cp']) if s.get('cp', 1) > 1 else ''} "
+        f"PP={s['pp']} DP={s['dp']} EP={s['ep']} ETP={s['etp']} "
         f"EDP={s['edp']}  micro-batch {s['micro_batch']} x {s['num_micro_batches']}  "
         f"recompute={s['recompute']}"
         + (f"({','.join(s['recompute_modules'])})" if s.get("recompute_modules") else "")

@@ -103,9 +103,13 @@ def _solver_section(r: SearchResult, opts: SearchOptions) -> dict[str, Any]:
             "method": "enumerate degrees; CP-SAT expert placement and stage cut"}
 
 
-def formula_index() -> dict[str, str]:
-    """Names used in the plan's `formula` fields; each is written out in docs/cost-model.md."""
-    return {
+def formula_index(cp: bool = False) -> dict[str, str]:
+    """Names used in the plan's `formula` fields; each is written out in docs/cost-model.md
+    (`cp`: the layout has context parallelism, whose exchange is named too)."""
+    extra = {"cp-attention": "tokens / cp per GPU; ring p2p: cp - 1 KV chunks of T*kv_bytes "
+                             "forward, 2(cp - 1) backward, each hidden behind 1/cp of the "
+                             "attention kernel; all_gather / a2a exposed"} if cp else {}
+    return {**extra,
         "roofline": "time = max(FLOPs / (peak x eff), bytes / (HBM BW x hbm_eff), "
                     "kernel_floor) + the memory-bound elementwise kernels at HBM speed (each "
                     "at least kernel_floor); backward 2x GEMMs, 1.5x elementwise",

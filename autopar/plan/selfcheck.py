@@ -23,7 +23,8 @@ from ..check import layout as layout
 from ..check import placement as placement
 from ..check.echo import model_from_echo
 from ..check.finding import Findings
-from ..check.recompute import Layout, hardware_flops_per_step
+from ..check.flops import hardware_flops_per_step
+from ..check.recompute import Layout
 from ..cost.layer import Problem
 from ..schema.gpus import GpuTable, gpu_records, is_compact, read_gpus
 
@@ -87,6 +88,13 @@ def _layout(plan: dict) -> Layout:
 def check_degrees(plan: dict) -> dict[str, Any]:
     s, f = plan["strategy"], Findings()
     layout.check_degrees(f, s, s["num_gpus"], None)
+    cp = s.get("cp", 1)
+    if cp > 1:  # context parallelism: a stage is tp x cp x dp GPUs
+        w = s["tp"] * cp * s["dp"]
+        return _check("degrees_multiply", f,
+                      f"tp*cp*dp*pp = {s['tp']}*{cp}*{s['dp']}*{s['pp']} = {w * s['pp']} "
+                      f"(GPUs {s['num_gpus']}); ep*etp*edp = {s['ep']}*{s['etp']}*{s['edp']} "
+                      f"(tp*cp*dp {w})")
     return _check("degrees_multiply", f,
                   f"tp*dp*pp = {s['tp']}*{s['dp']}*{s['pp']} = {s['tp'] * s['dp'] * s['pp']} "
                   f"(GPUs {s['num_gpus']}); ep*etp*edp = {s['ep']}*{s['etp']}*{s['edp']} "

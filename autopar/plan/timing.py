@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..cost import fp8
+from ..cost.cp_attention import calls_per_layer
 from ..cost.evaluate import Evaluation, StageCost
 from ..cost.layer import Problem
 from ..cost.pipeline import chunked_pipeline
@@ -49,6 +50,13 @@ def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, An
                 out.append(_coll("all_reduce", "tp", groups["tp"], st.index, edge.tp_bytes,
                                  calls, edge.tp_link, edge.tp_link * calls, "tp-comm",
                                  part=part))
+        if s.cp > 1:  # [cp-attention] the KV exchange of every layer, each pass
+            calls = calls_per_layer(s.cp, s.cp_comm, s.recompute, p.training) * n_layers * m_mb
+            link = sum(c.cp_link for c in st.layer_costs) * m_mb
+            out.append(_coll(CP_COLLECTIVE[s.cp_comm], "cp", groups["cp"], st.index,
+                             st.layer_costs[0].cp_bytes, calls, link / calls,
+                             sum(c.cp_fwd + c.cp_bwd for c in st.layer_costs) * m_mb,
+                             "cp-attention"))
         moe_costs = [c for c in st.layer_costs if c.ep_bytes]
         if moe_costs and (s.ep > 1 or s.etp > 1):
             worst = max(moe_costs, key=lambda c: c.ep_fwd)
@@ -77,7 +85,10 @@ def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, An
         expert = sum(c.params_expert for c in st.layer_costs)
         for group, t, nbytes in (("dp", st.param_gather_dp, dense * b),
                                  ("edp", st.param_gather_edp, expert * b)):
-            if t:
+            # listed wherever ZeRO-3 gathers, even when free (a stage with no experts on
+            # links without latency): `autopar check` expects every such gather
+            if t or (p.training and s.zero >= 3 and groups[group].size > 1
+                     and (group == "dp" or p.model.is_moe)):
                 out.append(_coll("all_gather", group, groups[group], st.index, nbytes,
                                  2 * m_mb, t, 2 * m_mb * t, "dp-comm", part="parameters"))
     return out
@@ -89,7 +100,7 @@ def _edge_parts(s: Strategy, stage: int) -> list[str]:
 
 
 def _p2p_bytes(p: Problem, s: Strategy) -> float:
-    return s.micro_batch * p.workload.tokens_per_sample * p.model.hidden * \
+    return s.micro_batch * p.workload.tokens_per_sample // s.cp * p.model.hidden * \
         p.model.dtype_bytes / s.tp
 
 
@@ -110,6 +121,10 @@ def _coll(kind: str, group: str, g, stage: int, nbytes: float, calls: int, per_c
     return e
 
 
+CP_COLLECTIVE = {"p2p": "send_recv", "all_gather": "all_gather+reduce_scatter",
+                 "a2a": "all_to_all"}
+
+
 def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
     per_stage = []
     for st in ev.stages:
@@ -122,6 +137,8 @@ def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
             "tp_comm_s": sum(c.tp_fwd + (c.tp_bwd if p.training else 0) for c in lcs),
             "ep_comm_s": sum(c.ep_fwd + (c.ep_bwd if p.training else 0) for c in lcs),
             "pp_comm_s": st.p2p_fwd + st.p2p_bwd,
+            **({"cp_comm_s": sum(c.cp_fwd + (c.cp_bwd if p.training else 0) for c in lcs)}
+               if s.cp > 1 else {}),
             "param_gather_s": 2 * (st.param_gather_dp + st.param_gather_edp),
             "per_micro_batch_s": st.busy,
             "dp_sync_s": st.dp_sync, "dp_exposed_s": st.dp_exposed,
@@ -148,6 +165,7 @@ def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
         "tp_comm_exposed_s": crit["tp_comm_s"] * mb,
         "ep_comm_exposed_s": crit["ep_comm_s"] * mb,
         "pp_comm_exposed_s": crit["pp_comm_s"] * mb,
+        **({"cp_comm_exposed_s": crit["cp_comm_s"] * mb} if s.cp > 1 else {}),
         "param_gather_exposed_s": crit["param_gather_s"] * mb,
         "pipeline_s": pipeline,
         "bubble_s": ev.bubble,
@@ -166,11 +184,12 @@ def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
 PHASES = ("forward_s", "backward_s", "recompute_s", "tp_comm_exposed_s", "ep_comm_exposed_s",
           "pp_comm_exposed_s", "param_gather_exposed_s", "bubble_s", "dp_exposed_s",
           "optimizer_s")
+CP_PHASE = "cp_comm_exposed_s"  # a phase of plans with CP only [cp-attention]
 
 
 def dominant_term(timing: dict[str, Any]) -> str:
     """The phase that takes the largest share of the step (what to attack first)."""
-    return max(PHASES, key=lambda k: timing.get(k, 0.0)).removesuffix("_s")
+    return max(PHASES + (CP_PHASE,), key=lambda k: timing.get(k, 0.0)).removesuffix("_s")
 
 
 def _block_reruns(p: Problem, s: Strategy, st: StageCost) -> tuple[int, int]:

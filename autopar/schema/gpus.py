@@ -145,21 +145,25 @@ def _major(plan: dict) -> str | None:
 
 
 def _coords(strategy: Any) -> Any:
-    """GPU id -> Megatron rank coordinates (TP fastest, then DP, then PP; experts ETP, EP,
+    """GPU id -> Megatron rank coordinates (TP fastest, then CP, DP, PP; experts ETP, EP,
     EDP), or None when the strategy cannot give them."""
     try:
         tp, dp, ep, etp = (int(strategy[k]) for k in ("tp", "dp", "ep", "etp"))
-    except (KeyError, TypeError, ValueError):
+        cp = int(strategy.get("cp", 1))
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    if min(tp, dp, ep, etp) < 1:
+    if min(tp, dp, ep, etp, cp) < 1:
         return None
-    width = tp * dp
+    width = tp * cp * dp
 
     def coords(g: int) -> dict[str, int]:
         local = g % width
-        return {"stage": g // width, "tp_rank": local % tp, "dp_rank": local // tp,
-                "etp_rank": local % etp, "ep_rank": (local // etp) % ep,
-                "edp_rank": local // (etp * ep)}
+        c = {"stage": g // width, "tp_rank": local % tp, "dp_rank": local // (tp * cp),
+             "etp_rank": local % etp, "ep_rank": (local // etp) % ep,
+             "edp_rank": local // (etp * ep)}
+        if cp > 1:
+            c["cp_rank"] = local // tp % cp
+        return c
     return coords
 
 

@@ -6,7 +6,13 @@ search (`search`, `fits`); `stages` and `placement` are its CP-SAT models.
 """
 
 from .bounds import compute_floor, quick_bound, stage_inputs, summed  # noqa: F401
-from .degrees import PIN_KEYS, SPARE_CHOICES, SearchOptions, enumerate_strategies  # noqa: F401
+from .degrees import (  # noqa: F401
+    PIN_KEYS,
+    SPARE_CHOICES,
+    SearchOptions,
+    check_cp_pins,
+    enumerate_strategies,
+)
 from .driver import (  # noqa: F401
     BOUND_SHARE,
     MIN_CPSAT_S,

@@ -1,9 +1,9 @@
 """The layouts the search may choose: every degree and option combination the inputs allow.
 
-Degrees (TP, PP, DP, EP, ETP, micro-batch, recompute, ZeRO, sequence parallel, interleaving,
-spare expert slots) are enumerated outside CP-SAT (reference/cpsat.md sec. 3.1), after the
-user's pins (`SearchOptions`, whose keys are `PIN_KEYS`) and the divisibility rules; the
-search then only bounds and solves this list.
+Degrees (TP, CP, PP, DP, EP, ETP, micro-batch, recompute, ZeRO, sequence parallel,
+interleaving, spare expert slots) are enumerated outside CP-SAT (reference/cpsat.md sec.
+3.1), after the user's pins (`SearchOptions`, whose keys are `PIN_KEYS`) and the
+divisibility rules; the search then only bounds and solves this list.
 """
 
 from __future__ import annotations
@@ -12,15 +12,19 @@ from dataclasses import dataclass, field
 
 from ..cost.layer import Problem
 from ..cost.pipeline import SplitError, megatron_bounds
-from ..cost.strategy import RECOMPUTE, SPLIT_KEYS, Strategy, StrategyError
+from ..cost.strategy import CP_COMM, RECOMPUTE, SPLIT_KEYS, Strategy, StrategyError
 from ..errors import InputError
 from ..model.recompute import DEFAULT_MODULES, canonical, module_error, searched_module_sets
 from ..spec import ModelSpec
 
 PIN_KEYS = ("tp", "pp", "dp", "ep", "etp", "micro_batch", "num_micro_batches", "recompute",
             "zero", "sequence_parallel", "virtual_stages", "overlap_grad_reduce",
-            "overlap_tp_comm", "spare_slots", "recompute_modules", *SPLIT_KEYS)
+            "overlap_tp_comm", "spare_slots", "recompute_modules", "cp", "cp_comm", *SPLIT_KEYS)
 SPARE_CHOICES = (0, 1, 2)  # redundant expert slots per GPU tried under a skewed load
+# [cp-attention] CP is searched for training only, in powers of two that leave each rank at
+# least this many tokens of a sequence (two load-balanced chunks of 2048): below it the ring's
+# transfers outgrow the attention blocks they hide behind, and the space stays small
+CP_MIN_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,41 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def check_cp_pins(p: Problem, pins: dict) -> None:
+    """Refuse, in one line, CP pins no layout can take: an unknown exchange, CP on a serving
+    workload, or a sequence that does not split into 2 cp chunks [cp-attention]."""
+    if pins.get("cp_comm", "p2p") not in CP_COMM:
+        raise InputError("pins", "cp_comm", f"{pins['cp_comm']!r} is not one of "
+                         f"{', '.join(CP_COMM)}")
+    cp = pins.get("cp", 1)
+    if not isinstance(cp, int) or isinstance(cp, bool) or cp < 1:
+        raise InputError("pins", "cp", f"must be an integer >= 1, got {cp!r}")
+    if cp > 1 and p.workload.kind != "training":
+        raise InputError("pins", "cp", "context parallelism splits training sequences; "
+                         "serving plans take cp 1")
+    if cp > 1 and p.workload.seq_len % (2 * cp):
+        raise InputError("pins", "cp", f"2 x cp ({2 * cp}) load-balanced chunks must divide "
+                         f"the sequence ({p.workload.seq_len} tokens)")
+
+
+def cp_choices(p: Problem, W: int, pins: dict) -> list[int]:
+    """[cp-attention] Context-parallel degrees for a stage of W GPUs: what the user pinned
+    (training, 2 cp dividing the sequence), else 1 and the powers of two CP_MIN_TOKENS
+    allows; serving has none (its prefill splits no sequence here)."""
+    w = p.workload
+    if "cp" in pins:
+        cp = pins["cp"]
+        ok = cp == 1 or (w.kind == "training" and w.seq_len % (2 * cp) == 0)
+        return [cp] if ok and W % cp == 0 else []
+    if w.kind != "training":
+        return [1]
+    out, cp = [1], 2
+    while W % cp == 0 and w.seq_len % (2 * cp) == 0 and w.seq_len // cp >= CP_MIN_TOKENS:
+        out.append(cp)
+        cp *= 2
+    return out
+
+
 def enumerate_strategies(p: Problem, opts: SearchOptions) -> list[Strategy]:
     """Every layout the inputs allow, after pins and divisibility rules (DESIGN sec. 3)."""
     m, w, G = p.model, p.workload, p.hw.num_gpus
@@ -46,14 +85,14 @@ def enumerate_strategies(p: Problem, opts: SearchOptions) -> list[Strategy]:
         if pp > m.layers or pins.get("pp", pp) != pp:
             continue
         W = G // pp
-        for tp in _divisors(W):
+        for cp, tp in ((c, t) for c in cp_choices(p, W, pins) for t in _divisors(W // c)):
             if pins.get("tp", tp) != tp or (tp > max_tp and "tp" not in pins):
                 continue
             heads_ok = m.heads % tp == 0 and (m.kv_heads % tp == 0 or tp % m.kv_heads == 0
                                               or m.mla is not None)
-            if not heads_ok:
+            if not heads_ok or (pins.get("cp_comm") == "a2a" and m.heads % (tp * cp)):
                 continue
-            dp = W // tp
+            dp = W // (tp * cp)
             if pins.get("dp", dp) != dp:
                 continue
             per_replica = -(-w.batch // dp)
@@ -68,17 +107,18 @@ def enumerate_strategies(p: Problem, opts: SearchOptions) -> list[Strategy]:
                     for mb in _divisors(per_replica):
                         if pins.get("micro_batch", mb) != mb:
                             continue
-                        _options(G, tp, pp, dp, ep, etp, mb, per_replica // mb, p, pins, out)
+                        _options(G, tp, pp, dp, ep, etp, mb, per_replica // mb, p, pins, out,
+                                 cp)
     return out
 
 
 def _options(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb: int,
-             p: Problem, pins: dict, out: list[Strategy]) -> None:
+             p: Problem, pins: dict, out: list[Strategy], cp: int = 1) -> None:
     training = p.workload.kind == "training"
     if pins.get("num_micro_batches", nmb) != nmb:
         return
     recomputes = recompute_choices(p, pins) if training else (("none", ()),)
-    sharded = dp > 1 or (p.model.is_moe and (tp * dp) // (ep * etp) > 1)
+    sharded = dp * cp > 1 or (p.model.is_moe and (tp * cp * dp) // (ep * etp) > 1)
     zeros = (1, 2, 3) if (training and sharded) else (0,)
     vs = [v for v in virtual_choices(p.model.layers, pp)
           if v == 1 or (training and nmb % pp == 0)]
@@ -88,6 +128,8 @@ def _options(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb:
              if k in pins}
     if any(flags.get(k) for k in SPLIT_KEYS):  # Megatron's checks of the pinned split
         vs = [v for v in vs if _split_ok(p.model.layers, pp, v, flags)]
+    if cp > 1:  # p2p (ring) is searched: all_gather moves as much and hides none of it
+        flags.update(cp=cp, cp_comm=pins.get("cp_comm", "p2p"))
     for spare in _spare_choices(p, ep, pins):
         _variants(G, tp, pp, dp, ep, etp, mb, nmb, recomputes, zeros, vs,
                   {**flags, "spare_slots": spare}, pins, out)

@@ -90,7 +90,7 @@ def search(p: Problem, opts: SearchOptions, progress: Callable[[str], None] | No
     strategies = enumerate_strategies(p, opts)
     if not strategies:
         raise InfeasibleError(_no_layout_reason(p, opts), _layout_advice(p, opts))
-    shapes = {(s.tp, s.pp, s.dp, s.ep, s.etp, s.spare_slots): s for s in strategies}
+    shapes = {(s.tp, s.pp, s.dp, s.ep, s.etp, s.spare_slots, s.cp): s for s in strategies}
     keys = {placement_key(p, s) for s in shapes.values()} - {None}
     cache = _CostCache(p, opts, dl.fraction(PLACEMENT_SHARE), len(keys))
     cap = p.hw.gpu.memory_bytes
@@ -193,7 +193,7 @@ def _spread(strategies: list[Strategy]) -> list[Strategy]:
     cut short has bounded a sample of the whole space, not only its first pipeline depths."""
     groups: dict[tuple, list[Strategy]] = {}
     for s in strategies:
-        groups.setdefault((s.tp, s.pp, s.ep, s.etp), []).append(s)
+        groups.setdefault((s.tp, s.pp, s.ep, s.etp, s.cp), []).append(s)
     out = []
     rounds = max(len(g) for g in groups.values())
     for r in range(rounds):
@@ -322,8 +322,11 @@ def _layout_advice(p: Problem, opts: SearchOptions) -> str:
     if "pp" in opts.pins:
         hints.append(f"PP must divide the GPU count ({p.hw.num_gpus}) and be <= layers "
                      f"({m.layers})")
+    if "cp" in opts.pins:
+        hints.append("CP must divide the GPUs per stage")
     if "dp" in opts.pins or "tp" in opts.pins or "pp" in opts.pins:
-        hints.append("tp * dp * pp must equal the GPU count")
+        hints.append(f"tp * {'cp * ' if 'cp' in opts.pins else ''}dp * pp must equal the GPU "
+                     "count")
     if "ep" in opts.pins:
         hints.append("EP * ETP must divide tp * dp")
     return "; ".join(hints) or "check the pins and the GPU count"

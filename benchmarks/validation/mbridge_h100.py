@@ -40,7 +40,6 @@ MODEL_KEYS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden",
 NOT_MODELLED = {
     "mbridge_2509_h100_deepseek_v3": "the MTP module (training FLOPs include it; 61 layers "
                                      "over PP 8 x VP 4 are expressible since pipeline-split)",
-    "mbridge_2509_h100_llama31_405b": "context parallelism 2 (autopar has no CP)",
     "mbridge_2509_h100_qwen3_235b_a22b": "precision not published for this row (fp8 or bf16 "
                                          "unknown), so no recipe to price",
 }
@@ -84,7 +83,8 @@ def strategy(r: dict, recompute: str) -> Strategy:
     return Strategy(r["hardware"]["count"], lay["tp"], lay["pp"], lay["dp"], lay.get("ep", 1),
                     micro_batch=mb, num_micro_batches=w["global_batch"] // lay["dp"] // mb,
                     recompute=recompute, zero=lay.get("zero", 1),
-                    sequence_parallel=lay["tp"] > 1, virtual_stages=lay.get("vp", 1))
+                    sequence_parallel=lay["tp"] > 1, virtual_stages=lay.get("vp", 1),
+                    cp=lay.get("cp", 1))  # CP ring attention, p2p as Megatron's default
 
 
 def run(r: dict, calibration: str | None) -> tuple[Problem, Evaluation, str]:
@@ -151,6 +151,7 @@ def report(reference: Path = REFERENCE) -> str:
         lines.append(
             f"| {r['model']['name']} | {r['hardware']['count']} | {lay['tp']} {lay['pp']} "
             f"{lay['dp']} {lay.get('ep', 1)} {lay.get('vp', 1)} {r['workload']['micro_batch']}"
+            f"{' CP ' + str(lay['cp']) if lay.get('cp', 1) > 1 else ''}"
             f"{' FSDP' if lay.get('zero') == 3 else ''} | {p1.workload.fp8_recipe} | {mode} | "
             f"{pub} | {t0:.0f} | {100 * (t0 / pub - 1):+.1f}% | {t1:.0f} | "
             f"{100 * (t1 / pub - 1):+.1f}% | {step_pub} | {e0.step_time:.2f} | "

@@ -1,0 +1,65 @@
+"""FLOPs a plan claims, recomputed from the model's components: per token, per step (model
+FLOPs, no recompute) and as the GPUs run them (hardware FLOPs: recompute and TP-replicated
+kernels counted) [metrics] [flops]."""
+
+from __future__ import annotations
+
+from ..model.components import Component, embedding_components, head_components, layer_components
+from ..model.recompute import module_reruns
+from ..spec import ModelSpec, Workload
+
+
+def decoding(w: Workload) -> bool:
+    return w.kind != "training" and w.phase == "decode"
+
+
+def layer_flops(m: ModelSpec, w: Workload, layer: int,
+                flash: bool = True) -> list[tuple[Component, float]]:
+    """Each component of a layer with its forward FLOPs per token it processes; a decode
+    token attends to its whole context, MLA with its up-projections absorbed
+    [decode-attention] (`components` holds the rule)."""
+    return [(c, c.flops_per_token) for c in layer_components(
+        m, layer, w.context_len, w.causal, flash, decode=decoding(w))]
+
+
+def forward_flops_per_token(m: ModelSpec, w: Workload) -> float:
+    """Model forward FLOPs per processed token (top_k experts per token); a prefill computes
+    logits for the last position only."""
+    f = sum(fl * (m.top_k if c.is_expert else 1)
+            for layer in range(m.layers) for c, fl in layer_flops(m, w, layer))
+    head = sum(c.flops_per_token for c in head_components(m))
+    if w.kind != "training" and w.phase == "prefill":
+        head /= w.input_len
+    return f + head
+
+
+def model_flops_per_step(m: ModelSpec, w: Workload) -> float:
+    """Model FLOPs of one step, no recompute: forward x 3 when training [metrics]."""
+    passes = 3 if w.kind == "training" else 1
+    return forward_flops_per_token(m, w) * w.batch * w.tokens_per_sample * passes
+
+
+def hardware_flops_per_step(m: ModelSpec, w: Workload, recompute: str, tp: int,
+                            sequence_parallel: bool, flash: bool = True,
+                            modules: tuple[str, ...] = ("core_attn",)) -> float:
+    """FLOPs all GPUs run in one step [flops]: tokens x FLOPs/token x passes, plus one more
+    forward under full recompute (the recomputed modules' kernels under selective), and the
+    replicated components (norms, router) run on every TP rank unless sequence parallelism
+    splits them."""
+    tokens = w.batch * w.tokens_per_sample
+    passes = 3 if w.kind == "training" else 1
+    total = 0.0
+    for layer in range(m.layers):
+        pairs = layer_flops(m, w, layer, flash)
+        reruns = module_reruns(m, [c for c, _ in pairs], modules if recompute == "selective"
+                               else (), flash, w.context_len)
+        for (c, fl), r in zip(pairs, reruns, strict=True):
+            extra = 1 if recompute == "full" else r.gemm
+            mult = m.top_k if c.is_expert else 1
+            repl = tp if c.role == "replicated" and not sequence_parallel else 1
+            total += tokens * fl * mult * repl * (passes + extra)
+    head_tokens = w.batch if w.kind != "training" and w.phase == "prefill" else tokens
+    for c in head_components(m) + embedding_components(m):
+        repl = tp if c.role == "replicated" and not sequence_parallel else 1
+        total += head_tokens * c.flops_per_token * repl * passes
+    return total
