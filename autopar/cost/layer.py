@@ -21,6 +21,7 @@ from ..model.components import (
 from ..spec import HardwareSpec, ModelSpec, Workload
 from . import comm, fp8
 from .calibration import Calibration
+from .fsdp import ZERO3_GATHERS
 from .fused_moe import expert_flops_share, fused_moe_applies, fused_moe_time
 from .groups import group_links
 from .strategy import Strategy
@@ -42,9 +43,15 @@ class Problem:
     # sequence parallelism) runs behind its weight-gradient GEMM (Megatron's
     # async_tensor_model_parallel_allreduce, on by default since late 2021); False: exposed.
     async_tp_allreduce: bool = True
+    # How ZeRO-3 gathers parameters (`cost.fsdp`): "prefetch" (Megatron-FSDP, FSDP2) or
+    # "on-demand" (DeepSpeed ZeRO-3 of 2021: per tensor, waited for)
+    zero3_gather: str = "prefetch"
 
     def __post_init__(self) -> None:  # measured defaults of this GPU fill what is unset
         object.__setattr__(self, "calib", self.calib.resolve(self.hw.gpu))
+        if self.zero3_gather not in ZERO3_GATHERS:
+            raise ValueError(f"zero3_gather {self.zero3_gather!r} is not one of "
+                             f"{ZERO3_GATHERS}")
 
     @property
     def training(self) -> bool:
