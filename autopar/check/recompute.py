@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from ..model.components import Component, embedding_components, head_components, layer_components
 from ..spec import HardwareSpec, ModelSpec, Workload
-from .fp8 import copy_bytes_per_param
 from . import zero3
+from .fp8 import copy_bytes_per_param
 from .links import link_bw as _link_bw
 
 
