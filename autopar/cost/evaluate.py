@@ -282,16 +282,23 @@ def stage_zero3(p: Problem, s: Strategy, units: list[LayerCost], ctx: Context
     n = fsdp.gathers_per_micro_batch(p.zero3_gather, s.recompute)
     g_dp = g_edp = red = ex_f = ex_b = ex_r = 0.0
     calls = 0
+    seen: dict[int, tuple] = {}  # a model has a handful of distinct layers
     for c in units:
-        u = zero3_unit(p, s, c, ctx.groups)
-        dense = fsdp.unit_comm(c.params, 0.0, u.calls, p.model.dtype_bytes, 0,
-                               ctx.groups["dp"], None, p.calib, 0.0, 0.0).gather
+        if id(c) not in seen:
+            u = zero3_unit(p, s, c, ctx.groups)
+            dense = fsdp.unit_comm(c.params, 0.0, u.calls, p.model.dtype_bytes, 0,
+                                   ctx.groups["dp"], None, p.calib, 0.0, 0.0).gather
+            seen[id(c)] = (u, dense, fsdp.exposed(u, p.zero3_gather, n))
+        u, dense, (f, b_, r) = seen[id(c)]
         g_dp, g_edp, red, calls = g_dp + dense, g_edp + u.gather - dense, red + u.reduce, \
             calls + u.calls
-        f, b_, r = fsdp.exposed(u, p.zero3_gather, n)
         ex_f, ex_b, ex_r = ex_f + f, ex_b + b_, ex_r + r
     lf, lb, lr = ctx.zero3_lead
-    return fsdp.StageFsdp(g_dp, g_edp, red, calls, n, ex_f + lf, ex_b + lb, ex_r + lr)
+    ex_f, ex_b, ex_r = ex_f + lf, ex_b + lb, ex_r + lr
+    # the total never exceeds the link time (fsdp.lead); the split between the gathers
+    # and the reduce-scatters may, by the lead: move what one part has too much to the other
+    over = max(0.0, ex_b - (n - 1) * (g_dp + g_edp)) - max(0.0, ex_r - red)
+    return fsdp.StageFsdp(g_dp, g_edp, red, calls, n, ex_f, ex_b - over, ex_r + over)
 
 
 def pipeline_time(sum_busy: float, max_busy: float, m: int, v: int = 1) -> float:

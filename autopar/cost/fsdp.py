@@ -93,16 +93,19 @@ def unit_comm(dense: float, expert: float, calls: int, b: int, gb: int,
 def lead(units: list[UnitComm], mode: str) -> tuple[float, float, float]:
     """What no window hides, per micro-batch, as (forward gather, backward gather, reduce-
     scatter): under prefetch the first unit's gather of each pass, and in both modes the
-    last reduce-scatter; taken from the model's largest unit so that a stage's figure stays
-    affine in its layers (conservative by at most one unit). On demand the gathers are all
-    exposed already."""
+    last reduce-scatter. A constant per stage, so that a stage's figure stays affine in its
+    layers: taken from the model's smallest gather, reduce-scatter and windows, which keeps
+    it within what any stage's units move (no stage exposes more than its link time)."""
     if not units:
         return 0.0, 0.0, 0.0
-    u = max(units, key=lambda x: x.gather + x.reduce)
-    tail = min(u.reduce, u.bwd)
+    g = min(u.gather for u in units)
+    r = min(u.reduce for u in units)
+    fwd = min(u.fwd for u in units)
+    bwd = min(u.bwd for u in units)
     if mode == "on-demand":
-        return 0.0, 0.0, tail
-    return min(u.gather, u.fwd), min(u.gather, u.bwd), tail
+        return 0.0, 0.0, min(r, bwd)
+    back = min(g + r, bwd)  # the first backward gather and the last reduce-scatter
+    return min(g, fwd), min(g, back), back - min(g, back)
 
 
 def exposed(u: UnitComm, mode: str, gathers: int) -> tuple[float, float, float]:
