@@ -12,6 +12,7 @@ from typing import Any
 from .cost.bundled import default_calibration
 from .cost.calibration import Calibration
 from .cost.fp8 import check_recipe, check_weights
+from .cost.fsdp import ZERO3_GATHERS
 from .cost.layer import Problem
 from .errors import InfeasibleError, InputError
 from .plan import Plan, build_plan
@@ -30,8 +31,9 @@ def make_problem(model: ModelSpec | ModelFile | str | Path,
                  calibration: Calibration | str | None = None,
                  flash_attention: bool = True,
                  fused_grad_accumulation: bool = True,
-                 async_tp_allreduce: bool = True) -> Problem:
-    """The validated instance. The three switches describe the training software, not the
+                 async_tp_allreduce: bool = True,
+                 zero3_gather: str = "prefetch") -> Problem:
+    """The validated instance. The four switches describe the training software, not the
     layout (`docs/calibration.md`, software-stack switches). `calibration`: None plans with
     the measured tables autopar ships for the hardware's GPU type where it has them and the
     catalogue's flat fractions elsewhere; "bundled" insists on the tables (an error for a
@@ -54,8 +56,11 @@ def make_problem(model: ModelSpec | ModelFile | str | Path,
                          f"{m.dtype} weights (workload.precision: fp8 runs fp8 GEMMs)")
     check_recipe(wl, hw, mf.source or "workload")
     check_weights(m, hw, mf.source or "model")
+    if zero3_gather not in ZERO3_GATHERS:
+        raise InputError("options", "zero3_gather", f"{zero3_gather!r} is not one of "
+                                                    f"{', '.join(ZERO3_GATHERS)}")
     return Problem(mf.model, hw, wl, calibration or Calibration(), flash_attention,
-                   fused_grad_accumulation, async_tp_allreduce)
+                   fused_grad_accumulation, async_tp_allreduce, zero3_gather)
 
 
 def _named_calibration(name: str, hw: HardwareSpec) -> Calibration:
@@ -83,6 +88,7 @@ def solve(model: ModelSpec | ModelFile | str | Path,
           flash_attention: bool = True,
           fused_grad_accumulation: bool = True,
           async_tp_allreduce: bool = True,
+          zero3_gather: str = "prefetch",
           progress: Callable[[str], None] | None = None,
           frontier: bool = False,
           disaggregate: bool = False,
@@ -101,7 +107,7 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     say = progress or (lambda msg: None)
     say("reading the inputs")
     p = make_problem(model, hardware, workload, calibration, flash_attention,
-                     fused_grad_accumulation, async_tp_allreduce)
+                     fused_grad_accumulation, async_tp_allreduce, zero3_gather)
     pins = dict(pins or {})
     bad = [k for k in pins if k not in PIN_KEYS]
     if bad:

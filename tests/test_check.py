@@ -522,8 +522,9 @@ def test_bubble_is_never_negative():
 
 
 def test_zero3_parameter_gathers_are_listed_and_timed():
-    """ZeRO-3 gathers the dense parameters over DP and the experts over EDP before each
-    forward and backward: listed as collectives, and a timing phase, so the phases add up."""
+    """ZeRO-3 gathers each unit's (layer's, embedding's, LM head's) dense parameters over DP
+    and experts over EDP before each forward and backward [fsdp]: listed as collectives, and
+    a timing phase, so the phases add up."""
     from autopar.plan import PHASES
 
     m = ModelSpec("moe", 2, 128, 4, 2, 32, 256, True, 300, experts=4, top_k=2,
@@ -533,7 +534,8 @@ def test_zero3_parameter_gathers_are_listed_and_timed():
     assert sum(t[k] for k in PHASES) == pytest.approx(t["step_time_s"], rel=1e-9)
     gathers = {c["group"]: c for c in plan["communication"] if c.get("part") == "parameters"}
     assert set(gathers) == {"dp", "edp"} and t["param_gather_exposed_s"] > 0
-    assert gathers["dp"]["calls_per_step"] == 2 * plan["strategy"]["num_micro_batches"]
+    units = m.layers + 2  # the layers, the embedding and the LM head
+    assert gathers["dp"]["calls_per_step"] == 2 * plan["strategy"]["num_micro_batches"] * units
     assert not errors(check_plan(plan)), format_findings(check_plan(plan))
 
 

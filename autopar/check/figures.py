@@ -6,6 +6,7 @@ tie them together (tokens/s = samples/s x tokens per sample, and so on).
 from __future__ import annotations
 
 from ..spec import GB, HardwareSpec, ModelSpec, Workload
+from . import zero3
 from .finding import Findings, close, is_num
 from .flops import hardware_flops_per_step, model_flops_per_step
 from .recompute import Layout, expected_collectives, expected_memory, pipeline_time
@@ -146,7 +147,7 @@ def check_communication(f: Findings, plan: dict, m: ModelSpec, hw: HardwareSpec,
                         w: Workload, lay: Layout) -> None:
     """Collective sizes and counts follow from the degrees [tp-comm, ep-comm, p2p, dp-comm];
     none is faster than its link allows."""
-    want = expected_collectives(m, hw, w, lay, _fullest(plan))
+    want = expected_collectives(m, hw, w, lay, _fullest(plan), zero3.mode_of(plan))
     seen = set()
     for i, c in enumerate(plan["communication"]):
         key = (c["group"], c.get("stage", 0), c.get("direction") or c.get("part", ""))
@@ -217,7 +218,7 @@ def check_exposed(f: Findings, plan: dict) -> None:
     m = t.get("micro_batches", 1)
 
     def phase_of(c: dict) -> str:  # the per-stage timing figure a collective's exposure is in
-        if c.get("part") == "parameters":
+        if c.get("part") in ("parameters", "gradients"):  # [fsdp] ZeRO-3's per-unit traffic
             return "param_gather_s"
         return {"tp": "tp_comm_s", "ep": "ep_comm_s", "pp": "pp_comm_s", "cp": "cp_comm_s",
                 "dp": "dp_exposed_s"}.get(c["group"], "")
@@ -247,6 +248,7 @@ def check_exposed(f: Findings, plan: dict) -> None:
             t["dp_exposed_s"], max(st["dp_exposed_s"] for st in t["per_stage"]), IDENTITY_TOL):
         f.error("timing", "timing.dp_exposed_s", "the largest stage's exposed DP sync",
                 t["dp_exposed_s"], max(st["dp_exposed_s"] for st in t["per_stage"]))
+    zero3.check_exposed(f, plan)  # [fsdp] what no overlap hides
 
 
 _COMM_FORMULA = {"tp": "T x hidden x dtype bytes", "ep": "T / tp x top_k x hidden x dtype bytes",

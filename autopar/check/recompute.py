@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ..model.components import Component, embedding_components, head_components, layer_components
 from ..model.recompute import block_reruns, module_reruns
 from ..spec import HardwareSpec, ModelSpec, Workload
+from . import zero3
 from .cp_attention import cp_collective
 from .fp8 import copy_bytes_per_param
 from .links import link_bw as _link_bw
@@ -305,7 +306,7 @@ class Collective:
 
 
 def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout,
-                         fullest: dict[int, int] | None = None,
+                         fullest: dict[int, int] | None = None, zero3_mode: str = "prefetch",
                          ) -> dict[tuple[str, int, str], Collective]:
     """The collectives of each stage, keyed (group, stage, direction or part) [tp-comm,
     ep-comm, p2p, dp-comm]. Calls count forward, backward and the recompute forward.
@@ -359,7 +360,7 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
             if training and sends_b:
                 out[("pp", k, "backward")] = Collective(
                     "send_recv", 2, S, lay.num_micro_batches * sends_b, S / bw)
-        if training and (lay.dp_cp > 1 or (m.is_moe and lay.edp > 1)):
+        if training and lay.zero < 3 and (lay.dp_cp > 1 or (m.is_moe and lay.edp > 1)):
             params = stage_params(m, lay, k, {}).dense
             S = params * w.grad_bytes
             d = lay.dp_cp
@@ -370,13 +371,8 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
                 t_min = 2 * (d - 1) / d * S / bw
             out[("dp", k, "")] = Collective(
                 "reduce_scatter+all_gather" if lay.zero >= 1 else "all_reduce", d, S, 1, t_min)
-        if training and lay.zero >= 3:  # parameters gathered before forward and backward
+        if training and lay.zero >= 3:  # [fsdp] per-unit gathers and reduce-scatters
             par = stage_params(m, lay, k, fullest or {})
-            for group, size, nbytes, kind in (("dp", lay.dp_cp, par.dense * b, "dp"),
-                                              ("edp", lay.edp, par.expert * b, "edp")):
-                if size > 1 and (group == "dp" or m.is_moe):
-                    bw = _link_bw(hw, lay.groups(kind))
-                    out[(group, k, "parameters")] = Collective(
-                        "all_gather", size, nbytes, 2 * lay.num_micro_batches,
-                        (size - 1) / size * nbytes / bw)
+            out.update(zero3.collectives(m, hw, w, lay, k, par.dense, par.expert,
+                                         zero3_mode, Collective))
     return out

@@ -79,6 +79,10 @@ from .serving_flags import apply_targets, serving_options, serving_summary, solv
 @click.option("--fused-grad-accumulation/--no-fused-grad-accumulation", default=True,
               show_default=True, help="gradient accumulation inside the weight-gradient GEMM "
                                       "(Megatron since 2022; software switch)")
+@click.option("--zero3-gather", type=click.Choice(["prefetch", "on-demand"]),
+              default="prefetch", show_default=True,
+              help="how ZeRO-3 gathers parameters: per unit, prefetched (Megatron-FSDP, FSDP2) "
+                   "or per tensor, waited for (DeepSpeed 2021; software switch)")
 @click.option("--precision", type=click.Choice(["bf16", "fp16", "fp8"]), default=None,
               help="GEMM precision (fp8 where the GPU has fp8 tensor cores)")
 @click.option("--fp8-recipe", type=click.Choice(list(FP8_RECIPES)), default=None,
@@ -93,10 +97,9 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
           output_len, expert_load, spare_slots, tp, pp, dp, ep, etp, cp, cp_comm, micro_batch,
           recompute, recompute_modules, zero, sequence_parallel, num_micro_batches,
           virtual_stages, first_stage_layers, last_stage_layers, embedding_in_split,
-          loss_in_split,
-          overlap_grad_reduce, tp_comm_overlap, flash_attention, async_tp_allreduce,
-          fused_grad_accumulation, precision, fp8_recipe, calibration, time_limit, seed,
-          workers, quiet, **serving) -> None:
+          loss_in_split, overlap_grad_reduce, tp_comm_overlap, flash_attention,
+          async_tp_allreduce, fused_grad_accumulation, zero3_gather, precision, fp8_recipe,
+          calibration, time_limit, seed, workers, quiet, **serving) -> None:
     """Find the fastest layout of MODEL on HW and write its deployment plan."""
 
     def run():
@@ -133,7 +136,7 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
                          seed=seed, workers=workers, calibration=calib, progress=progress,
                          flash_attention=flash_attention, async_tp_allreduce=async_tp_allreduce,
                          fused_grad_accumulation=fused_grad_accumulation,
-                         **solve_kwargs(serving))
+                         zero3_gather=zero3_gather, **solve_kwargs(serving))
         return plan, target, plan.to_json()
 
     progress = None if quiet else Progress()

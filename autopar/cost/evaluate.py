@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..spec import DTYPE_BYTES
-from . import comm, fp8
+from . import comm, fp8, fsdp
+from .edges import edge_cost
 from .layer import (
     LayerCost,
     MoEState,
     Problem,
-    edge_cost,
     kv_bytes_per_token_layer,
     layer_cost,
     strategy_groups,
@@ -59,10 +59,17 @@ class StageCost:
     overlap_window: float = 0.0  # backward compute the gradient sync can hide behind
     layer_costs: list[LayerCost] = field(repr=False, default_factory=list)
     edges: list[LayerCost] = field(repr=False, default_factory=list)
-    # ZeRO-3: one all-gather of the stage's dense parameters over DP and of its experts over
-    # EDP, before each forward and each backward of every micro-batch (in fwd and bwd)
-    param_gather_dp: float = 0.0
-    param_gather_edp: float = 0.0
+    # ZeRO-3: per-unit parameter gathers and gradient reduce-scatters, and their exposed
+    # parts per micro-batch (in fwd and bwd) [fsdp]
+    zero3: fsdp.StageFsdp | None = None
+
+    @property
+    def param_gather_dp(self) -> float:
+        return self.zero3.gather_dp if self.zero3 else 0.0
+
+    @property
+    def param_gather_edp(self) -> float:
+        return self.zero3.gather_edp if self.zero3 else 0.0
 
     @property
     def busy(self) -> float:
@@ -180,6 +187,7 @@ class Context:
     peak: PeakTerms
     seqs: int
     p2p_bytes: float
+    zero3_lead: tuple[float, float, float] = (0.0, 0.0, 0.0)  # [fsdp] fsdp.lead
 
     @staticmethod
     def of(p: Problem, s: Strategy, costs: list[LayerCost]) -> Context:
@@ -187,9 +195,14 @@ class Context:
         if p.model.tie_embeddings and s.pp == 1:  # one shared table on the only stage
             head.params -= p.model.vocab * p.model.hidden / s.tp
         T = s.micro_batch * p.workload.tokens_per_sample // s.cp  # a CP rank's chunks
-        return Context(strategy_groups(p, s), emb, head, PeakTerms.of(costs, [emb, head]),
+        groups = strategy_groups(p, s)
+        lead = (0.0, 0.0, 0.0)
+        if p.training and s.zero >= 3:
+            distinct = {id(c): c for c in costs}.values()
+            lead = fsdp.lead([zero3_unit(p, s, c, groups) for c in distinct], p.zero3_gather)
+        return Context(groups, emb, head, PeakTerms.of(costs, [emb, head]),
                        -(-p.workload.batch // s.dp),
-                       T * p.model.hidden * p.model.dtype_bytes / s.tp)
+                       T * p.model.hidden * p.model.dtype_bytes / s.tp, lead)
 
     def edges(self, s: Strategy, k: int) -> list[LayerCost]:
         return ([self.emb] if k == 0 else []) + ([self.head] if k == s.pp - 1 else [])
@@ -225,27 +238,28 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
         if p.training:
             p2p_b = send((k - 1) % s.pp) * (v if k > 0 else v - 1)
     mem = _stage_memory(p, s, k, lc, edges, ctx.seqs, ctx.peak)
-    dp_sync = opt = exposed = last_bwd = gather_dp = gather_edp = 0.0
+    dp_sync = opt = exposed = last_bwd = 0.0
+    zero3 = None
     if p.training:
         dense = sum(c.params for c in lc) + sum(c.params for c in edges)
         expert = sum(c.params_expert for c in lc)
         gb, b = p.workload.grad_bytes, p.model.dtype_bytes
-        dp_sync = _grad_sync(dense, gb, b, ctx.groups["dp"], s, eff)
-        if p.model.is_moe:
-            dp_sync += _grad_sync(expert, gb, b, ctx.groups["edp"], s, eff)
+        if s.zero < 3:  # ZeRO-3 reduce-scatters per unit, behind the backward [fsdp]
+            dp_sync = _grad_sync(dense, gb, b, ctx.groups["dp"], s, eff)
+            if p.model.is_moe:
+                dp_sync += _grad_sync(expert, gb, b, ctx.groups["edp"], s, eff)
         last_bwd = bwd
-        if s.zero >= 2:  # gradients are sharded: reduce-scattered after every micro-batch,
+        if s.zero == 2:  # gradients are sharded: reduce-scattered after every micro-batch,
             rs = (dp_sync - _grad_sync(dense, 0, b, ctx.groups["dp"], s, eff)  # each behind
                   - (_grad_sync(expert, 0, b, ctx.groups["edp"], s, eff)      # its backward
                      if p.model.is_moe else 0.0))
             dp_sync += (s.num_micro_batches - 1) * rs
             last_bwd = bwd * s.num_micro_batches
-        if s.zero >= 3:  # parameters gathered before forward and before backward, the
-            gather_dp = comm.all_gather(b * dense, ctx.groups["dp"], eff)  # experts' over EDP
-            if p.model.is_moe:
-                gather_edp = comm.all_gather(b * expert, ctx.groups["edp"], eff)
-            fwd += gather_dp + gather_edp
-            bwd += gather_dp + gather_edp
+        if s.zero >= 3:  # [fsdp] per-unit gathers and reduce-scatters, what stays exposed
+            zero3 = stage_zero3(p, s, lc + edges, ctx)
+            fwd += zero3.exposed_gather_fwd
+            bwd += zero3.exposed - zero3.exposed_gather_fwd
+            last_bwd = bwd * s.num_micro_batches
         if not s.overlap_grad_reduce:  # reduced after the last backward, nothing hidden
             last_bwd = 0.0
         exposed = max(0.0, dp_sync - last_bwd)  # [dp-overlap] buckets reduce during backward
@@ -255,8 +269,43 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
             p.hw.gpu.hbm_bytes_per_s * p.calib.hbm_eff)
         opt += sum(c.fp8_weight_cast for c in lc)  # [fp8-weights] once per step, after Adam
     return StageCost(k, first, end, fwd + p2p_f, bwd + p2p_b, p2p_f, p2p_b, dp_sync, exposed,
-                     opt, mem, in_flight(s, k, p.training), last_bwd, lc, edges, gather_dp,
-                     gather_edp)
+                     opt, mem, in_flight(s, k, p.training), last_bwd, lc, edges, zero3)
+
+
+def zero3_unit(p: Problem, s: Strategy, c: LayerCost, groups: dict) -> fsdp.UnitComm:
+    """One layer (or edge) as an FSDP unit [fsdp]: one call per gather when prefetched
+    (coalesced), one per parameter tensor on demand."""
+    calls = 1 if p.zero3_gather == "prefetch" else max(1, fsdp.tensors(
+        not p.model.gated_mlp, [x.params for x in c.components]))
+    return fsdp.unit_comm(c.params, c.params_expert, calls, p.model.dtype_bytes,
+                          p.workload.grad_bytes, groups["dp"],
+                          groups["edp"] if p.model.is_moe else None, p.calib, c.fwd, c.bwd)
+
+
+def stage_zero3(p: Problem, s: Strategy, units: list[LayerCost], ctx: Context
+                ) -> fsdp.StageFsdp:
+    """[fsdp] A stage's ZeRO-3 traffic: the sum over its units plus the lead of each pass
+    (a constant, so the stage cost stays affine in its layers)."""
+    n = fsdp.gathers_per_micro_batch(p.zero3_gather, s.recompute)
+    g_dp = g_edp = red = ex_f = ex_b = ex_r = 0.0
+    calls = 0
+    seen: dict[int, tuple] = {}  # a model has a handful of distinct layers
+    for c in units:
+        if id(c) not in seen:
+            u = zero3_unit(p, s, c, ctx.groups)
+            dense = fsdp.unit_comm(c.params, 0.0, u.calls, p.model.dtype_bytes, 0,
+                                   ctx.groups["dp"], None, p.calib, 0.0, 0.0).gather
+            seen[id(c)] = (u, dense, fsdp.exposed(u, p.zero3_gather, n))
+        u, dense, (f, b_, r) = seen[id(c)]
+        g_dp, g_edp, red, calls = g_dp + dense, g_edp + u.gather - dense, red + u.reduce, \
+            calls + u.calls
+        ex_f, ex_b, ex_r = ex_f + f, ex_b + b_, ex_r + r
+    lf, lb, lr = ctx.zero3_lead
+    ex_f, ex_b, ex_r = ex_f + lf, ex_b + lb, ex_r + lr
+    # the total never exceeds the link time (fsdp.lead); the split between the gathers
+    # and the reduce-scatters may, by the lead: move what one part has too much to the other
+    over = max(0.0, ex_b - (n - 1) * (g_dp + g_edp)) - max(0.0, ex_r - red)
+    return fsdp.StageFsdp(g_dp, g_edp, red, calls, n, ex_f, ex_b - over, ex_r + over)
 
 
 def compose(stages: list[StageCost], m: int, v: int = 1) -> tuple[float, float]:

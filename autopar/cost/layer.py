@@ -13,8 +13,6 @@ from ..model.components import (
     EW_BWD,
     LINEAR_ROLES,
     Component,
-    embedding_components,
-    head_components,
     layer_components,
     param_bytes,
 )
@@ -22,6 +20,7 @@ from ..spec import HardwareSpec, ModelSpec, Workload
 from . import comm, fp8
 from .calibration import Calibration
 from .cp_attention import cp_terms
+from .fsdp import ZERO3_GATHERS
 from .fused_moe import expert_flops_share, fused_moe_applies, fused_moe_time
 from .groups import group_links
 from .recompute import selective
@@ -44,9 +43,15 @@ class Problem:
     # sequence parallelism) runs behind its weight-gradient GEMM (Megatron's
     # async_tensor_model_parallel_allreduce, on by default since late 2021); False: exposed.
     async_tp_allreduce: bool = True
+    # How ZeRO-3 gathers parameters (`cost.fsdp`): "prefetch" (Megatron-FSDP, FSDP2) or
+    # "on-demand" (DeepSpeed ZeRO-3 of 2021: per tensor, waited for)
+    zero3_gather: str = "prefetch"
 
     def __post_init__(self) -> None:  # measured defaults of this GPU fill what is unset
         object.__setattr__(self, "calib", self.calib.resolve(self.hw.gpu))
+        if self.zero3_gather not in ZERO3_GATHERS:
+            raise ValueError(f"zero3_gather {self.zero3_gather!r} is not one of "
+                             f"{ZERO3_GATHERS}")
 
     @property
     def training(self) -> bool:
@@ -378,39 +383,3 @@ def grad_accumulation(p: Problem, params: float) -> float:
     if not p.training or p.fused_grad_accumulation:
         return 0.0
     return _hbm(params * (p.model.dtype_bytes + 2 * p.workload.grad_bytes), p)
-
-
-def edge_cost(p: Problem, s: Strategy, which: str) -> LayerCost:
-    """Embedding (first stage) or final norm + LM head + loss (last stage) as a pseudo-layer."""
-    m = p.model
-    T = micro_batch_tokens(p, s)
-    if which == "lm_head" and not p.training:
-        T = s.micro_batch  # serving computes logits only for each sequence's last position
-    comps = embedding_components(m) if which == "embedding" else head_components(m)
-    costs, acts = [], 0.0
-    for c in comps:
-        cc, act = _component(c, p, s, T, MoEState(), 0.0)
-        if c.name == "embedding":  # a gather, bound by reading T rows of the table
-            cc.time_s = cc.ew_s = _time(0, T * m.hidden * m.dtype_bytes * 2, 1.0, p)
-        costs.append(cc)
-        acts += act
-    if not p.training:
-        acts = 0.0
-    compute = sum(c.time_s for c in costs)
-    tp_t = 0.0
-    if s.tp > 1:  # vocab-parallel embedding all-reduce / loss reductions: one T*h all-reduce
-        g = strategy_groups(p, s)["tp"]
-        tp_t = comm.all_reduce(T * m.hidden * m.dtype_bytes, g, p.calib)
-    return LayerCost(
-        compute_fwd=compute,
-        compute_bwd=sum(c.bwd_s for c in costs) + grad_accumulation(
-            p, sum(c.params for c in costs)),
-        recompute=0.0, tp_fwd=tp_t, tp_bwd=tp_t, ep_fwd=0.0, ep_bwd=0.0,
-        params=sum(c.params for c in costs), params_expert=0.0,
-        params_replicated=sum(c.params for c in costs if c.role == "replicated")
-        if s.tp > 1 else 0.0,
-        act_bytes=acts, act_bytes_none=acts, act_input=0.0,
-        flops_fwd=sum(c.flops for c in costs), tp_bytes=T * m.hidden * m.dtype_bytes,
-        ep_bytes=0.0, components=costs, tp_link=tp_t,
-    )
-

@@ -16,7 +16,7 @@ from ..search import SearchOptions, SearchResult
 from ..search.placement import Placement
 
 
-def inputs_echo(p: Problem, opts: SearchOptions) -> dict[str, Any]:
+def inputs_echo(p: Problem, opts: SearchOptions, zero3: bool = False) -> dict[str, Any]:
     m, hw, w = p.model, p.hw, p.workload
     model = asdict(m)
     model["dense_layers"] = list(m.dense_layers)
@@ -38,7 +38,9 @@ def inputs_echo(p: Problem, opts: SearchOptions) -> dict[str, Any]:
                     "seed": opts.seed, "workers": opts.workers,
                     "flash_attention": p.flash_attention,
                     "fused_grad_accumulation": p.fused_grad_accumulation,
-                    "async_tp_allreduce": p.async_tp_allreduce},
+                    "async_tp_allreduce": p.async_tp_allreduce,
+                    # [fsdp] stated where it prices something: a ZeRO-3 plan
+                    **({"zero3_gather": p.zero3_gather} if zero3 else {})},
         "calibration": p.calib.echo((gemm_key(p, p.gemm_dtype), p.model.dtype),
                                     moe_shape(m), not p.training),
     }

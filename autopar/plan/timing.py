@@ -80,17 +80,33 @@ def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, An
             kind = "reduce_scatter+all_gather" if s.zero >= 1 else "all_reduce"
             out.append(_coll(kind, "dp", groups["dp"], st.index, dense * p.workload.grad_bytes,
                              1, st.dp_sync, st.dp_exposed, "dp-comm"))
-        # ZeRO-3: the parameters gathered before each forward and backward, not hidden
-        b = p.model.dtype_bytes
-        expert = sum(c.params_expert for c in st.layer_costs)
-        for group, t, nbytes in (("dp", st.param_gather_dp, dense * b),
-                                 ("edp", st.param_gather_edp, expert * b)):
-            # listed wherever ZeRO-3 gathers, even when free (a stage with no experts on
-            # links without latency): `autopar check` expects every such gather
-            if t or (p.training and s.zero >= 3 and groups[group].size > 1
-                     and (group == "dp" or p.model.is_moe)):
-                out.append(_coll("all_gather", group, groups[group], st.index, nbytes,
-                                 2 * m_mb, t, 2 * m_mb * t, "dp-comm", part="parameters"))
+        if st.zero3 is not None:
+            out.extend(_zero3(p, s, st, groups, dense))
+    return out
+
+
+def _zero3(p: Problem, s: Strategy, st: StageCost, groups: dict, dense: float) -> list[dict]:
+    """[fsdp] ZeRO-3's per-unit collectives of one stage: the parameter gathers over DP and
+    EDP (`part: parameters`, `n` per unit and micro-batch) and the gradient reduce-scatters
+    (`part: gradients`, dense and experts on the DP entry), each call one unit's share (one
+    tensor's on demand), so `bytes_per_call` is the mean call; the exposed parts add up to
+    the stage's `param_gather_s` x micro-batches."""
+    z, m_mb = st.zero3, s.num_micro_batches
+    expert = sum(c.params_expert for c in st.layer_costs)
+    b = p.model.dtype_bytes
+    gather = z.gather_dp + z.gather_edp
+    out = []
+    for group, t, params in (("dp", z.gather_dp, dense), ("edp", z.gather_edp, expert)):
+        if groups[group].size > 1 and (group == "dp" or p.model.is_moe):
+            calls = z.gathers * m_mb * z.calls
+            share = z.exposed_gather * m_mb * t / gather if gather else 0.0
+            out.append(_coll("all_gather", group, groups[group], st.index, params * b / z.calls,
+                             calls, t / z.calls, share, "dp-comm", part="parameters"))
+    if s.dp_cp > 1 or (p.model.is_moe and s.edp > 1):
+        out.append(_coll("reduce_scatter", "dp", groups["dp"], st.index,
+                         dense * p.workload.grad_bytes / z.calls, m_mb * z.calls,
+                         z.reduce / z.calls, z.exposed_reduce * m_mb, "dp-comm",
+                         part="gradients"))
     return out
 
 
@@ -139,7 +155,7 @@ def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
             "pp_comm_s": st.p2p_fwd + st.p2p_bwd,
             **({"cp_comm_s": sum(c.cp_fwd + (c.cp_bwd if p.training else 0) for c in lcs)}
                if s.cp > 1 else {}),
-            "param_gather_s": 2 * (st.param_gather_dp + st.param_gather_edp),
+            "param_gather_s": st.zero3.exposed if st.zero3 else 0.0,
             "per_micro_batch_s": st.busy,
             "dp_sync_s": st.dp_sync, "dp_exposed_s": st.dp_exposed,
             "optimizer_s": st.optimizer,
