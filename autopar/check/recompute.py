@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from ..model.components import Component, embedding_components, head_components, layer_components
 from ..spec import HardwareSpec, ModelSpec, Workload
+from .a2a import deepep_min_time, remote_domains, wire_bytes
 from .fp8 import copy_bytes_per_param
+from .links import domain_members
 from .links import link_bw as _link_bw
 
 
@@ -35,6 +37,10 @@ class Layout:
     sequence_parallel: bool
     stage_layers: tuple[tuple[int, int], ...]
     virtual_stages: int = 1  # interleaved 1F1B: model chunks per pipeline stage
+    a2a_overlap: bool = False  # combined 1F1B [a2a-overlap]
+    moe_dispatcher: str = "alltoall"  # or "deepep" [deepep]
+    a2a_fp8: bool = False
+    a2a_node_limit: int = 0
 
     @staticmethod
     def from_strategy(s: dict) -> Layout:
@@ -43,7 +49,9 @@ class Layout:
                       int(s["num_micro_batches"]), s["recompute"], int(s["zero"]),
                       bool(s["sequence_parallel"]),
                       tuple((int(a), int(b)) for a, b in s["stage_layers"]),
-                      int(s.get("virtual_stages", 1)))
+                      int(s.get("virtual_stages", 1)), bool(s.get("a2a_overlap", False)),
+                      str(s.get("moe_dispatcher", "alltoall")), bool(s.get("a2a_fp8", False)),
+                      int(s.get("a2a_node_limit", 0)))
 
     @property
     def width(self) -> int:
@@ -77,11 +85,12 @@ def in_flight(lay: Layout, stage: int) -> float:
     """Micro-batches whose activations a training stage holds at once [pipeline-memory]:
     min(p - k, m) under 1F1B; interleaved over v chunks, Megatron's warm-up runs
     2 (p - k - 1) + (v - 1) p chunk forwards before the first backward, each chunk 1/v of
-    the stage (Korthikanti et al. 2022 sec. 4.2.3)."""
+    the stage (Korthikanti et al. 2022 sec. 4.2.3); combined 1F1B runs one chunk more."""
     p, v, m = lay.pp, lay.virtual_stages, lay.num_micro_batches
+    more = 1 if lay.a2a_overlap else 0  # [a2a-overlap] one more chunk forward first
     if v == 1:
-        return min(p - stage, m)
-    return min(2 * (p - stage - 1) + (v - 1) * p + 1, m * v) / v
+        return min(p - stage + more, m)
+    return min(2 * (p - stage - 1) + (v - 1) * p + 1 + more, m * v) / v
 
 
 def pipeline_time(busy: list[float], m: int, v: int = 1) -> float:
@@ -293,11 +302,16 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
                     "all_reduce", t, Se, lay.num_micro_batches * (2 if training else 1),
                     2 * (t - 1) / t * Se / bw)
         if n_moe and (lay.ep > 1 or lay.etp > 1) and not experts_in_tp_group(w, lay):
-            S = T / lay.tp * m.top_k * h * b
+            S = T / lay.tp * m.top_k * h * wire_bytes(m, lay.a2a_fp8)
             e = lay.ep
+            t_min = (e - 1) / e * S / _link_bw(hw, lay.groups("ep"), all_to_all=True)
+            if lay.moe_dispatcher == "deepep":  # [deepep] a token once to each remote domain
+                groups = lay.groups("ep")
+                remote = remote_domains(m.experts, m.top_k, len(domain_members(hw, groups[0])),
+                                        lay.a2a_node_limit)
+                t_min = deepep_min_time(hw, groups, S, remote, m.top_k)
             out[("ep", k, "")] = Collective(
-                "all_to_all", e, S, 2 * passes * n_moe * lay.num_micro_batches,
-                (e - 1) / e * S / _link_bw(hw, lay.groups("ep"), all_to_all=True))
+                "all_to_all", e, S, 2 * passes * n_moe * lay.num_micro_batches, t_min)
         if lay.pp > 1:
             S = T * h * b / lay.tp
             bw = max(hw.intra.bytes_per_s, hw.inter.bytes_per_s)

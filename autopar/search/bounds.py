@@ -68,7 +68,7 @@ class _CostCache:
 
     def _entry(self, s: Strategy) -> tuple:
         key = (s.tp, s.pp, s.dp, s.ep, s.etp, s.micro_batch, s.recompute, s.sequence_parallel,
-               s.overlap_tp_comm, s.spare_slots)
+               s.overlap_tp_comm, s.spare_slots, tuple(sorted(s.a2a_options().items())))
         if key not in self.costs:
             moe = moe_states(self.p, s, self.placements, self.opts, self._placement_deadline(s))
             costs = layer_costs(self.p, s, moe)

@@ -15,7 +15,9 @@ from ..cost.strategy import RECOMPUTE, Strategy, StrategyError
 
 PIN_KEYS = ("tp", "pp", "dp", "ep", "etp", "micro_batch", "num_micro_batches", "recompute",
             "zero", "sequence_parallel", "virtual_stages", "overlap_grad_reduce",
-            "overlap_tp_comm", "spare_slots")
+            "overlap_tp_comm", "spare_slots", "a2a_overlap", "moe_dispatcher", "a2a_fp8",
+            "a2a_node_limit", "a2a_sms")
+A2A_PINNED = ("a2a_fp8", "a2a_node_limit", "a2a_sms")  # numerics / kernels: pinned, not searched
 SPARE_CHOICES = (0, 1, 2)  # redundant expert slots per GPU tried under a skewed load
 
 
@@ -82,10 +84,30 @@ def _options(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb:
     vs = [v for v in _divisors(chunks) if v == 1 or (training and nmb % pp == 0)]
     if "virtual_stages" in pins:  # interleaving is a training schedule
         vs = [pins["virtual_stages"]] if training or pins["virtual_stages"] == 1 else []
-    flags = {k: pins[k] for k in ("overlap_grad_reduce", "overlap_tp_comm") if k in pins}
+    flags = {k: pins[k] for k in ("overlap_grad_reduce", "overlap_tp_comm", *A2A_PINNED)
+             if k in pins}
     for spare in _spare_choices(p, ep, pins):
-        _variants(G, tp, pp, dp, ep, etp, mb, nmb, recomputes, zeros, vs,
-                  {**flags, "spare_slots": spare}, pins, out)
+        for a2a in _a2a_choices(p, ep, etp, pins):
+            _variants(G, tp, pp, dp, ep, etp, mb, nmb, recomputes, zeros, vs,
+                      {**flags, **a2a, "spare_slots": spare}, pins, out)
+
+
+def _a2a_choices(p: Problem, ep: int, etp: int, pins: dict) -> list[dict]:
+    """[a2a-overlap, deepep] How the expert all-to-all runs: combined 1F1B overlap (training,
+    where the GPU's SM count is known) and DeepEP's dispatch (where the EP group spans NVLink
+    domains; inside one it is the same NVLink all-to-all), unless pinned. Layouts Megatron
+    refuses (full recompute, PP without interleaving) fail `Strategy`'s checks."""
+    if not p.model.is_moe or ep == 1:
+        return [{k: pins[k] for k in ("a2a_overlap", "moe_dispatcher") if k in pins}]
+    overlap = [False, True] if p.training and p.hw.gpu.sms else [False]
+    dispatch = ["alltoall", "deepep"] if ep * etp > p.hw.nvlink_domain else ["alltoall"]
+    if "a2a_overlap" in pins:
+        overlap = [pins["a2a_overlap"]]
+    if "moe_dispatcher" in pins:
+        dispatch = [pins["moe_dispatcher"]]
+    elif any(pins.get(k) for k in ("a2a_fp8", "a2a_node_limit")):
+        dispatch = ["deepep"]  # DeepEP's options
+    return [{"a2a_overlap": o, "moe_dispatcher": d} for o in overlap for d in dispatch]
 
 
 def _spare_choices(p: Problem, ep: int, pins: dict) -> tuple[int, ...]:
