@@ -217,7 +217,8 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
     out = dict.fromkeys(("weights_bytes", "gradients_bytes", "optimizer_bytes",
                          "activations_bytes", "activations_no_recompute_bytes",
                          "kv_cache_bytes", "tp_overhead_bytes", "fp8_weights_bytes"), 0.0)
-    out["workspace_bytes"] = 2 * T / lay.tp * m.top_k * m.hidden * b if moe else 0.0
+    out["workspace_bytes"] = (2 * T / lay.tp * m.top_k * m.hidden * wire_bytes(m, lay.a2a_fp8)
+                              if moe else 0.0)  # send + receive; fp8 dispatch [deepep]
     out["reserved_bytes"] = hw.reserved_bytes
     if w.kind == "training":
         def shard(level: int) -> tuple[int, int]:
