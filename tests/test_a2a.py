@@ -195,4 +195,6 @@ def test_unknown_sm_count_is_not_searched_and_refused_when_pinned():
         _moe_cost(q, a2a_overlap=True)
     from autopar.search.degrees import _a2a_choices
 
-    assert all(not c["a2a_overlap"] for c in _a2a_choices(q, 64, 1, {}))
+    assert all(not c["a2a_overlap"] for c in _a2a_choices(q, (64, 1, 1, 64, 64, 1, 1), {}))
+    assert {c["moe_dispatcher"] for c in _a2a_choices(p, (64, 1, 1, 64, 64, 1, 1), {})} == \
+        {"deepep"}  # NIC-bound across 8 nodes: the deduplicated dispatch is kept
