@@ -22,7 +22,7 @@ NEW_IN_ISSUE_13 = ["A100-SXM4-40GB", "H20", "L40S", "B300", "GB200", "GB300"]
 # what `_read_gpu` reads, plus free-text notes; a misspelt key would be dropped silently
 KEYS = {"memory_gb", "tflops", "hbm_tbps", "nvlink_gbps", "gemm_tflops", "nvlink_domain",
         "nvlink_topology",
-        "allreduce_busbw_gbps", "sources", "notes"}
+        "allreduce_busbw_gbps", "sources", "notes", "sms"}
 
 MODEL = {"model": {**TINY_MODEL["model"], "layers": 4, "heads": 8, "kv_heads": 8,
                    "hidden": 128},
@@ -50,6 +50,7 @@ def test_entry_loads_with_sources_and_plausible_figures(name):
     # the intra-node link defaults to the part's own (NVLink, Infinity Fabric or PCIe)
     assert 10 <= hw.intra.bytes_per_s / GB <= 1000
     assert hw.intra.bytes_per_s / GB == entry["nvlink_gbps"]
+    assert gpu.sms == entry.get("sms") and (gpu.sms is None or 50 <= gpu.sms <= 400)
 
 
 @pytest.mark.parametrize("name", NAMES)

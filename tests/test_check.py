@@ -444,7 +444,7 @@ def test_overlapped_tp_collective_states_its_link_time_and_exposed_part():
     they take on the link (not 0) and the exposed part separately; check verifies both."""
     mf = load_model(PROBLEMS / "models" / "mixtral-8x7b.yaml")
     hw = load_hardware(PROBLEMS / "hw" / "h100-8x.yaml")
-    plan = _solved(mf, hw, overlap_tp_comm=True, tp=2)
+    plan = _solved(mf, hw, overlap_tp_comm=True, tp=2, pp=1)
     assert not errors(check_plan(plan)), format_findings(check_plan(plan))
     c = _tp_layers(plan)
     link = 2 * (c["group_size"] - 1) / c["group_size"] * c["bytes_per_call"] / \

@@ -14,8 +14,10 @@ from ..model.components import Component, embedding_components, head_components,
 from ..model.recompute import block_reruns, module_reruns
 from ..spec import HardwareSpec, ModelSpec, Workload
 from . import zero3
+from .a2a import deepep_min_time, remote_domains, wire_bytes
 from .cp_attention import cp_collective
 from .fp8 import copy_bytes_per_param
+from .links import domain_members
 from .links import link_bw as _link_bw
 
 
@@ -42,6 +44,10 @@ class Layout:
     recompute_modules: tuple[str, ...] = ()  # selective: Megatron-Core's modules
     cp: int = 1  # context parallelism: each sequence split over cp ranks [cp-attention]
     cp_comm: str = "p2p"
+    a2a_overlap: bool = False  # combined 1F1B [a2a-overlap]
+    moe_dispatcher: str = "alltoall"  # or "deepep" [deepep]
+    a2a_fp8: bool = False
+    a2a_node_limit: int = 0
 
     @staticmethod
     def from_strategy(s: dict) -> Layout:
@@ -53,7 +59,9 @@ class Layout:
                       bool(s["sequence_parallel"]),
                       tuple((int(a), int(b)) for a, b in s["stage_layers"]),
                       int(s.get("virtual_stages", 1)), mods, int(s.get("cp", 1)),
-                      str(s.get("cp_comm", "p2p")))
+                      str(s.get("cp_comm", "p2p")), bool(s.get("a2a_overlap", False)),
+                      str(s.get("moe_dispatcher", "alltoall")), bool(s.get("a2a_fp8", False)),
+                      int(s.get("a2a_node_limit", 0)))
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -103,11 +111,12 @@ def in_flight(lay: Layout, stage: int) -> float:
     """Micro-batches whose activations a training stage holds at once [pipeline-memory]:
     min(p - k, m) under 1F1B; interleaved over v chunks, Megatron's warm-up runs
     2 (p - k - 1) + (v - 1) p chunk forwards before the first backward, each chunk 1/v of
-    the stage (Korthikanti et al. 2022 sec. 4.2.3)."""
+    the stage (Korthikanti et al. 2022 sec. 4.2.3); combined 1F1B runs one chunk more."""
     p, v, m = lay.pp, lay.virtual_stages, lay.num_micro_batches
+    more = 1 if lay.a2a_overlap else 0  # [a2a-overlap] one more chunk forward first
     if v == 1:
-        return min(p - stage, m)
-    return min(2 * (p - stage - 1) + (v - 1) * p + 1, m * v) / v
+        return min(p - stage + more, m)
+    return min(2 * (p - stage - 1) + (v - 1) * p + 1 + more, m * v) / v
 
 
 def pipeline_time(busy: list[float], m: int, v: int = 1,
@@ -249,7 +258,8 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
     out = dict.fromkeys(("weights_bytes", "gradients_bytes", "optimizer_bytes",
                          "activations_bytes", "activations_no_recompute_bytes",
                          "kv_cache_bytes", "tp_overhead_bytes", "fp8_weights_bytes"), 0.0)
-    out["workspace_bytes"] = 2 * T / lay.tp * m.top_k * m.hidden * b if moe else 0.0
+    out["workspace_bytes"] = (2 * T / lay.tp * m.top_k * m.hidden * wire_bytes(m, lay.a2a_fp8)
+                              if moe else 0.0)  # send + receive; fp8 dispatch [deepep]
     out["reserved_bytes"] = hw.reserved_bytes
     if w.kind == "training":
         def shard(level: int) -> tuple[int, int]:
@@ -342,12 +352,17 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
         if lay.cp > 1:  # [cp-attention] the KV exchange of every layer and pass
             out[("cp", k, "")] = Collective(*cp_collective(m, hw, w, lay, n))
         if n_moe and (lay.ep > 1 or lay.etp > 1) and not experts_in_tp_group(w, lay):
-            S = T / lay.tp * m.top_k * h * b
+            S = T / lay.tp * m.top_k * h * wire_bytes(m, lay.a2a_fp8)
             e = lay.ep
+            t_min = (e - 1) / e * S / _link_bw(hw, lay.groups("ep"), all_to_all=True)
+            if lay.moe_dispatcher == "deepep":  # [deepep] a token once to each remote domain
+                groups = lay.groups("ep")
+                remote = remote_domains(m.experts, m.top_k, len(domain_members(hw, groups[0])),
+                                        lay.a2a_node_limit)
+                t_min = deepep_min_time(hw, groups, S, remote, m.top_k)
             out[("ep", k, "")] = Collective(
                 "all_to_all", e, S,
-                (2 * passes * n_moe + sum(a[1] for a in again)) * lay.num_micro_batches,
-                (e - 1) / e * S / _link_bw(hw, lay.groups("ep"), all_to_all=True))
+                (2 * passes * n_moe + sum(a[1] for a in again)) * lay.num_micro_batches, t_min)
         if lay.pp > 1:
             S = T * h * b / lay.tp
             bw = max(hw.intra.bytes_per_s, hw.inter.bytes_per_s)

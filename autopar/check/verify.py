@@ -22,6 +22,7 @@ from ..errors import InputError
 from ..schema.gpus import pattern_path, read_gpus
 from ..schema.rules import plan_schema, schema_problems
 from ..spec import HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
+from .a2a import check_a2a
 from .echo import Inputs, inputs_from_echo
 from .figures import (
     _fullest,
@@ -246,6 +247,7 @@ def _check_full(f: Findings, plan: dict, inp: Inputs) -> dict[int, dict[str, int
             _guarded(f, "communication",
                      lambda: check_communication(f, plan, m, hw, w, lay))
             _guarded(f, "communication", lambda: check_links(f, plan, hw, lay))
+            _guarded(f, "communication", lambda: check_a2a(f, plan, m, hw, lay))
     elif ok("gpus"):
         _guarded(f, "gpus", lambda: check_capacity(
             f, plan["gpus"], hw.gpu.memory_bytes if hw else None))

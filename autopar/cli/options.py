@@ -84,6 +84,31 @@ def degree_pins(f: Callable) -> Callable:
                                  help=f"pin the {v}") for k, v in what.items()))(f)
 
 
+A2A_FLAGS = ("a2a_overlap", "moe_dispatcher", "a2a_fp8", "a2a_node_limit", "a2a_sms")
+
+
+def a2a_pins(f: Callable) -> Callable:
+    """The expert all-to-all as engines run it (docs/cost-model.md [a2a-overlap, deepep])."""
+    return _stack(
+        click.option("--a2a-overlap/--no-a2a-overlap", default=None,
+                     help="pin Megatron's combined 1F1B (--overlap-moe-expert-parallel-comm): "
+                          "a micro-batch's all-to-all behind another's compute (default: "
+                          "searched in training)"),
+        click.option("--moe-dispatcher", type=click.Choice(["alltoall", "deepep"]),
+                     default=None, help="pin the token dispatcher: NCCL all-to-all or "
+                     "DeepEP's node-deduplicated one (Megatron flex, SGLang --moe-a2a-backend "
+                     "deepep; default: searched where EP spans NVLink domains)"),
+        click.option("--a2a-fp8/--no-a2a-fp8", default=None,
+                     help="DeepEP: dispatch in fp8, combine in bf16 (default off)"),
+        click.option("--a2a-node-limit", type=click.IntRange(0, 100_000), default=None,
+                     help="DeepEP: node-limited routing, each token to at most N NVLink "
+                          "domains (DeepSeek-V3: 4; Megatron --moe-router-group-topk; 0 none)"),
+        click.option("--a2a-sms", type=click.IntRange(0, 100_000), default=None,
+                     help="SMs the overlapped dispatch / combine kernels hold (DeepEP "
+                          "num_sms; default 20)"),
+    )(f)
+
+
 def calibration(f: Callable) -> Callable:
     return click.option("--calibration", type=click.Path(dir_okay=False), default=None,
                         help="YAML of measured efficiencies overriding the defaults; "

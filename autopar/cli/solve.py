@@ -88,6 +88,7 @@ from .serving_flags import apply_targets, serving_options, serving_summary, solv
 @click.option("--fp8-recipe", type=click.Choice(list(FP8_RECIPES)), default=None,
               help="fp8 scaling recipe, as Megatron's --fp8-recipe (needs --precision fp8 or "
                    "a workload with it; default tensorwise)")
+@opt.a2a_pins
 @opt.calibration
 @opt.time_limit
 @opt.solver_controls
@@ -101,6 +102,7 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
           async_tp_allreduce, fused_grad_accumulation, zero3_gather, precision, fp8_recipe,
           calibration, time_limit, seed, workers, quiet, **serving) -> None:
     """Find the fastest layout of MODEL on HW and write its deployment plan."""
+    a2a = {k: serving.pop(k) for k in opt.A2A_FLAGS}  # expert all-to-all pins
 
     def run():
         mf = load_model(model_path)
@@ -123,7 +125,8 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
                                       embedding_in_split=embedding_in_split or None,
                                       loss_in_split=loss_in_split or None,
                                       overlap_grad_reduce=overlap_grad_reduce,
-                                      overlap_tp_comm=tp_comm_overlap).items()
+                                      overlap_tp_comm=tp_comm_overlap,
+                                      **a2a).items()
                 if v is not None}
         calib = opt.read_calibration(calibration)
         hw = load_hardware(hw_path)

@@ -129,13 +129,16 @@ def in_flight(s: Strategy, stage: int, training: bool) -> float:
     Interleaved (v chunks per stage): Megatron's warm-up runs 2 (p - k - 1) + (v - 1) p chunk
     forwards before the first backward; with the one in flight each holds 1/v of the stage's
     layers, so stage 0 holds p (1 + (p - 1) / (p v)) micro-batches' worth (Korthikanti
-    et al. 2022 sec. 4.2.3)."""
+    et al. 2022 sec. 4.2.3). Combined 1F1B (`a2a_overlap`) runs one more chunk forward
+    first, so that each 1F1B step's forward and backward are independent (Megatron's
+    get_pp_rank_microbatches): PP 1 holds two micro-batches."""
     if not training:
         return 1
     p, v, m = s.pp, s.virtual_stages, s.num_micro_batches
+    extra = 1 if s.a2a_overlap else 0  # [a2a-overlap] one more chunk forward before 1F1B
     if v == 1:
-        return min(p - stage, m)
-    return min(2 * (p - stage - 1) + (v - 1) * p + 1, m * v) / v
+        return min(p - stage + extra, m)
+    return min(2 * (p - stage - 1) + (v - 1) * p + 1 + extra, m * v) / v
 
 
 def _stage_memory(p: Problem, s: Strategy, stage: int, layers: list[LayerCost],

@@ -17,7 +17,7 @@ from ..model.components import (
     param_bytes,
 )
 from ..spec import HardwareSpec, ModelSpec, Workload
-from . import comm, fp8
+from . import a2a, comm, fp8
 from .calibration import Calibration
 from .cp_attention import cp_terms
 from .fsdp import ZERO3_GATHERS
@@ -119,6 +119,7 @@ class LayerCost:
     # the forward TP collectives on the link, before overlap hides any of them: what the
     # plan lists as their time (tp_fwd / tp_bwd are the exposed parts) [tp-overlap]
     tp_link: float = 0.0
+    ep_link: float = 0.0  # one pass's dispatch + combine on the link (ep_fwd: the exposed part)
     fp8_cast: float = 0.0  # of the compute, fp8 quantize kernels (fwd + bwd + recompute)
     fp8_weight_cast: float = 0.0  # per optimizer step: the fp8 weight copies [fp8-weights]
     # [cp-attention] the CP exchange: exposed forward / backward, all passes on the link
@@ -280,6 +281,9 @@ def _collectives(p: Problem, s: Strategy, T: float, moe_layer: bool, moe: MoESta
                 one = min(one, comm.all_reduce_one_shot(tp_bytes, groups["tp"], eff))
         tp_time = 2 * one
     ep_bytes, ep_time = 0.0, 0.0
+    if moe_layer and not experts_in_tp_group(p, s) and s.a2a_options():  # [deepep]
+        one = a2a.ep_pass(p, s, T, moe, groups)
+        return tp_time, one.total, tp_bytes, (one.dispatch_bytes + one.combine_bytes) / 2
     if moe_layer and not experts_in_tp_group(p, s):
         ep_bytes = T / s.tp * m.top_k * m.hidden * b
         g = groups["ep"]
@@ -323,6 +327,10 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         tp_f, tp_b1 = max(0.0, tp_t - window), max(0.0, tp_t - 2 * window)
     elif p.training and p.async_tp_allreduce and s.tp > 1:
         tp_b1 = max(0.0, tp_t - async_tp_hidden(costs, tp_t, s.sequence_parallel))
+    ep_f = ep_b1 = ep_t
+    if s.a2a_overlap and p.training and ep_t:  # [a2a-overlap] behind the other micro-batch
+        ep_f, ep_b1 = a2a.overlapped(costs, a2a.ep_pass(p, s, T, moe, groups),
+                                     a2a.sm_share(p, s))
     sp_div = s.tp if s.sequence_parallel else 1
     act_input = T * m.hidden * m.dtype_bytes / sp_div
     z3 = (s.dp_cp, s.edp) if s.zero >= 3 else (1, 1)  # ZeRO-3 stores (and casts) a shard
@@ -334,9 +342,9 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
             cc.again = cc.again_ew = 1.0
     elif s.recompute == "selective":  # the modules [recompute-modules]
         act, recompute, tp_x, ep_x = selective(p, s, layer, comps, costs, T, moe, tp_f, ep_t)
-        tp_bwd, ep_bwd = tp_b1 + tp_x, ep_t + ep_x
+        tp_bwd, ep_bwd = tp_b1 + tp_x, ep_b1 + ep_x
     else:
-        act, recompute, tp_bwd, ep_bwd = acts, 0.0, tp_b1, ep_t
+        act, recompute, tp_bwd, ep_bwd = acts, 0.0, tp_b1, ep_b1
     casts = sum(c.cast_s * (1 + c.again) + c.cast_bwd_s for c in costs)
     cpt = cp_terms(p, s, T, costs, groups)
     return LayerCost(
@@ -345,7 +353,7 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         recompute=recompute,
         tp_fwd=tp_f,
         tp_bwd=tp_bwd,
-        ep_fwd=ep_t,
+        ep_fwd=ep_f,
         ep_bwd=ep_bwd,
         params=sum(c.params for c in costs if c.role != "expert"),
         params_expert=sum(c.params for c in costs if c.role == "expert"),
@@ -359,7 +367,7 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         ep_bytes=ep_b,
         components=costs,
         params_linear=sum(c.params for c in costs if c.role in ("column", "row")),
-        tp_link=tp_t,
+        tp_link=tp_t, ep_link=ep_t,
         fp8_cast=casts, fp8_weight_cast=fp8.weight_cast_time(p, fp8_w),
         cp_fwd=cpt.fwd, cp_bwd=cpt.bwd, cp_link=cpt.link, cp_bytes=cpt.bytes_per_call,
     )

@@ -14,6 +14,11 @@ RECOMPUTE = ("none", "selective", "full")
 SPLIT_KEYS = ("first_stage_layers", "last_stage_layers", "embedding_in_split", "loss_in_split")
 # context parallelism's attention exchange (Megatron-Core --cp-comm-type) [cp-attention]
 CP_COMM = ("p2p", "all_gather", "a2a")
+DISPATCHERS = ("alltoall", "deepep")  # Megatron --moe-token-dispatcher-type alltoall / flex
+# the expert all-to-all options [a2a-overlap, deepep] and their defaults: a plan states them
+# only when set, so plans without them stay as they were
+A2A_DEFAULTS = {"a2a_overlap": False, "moe_dispatcher": "alltoall", "a2a_fp8": False,
+                "a2a_node_limit": 0, "a2a_sms": 20}
 
 
 class StrategyError(ValueError):
@@ -46,6 +51,14 @@ class Strategy:
     recompute_modules: tuple[str, ...] = ()
     cp: int = 1  # context parallelism: the sequence split over cp ranks [cp-attention]
     cp_comm: str = "p2p"  # how attention exchanges KV over the CP group (CP_COMM)
+    # [a2a-overlap] Megatron's combined 1F1B (--overlap-moe-expert-parallel-comm): one
+    # micro-batch's forward and another's backward interleaved layer by layer, each one's
+    # all-to-all behind the other's compute
+    a2a_overlap: bool = False
+    moe_dispatcher: str = "alltoall"  # [deepep] "deepep": node-deduplicated dispatch
+    a2a_fp8: bool = False  # [deepep] tokens dispatched in fp8 (1 + 1/32 B a value), combined bf16
+    a2a_node_limit: int = 0  # [deepep] node-limited routing: each token to <= M domains (0: any)
+    a2a_sms: int = 20  # [a2a-overlap] SMs the overlapped dispatch / combine kernels hold
 
     def __post_init__(self) -> None:
         if self.recompute == "selective":
@@ -95,6 +108,7 @@ class Strategy:
                                 "(Megatron refuses both)")
         if self.split_pinned and self.pp == 1:
             raise StrategyError("pipeline split flags need pp > 1")
+        _check_a2a(self)
         if self.overlap_tp_comm and not self.sequence_parallel:
             raise StrategyError("overlap_tp_comm needs sequence_parallel (the overlapped "
                                 "collectives are its all-gather and reduce-scatter)")
@@ -135,7 +149,13 @@ class Strategy:
                 + (" emb-in-split" if self.embedding_in_split else "")
                 + (" loss-in-split" if self.loss_in_split else "")
                 + (f" cp={self.cp}" if self.cp > 1 else "")
-                + (f" cp-{self.cp_comm}" if self.cp > 1 and self.cp_comm != "p2p" else ""))
+                + (f" cp-{self.cp_comm}" if self.cp > 1 and self.cp_comm != "p2p" else "")
+                + "".join(f" {k}={v}" for k, v in self.a2a_options().items()))
+
+
+    def a2a_options(self) -> dict:
+        """The expert all-to-all options set away from their defaults."""
+        return {k: getattr(self, k) for k, v in A2A_DEFAULTS.items() if getattr(self, k) != v}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -146,6 +166,9 @@ class Strategy:
         if self.cp == 1:  # no CP: the plan reads as before context parallelism existed
             d.pop("cp")
             d.pop("cp_comm")
+        for k in A2A_DEFAULTS:  # stated only when set (plans without them are unchanged)
+            if k not in self.a2a_options():
+                d.pop(k)
         d["edp"] = self.edp
         if self.recompute == "selective":  # only then, so other plans keep their bytes
             d["recompute_modules"] = list(self.recompute_modules)
@@ -205,3 +228,23 @@ class Strategy:
         local = gpu % self.stage_width
         inner = local % (self.etp * self.ep)
         return [stage0 + inner + self.etp * self.ep * r for r in range(self.edp)]
+
+
+def _check_a2a(s: Strategy) -> None:
+    """Megatron-Core's argument checks of the all-to-all options (TransformerConfig)."""
+    if s.moe_dispatcher not in DISPATCHERS:
+        raise StrategyError(f"moe_dispatcher {s.moe_dispatcher!r} is not one of {DISPATCHERS}")
+    if s.a2a_node_limit < 0 or s.a2a_sms < 0:
+        raise StrategyError("a2a_node_limit and a2a_sms must be >= 0")
+    if (s.a2a_fp8 or s.a2a_node_limit) and s.moe_dispatcher != "deepep":
+        raise StrategyError("a2a_fp8 and a2a_node_limit need moe_dispatcher deepep")
+    if s.moe_dispatcher == "deepep" and s.ep == 1:
+        raise StrategyError("moe_dispatcher deepep needs expert parallelism (ep > 1)")
+    if s.a2a_overlap:
+        if s.ep == 1:
+            raise StrategyError("a2a_overlap needs expert parallelism (ep > 1)")
+        if s.recompute == "full":
+            raise StrategyError("a2a_overlap needs recompute other than full (Megatron)")
+        if s.pp > 1 and s.virtual_stages == 1:
+            raise StrategyError("a2a_overlap with pp > 1 needs interleaving (virtual_stages "
+                                "> 1), as Megatron requires")

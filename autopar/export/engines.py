@@ -64,6 +64,8 @@ def _sglang(d: dict[str, int], moe: bool, seqs: int, frac: float, max_len: int,
                    f"rest (EP x ETP = {W}); the plan has EP {d['ep']} x ETP {d['etp']}")
         if d["ep"] > 1:
             args["ep-size"] = d["ep"]
+        if d.get("moe_dispatcher") == "deepep":  # [deepep] DeepEP's dispatch and combine
+            args["moe-a2a-backend"] = "deepep"
     args |= {"pp-size": d["pp"], "max-running-requests": running,
              "mem-fraction-static": frac, "context-length": max_len}
     if nodes > 1:
@@ -80,7 +82,8 @@ def launch_section(degrees: dict[str, int], moe: bool, per_replica: int, memory_
 
     `memory_bytes` is the plan's fullest GPU (vLLM's utilization covers everything it
     allocates); `static_bytes` its weights and KV cache (SGLang's static pool)."""
-    d = {k: int(degrees[k]) for k in ("tp", "pp", "dp", "ep", "etp")}
+    d: dict = {k: int(degrees[k]) for k in ("tp", "pp", "dp", "ep", "etp")}
+    d["moe_dispatcher"] = degrees.get("moe_dispatcher", "alltoall")
     out = {
         "vllm": _vllm(d, moe, per_replica, _fraction(memory_bytes, capacity_bytes),
                       max_model_len, nodes),

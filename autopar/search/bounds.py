@@ -70,6 +70,7 @@ class _CostCache:
     def _entry(self, s: Strategy) -> tuple:
         key = (s.tp, s.pp, s.dp, s.ep, s.etp, s.micro_batch, s.recompute, s.sequence_parallel,
                s.overlap_tp_comm, s.spare_slots, s.recompute_modules, s.cp, s.cp_comm,
+               tuple(sorted(s.a2a_options().items())),
                # ZeRO-3 shards the fp8 weight copies a layer casts [fp8-weights]
                s.zero >= 3 and self.p.workload.precision == "fp8")
         if key not in self.costs:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..cost.layer import Problem
+from ..cost.a2a import ep_pass
+from ..cost.comm import group_link
+from ..cost.layer import MoEState, Problem
 from ..cost.pipeline import SplitError, megatron_bounds
 from ..cost.strategy import CP_COMM, RECOMPUTE, SPLIT_KEYS, Strategy, StrategyError
 from ..errors import InputError
@@ -19,7 +21,9 @@ from ..spec import ModelSpec
 
 PIN_KEYS = ("tp", "pp", "dp", "ep", "etp", "micro_batch", "num_micro_batches", "recompute",
             "zero", "sequence_parallel", "virtual_stages", "overlap_grad_reduce",
-            "overlap_tp_comm", "spare_slots", "recompute_modules", "cp", "cp_comm", *SPLIT_KEYS)
+            "overlap_tp_comm", "spare_slots", "recompute_modules", "cp", "cp_comm", *SPLIT_KEYS,
+            "a2a_overlap", "moe_dispatcher", "a2a_fp8", "a2a_node_limit", "a2a_sms")
+A2A_PINNED = ("a2a_fp8", "a2a_node_limit", "a2a_sms")  # numerics / kernels: pinned, not searched
 SPARE_CHOICES = (0, 1, 2)  # redundant expert slots per GPU tried under a skewed load
 # [cp-attention] CP is searched for training only, in powers of two that leave each rank at
 # least this many tokens of a sequence (two load-balanced chunks of 2048): below it the ring's
@@ -79,6 +83,7 @@ def enumerate_strategies(p: Problem, opts: SearchOptions) -> list[Strategy]:
     """Every layout the inputs allow, after pins and divisibility rules (DESIGN sec. 3)."""
     m, w, G = p.model, p.workload, p.hw.num_gpus
     pins = opts.pins
+    _FASTER.clear()  # keyed by the problem's id: valid for this enumeration only
     max_tp = opts.max_tp or p.hw.nvlink_domain
     out = []
     for pp in _divisors(G):
@@ -124,15 +129,66 @@ def _options(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb:
           if v == 1 or (training and nmb % pp == 0)]
     if "virtual_stages" in pins:  # interleaving is a training schedule
         vs = [pins["virtual_stages"]] if training or pins["virtual_stages"] == 1 else []
-    flags = {k: pins[k] for k in ("overlap_grad_reduce", "overlap_tp_comm", *SPLIT_KEYS)
-             if k in pins}
+    flags = {k: pins[k] for k in ("overlap_grad_reduce", "overlap_tp_comm", *SPLIT_KEYS,
+                                  *A2A_PINNED) if k in pins}
     if any(flags.get(k) for k in SPLIT_KEYS):  # Megatron's checks of the pinned split
         vs = [v for v in vs if _split_ok(p.model.layers, pp, v, flags)]
     if cp > 1:  # p2p (ring) is searched: all_gather moves as much and hides none of it
         flags.update(cp=cp, cp_comm=pins.get("cp_comm", "p2p"))
     for spare in _spare_choices(p, ep, pins):
-        _variants(G, tp, pp, dp, ep, etp, mb, nmb, recomputes, zeros, vs,
-                  {**flags, "spare_slots": spare}, pins, out)
+        for a2a in _a2a_choices(p, (G, tp, pp, dp, ep, etp, mb), pins):
+            _variants(G, tp, pp, dp, ep, etp, mb, nmb, recomputes, zeros, vs,
+                      {**flags, **a2a, "spare_slots": spare}, pins, out)
+
+
+def _a2a_choices(p: Problem, shape: tuple, pins: dict) -> list[dict]:
+    """[a2a-overlap, deepep] How the expert all-to-all runs: combined 1F1B overlap (training,
+    where the GPU's SM count is known; it trades memory for time, so both are weighed) and
+    the dispatcher, unless pinned. Where the EP group spans NVLink domains the faster of the
+    NCCL all-to-all and DeepEP for this shape is kept (their memory is the same, and the
+    exposed time grows with the transfer under either overlap); inside one domain they are
+    the same NVLink all-to-all. Layouts Megatron refuses fail `Strategy`'s checks."""
+    ep, etp = shape[4], shape[5]
+    if not p.model.is_moe or ep == 1:
+        return [{k: pins[k] for k in ("a2a_overlap", "moe_dispatcher") if k in pins}]
+    overlap = [False, True] if p.training and p.hw.gpu.sms else [False]
+    dispatch = [_faster_dispatcher(p, shape, pins)] if ep * etp > p.hw.nvlink_domain \
+        else ["alltoall"]
+    if "a2a_overlap" in pins:
+        overlap = [pins["a2a_overlap"]]
+    if "moe_dispatcher" in pins:
+        dispatch = [pins["moe_dispatcher"]]
+    elif any(pins.get(k) for k in ("a2a_fp8", "a2a_node_limit")):
+        dispatch = ["deepep"]  # DeepEP's options
+    return [{"a2a_overlap": o, "moe_dispatcher": d} for o in overlap for d in dispatch]
+
+
+_FASTER: dict[tuple, str] = {}  # (problem, shape) -> dispatcher; the micro-batch scales both
+
+
+def _faster_dispatcher(p: Problem, shape: tuple, pins: dict) -> str:
+    """The dispatcher whose dispatch + combine of one MoE layer is shorter on this shape
+    (uniform load; DeepEP with the pinned node limit and fp8 dispatch)."""
+    key = (id(p), shape[:6], pins.get("a2a_fp8"), pins.get("a2a_node_limit"))
+    if key not in _FASTER:
+        _FASTER[key] = _compare_dispatchers(p, shape, pins)
+    return _FASTER[key]
+
+
+def _compare_dispatchers(p: Problem, shape: tuple, pins: dict) -> str:
+    G, tp, pp, dp, ep, etp, mb = shape
+    T = mb * p.workload.tokens_per_sample
+    times = {}
+    for d in ("alltoall", "deepep"):
+        extra = {k: pins[k] for k in ("a2a_fp8", "a2a_node_limit") if k in pins and
+                 d == "deepep"}
+        try:
+            s = Strategy(G, tp, pp, dp, ep, etp, mb, moe_dispatcher=d, **extra)
+        except StrategyError:
+            return "alltoall"
+        links = {"ep": group_link(p.hw, s.ep_group(0)), "etp": group_link(p.hw, s.etp_group(0))}
+        times[d] = ep_pass(p, s, T, MoEState(), links).total  # the first EP group's links
+    return "deepep" if times["deepep"] < times["alltoall"] else "alltoall"
 
 
 def virtual_choices(layers: int, pp: int) -> list[int]:
@@ -210,10 +266,15 @@ def _spare_choices(p: Problem, ep: int, pins: dict) -> tuple[int, ...]:
 def _variants(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb: int,
               recomputes: tuple, zeros: tuple, vs: list, flags: dict, pins: dict,
               out: list[Strategy]) -> None:
+    overlap = flags.get("a2a_overlap", False)  # Megatron: no full recompute, VPP under PP
     for rc, mods in recomputes:
+        if overlap and rc == "full":
+            continue
         for z in ([pins["zero"]] if "zero" in pins else zeros):
             sps = (tp > 1,) if "sequence_parallel" not in pins else (pins["sequence_parallel"],)
             for sp, v in ((sp, v) for sp in sps for v in vs):
+                if overlap and pp > 1 and v == 1:
+                    continue
                 try:
                     out.append(Strategy(G, tp, pp, dp, ep, etp, mb, nmb, rc, z, sp, v,
                                         **flags, recompute_modules=mods))

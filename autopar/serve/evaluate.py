@@ -41,6 +41,7 @@ class Layout:
     ep: int
     etp: int
     spare: int = 0
+    a2a: tuple = ()  # pinned dispatch options, (name, value) pairs [deepep]
 
     @property
     def gpus(self) -> int:
@@ -48,7 +49,8 @@ class Layout:
 
     def strategy(self, num_gpus: int, micro_batch: int = 1, micro_batches: int = 1) -> Strategy:
         return Strategy(num_gpus, self.tp, self.pp, self.dp, self.ep, self.etp, micro_batch,
-                        micro_batches, "none", 0, False, spare_slots=self.spare)
+                        micro_batches, "none", 0, False, spare_slots=self.spare,
+                        **dict(self.a2a))
 
     def describe(self) -> str:
         return (f"TP{self.tp} PP{self.pp} DP{self.dp} EP{self.ep} ETP{self.etp}"
@@ -56,7 +58,7 @@ class Layout:
 
     def to_dict(self) -> dict[str, int]:
         return {"tp": self.tp, "pp": self.pp, "dp": self.dp, "ep": self.ep, "etp": self.etp,
-                "spare_slots": self.spare}
+                "spare_slots": self.spare, **dict(self.a2a)}
 
 
 @dataclass

@@ -63,10 +63,13 @@ def layouts(p: Problem, opts: SearchOptions) -> list[Layout]:
     given count, else a few under a skewed load, weighed by the cost like any degree."""
     probe = phase_problem(p, "decode", 1)
     pins = {k: v for k, v in opts.pins.items()
-            if k in ("tp", "pp", "dp", "ep", "etp", "spare_slots")}
+            if k in ("tp", "pp", "dp", "ep", "etp", "spare_slots", "moe_dispatcher", "a2a_fp8",
+                     "a2a_node_limit")}
     seen: dict[tuple, Layout] = {}
     for s in enumerate_strategies(probe, SearchOptions(pins=pins, max_tp=opts.max_tp)):
-        lay = Layout(s.tp, s.pp, s.dp, s.ep, s.etp, s.spare_slots)
+        a2a = tuple((k, getattr(s, k)) for k in ("moe_dispatcher", "a2a_fp8", "a2a_node_limit")
+                    if k in pins)  # [deepep] SGLang --moe-a2a-backend deepep, when pinned
+        lay = Layout(s.tp, s.pp, s.dp, s.ep, s.etp, s.spare_slots, a2a)
         seen.setdefault(astuple(lay), lay)
     if p.model.is_moe:
         for lay in list(seen.values()):
@@ -74,7 +77,7 @@ def layouts(p: Problem, opts: SearchOptions) -> list[Layout]:
             etp = W // lay.ep
             if etp in (lay.etp, 1) or pins.get("etp", etp) != etp:
                 continue
-            cand = Layout(lay.tp, lay.pp, lay.dp, lay.ep, etp, lay.spare)
+            cand = Layout(lay.tp, lay.pp, lay.dp, lay.ep, etp, lay.spare, lay.a2a)
             try:
                 cand.strategy(p.hw.num_gpus)
             except StrategyError:

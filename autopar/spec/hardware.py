@@ -28,6 +28,7 @@ class GPUSpec:
     sources: tuple[str, ...] = ()
     gemm_eff: float | None = None  # measured large-GEMM fraction of the 16-bit peak (catalogue)
     nvlink_eff: float | None = None  # measured NVLink all-reduce bus bandwidth / line rate
+    sms: int | None = None  # streaming multiprocessors (what reserved communication SMs share)
 
     def flops(self, dtype: str) -> float:
         """Peak FLOP/s of a GEMM in `dtype` (nvfp4: the fp4 rate). The fp4 rate is only ever
@@ -140,6 +141,7 @@ def _read_gpu(f: Fields) -> tuple[GPUSpec, float | None]:
         tflops = dict(tflops_default)
     hbm = f.float("hbm_tbps", 0.001, 1000, default=base.get("hbm_tbps", need))
     nvlink = base.get("nvlink_gbps")
+    sms = f.int("sms", 1, 100_000, default=base.get("sms"))
     gpu = GPUSpec(
         name=name,
         memory_bytes=memory_gb * GB,
@@ -149,6 +151,7 @@ def _read_gpu(f: Fields) -> tuple[GPUSpec, float | None]:
         gemm_eff=base["gemm_tflops"] / base["tflops"]["bf16"] if "gemm_tflops" in base else None,
         nvlink_eff=base["allreduce_busbw_gbps"] / nvlink
         if "allreduce_busbw_gbps" in base and nvlink else None,
+        sms=sms,
     )
     return gpu, nvlink
 
