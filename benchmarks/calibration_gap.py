@@ -36,9 +36,10 @@ READING = """## Reading
 The shipped tables are autopar's default on these GPUs; `--calibration defaults` gives the flat
 fractions this compares against. Both columns are at the flat fractions' layout.
 
-**Qwen3-30B-A3B decode (6.46 -> 9.64 ms a step at TP1 EP8 DP8, 16 sequences a replica).** 58 %
-of the gap (+1.73 of +3.18 ms) is the two expert rows, 32 % (+1.02 ms) the EP all-to-all, the
-rest the attention-block and router GEMMs; attention, norms and the LM head do not move (no
+**Qwen3-30B-A3B decode (6.46 -> 9.50 ms a step at TP1 EP8 DP8, 16 sequences a replica).** 57 %
+of the gap (+1.73 of +3.04 ms) is the two expert rows, 34 % (+1.02 ms) the EP all-to-all, the
+rest the attention-block GEMMs (the router is cheaper: the fused op does the permute it paid
+before); attention, norms and the LM head do not move (no
 table prices attention or elementwise kernels; the LM head stays HBM-bound). The experts are
 now the measured vLLM fused-MoE op (`docs/cost-model.md` `fused-moe`), read at 128 tokens over
 the EP group of 8: 96 us a layer for both GEMMs, the activation and the routing, where the
