@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ..spec import DTYPE_BYTES
 from . import comm, fp8, fsdp
 from .edges import edge_cost
+from .mtp import with_mtp
 from .layer import (
     LayerCost,
     MoEState,
@@ -145,7 +146,7 @@ def _stage_memory(p: Problem, s: Strategy, stage: int, layers: list[LayerCost],
                   edges: list[LayerCost], seqs: int, peak: PeakTerms) -> Memory:
     m, b = p.model, p.model.dtype_bytes
     dense = sum(c.params for c in layers) + sum(c.params for c in edges)
-    expert = sum(c.params_expert for c in layers)
+    expert = sum(c.params_expert for c in layers) + sum(c.params_expert for c in edges)
     repl = sum(c.params_replicated for c in layers) + sum(c.params_replicated for c in edges)
     mem = Memory(reserved=p.hw.reserved_bytes)
     if p.training:
@@ -203,7 +204,9 @@ class Context:
         if p.training and s.zero >= 3:
             distinct = {id(c): c for c in costs}.values()
             lead = fsdp.lead([zero3_unit(p, s, c, groups) for c in distinct], p.zero3_gather)
-        return Context(groups, emb, head, PeakTerms.of(costs, [emb, head]),
+        peak = PeakTerms.of(costs, [emb, head])
+        head = with_mtp(p, s, head, costs[-1])  # [mtp] on the last stage
+        return Context(groups, emb, head, peak,
                        -(-p.workload.batch // s.dp),
                        T * p.model.hidden * p.model.dtype_bytes / s.tp, lead)
 
@@ -245,7 +248,7 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
     zero3 = None
     if p.training:
         dense = sum(c.params for c in lc) + sum(c.params for c in edges)
-        expert = sum(c.params_expert for c in lc)
+        expert = sum(c.params_expert for c in lc) + sum(c.params_expert for c in edges)
         gb, b = p.workload.grad_bytes, p.model.dtype_bytes
         if s.zero < 3:  # ZeRO-3 reduce-scatters per unit, behind the backward [fsdp]
             dp_sync = _grad_sync(dense, gb, b, ctx.groups["dp"], s, eff)

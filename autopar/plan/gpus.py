@@ -11,6 +11,7 @@ from ..cost.evaluate import Evaluation
 from ..cost.layer import Problem
 from ..cost.strategy import Strategy
 from ..model.components import embedding_components, head_components, layer_components
+from ..model.mtp import mtp_components
 from ..model.shards import split, tp_shard
 from ..schema.gpus import FORM, gpu_flops, patterns
 from ..search.placement import Placement
@@ -42,6 +43,7 @@ def _dims(p: Problem, name: str) -> dict[str, int]:
         "fc1": {"columns": f}, "fc2": {"rows": f},
         "shared_fc1": {"columns": f}, "shared_fc2": {"rows": f},
         "embedding": {"vocab": m.vocab}, "lm_head": {"vocab": m.vocab},
+        "mtp_eh_proj": {"columns": m.hidden}, "mtp_lm_head": {"vocab": m.vocab},  # [mtp]
     }.get(name, {})
 
 
@@ -78,8 +80,12 @@ def _shard_entries(p: Problem, s: Strategy, ev: Evaluation, stage: int, tp_rank:
             })
     for edge in st.edges:
         comps = embedding_components(m) if edge.components[0].name == "embedding" \
-            else head_components(m)
+            else head_components(m) + mtp_components(  # [mtp] joined to the head
+                m, p.workload.context_len, p.workload.causal, p.flash_attention) * (
+                m.mtp_layers if p.training else 0)
         for comp, cc in zip(comps, edge.components, strict=True):
+            if comp.is_expert:
+                continue
             entries.append({
                 "name": comp.name, "role": comp.role, "layers": None,
                 "shard": tp_shard(comp.name, comp.role, _dims(p, comp.name), s.tp, tp_rank),
