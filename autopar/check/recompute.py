@@ -338,11 +338,12 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
     passes = 1 + (1 if training else 0) + (1 if lay.recompute == "full" else 0)
     out: dict[tuple[str, int, str], Collective] = {}
     for k, (first, last) in enumerate(lay.stage_layers):
-        n = last - first + 1
-        n_moe = sum(m.is_moe_layer(x) for x in range(first, last + 1))
+        mtp = [mtp_layer_index(m)] * mtp_count(m, training, k, lay.pp)  # [mtp] as layers
+        runs = list(range(first, last + 1)) + mtp
+        n = len(runs)
+        n_moe = sum(m.is_moe_layer(x) for x in runs)
         # a checkpointed MLP / MoE layer reruns its block's TP collective and all-to-alls
-        again = [block_reruns(m, x, lay.modules) if training else (0, 0)
-                 for x in range(first, last + 1)]
+        again = [block_reruns(m, x, lay.modules) if training else (0, 0) for x in runs]
         if lay.tp > 1:
             S = T * h * b
             t = lay.tp
@@ -354,7 +355,7 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
             # [tp-comm] the vocab-parallel embedding and the loss: one all-reduce per pass
             # (serving computes logits for each sequence's last position only)
             edges = (["embedding"] if k == 0 else []) + (["lm_head"] if k == lay.pp - 1
-                                                         else [])
+                                                         else []) + ["mtp"][:len(mtp)]
             for part in edges:
                 Se = S if training or part == "embedding" else lay.micro_batch * h * b
                 out[("tp", k, part)] = Collective(
@@ -387,7 +388,7 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
                 out[("pp", k, "backward")] = Collective(
                     "send_recv", 2, S, lay.num_micro_batches * sends_b, S / bw)
         if training and lay.zero < 3 and (lay.dp_cp > 1 or (m.is_moe and lay.edp > 1)):
-            params = stage_params(m, lay, k, {}).dense
+            params = stage_params(m, lay, k, {}, training).dense
             S = params * w.grad_bytes
             d = lay.dp_cp
             bw = _link_bw(hw, lay.groups("dp"))
@@ -398,7 +399,7 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
             out[("dp", k, "")] = Collective(
                 "reduce_scatter+all_gather" if lay.zero >= 1 else "all_reduce", d, S, 1, t_min)
         if training and lay.zero >= 3:  # [fsdp] per-unit gathers and reduce-scatters
-            par = stage_params(m, lay, k, fullest or {})
+            par = stage_params(m, lay, k, fullest or {}, training)
             out.update(zero3.collectives(m, hw, w, lay, k, par.dense, par.expert,
                                          zero3_mode, Collective))
     return out

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from ..spec import DTYPE_BYTES
 from . import comm, fp8, fsdp
 from .edges import edge_cost
-from .mtp import with_mtp
 from .layer import (
     LayerCost,
     MoEState,
@@ -20,6 +19,7 @@ from .layer import (
     layer_cost,
     strategy_groups,
 )
+from .mtp import mtp_edges
 from .pipeline import chunked_pipeline
 from .strategy import Strategy
 
@@ -192,6 +192,7 @@ class Context:
     seqs: int
     p2p_bytes: float
     zero3_lead: tuple[float, float, float] = (0.0, 0.0, 0.0)  # [fsdp] fsdp.lead
+    mtp: tuple[LayerCost, ...] = ()  # [mtp] the MTP modules' pseudo-layers, last stage
 
     @staticmethod
     def of(p: Problem, s: Strategy, costs: list[LayerCost]) -> Context:
@@ -204,14 +205,14 @@ class Context:
         if p.training and s.zero >= 3:
             distinct = {id(c): c for c in costs}.values()
             lead = fsdp.lead([zero3_unit(p, s, c, groups) for c in distinct], p.zero3_gather)
-        peak = PeakTerms.of(costs, [emb, head])
-        head = with_mtp(p, s, head, costs[-1])  # [mtp] on the last stage
-        return Context(groups, emb, head, peak,
+        return Context(groups, emb, head, PeakTerms.of(costs, [emb, head]),
                        -(-p.workload.batch // s.dp),
-                       T * p.model.hidden * p.model.dtype_bytes / s.tp, lead)
+                       T * p.model.hidden * p.model.dtype_bytes / s.tp, lead,
+                       mtp_edges(p, s, costs[-1]) if costs else ())  # [mtp]
 
     def edges(self, s: Strategy, k: int) -> list[LayerCost]:
-        return ([self.emb] if k == 0 else []) + ([self.head] if k == s.pp - 1 else [])
+        return ([self.emb] if k == 0 else []) + ([self.head, *self.mtp] if k == s.pp - 1
+                                                 else [])
 
 
 def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list[LayerCost],

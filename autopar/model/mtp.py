@@ -15,6 +15,16 @@ from ..spec import ModelSpec
 from .components import Component, layer_components, loss_bytes_per_logit
 
 
+def plan_name(module: int, name: str) -> str:
+    """A module's component as the plan names it (`mtp0.qkv`): apart from the decoder's."""
+    return f"mtp{module}.{name}"
+
+
+def base_name(name: str) -> str:
+    """The component's own name (`qkv`) of a plan name, MTP or not."""
+    return name.split(".", 1)[1] if name.startswith("mtp") and "." in name else name
+
+
 def mtp_layer_index(m: ModelSpec) -> int:
     """The decoder layer whose type the MTP block repeats (Megatron builds it from the
     model's layer spec: the last layer's)."""
@@ -25,11 +35,11 @@ def mtp_extra_components(m: ModelSpec) -> list[Component]:
     """One module's parts outside its transformer layer: norms, projection, shared head."""
     h, b = m.hidden, m.dtype_bytes
     return [
-        Component("mtp_enorm", "replicated", h, 5 * h, 0, b * h),
-        Component("mtp_hnorm", "replicated", h, 5 * h, 0, b * h),
-        Component("mtp_eh_proj", "column", 2 * h * h, 2 * 2 * h * h, 0, 2 * b * h, (2 * h, h)),
-        Component("mtp_final_norm", "replicated", h, 5 * h, 0, b * h),
-        Component("mtp_lm_head", "vocab", 0, 2 * h * m.vocab, 4 * m.vocab, b * h,
+        Component("enorm", "replicated", h, 5 * h, 0, b * h),
+        Component("hnorm", "replicated", h, 5 * h, 0, b * h),
+        Component("eh_proj", "column", 2 * h * h, 2 * 2 * h * h, 0, 2 * b * h, (2 * h, h)),
+        Component("final_norm", "replicated", h, 5 * h, 0, b * h),
+        Component("lm_head", "vocab", 0, 2 * h * m.vocab, 4 * m.vocab, b * h,
                   (h, m.vocab), ew_bytes=loss_bytes_per_logit(b) * m.vocab),
     ]
 
