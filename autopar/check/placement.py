@@ -105,13 +105,21 @@ def _tile(parts: list[tuple[int, int, str]], extent: int, label: str, out: _Grou
                 f"has {extent}", layer, pos, extent)
 
 
+def _training(plan: dict) -> bool:
+    """Whether the plan is a training one (its MTP modules are then on the last stage);
+    a plan without inputs is the schema's finding, not this check's."""
+    inputs = plan.get("inputs")
+    w = inputs.get("workload") if isinstance(inputs, dict) else None
+    return isinstance(w, dict) and w.get("kind") == "training"
+
+
 def check_shards(f: Findings, plan: dict, m: ModelSpec, lay: Layout,
                  pick: Pick = every) -> None:
     """Per stage and model replica (a TP group), every TP-split tensor of every layer is
     tiled exactly once by its TP ranks; replicated ones are whole on every rank."""
     gpus = plan["gpus"]
     dims = tensor_dims(m)
-    training = plan["inputs"]["workload"].get("kind") == "training"
+    training = _training(plan)
     out = _Grouped()
     for members in pick("tp", lay.groups("tp")):
         stage = lay.coords(members[0])["stage"]
