@@ -253,6 +253,7 @@ def check_exposed(f: Findings, plan: dict) -> None:
 
 _COMM_FORMULA = {"tp": "T x hidden x dtype bytes", "ep": "T / tp x top_k x hidden x dtype bytes",
                  "pp": "T x hidden x dtype bytes / tp", "dp": "stage parameters x grad bytes",
+                 "edp": "stage expert parameters x bytes (ZeRO-3 gathers)",
                  "cp": "T / cp x K and V bytes per token on one GPU (x cp gathered; + Q and "
                        "output for a2a)"}
 

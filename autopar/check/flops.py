@@ -5,6 +5,7 @@ kernels counted) [metrics] [flops]."""
 from __future__ import annotations
 
 from ..model.components import Component, embedding_components, head_components, layer_components
+from ..model.mtp import mtp_extra_components, mtp_flops_per_token, mtp_layer_index
 from ..model.recompute import module_reruns
 from ..spec import ModelSpec, Workload
 
@@ -30,6 +31,8 @@ def forward_flops_per_token(m: ModelSpec, w: Workload) -> float:
     head = sum(c.flops_per_token for c in head_components(m))
     if w.kind != "training" and w.phase == "prefill":
         head /= w.input_len
+    if w.kind == "training":  # [mtp] the MTP modules, on the last stage
+        f += mtp_flops_per_token(m, w.context_len, w.causal)
     return f + head
 
 
@@ -49,7 +52,8 @@ def hardware_flops_per_step(m: ModelSpec, w: Workload, recompute: str, tp: int,
     tokens = w.batch * w.tokens_per_sample
     passes = 3 if w.kind == "training" else 1
     total = 0.0
-    for layer in range(m.layers):
+    mtp = [mtp_layer_index(m)] * m.mtp_layers if w.kind == "training" else []
+    for layer in list(range(m.layers)) + mtp:  # [mtp] each module's layer runs as one
         pairs = layer_flops(m, w, layer, flash)
         reruns = module_reruns(m, [c for c, _ in pairs], modules if recompute == "selective"
                                else (), flash, w.context_len)
@@ -59,7 +63,8 @@ def hardware_flops_per_step(m: ModelSpec, w: Workload, recompute: str, tp: int,
             repl = tp if c.role == "replicated" and not sequence_parallel else 1
             total += tokens * fl * mult * repl * (passes + extra)
     head_tokens = w.batch if w.kind != "training" and w.phase == "prefill" else tokens
-    for c in head_components(m) + embedding_components(m):
+    extra = mtp_extra_components(m) * len(mtp)
+    for c in head_components(m) + embedding_components(m) + extra:
         repl = tp if c.role == "replicated" and not sequence_parallel else 1
         total += head_tokens * c.flops_per_token * repl * passes
     return total

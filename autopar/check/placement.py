@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..model.components import embedding_components, head_components, layer_components
+from ..model.mtp import base_name, mtp_extra_components, mtp_layer_index, plan_name
 from ..spec import ModelSpec
 from .finding import Findings
 from .layout import _ranges
+from .mtp import mtp_count
 from .recompute import Layout
 
 # Which groups of GPUs a check walks: (kind, every group of that kind) -> the groups to
@@ -46,10 +48,12 @@ def tensor_dims(m: ModelSpec) -> dict[str, tuple[str, int]]:
             "out": ("rows", m.heads * v_dim),
             "fc1": ("columns", m.ffn_hidden), "fc2": ("rows", m.ffn_hidden),
             "shared_fc1": ("columns", shared), "shared_fc2": ("rows", shared),
-            "embedding": ("vocab", m.vocab), "lm_head": ("vocab", m.vocab)}
+            "embedding": ("vocab", m.vocab), "lm_head": ("vocab", m.vocab),
+            "eh_proj": ("columns", m.hidden)}  # [mtp]
 
 
-def _expected_components(m: ModelSpec, lay: Layout, stage: int) -> dict[tuple, str]:
+def _expected_components(m: ModelSpec, lay: Layout, stage: int,
+                         training: bool = False) -> dict[tuple, str]:
     """(name, layer or None for the embedding / head) -> TP role, for one stage."""
     first, last = lay.stage_layers[stage]
     out: dict[tuple, str] = {}
@@ -61,6 +65,9 @@ def _expected_components(m: ModelSpec, lay: Layout, stage: int) -> dict[tuple, s
         head_components(m) if stage == lay.pp - 1 else [])
     for c in edges:
         out[(c.name, None)] = c.role
+    for i in range(mtp_count(m, training, stage, lay.pp)):  # [mtp] routed experts as one
+        for c in layer_components(m, mtp_layer_index(m), 1.0) + mtp_extra_components(m):
+            out[(plan_name(i, "experts" if c.is_expert else c.name), None)] = c.role
     return out
 
 
@@ -98,17 +105,26 @@ def _tile(parts: list[tuple[int, int, str]], extent: int, label: str, out: _Grou
                 f"has {extent}", layer, pos, extent)
 
 
+def _training(plan: dict) -> bool:
+    """Whether the plan is a training one (its MTP modules are then on the last stage);
+    a plan without inputs is the schema's finding, not this check's."""
+    inputs = plan.get("inputs")
+    w = inputs.get("workload") if isinstance(inputs, dict) else None
+    return isinstance(w, dict) and w.get("kind") == "training"
+
+
 def check_shards(f: Findings, plan: dict, m: ModelSpec, lay: Layout,
                  pick: Pick = every) -> None:
     """Per stage and model replica (a TP group), every TP-split tensor of every layer is
     tiled exactly once by its TP ranks; replicated ones are whole on every rank."""
     gpus = plan["gpus"]
     dims = tensor_dims(m)
+    training = _training(plan)
     out = _Grouped()
     for members in pick("tp", lay.groups("tp")):
         stage = lay.coords(members[0])["stage"]
         first, last = lay.stage_layers[stage]
-        expected = _expected_components(m, lay, stage)
+        expected = _expected_components(m, lay, stage, training)
         held: dict[tuple, list[tuple[int, int, dict]]] = {}
         for g in members:
             for j, comp in enumerate(gpus[g]["components"]):
@@ -139,7 +155,9 @@ def check_shards(f: Findings, plan: dict, m: ModelSpec, lay: Layout,
                         out.add(f"gpus[{g}].components[{j}].shard", f"{label}: replicated "
                                 "but partial", layer, [sh["start"], sh["end"]], [0, sh["of"]])
                 continue
-            dim, extent = dims[name]
+            if role == "expert":  # an MTP layer's experts: held by EP rank, not TP-split
+                continue
+            dim, extent = dims[base_name(name)]
             bad = [(g, j, sh) for g, j, sh in parts if sh["of"] != extent or sh["dim"] != dim]
             for g, j, sh in bad[:1]:
                 out.add(f"gpus[{g}].components[{j}].shard", f"{label}: split along the wrong "
@@ -149,7 +167,7 @@ def check_shards(f: Findings, plan: dict, m: ModelSpec, lay: Layout,
                 continue
             _tile([(sh["start"], sh["end"], f"gpus[{g}].components[{j}].shard")
                    for g, j, sh in parts], extent, label, out, layer)
-            if name == "qkv" and m.mla is None:
+            if base_name(name) == "qkv" and m.mla is None:
                 _kv_heads(parts, m.kv_heads, len(members), label, out, layer)
     out.emit(f, "shards")
     _expert_shards(f, plan, m, lay, pick)

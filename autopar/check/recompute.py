@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..model.components import Component, embedding_components, head_components, layer_components
+from ..model.mtp import mtp_extra_components, mtp_layer_index
 from ..model.recompute import block_reruns, module_reruns
 from ..spec import HardwareSpec, ModelSpec, Workload
 from . import zero3
@@ -19,6 +20,7 @@ from .cp_attention import cp_collective
 from .fp8 import copy_bytes_per_param
 from .links import domain_members
 from .links import link_bw as _link_bw
+from .mtp import mtp_count, mtp_params
 
 
 # --------------------------------------------------------------------------- layout
@@ -207,7 +209,7 @@ class StageParams:
 
 
 def stage_params(m: ModelSpec, lay: Layout, stage: int,
-                 own_experts: dict[int, int]) -> StageParams:
+                 own_experts: dict[int, int], training: bool = False) -> StageParams:
     """Parameters on one GPU of `stage`; `own_experts[layer]` is how many experts (replicas
     included) this GPU's EP rank holds in that MoE layer."""
     first, last = lay.stage_layers[stage]
@@ -229,6 +231,11 @@ def stage_params(m: ModelSpec, lay: Layout, stage: int,
         repl += c.params if c.role == "replicated" and lay.tp > 1 else 0.0
     if m.tie_embeddings and lay.pp == 1:  # one table serves as embedding and LM head
         dense -= m.vocab * m.hidden / lay.tp
+    n = mtp_count(m, training, stage, lay.pp)  # [mtp] on the last stage
+    if n:
+        own = own_experts.get(mtp_layer_index(m), m.experts)
+        d, r, e, li = mtp_params(m, lay.tp, lay.etp, own)
+        dense, repl, expert, linear = dense + n * d, repl + n * r, expert + n * e, linear + n * li
     return StageParams(dense, repl, expert, linear)
 
 
@@ -248,11 +255,15 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
     over the whole model, as docs/cost-model.md states."""
     b = m.dtype_bytes
     first, last = lay.stage_layers[stage]
-    par = stage_params(m, lay, stage, own_experts)
+    par = stage_params(m, lay, stage, own_experts, w.kind == "training")
     acts = {layer: layer_activations(m, w, lay, layer, imbalance.get(layer, 1.0), flash)
             for layer in range(m.layers)}
     emb, head = edge_activations(m, w, lay)
     peak = max([none for _, none in acts.values()] + [emb, head])
+    n_mtp = mtp_count(m, w.kind == "training", stage, lay.pp)  # [mtp] layer + extra parts
+    extra = sum(_act(c, m, tokens_per_micro_batch(w, lay), lay, 1.0)
+                for c in mtp_extra_components(m)) if n_mtp else 0.0
+    mtp_kept, mtp_none = (n_mtp * (x + extra) for x in acts[mtp_layer_index(m)])
     moe = any(m.is_moe_layer(x) for x in range(m.layers)) and not experts_in_tp_group(w, lay)
     T = tokens_per_micro_batch(w, lay)
     out = dict.fromkeys(("weights_bytes", "gradients_bytes", "optimizer_bytes",
@@ -274,9 +285,9 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
         k = in_flight(lay, stage)
         edges = (emb if stage == 0 else 0.0) + (head if stage == lay.pp - 1 else 0.0)
         layers = range(first, last + 1)
-        out["activations_bytes"] = k * (sum(acts[x][0] for x in layers) + edges)
+        out["activations_bytes"] = k * (sum(acts[x][0] for x in layers) + edges + mtp_kept)
         out["activations_no_recompute_bytes"] = k * (
-            sum(acts[x][1] for x in layers) + edges)
+            sum(acts[x][1] for x in layers) + edges + mtp_none)
         if lay.recompute == "full":  # one layer's activations live while it is recomputed
             out["activations_bytes"] += peak
         elif lay.recompute == "selective":  # what one layer's modules dropped, live again
@@ -327,11 +338,12 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
     passes = 1 + (1 if training else 0) + (1 if lay.recompute == "full" else 0)
     out: dict[tuple[str, int, str], Collective] = {}
     for k, (first, last) in enumerate(lay.stage_layers):
-        n = last - first + 1
-        n_moe = sum(m.is_moe_layer(x) for x in range(first, last + 1))
+        mtp = [mtp_layer_index(m)] * mtp_count(m, training, k, lay.pp)  # [mtp] as layers
+        runs = list(range(first, last + 1)) + mtp
+        n = len(runs)
+        n_moe = sum(m.is_moe_layer(x) for x in runs)
         # a checkpointed MLP / MoE layer reruns its block's TP collective and all-to-alls
-        again = [block_reruns(m, x, lay.modules) if training else (0, 0)
-                 for x in range(first, last + 1)]
+        again = [block_reruns(m, x, lay.modules) if training else (0, 0) for x in runs]
         if lay.tp > 1:
             S = T * h * b
             t = lay.tp
@@ -343,7 +355,7 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
             # [tp-comm] the vocab-parallel embedding and the loss: one all-reduce per pass
             # (serving computes logits for each sequence's last position only)
             edges = (["embedding"] if k == 0 else []) + (["lm_head"] if k == lay.pp - 1
-                                                         else [])
+                                                         else []) + ["mtp"][:len(mtp)]
             for part in edges:
                 Se = S if training or part == "embedding" else lay.micro_batch * h * b
                 out[("tp", k, part)] = Collective(
@@ -376,7 +388,7 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
                 out[("pp", k, "backward")] = Collective(
                     "send_recv", 2, S, lay.num_micro_batches * sends_b, S / bw)
         if training and lay.zero < 3 and (lay.dp_cp > 1 or (m.is_moe and lay.edp > 1)):
-            params = stage_params(m, lay, k, {}).dense
+            params = stage_params(m, lay, k, {}, training).dense
             S = params * w.grad_bytes
             d = lay.dp_cp
             bw = _link_bw(hw, lay.groups("dp"))
@@ -387,7 +399,7 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
             out[("dp", k, "")] = Collective(
                 "reduce_scatter+all_gather" if lay.zero >= 1 else "all_reduce", d, S, 1, t_min)
         if training and lay.zero >= 3:  # [fsdp] per-unit gathers and reduce-scatters
-            par = stage_params(m, lay, k, fullest or {})
+            par = stage_params(m, lay, k, fullest or {}, training)
             out.update(zero3.collectives(m, hw, w, lay, k, par.dense, par.expert,
                                          zero3_mode, Collective))
     return out

@@ -10,9 +10,11 @@ prefetched (coalesced), one parameter tensor on demand (`options.zero3_gather`).
 from __future__ import annotations
 
 from ..model.components import embedding_components, head_components, layer_components
+from ..model.mtp import mtp_extra_components, mtp_layer_index
 from ..spec import HardwareSpec, ModelSpec, Workload
 from .finding import Findings
 from .links import link_bw
+from .mtp import mtp_count
 
 MODES = ("prefetch", "on-demand")
 
@@ -24,7 +26,7 @@ def mode_of(plan: dict) -> str:
     return mode if mode in MODES else "prefetch"
 
 
-def unit_calls(m: ModelSpec, lay, stage: int, mode: str) -> int:
+def unit_calls(m: ModelSpec, lay, stage: int, mode: str, training: bool = False) -> int:
     """Collective calls of one pass over the stage's units: one a unit when prefetched; on
     demand one a parameter tensor (a component holding parameters, twice where the model
     has biases and LayerNorm shifts: an ungated MLP)."""
@@ -34,6 +36,8 @@ def unit_calls(m: ModelSpec, lay, stage: int, mode: str) -> int:
         units.append(embedding_components(m))
     if stage == lay.pp - 1:
         units.append(head_components(m))
+    for _ in range(mtp_count(m, training, stage, lay.pp)):  # [mtp] its layer, its parts
+        units += [layer_components(m, mtp_layer_index(m), 1.0), mtp_extra_components(m)]
     if mode == "prefetch":
         return len(units)
     per = 1 if m.gated_mlp else 2
@@ -49,7 +53,7 @@ def collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay, stage: int, de
     """The stage's ZeRO-3 entries keyed as `recompute.expected_collectives` keys them;
     `make` builds one (collective, group size, bytes per call, calls, minimum time)."""
     b, m_mb = m.dtype_bytes, lay.num_micro_batches
-    calls = unit_calls(m, lay, stage, mode)
+    calls = unit_calls(m, lay, stage, mode, w.kind == "training")
     n = gathers_per_micro_batch(mode, lay.recompute)
     out = {}
     for group, size, params in (("dp", lay.dp_cp, dense), ("edp", lay.edp, expert)):

@@ -4,6 +4,7 @@ pseudo-layers, costed with the same components and rooflines as a transformer la
 from __future__ import annotations
 
 from ..model.components import embedding_components, head_components
+from ..model.mtp import mtp_extra_components
 from . import comm
 from .layer import (
     LayerCost,
@@ -19,12 +20,14 @@ from .strategy import Strategy
 
 
 def edge_cost(p: Problem, s: Strategy, which: str) -> LayerCost:
-    """Embedding (first stage) or final norm + LM head + loss (last stage) as a pseudo-layer."""
+    """Embedding (first stage) or final norm + LM head + loss (last stage) as a pseudo-layer
+    (`mtp`: an MTP module's norms, projection and shared head, `cost.mtp`)."""
     m = p.model
     T = micro_batch_tokens(p, s)
     if which == "lm_head" and not p.training:
         T = s.micro_batch  # serving computes logits only for each sequence's last position
-    comps = embedding_components(m) if which == "embedding" else head_components(m)
+    comps = (embedding_components(m) if which == "embedding" else
+             mtp_extra_components(m) if which == "mtp" else head_components(m))
     costs, acts = [], 0.0
     for c in comps:
         cc, act = _component(c, p, s, T, MoEState(), 0.0)

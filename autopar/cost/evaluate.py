@@ -19,6 +19,7 @@ from .layer import (
     layer_cost,
     strategy_groups,
 )
+from .mtp import mtp_edges
 from .pipeline import chunked_pipeline
 from .strategy import Strategy
 
@@ -145,7 +146,7 @@ def _stage_memory(p: Problem, s: Strategy, stage: int, layers: list[LayerCost],
                   edges: list[LayerCost], seqs: int, peak: PeakTerms) -> Memory:
     m, b = p.model, p.model.dtype_bytes
     dense = sum(c.params for c in layers) + sum(c.params for c in edges)
-    expert = sum(c.params_expert for c in layers)
+    expert = sum(c.params_expert for c in layers) + sum(c.params_expert for c in edges)
     repl = sum(c.params_replicated for c in layers) + sum(c.params_replicated for c in edges)
     mem = Memory(reserved=p.hw.reserved_bytes)
     if p.training:
@@ -191,6 +192,7 @@ class Context:
     seqs: int
     p2p_bytes: float
     zero3_lead: tuple[float, float, float] = (0.0, 0.0, 0.0)  # [fsdp] fsdp.lead
+    mtp: tuple[LayerCost, ...] = ()  # [mtp] the MTP modules' pseudo-layers, last stage
 
     @staticmethod
     def of(p: Problem, s: Strategy, costs: list[LayerCost]) -> Context:
@@ -205,10 +207,12 @@ class Context:
             lead = fsdp.lead([zero3_unit(p, s, c, groups) for c in distinct], p.zero3_gather)
         return Context(groups, emb, head, PeakTerms.of(costs, [emb, head]),
                        -(-p.workload.batch // s.dp),
-                       T * p.model.hidden * p.model.dtype_bytes / s.tp, lead)
+                       T * p.model.hidden * p.model.dtype_bytes / s.tp, lead,
+                       mtp_edges(p, s, costs[-1]) if costs else ())  # [mtp]
 
     def edges(self, s: Strategy, k: int) -> list[LayerCost]:
-        return ([self.emb] if k == 0 else []) + ([self.head] if k == s.pp - 1 else [])
+        return ([self.emb] if k == 0 else []) + ([self.head, *self.mtp] if k == s.pp - 1
+                                                 else [])
 
 
 def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list[LayerCost],
@@ -245,7 +249,7 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
     zero3 = None
     if p.training:
         dense = sum(c.params for c in lc) + sum(c.params for c in edges)
-        expert = sum(c.params_expert for c in lc)
+        expert = sum(c.params_expert for c in lc) + sum(c.params_expert for c in edges)
         gb, b = p.workload.grad_bytes, p.model.dtype_bytes
         if s.zero < 3:  # ZeRO-3 reduce-scatters per unit, behind the backward [fsdp]
             dp_sync = _grad_sync(dense, gb, b, ctx.groups["dp"], s, eff)

@@ -109,6 +109,10 @@ def _fwd_flops_per_token(p: Problem) -> float:
     if not p.training and p.workload.phase == "prefill":
         head = sum(c.flops_per_token for c in head_components(p.model))
         f -= head * (1 - 1 / p.workload.input_len)  # logits for the last position only
+    if p.training:  # [mtp] model FLOPs include the MTP modules, as Megatron-Bridge counts
+        from ..model.mtp import mtp_flops_per_token
+
+        f += mtp_flops_per_token(p.model, p.workload.context_len, p.workload.causal)
     return f
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..cost.evaluate import Evaluation
-from ..cost.layer import Problem
+from ..cost.layer import LayerCost, Problem
+from ..cost.mtp import edge_parts, is_mtp_layer
 from ..cost.strategy import Strategy
 from ..model.components import embedding_components, head_components, layer_components
+from ..model.mtp import mtp_extra_components, mtp_layer_index, plan_name
 from ..model.shards import split, tp_shard
 from ..schema.gpus import FORM, gpu_flops, patterns
 from ..search.placement import Placement
@@ -42,6 +44,7 @@ def _dims(p: Problem, name: str) -> dict[str, int]:
         "fc1": {"columns": f}, "fc2": {"rows": f},
         "shared_fc1": {"columns": f}, "shared_fc2": {"rows": f},
         "embedding": {"vocab": m.vocab}, "lm_head": {"vocab": m.vocab},
+        "eh_proj": {"columns": m.hidden},  # [mtp]
     }.get(name, {})
 
 
@@ -76,9 +79,11 @@ def _shard_entries(p: Problem, s: Strategy, ev: Evaluation, stage: int, tp_rank:
                 "forward_time_s_per_micro_batch": cc.time_s,
                 "formula": "roofline",
             })
-    for edge in st.edges:
-        comps = embedding_components(m) if edge.components[0].name == "embedding" \
-            else head_components(m)
+    for edge, part in zip(st.edges, edge_parts(p, s, stage), strict=True):
+        if part.startswith("mtp"):
+            entries += _mtp_entries(p, s, edge, part, tp_rank, f_dense * s.num_micro_batches)
+            continue
+        comps = embedding_components(m) if part == "embedding" else head_components(m)
         for comp, cc in zip(comps, edge.components, strict=True):
             entries.append({
                 "name": comp.name, "role": comp.role, "layers": None,
@@ -87,6 +92,35 @@ def _shard_entries(p: Problem, s: Strategy, ev: Evaluation, stage: int, tp_rank:
                 "flops_per_step": cc.flops * s.num_micro_batches * passes * f_dense,
                 "forward_time_s_per_micro_batch": cc.time_s, "formula": "roofline",
             })
+    return entries
+
+
+def _mtp_entries(p: Problem, s: Strategy, edge: LayerCost, part: str, tp_rank: int,
+                 scale: float) -> list[dict[str, Any]]:
+    """An MTP module's components on one GPU [mtp], named `mtp<i>.<component>`; its layer's
+    routed experts as one `mtp<i>.experts` entry (FLOPs and parameters this GPU holds)."""
+    m, passes = p.model, 3 if p.training else 1
+    module = int(part[3:].removesuffix("_layer"))
+    comps = mtp_extra_components(m) if not is_mtp_layer(part) else layer_components(
+        m, mtp_layer_index(m), p.workload.context_len, p.workload.causal, p.flash_attention)
+    entries, experts = [], []
+    for comp, cc in zip(comps, edge.components, strict=True):
+        if comp.is_expert:
+            experts.append(cc)
+            continue
+        entries.append({
+            "name": plan_name(module, comp.name), "role": comp.role, "layers": None,
+            "shard": tp_shard(comp.name, comp.role, _dims(p, comp.name), s.tp, tp_rank),
+            "params": cc.params, "flops_per_step": cc.flops * (passes + cc.again) * scale,
+            "forward_time_s_per_micro_batch": cc.time_s, "formula": "roofline"})
+    if experts:
+        entries.append({
+            "name": plan_name(module, "experts"), "role": "expert", "layers": None,
+            "shard": {"dim": "none", "start": 0, "end": 0, "of": 0},
+            "params": sum(c.params for c in experts),
+            "flops_per_step": sum(c.flops * (passes + c.again) for c in experts) * scale,
+            "forward_time_s_per_micro_batch": sum(c.time_s for c in experts),
+            "formula": "roofline"})
     return entries
 
 

@@ -20,6 +20,8 @@ def inputs_echo(p: Problem, opts: SearchOptions, zero3: bool = False) -> dict[st
     m, hw, w = p.model, p.hw, p.workload
     model = asdict(m)
     model["dense_layers"] = list(m.dense_layers)
+    if not m.mtp_layers:  # [mtp] echoed only where a model has them (older plans lack it)
+        del model["mtp_layers"]
     return {
         "model": model,
         "hardware": {

@@ -12,10 +12,12 @@ from ..cost.a2a import a2a_plan_fields
 from ..cost.cp_attention import calls_per_layer
 from ..cost.evaluate import Evaluation, StageCost
 from ..cost.layer import Problem
+from ..cost.mtp import edge_parts, is_mtp_layer
 from ..cost.pipeline import chunked_pipeline
 from ..cost.recompute import rerun_ew
 from ..cost.strategy import Strategy
 from ..model.components import EW_BWD
+from ..model.mtp import mtp_layer_index
 from ..model.recompute import block_reruns
 
 
@@ -32,33 +34,39 @@ def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, An
     full = s.recompute == "full"
     passes = 1 + (1 if p.training else 0) + (1 if full else 0)  # forward, backward, recompute
     for st in ev.stages:
-        n_layers = len(st.layer_costs)
+        parts = edge_parts(p, s, st.index)
+        # [mtp] an MTP module's transformer layer runs the collectives of a decoder layer
+        layers = st.layer_costs + [e for e, x in zip(st.edges, parts, strict=True)
+                                   if is_mtp_layer(x)]
+        n_layers = len(layers)
         reruns = _block_reruns(p, s, st)
-        if not n_layers:
+        if not st.layer_costs:
             continue
         if s.tp > 1:
             lc = st.layer_costs[0]  # every layer's TP collectives move the same bytes
             exposed = sum(c.tp_fwd + (c.tp_bwd if p.training else 0.0)
-                          for c in st.layer_costs) * m_mb
+                          for c in layers) * m_mb
             out.append(_coll("reduce_scatter+all_gather" if s.sequence_parallel
                              else "all_reduce", "tp", groups["tp"], st.index, lc.tp_bytes,
                              (2 * passes * n_layers + reruns[0]) * m_mb, lc.tp_link / 2,
                              exposed,
                              "tp-comm"))
-            for edge, part in zip(st.edges, _edge_parts(s, st.index), strict=True):
+            for edge, part in zip(st.edges, parts, strict=True):
+                if is_mtp_layer(part):
+                    continue
                 # vocab-parallel embedding / loss: one all-reduce per pass, never hidden
                 calls = m_mb * (2 if p.training else 1)
                 out.append(_coll("all_reduce", "tp", groups["tp"], st.index, edge.tp_bytes,
                                  calls, edge.tp_link, edge.tp_link * calls, "tp-comm",
-                                 part=part))
+                                 part="mtp" if part.startswith("mtp") else part))
         if s.cp > 1:  # [cp-attention] the KV exchange of every layer, each pass
             calls = calls_per_layer(s.cp, s.cp_comm, s.recompute, p.training) * n_layers * m_mb
-            link = sum(c.cp_link for c in st.layer_costs) * m_mb
+            link = sum(c.cp_link for c in layers) * m_mb
             out.append(_coll(CP_COLLECTIVE[s.cp_comm], "cp", groups["cp"], st.index,
                              st.layer_costs[0].cp_bytes, calls, link / calls,
-                             sum(c.cp_fwd + c.cp_bwd for c in st.layer_costs) * m_mb,
+                             sum(c.cp_fwd + c.cp_bwd for c in layers) * m_mb,
                              "cp-attention"))
-        moe_costs = [c for c in st.layer_costs if c.ep_bytes]
+        moe_costs = [c for c in layers if c.ep_bytes]
         if moe_costs and (s.ep > 1 or s.etp > 1):
             worst = max(moe_costs, key=lambda c: c.ep_link)
             per_call = sum(c.ep_link for c in moe_costs) / (2 * len(moe_costs))
@@ -98,7 +106,7 @@ def _zero3(p: Problem, s: Strategy, st: StageCost, groups: dict, dense: float) -
     tensor's on demand), so `bytes_per_call` is the mean call; the exposed parts add up to
     the stage's `param_gather_s` x micro-batches."""
     z, m_mb = st.zero3, s.num_micro_batches
-    expert = sum(c.params_expert for c in st.layer_costs)
+    expert = sum(c.params_expert for c in st.layer_costs + st.edges)  # edges: [mtp]
     b = p.model.dtype_bytes
     gather = z.gather_dp + z.gather_edp
     out = []
@@ -114,11 +122,6 @@ def _zero3(p: Problem, s: Strategy, st: StageCost, groups: dict, dense: float) -
                          z.reduce / z.calls, z.exposed_reduce * m_mb, "dp-comm",
                          part="gradients"))
     return out
-
-
-def _edge_parts(s: Strategy, stage: int) -> list[str]:
-    """Names of a stage's edge pseudo-layers, in `StageCost.edges` order."""
-    return (["embedding"] if stage == 0 else []) + (["lm_head"] if stage == s.pp - 1 else [])
 
 
 def _p2p_bytes(p: Problem, s: Strategy) -> float:
@@ -219,8 +222,9 @@ def _block_reruns(p: Problem, s: Strategy, st: StageCost) -> tuple[int, int]:
     recompute runs again (a checkpointed dense MLP or MoE layer) [recompute-modules]."""
     if not p.training or s.recompute != "selective":
         return 0, 0
+    mtp = [mtp_layer_index(p.model)] * sum(map(is_mtp_layer, edge_parts(p, s, st.index)))
     runs = [block_reruns(p.model, x, s.recompute_modules)
-            for x in range(st.first_layer, st.end_layer)]
+            for x in list(range(st.first_layer, st.end_layer)) + mtp]  # [mtp]
     return sum(r[0] for r in runs), sum(r[1] for r in runs)
 
 

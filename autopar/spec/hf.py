@@ -74,6 +74,7 @@ def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
         mla=mla,
         weight_dtype=weight_dtype,
         weight_scaling=weight_scaling,
+        mtp_layers=f.int("num_nextn_predict_layers", 0, 100, default=0),
     )
     return _check_model(model, f)
 

@@ -48,6 +48,9 @@ class ModelSpec:
     # How an fp8 checkpoint's weights are scaled: "tensor" (one scale per matrix) or "block"
     # (DeepSeek-V3's 128 x 128 blocks): which measured GEMM / fused-MoE kernels serve it.
     weight_scaling: str | None = None
+    # DeepSeek-V3's multi-token prediction modules (`num_nextn_predict_layers`, Megatron-Core
+    # `--mtp-num-layers`): training runs them on the last stage; serving ignores them.
+    mtp_layers: int = 0
 
     @property
     def is_moe(self) -> bool:
@@ -145,6 +148,7 @@ def _read_model_fields(f: Fields) -> ModelSpec:
         mla=mla,
         weight_dtype=f.str("weight_dtype", WEIGHT_DTYPES, default=None),
         weight_scaling=f.str("weight_scaling", WEIGHT_SCALINGS, default=None),
+        mtp_layers=f.int("mtp_layers", 0, 100, default=0),
     )
     if m.shared_experts and not m.shared_expert_ffn_hidden:
         m = replace(m, shared_expert_ffn_hidden=m.expert_ffn_hidden)

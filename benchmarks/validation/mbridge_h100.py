@@ -38,12 +38,44 @@ MODEL_KEYS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden",
               "vocab", "experts", "top_k", "expert_ffn_hidden", "shared_experts")
 # what autopar does not model, per row id (the row is listed, not run)
 NOT_MODELLED = {
-    "mbridge_2509_h100_deepseek_v3": "the MTP module (training FLOPs include it; 61 layers "
-                                     "over PP 8 x VP 4 are expressible since pipeline-split)",
     "mbridge_2509_h100_qwen3_235b_a22b": "precision not published for this row (fp8 or bf16 "
                                          "unknown), so no recipe to price",
 }
 RECOMPUTE = ("none", "selective", "full")
+# MTP modules per row: the row's notes ("mtp_depth 1 in the block"; the record has no field)
+MTP = {"mbridge_2509_h100_deepseek_v3": 1}
+# Megatron-Bridge's --pipeline-model-parallel-layout per row (its DeepSeek-V3 H100 recipe):
+# E embedding, t decoder layer, m MTP, L loss, | a virtual-stage boundary
+PP_LAYOUT = {"mbridge_2509_h100_deepseek_v3": "Et|(tt|)*30mL"}
+
+
+ROW_NOTES = {
+    "mbridge_2509_h100_deepseek_v3": "61 layers + 1 MTP module (docs/cost-model.md [mtp]) "
+    "cut as Bridge's `Et|(tt|)*30mL` (stages of 7, 8 x 6, 6 layers + MTP); Bridge's recipe "
+    "recomputes `mla_up_proj, mlp`, which autopar's memory model puts at 80.1 GB of 80 "
+    "(just over), so the table's lightest fitting mode is full recompute",
+}
+
+
+def layout_cut(layout: str, pp: int) -> list[int]:
+    """Stage boundaries of a Megatron pipeline layout: chunk j runs on stage j mod pp, and
+    autopar reads a stage's chunks as one contiguous range of layers (ARCHITECTURE.md)."""
+    while "(" in layout:
+        a = layout.index("(")
+        b = layout.index(")*", a)
+        n = int("".join(ch for ch in layout[b + 2:].split("|")[0] if ch.isdigit()) or 1)
+        digits = len(str(n))
+        layout = layout[:a] + layout[a + 1:b] * n + layout[b + 2 + digits:]
+    chunks = [c.count("t") for c in layout.split("|")]
+    per_stage = [sum(chunks[k::pp]) for k in range(pp)]
+    return [sum(per_stage[:k]) for k in range(pp + 1)]
+
+
+def cut_of(r: dict, layers: int) -> list[int]:
+    pp = r["layout"]["pp"]
+    if r["id"] in PP_LAYOUT:
+        return layout_cut(PP_LAYOUT[r["id"]], pp)
+    return [round(k * layers / pp) for k in range(pp + 1)]
 
 
 def records(path: Path = REFERENCE) -> list[dict]:
@@ -63,7 +95,11 @@ def model_of(r: dict):
     data = {k: m[k] for k in MODEL_KEYS if k in m and m[k] not in (None, 0)}
     if m.get("experts") and m.get("dense_layers"):
         data["dense_layers"] = list(range(m["dense_layers"]))
-    data.update(name=m["name"], dtype="bf16", tie_embeddings=bool(m.get("tied_embeddings")))
+    data.update(name=m["name"], dtype="bf16", tie_embeddings=bool(m.get("tied_embeddings")),
+                mtp_layers=MTP.get(r["id"], 0))
+    att = m.get("attention") or {}
+    if att.get("type") == "mla":
+        data["mla"] = {k: v for k, v in att.items() if k != "type"}
     return parse_model({"model": data}, r["id"]).model
 
 
@@ -92,8 +128,7 @@ def run(r: dict, calibration: str | None) -> tuple[Problem, Evaluation, str]:
     w = Workload("training", batch=r["workload"]["global_batch"],
                  seq_len=r["workload"]["seq_len"], precision="fp8", fp8_recipe=recipe_of(r))
     p = make_problem(m, hw, w, calibration=calibration)
-    pp = r["layout"]["pp"]
-    cut = [round(k * m.layers / pp) for k in range(pp + 1)]
+    cut = cut_of(r, m.layers)
     ep = r["layout"].get("ep", 1)
     moe = [MoEState(1.0, m.experts // ep, None) if m.is_moe_layer(i) else MoEState()
            for i in range(m.layers)]
@@ -142,7 +177,7 @@ def report(reference: Path = REFERENCE) -> str:
         for calib in ("defaults", "bundled"):  # what the row would run at without recompute
             p, _, _ = run(r, calib)
             m = p.model
-            cut = [round(k * m.layers / lay["pp"]) for k in range(lay["pp"] + 1)]
+            cut = cut_of(r, m.layers)
             moe = [MoEState(1.0, m.experts // lay.get("ep", 1), None) if m.is_moe_layer(i)
                    else MoEState() for i in range(m.layers)]
             none.append(evaluate(p, strategy(r, "none"), cut, moe))
@@ -175,6 +210,7 @@ def report(reference: Path = REFERENCE) -> str:
         "fp8 weights. No default was fitted to these rows.", "",
         *lines, "",
         f"Defaults: {summary(errs['defaults'])}. Bundled: {summary(errs['bundled'])}.", "",
+        *[f"- `{k}`: {v}" for k, v in ROW_NOTES.items()], "",
         "Not run (features autopar does not model):", "", *skipped, "",
         "Reading the rows: the recompute mode is autopar's guess, not the run's, and it moves "
         "the figure most: where autopar's memory model needs full recompute to fit, the last "
