@@ -1,6 +1,11 @@
 """Launch configurations of a plan: the vLLM and SGLang flags (and YAML) a serving plan
-translates to, with what they cannot express marked inexact."""
+translates to, and the Megatron-LM flags of a training plan, with what they cannot express
+marked inexact."""
 
-from .engines import ENGINES, export_text, launch_from_plan, launch_section
+from .engines import ENGINES, KindError, export_text, launch_from_plan, launch_section
+from .megatron import megatron_entry, megatron_text
 
-__all__ = ["ENGINES", "export_text", "launch_from_plan", "launch_section"]
+TARGETS = (*ENGINES, "megatron")
+
+__all__ = ["ENGINES", "TARGETS", "KindError", "export_text", "launch_from_plan",
+           "launch_section", "megatron_entry", "megatron_text"]

@@ -22,6 +22,10 @@ ENGINES = ("vllm", "sglang")
 TIGHT_FRACTION = 0.95
 
 
+class KindError(ValueError):
+    """A plan of the wrong kind for the target (training to a server, serving to Megatron)."""
+
+
 def _fraction(nbytes: float, capacity: float) -> float:
     """Memory fraction covering `nbytes`, rounded up to a hundredth (never below what the
     plan needs, never above the whole GPU)."""
@@ -156,6 +160,10 @@ def config_yaml(entry: dict[str, Any], model_path: str, engine: str) -> str:
 
 def export_text(plan: dict[str, Any], engine: str, fmt: str = "command",
                 model_path: str | None = None) -> str:
+    kind = plan["inputs"]["workload"].get("kind")
+    if kind == "training":
+        raise KindError(f"workload.kind is 'training': {engine} serves plans; export a "
+                        "training plan --to megatron")
     entry = launch_from_plan(plan)[engine]
     name = model_path or plan["inputs"]["model"]["name"]
     body = command(engine, entry, name) if fmt == "command" else config_yaml(entry, name, engine)
@@ -166,5 +174,5 @@ def export_text(plan: dict[str, Any], engine: str, fmt: str = "command",
     return body
 
 
-__all__ = ["ENGINES", "launch_section", "launch_from_plan", "command", "config_yaml",
+__all__ = ["ENGINES", "KindError", "launch_section", "launch_from_plan", "command", "config_yaml",
            "export_text"]
