@@ -185,8 +185,8 @@ def test_cli_check_and_export_read_the_compact_form(small, tmp_path):
     good.write_text(json.dumps(small))
     res = runner.invoke(main, ["check", str(good)])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(main, ["export", str(good), "--to", "vllm"])
-    assert res.exit_code == 0 and "--tensor-parallel-size 2" in res.output, res.output
+    res = runner.invoke(main, ["export", str(good), "--to", "megatron"])  # a training plan
+    assert res.exit_code == 0 and "--tensor-model-parallel-size 2" in res.output, res.output
     bad = copy.deepcopy(small)
     claim_twice(bad)
     (tmp_path / "bad.json").write_text(json.dumps(bad))
