@@ -30,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
                  "recompute-num-layers", "num-layers", "hidden-size", "num-attention-heads",
                  "kv-channels", "seq-length", "max-position-embeddings", "ffn-hidden-size",
                  "num-query-groups", "num-experts", "moe-router-topk", "moe-ffn-hidden-size",
-                 "moe-shared-expert-intermediate-size"):
+                 "moe-shared-expert-intermediate-size", "kv-lora-rank", "q-lora-rank",
+                 "qk-head-dim", "qk-pos-emb-head-dim", "v-head-dim", "mtp-num-layers"):
         p.add_argument(f"--{name}", type=int, default=None)
     for name in ("cp-comm-type", "recompute-granularity", "recompute-method", "fp8-format",
                  "fp8-recipe", "moe-token-dispatcher-type", "data-parallel-sharding-strategy",
@@ -114,6 +115,17 @@ def test_inexact_cases_say_why():
     ds = megatron_entry(load("deepseek-v3-training-256"))  # 61 layers, PP 8 x v 2, ZeRO-2
     assert not ds["exact"] and "ZeRO-2" in ds["why"] and "61 layers" in ds["why"]
     assert megatron_entry(load("mixtral-training"))["exact"]
+
+
+def test_mla_and_mtp_dimensions_come_from_the_model():
+    plan = load("deepseek-v3-training-256")
+    plan["inputs"]["model"]["mtp_layers"] = 1
+    a, mla = parse(plan), plan["inputs"]["model"]["mla"]
+    assert a.multi_latent_attention and a.mtp_num_layers == 1
+    assert (a.kv_lora_rank, a.q_lora_rank, a.qk_head_dim, a.qk_pos_emb_head_dim,
+            a.v_head_dim) == (mla["kv_lora_rank"], mla["q_lora_rank"], mla["qk_nope_head_dim"],
+                              mla["qk_rope_head_dim"], mla["v_head_dim"])
+    assert "--kv-channels" not in megatron_text(plan)
 
 
 def test_fp8_writes_the_recipe():

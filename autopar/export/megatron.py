@@ -130,14 +130,24 @@ def megatron_entry(plan: dict[str, Any]) -> dict[str, Any]:
         args["tp-comm-overlap"] = True
     args |= _memory(s, why)
     args |= {"num-layers": m["layers"], "hidden-size": m["hidden"],
-             "num-attention-heads": m["heads"], "kv-channels": m["head_dim"],
+             "num-attention-heads": m["heads"],
              "seq-length": w["seq_len"], "max-position-embeddings": w["seq_len"]}
+    if not m.get("mla"):  # MLA's head dimensions are its own flags below
+        args["kv-channels"] = m["head_dim"]
     if m.get("ffn_hidden"):
         args["ffn-hidden-size"] = m["ffn_hidden"]
     if m.get("kv_heads") and m["kv_heads"] != m["heads"]:
         args |= {"group-query-attention": True, "num-query-groups": m["kv_heads"]}
     if m.get("mla"):
-        args["multi-latent-attention"] = True
+        mla = m["mla"]
+        args |= {"multi-latent-attention": True, "kv-lora-rank": mla["kv_lora_rank"],
+                 "qk-head-dim": mla["qk_nope_head_dim"],
+                 "qk-pos-emb-head-dim": mla["qk_rope_head_dim"],
+                 "v-head-dim": mla["v_head_dim"]}
+        if mla.get("q_lora_rank"):
+            args["q-lora-rank"] = mla["q_lora_rank"]
+    if m.get("mtp_layers"):
+        args["mtp-num-layers"] = m["mtp_layers"]
     if m.get("gated_mlp"):
         args["swiglu"] = True
     if not m.get("tie_embeddings"):
