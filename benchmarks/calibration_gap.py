@@ -292,11 +292,11 @@ def clamped(p: Problem, sh: tuple | None) -> bool:
 
 
 def split(rows: list[Row]) -> dict[str, float]:
-    """The pass's time by kind: measured-table GEMMs, collectives, the rest (attention,
-    elementwise: no table prices them)."""
+    """The pass's time by kind: measured-table GEMMs (the fused-MoE op counted with them),
+    collectives, the rest (attention, elementwise: no table prices them)."""
     out = {"GEMMs": 0.0, "collectives": 0.0, "attention + elementwise": 0.0}
     for r in rows:
-        kind = ("collectives" if r.role == "collective" else "GEMMs" if r.shape
+        kind = ("collectives" if r.role == "collective" else "GEMMs" if r.shape or r.fused
                 else "attention + elementwise")
         out[kind] += r.count * r.time_s
     return out

@@ -266,9 +266,6 @@ def _moe_table(f: Fields, key: str) -> dict[str, MoETable]:
         r.finish()
         if not tokens or len(tokens) != len(times):
             raise r.error("time_us", f"{len(times)} times for {len(tokens)} token counts")
-        if len(set(tokens)) != len(tokens):
-            raise r.error("tokens", f"two measurements of {dtype} at the same shape, tp, ep "
-                                    f"and tokens")
         cells = out.setdefault(dtype, {})
         for n, t in zip(tokens, times, strict=True):
             if (h, i, k, e, tp, ep, n) in cells:

@@ -24,6 +24,16 @@ MoEShape = tuple[int, int, int, int]  # (hidden, expert inter size, top-k, route
 Roofline = Callable[[MoEShape, int, int, float], float]
 
 
+def _memoized(memo: dict, key: tuple, compute: Callable[[], float]) -> float:
+    """A table's answer for `key`, computed once: a search asks about the same few hundred
+    shapes and message sizes many times. The memo is bounded (cleared past 100,000)."""
+    if key not in memo:
+        if len(memo) > 100_000:
+            memo.clear()
+        memo[key] = compute()
+    return memo[key]
+
+
 def _bracket(axis: tuple[float, ...], x: float) -> tuple[int, int, float]:
     """Indices of the measured values either side of log-coordinate x and x's weight on the
     upper one; clamped to the ends (weight 0 on a single point)."""
@@ -61,12 +71,7 @@ class GemmTable:
 
     def flops_per_s(self, m: float, n: float, k: float) -> float:
         """Achieved FLOP/s of an m x k by k x n GEMM."""
-        key = (m, n, k)
-        if key not in self.memo:
-            if len(self.memo) > 100_000:
-                self.memo.clear()
-            self.memo[key] = self._flops_per_s(m, n, k)
-        return self.memo[key]
+        return _memoized(self.memo, (m, n, k), lambda: self._flops_per_s(m, n, k))
 
     def _flops_per_s(self, m: float, n: float, k: float) -> float:
         q = [math.log(max(v, 1e-9)) for v in (m, n, k)]
@@ -139,12 +144,7 @@ class BusTable:
         object.__setattr__(self, "memo", {})
 
     def busbw(self, group: int, nbytes: float) -> float:
-        key = (group, nbytes)
-        if key not in self.memo:
-            if len(self.memo) > 100_000:
-                self.memo.clear()
-            self.memo[key] = self._busbw(group, nbytes)
-        return self.memo[key]
+        return _memoized(self.memo, (group, nbytes), lambda: self._busbw(group, nbytes))
 
     def _busbw(self, group: int, nbytes: float) -> float:
         groups = self.groups

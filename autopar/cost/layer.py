@@ -207,19 +207,19 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
         params = moe.max_slots * c.params / s.etp
         flops_busiest = routed * c.flops_per_token / s.etp
         flops = flops_busiest / moe.imbalance  # FLOPs are conserved; time sees the busiest
+        act = routed * c.act_bytes_sharded / s.etp
+        fused = None if p.training else fused_moe_time(m, p.hw, p.calib, s.etp, s.ep,
+                                                        routed, pk[0], moe.max_slots)
+        if fused is not None:  # the op's time, split over fc1 / fc2 by their FLOPs
+            share = expert_flops_share(m, c.name)
+            return ComponentCost(c.name, c.role, params, flops, fused * share, 0.0), act
         per_expert = max(routed / max(moe.max_slots, 1), 1.0)
         kk, nn = (k, n / s.etp) if c.name.endswith("fc1") else (k / s.etp, n)
         eff = p.calib.gemm_eff(per_expert, nn, kk, *pk)
         cast = fp8.linear_casts(p, routed, kk, nn)
         touched = 1.0 if p.training else experts_touched(m, routed, moe.max_slots)
         nbytes = params * wb * touched + routed * (k + n) * b / s.etp
-        act = routed * c.act_bytes_sharded / s.etp
         ew = routed * (c.ew_bytes + c.ew_bytes_repl) / s.etp
-        fused = None if p.training else fused_moe_time(m, p.hw, p.calib, s.etp, s.ep,
-                                                        routed, pk[0], moe.max_slots)
-        if fused is not None:  # the op's time, split over fc1 / fc2 by their FLOPs
-            share = expert_flops_share(m, c.name)
-            return ComponentCost(c.name, c.role, params, flops, fused * share, 0.0), act
     elif c.role == "replicated":
         toks = T / sp_div
         params = c.params
