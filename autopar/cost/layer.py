@@ -17,7 +17,7 @@ from ..model.components import (
     param_bytes,
 )
 from ..spec import HardwareSpec, ModelSpec, Workload
-from . import a2a, comm, fp8
+from . import a2a, comm, fp8, tp_overlap
 from .calibration import Calibration
 from .cp_attention import cp_terms
 from .fsdp import ZERO3_GATHERS
@@ -87,13 +87,14 @@ class ComponentCost:
     # that the backward runs again (1, 1 under full recompute) [recompute-modules]
     again: float = 0.0
     again_ew: float = 0.0
+    gemm_bwd_s: float | None = None  # the backward's GEMMs where not 2x the forward's [tp-overlap]
 
     @property
     def bwd_s(self) -> float:
-        """[backward] GEMMs: dgrad + wgrad = 2x the forward; elementwise: EW_BWD x; fp8
-        casts: the output gradient's [fp8-cast]."""
-        return (2 * (self.time_s - self.ew_s) + EW_BWD * (self.ew_s - self.cast_s)
-                + self.cast_bwd_s)
+        """[backward] GEMMs: dgrad + wgrad = 2x the forward (unless set); elementwise:
+        EW_BWD x; fp8 casts: the output gradient's [fp8-cast]."""
+        gemm = 2 * (self.time_s - self.ew_s) if self.gemm_bwd_s is None else self.gemm_bwd_s
+        return gemm + EW_BWD * (self.ew_s - self.cast_s) + self.cast_bwd_s
 
 
 @dataclass
@@ -251,6 +252,17 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
             nbytes = params * wb + T * (kk + nn) * b
             if c.role in LINEAR_ROLES:
                 cast = fp8.linear_casts(p, T, kk, nn)
+            if k and c.role in ("column", "row") and tp > 1 and s.overlap_tp_comm \
+                    and p.training:  # [tp-overlap] the GEMM as the userbuffers run it
+                def rows(r: float) -> float:
+                    return _time(flops * r / T, params * wb + r * (kk + nn) * b,
+                                 p.calib.gemm_eff(r, nn, kk, *pk), p, dtype)
+                t, t_bwd = tp_overlap.gemm_times(rows, T, tp, c.role, p.hw.gpu.sms)
+                ew_t = _elementwise(T * c.ew_bytes / tp + T * c.ew_bytes_repl / sp_div,
+                                    p) + cast[0]
+                act = T * c.act_bytes_sharded / tp + T * c.act_bytes_replicated / sp_div
+                return ComponentCost(c.name, c.role, params, flops, t + ew_t, ew_t, *cast,
+                                     gemm_bwd_s=t_bwd), act
         act = T * c.act_bytes_sharded / tp + T * c.act_bytes_replicated / sp_div
         ew = T * c.ew_bytes / tp + T * c.ew_bytes_repl / sp_div
     t = _time(flops_busiest if c.is_expert else flops, nbytes, eff, p, dtype)
@@ -323,8 +335,7 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
     tp_t, ep_t, tp_b, ep_b = _collectives(p, s, T, moe_layer, moe, groups)
     tp_f, tp_b1 = tp_t, tp_t
     if s.overlap_tp_comm:  # [tp-overlap] hidden behind the column / row GEMMs next to it
-        window = sum(c.time_s - c.ew_s for c in costs if c.role in ("column", "row"))
-        tp_f, tp_b1 = max(0.0, tp_t - window), max(0.0, tp_t - 2 * window)
+        tp_f, tp_b1 = tp_overlap.layer_exposed(p.training, s.tp, costs, tp_t)
     elif p.training and p.async_tp_allreduce and s.tp > 1:
         tp_b1 = max(0.0, tp_t - async_tp_hidden(costs, tp_t, s.sequence_parallel))
     ep_f = ep_b1 = ep_t
