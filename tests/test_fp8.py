@@ -216,8 +216,9 @@ def test_bundled_prices_blockwise_on_its_measured_table():
 
 
 def test_mbridge_validation_pins_four_rows_and_lists_the_rest():
-    """Four rows run with their layouts pinned (Llama-3.1-405B with its CP 2, issue 14);
-    the two autopar cannot express are listed with the reason."""
+    """Four tensorwise rows and DeepSeek-V3 run with their layouts and recipes pinned
+    (Llama-3.1-405B with its CP 2, issue 14); the one autopar cannot price is listed with
+    the reason."""
     import sys
 
     sys.path.insert(0, str(PROBLEMS.parent / "benchmarks" / "validation"))
@@ -227,5 +228,9 @@ def test_mbridge_validation_pins_four_rows_and_lists_the_rest():
         pytest.skip("no ../shared/reference/calibration-2025.yaml here")
     text = mb.report()
     rows = [x for x in text.splitlines() if x.startswith("| ") and "tensorwise" in x]
-    assert len(rows) == 4 and text.count("\n- `mbridge_2509_h100_") == 2
+    assert len(rows) == 4 and text.split("Not run")[1].count("\n- `mbridge_2509_h100_") == 1
     assert any("Llama-3.1-405B" in x and "CP 2" in x for x in rows)
+    # each row carries its Megatron-Bridge recipe's options, as the recipe sets them
+    assert all("TP overlap" in x for x in rows if "Llama-3-70B" in x or "405B" in x)
+    assert any("DeepSeek-V3" in x and "deepep + A2A overlap" in x and "mla_up_proj" in x
+               for x in text.splitlines())

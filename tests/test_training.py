@@ -6,7 +6,6 @@ import json
 from dataclasses import replace
 
 import pytest
-
 from click.testing import CliRunner
 from conftest import PROBLEMS
 
