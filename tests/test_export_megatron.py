@@ -31,7 +31,8 @@ def parser() -> argparse.ArgumentParser:
                  "kv-channels", "seq-length", "max-position-embeddings", "ffn-hidden-size",
                  "num-query-groups", "num-experts", "moe-router-topk", "moe-ffn-hidden-size",
                  "moe-shared-expert-intermediate-size", "kv-lora-rank", "q-lora-rank",
-                 "qk-head-dim", "qk-pos-emb-head-dim", "v-head-dim", "mtp-num-layers"):
+                 "qk-head-dim", "qk-pos-emb-head-dim", "v-head-dim", "mtp-num-layers",
+                 "moe-deepep-num-sms", "moe-router-num-groups", "moe-router-group-topk"):
         p.add_argument(f"--{name}", type=int, default=None)
     for name in ("cp-comm-type", "recompute-granularity", "recompute-method", "fp8-format",
                  "fp8-recipe", "moe-token-dispatcher-type", "data-parallel-sharding-strategy",
@@ -43,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
                  "overlap-moe-expert-parallel-comm", "moe-enable-deepep", "bf16", "fp16",
                  "group-query-attention", "swiglu", "untie-embeddings-and-output-weights",
                  "multi-latent-attention", "account-for-embedding-in-pipeline-split",
-                 "account-for-loss-in-pipeline-split"):
+                 "account-for-loss-in-pipeline-split", "grad-reduce-in-bf16"):
         p.add_argument(f"--{name}", action="store_true")
     return p
 
@@ -126,6 +127,21 @@ def test_mla_and_mtp_dimensions_come_from_the_model():
             a.v_head_dim) == (mla["kv_lora_rank"], mla["q_lora_rank"], mla["qk_nope_head_dim"],
                               mla["qk_rope_head_dim"], mla["v_head_dim"])
     assert "--kv-channels" not in megatron_text(plan)
+
+
+def test_deepep_routing_and_gradient_flags_come_from_the_plan():
+    """DeepEP's SMs, node-limited routing as Megatron's group-limited router (one group per
+    NVLink domain the EP group spans) and bf16 gradient reduction."""
+    plan = load("deepseek-v3-training-256")  # EP 32 over 8-GPU domains: 4 domains
+    plan["strategy"] |= {"a2a_node_limit": 2, "a2a_sms": 24}
+    plan["inputs"]["workload"]["grad_dtype"] = "bf16"
+    a = parse(plan)
+    assert a.moe_deepep_num_sms == 24 and a.grad_reduce_in_bf16
+    assert (a.moe_router_num_groups, a.moe_router_group_topk) == (4, 2)
+    plan["strategy"]["a2a_node_limit"] = 5  # more domains than the EP group spans
+    e = megatron_entry(plan)
+    assert not e["exact"] and "a2a_node_limit 5" in e["why"]
+    assert parse(load("llama3-70b-training")).grad_reduce_in_bf16 is False  # fp32 grads
 
 
 def test_fp8_writes_the_recipe():

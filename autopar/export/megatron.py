@@ -96,12 +96,35 @@ def _moe(m: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
         args["moe-layer-freq"] = "[" + ",".join("0" if i in dense else "1"
                                                 for i in range(m["layers"])) + "]"
     if s.get("moe_dispatcher") == "deepep":
-        args |= {"moe-token-dispatcher-type": "flex", "moe-enable-deepep": True}
+        args |= {"moe-token-dispatcher-type": "flex", "moe-enable-deepep": True,
+                 "moe-deepep-num-sms": int(s.get("a2a_sms", 20))}
     else:
         args["moe-token-dispatcher-type"] = "alltoall"
     if s.get("a2a_overlap"):
         args["overlap-moe-expert-parallel-comm"] = True
     return args
+
+
+def _routing(plan: dict[str, Any], why: list[str]) -> dict[str, Any]:
+    """[deepep] Node-limited routing as Megatron's group-limited router: one group per NVLink
+    domain the EP group spans (its experts), each token to the top `a2a_node_limit` groups;
+    fp8 dispatch has no Megatron-LM flag."""
+    s, hw = plan["strategy"], plan["inputs"]["hardware"]
+    out: dict[str, Any] = {}
+    if s.get("a2a_fp8"):
+        why.append("a2a_fp8: Megatron-LM has no flag for an fp8 dispatch")
+    limit = int(s.get("a2a_node_limit", 0))
+    if not limit:
+        return out
+    domain = int(hw.get("nvlink_domain") or hw.get("gpus_per_node") or 1)
+    span = int(s.get("ep", 1)) * int(s.get("etp", 1))
+    groups = span // domain if span >= domain else 1
+    experts = int(plan["inputs"]["model"].get("experts") or 0)
+    if groups < 2 or experts % groups or limit > groups:
+        why.append(f"a2a_node_limit {limit}: the EP group spans {groups} NVLink domain(s) "
+                   f"of {experts} experts, no group-limited routing matches it")
+        return out
+    return {"moe-router-num-groups": groups, "moe-router-group-topk": limit}
 
 
 def megatron_entry(plan: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +151,12 @@ def megatron_entry(plan: dict[str, Any]) -> dict[str, Any]:
         args["sequence-parallel"] = True
     if s.get("overlap_tp_comm"):
         args["tp-comm-overlap"] = True
+    args |= _routing(plan, why)
+    if w.get("grad_dtype") == "bf16":  # Megatron keeps fp32 main gradients unless told
+        args["grad-reduce-in-bf16"] = True
+    elif w.get("grad_dtype") not in (None, "fp32"):
+        why.append(f"grad_dtype {w['grad_dtype']}: Megatron-LM reduces gradients in fp32 "
+                   "or bf16")
     args |= _memory(s, why)
     args |= {"num-layers": m["layers"], "hidden-size": m["hidden"],
              "num-attention-heads": m["heads"],
