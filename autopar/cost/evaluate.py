@@ -193,6 +193,9 @@ class Context:
     p2p_bytes: float
     zero3_lead: tuple[float, float, float] = (0.0, 0.0, 0.0)  # [fsdp] fsdp.lead
     mtp: tuple[LayerCost, ...] = ()  # [mtp] the MTP modules' pseudo-layers, last stage
+    # stage_zero3 answers by (recompute, unit identities): the search costs the same units
+    # under many micro-batch counts and ZeRO stages; the units are kept so ids stay theirs
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def of(p: Problem, s: Strategy, costs: list[LayerCost]) -> Context:
@@ -293,6 +296,14 @@ def stage_zero3(p: Problem, s: Strategy, units: list[LayerCost], ctx: Context
                 ) -> fsdp.StageFsdp:
     """[fsdp] A stage's ZeRO-3 traffic: the sum over its units plus the lead of each pass
     (a constant, so the stage cost stays affine in its layers)."""
+    key = ("zero3", s.recompute, *map(id, units))
+    if key not in ctx.memo:
+        ctx.memo[key] = (_stage_zero3(p, s, units, ctx), tuple(units))
+    return ctx.memo[key][0]
+
+
+def _stage_zero3(p: Problem, s: Strategy, units: list[LayerCost], ctx: Context
+                 ) -> fsdp.StageFsdp:
     n = fsdp.gathers_per_micro_batch(p.zero3_gather, s.recompute)
     g_dp = g_edp = red = ex_f = ex_b = ex_r = 0.0
     calls = 0
