@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model.components import layer_components
-from ..model.recompute import module_reruns
+from ..model.components import Component, fp8_saved_values, layer_components
+from ..model.recompute import Rerun, module_reruns
 from ..spec import HardwareSpec, ModelSpec, Workload
 from ..spec.units import FP8_SCALE_BYTES
 from .finding import Findings, close
@@ -30,6 +30,20 @@ def copy_bytes_per_param(hw: HardwareSpec, w: Workload) -> float:
     their scales; training only."""
     r = recipe(hw, w)
     return 2 * (1 + FP8_SCALE_BYTES[r][1]) if r and w.kind == "training" else 0.0
+
+
+def fp8_kept(c: Component, b: float, sh: float, rep: float, r: Rerun, fp8: tuple[str, bool],
+             modules: tuple[str, ...]) -> tuple[float, float]:
+    """[fp8-activations] Per-token kept bytes (TP-split, replicated) of `c`, given its
+    16-bit figures `sh`, `rep` after the rerun `r`'s drops, with its fp8 GEMM inputs at
+    1 + scale bytes: the values kept in fp8 instead of 16 bits re-priced (none of those a
+    rerun module dropped), the fp8 copies kept besides a 16-bit tensor added.
+    `fp8`: (recipe, flash attention)."""
+    recipe, flash = fp8
+    width = 1.0 + FP8_SCALE_BYTES[recipe][0]
+    fs, fr, extra = fp8_saved_values(c, recipe, flash, modules)
+    fs, fr = max(fs - r.drop_fp8_sharded, 0.0), max(fr - r.drop_fp8_replicated, 0.0)
+    return sh - (b - width) * fs + width * extra, rep - (b - width) * fr
 
 
 def _cast_s(elems: float, b: float, r: str, copies: int, weights: bool, bw: float,

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 from ..model.components import Component, embedding_components, head_components, layer_components
 from ..model.mtp import mtp_extra_components, mtp_layer_index
-from ..model.recompute import block_reruns, module_reruns
+from ..model.recompute import Rerun, block_reruns, module_reruns
 from ..spec import HardwareSpec, ModelSpec, Workload
 from . import zero3
 from .a2a import deepep_min_time, remote_domains, wire_bytes
 from .cp_attention import cp_collective
-from .fp8 import copy_bytes_per_param
+from .fp8 import copy_bytes_per_param, fp8_kept
+from .fp8 import recipe as fp8_recipe
 from .links import domain_members
 from .links import link_bw as _link_bw
 from .mtp import mtp_count, mtp_params
@@ -160,13 +161,18 @@ def samples_per_replica(w: Workload, lay: Layout) -> int:
 
 # --------------------------------------------------------------------------- memory
 def _act(c: Component, m: ModelSpec, T: float, lay: Layout, imbalance: float,
-         drop: tuple[float, float] = (0.0, 0.0)) -> float:
+         rerun: Rerun | None = None, fp8: tuple[str, bool] | None = None) -> float:
     """Saved activations of one component per micro-batch on one GPU (Korthikanti sec. 4,
     per component): TP splits the sharded part, sequence parallelism the replicated part;
     an expert keeps what the tokens routed to its EP rank (the busiest, by `imbalance`) need.
-    `drop`: per-token bytes of each part that selective recompute does not keep."""
+    `rerun`: what selective recompute does not keep; `fp8`: (recipe, flash attention) of an
+    fp8 training run, whose fp8 GEMM inputs are kept at 1 byte + scales [fp8-activations]."""
     sp = lay.tp if lay.sequence_parallel else 1
-    sh, rep = c.act_bytes_sharded - drop[0], c.act_bytes_replicated - drop[1]
+    r = rerun or Rerun()
+    sh, rep = c.act_bytes_sharded - r.drop_sharded, c.act_bytes_replicated - r.drop_replicated
+    if fp8 is not None:  # the modules matter only to what a selective layer keeps
+        sh, rep = fp8_kept(c, m.dtype_bytes, sh, rep, r, fp8,
+                           lay.modules if rerun is not None else ())
     if c.is_expert:
         return T * m.top_k / lay.tp * imbalance * sh
     if c.role == "replicated":
@@ -175,18 +181,20 @@ def _act(c: Component, m: ModelSpec, T: float, lay: Layout, imbalance: float,
 
 
 def layer_activations(m: ModelSpec, w: Workload, lay: Layout, layer: int, imbalance: float,
-                      flash: bool) -> tuple[float, float]:
+                      flash: bool, recipe: str | None = None) -> tuple[float, float]:
     """(bytes saved under the plan's recompute mode, bytes saved with none) per micro-batch;
-    selective recompute keeps what its modules do not drop [recompute-modules]."""
+    selective recompute keeps what its modules do not drop [recompute-modules]; `recipe`:
+    the fp8 recipe a training run uses (its GEMM inputs kept in fp8) [fp8-activations]."""
     T = tokens_per_micro_batch(w, lay)
     comps = layer_components(m, layer, w.context_len, w.causal, flash)
-    full = sum(_act(c, m, T, lay, imbalance) for c in comps)
+    fp8 = (recipe, flash) if recipe and w.kind == "training" else None
+    full = sum(_act(c, m, T, lay, imbalance, None, fp8) for c in comps)
     if lay.recompute == "full":  # only the layer input is kept
         sp = lay.tp if lay.sequence_parallel else 1
         return T * m.hidden * m.dtype_bytes / sp, full
     if lay.recompute == "selective":
         reruns = module_reruns(m, comps, lay.modules, flash, w.context_len)
-        return sum(_act(c, m, T, lay, imbalance, (r.drop_sharded, r.drop_replicated))
+        return sum(_act(c, m, T, lay, imbalance, r, fp8)
                    for c, r in zip(comps, reruns, strict=True)), full
     return full, full
 
@@ -256,8 +264,8 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
     b = m.dtype_bytes
     first, last = lay.stage_layers[stage]
     par = stage_params(m, lay, stage, own_experts, w.kind == "training")
-    acts = {layer: layer_activations(m, w, lay, layer, imbalance.get(layer, 1.0), flash)
-            for layer in range(m.layers)}
+    acts = {layer: layer_activations(m, w, lay, layer, imbalance.get(layer, 1.0), flash,
+                                     fp8_recipe(hw, w)) for layer in range(m.layers)}
     emb, head = edge_activations(m, w, lay)
     peak = max([none for _, none in acts.values()] + [emb, head])
     n_mtp = mtp_count(m, w.kind == "training", stage, lay.pp)  # [mtp] layer + extra parts

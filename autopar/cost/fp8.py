@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InputError
+from ..model.components import Component, fp8_saved_values
+from ..model.recompute import Rerun
 from ..spec import HardwareSpec, ModelSpec, Workload, gpu_catalogue
 from ..spec.units import FP8_GEMM_KEY, FP8_SCALE_BYTES, MXFP8_GPUS
 
@@ -107,3 +109,21 @@ def weight_cast_time(p: Problem, tensors: list[tuple[float, int]]) -> float:
     b = p.model.dtype_bytes
     return sum(count * kernels_time(kernel_bytes(params, b, recipe, 2, weights=True), p)
                for params, count in tensors if params and count)
+
+
+def saved_per_token(c: Component, p: Problem, rerun: Rerun | None = None,
+                    modules: tuple[str, ...] = ()) -> tuple[float, float]:
+    """[fp8-activations] Saved bytes per token of `c` (TP-split part, replicated part), less
+    what selective recompute's `rerun` drops. In fp8 training Transformer Engine keeps each
+    fp8 GEMM's input for the weight gradient quantized, in one orientation: 1 byte + the
+    recipe's activation scales per value instead of 16 bits; what a module reruns it keeps
+    none of, fp8 or not. 16-bit runs (and serving) are the components' bytes unchanged."""
+    r = rerun or Rerun()
+    sh, rep = c.act_bytes_sharded - r.drop_sharded, c.act_bytes_replicated - r.drop_replicated
+    recipe = active(p)
+    if recipe is None or not p.training:
+        return sh, rep
+    width, b = 1.0 + FP8_SCALE_BYTES[recipe][0], p.model.dtype_bytes
+    fs, fr, extra = fp8_saved_values(c, recipe, p.flash_attention, modules)
+    return (sh + (width - b) * max(fs - r.drop_fp8_sharded, 0.0) + width * extra,
+            rep + (width - b) * max(fr - r.drop_fp8_replicated, 0.0))

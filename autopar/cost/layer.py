@@ -23,7 +23,7 @@ from .cp_attention import cp_terms
 from .fsdp import ZERO3_GATHERS
 from .fused_moe import expert_flops_share, fused_moe_applies, fused_moe_time
 from .groups import group_links
-from .recompute import selective
+from .recompute import saved_bytes, selective
 from .strategy import Strategy
 
 
@@ -191,7 +191,8 @@ def _elementwise(nbytes: float, p: Problem) -> float:
 
 def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
                ctx: float) -> tuple[ComponentCost, float]:
-    """Forward time of one component on one GPU, and its saved activations (no recompute).
+    """Forward time of one component on one GPU, and its saved activations (no recompute;
+    fp8 GEMM inputs as the recipe keeps them [fp8-activations]).
 
     The GEMM (or attention kernel) is a roofline; the memory-bound kernels after it run
     separately, at HBM speed, and add to it [elementwise]."""
@@ -203,12 +204,12 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
     dtype = p.gemm_dtype if k and c.role in LINEAR_ROLES else m.dtype
     pk = fp8.gemm_key(p, dtype), p.hw.gpu.flops(dtype)  # a measured table of it wins
     wb = param_bytes(m, c.role)
+    act = saved_bytes(c, p, s, T, moe, *fp8.saved_per_token(c, p))
     if c.is_expert:
         routed = T * m.top_k * s.etp / tp * moe.imbalance  # tokens this EP rank's experts see
         params = moe.max_slots * c.params / s.etp
         flops_busiest = routed * c.flops_per_token / s.etp
         flops = flops_busiest / moe.imbalance  # FLOPs are conserved; time sees the busiest
-        act = routed * c.act_bytes_sharded / s.etp
         fused = None if p.training else fused_moe_time(m, p.hw, p.calib, s.etp, s.ep,
                                                         routed, pk[0], moe.max_slots)
         if fused is not None:  # the op's time, split over fc1 / fc2 by their FLOPs
@@ -227,7 +228,6 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
         flops = toks * c.flops_per_token
         eff = p.calib.gemm_eff(toks, n, k, *pk) if k else 1.0
         nbytes = params * b + toks * (k + n if k else 2 * m.hidden) * b
-        act = toks * (c.act_bytes_sharded + c.act_bytes_replicated)
         ew = toks * (c.ew_bytes + c.ew_bytes_repl)
         if c.name == "router" and not p.training and fused_moe_applies(
                 m, p.calib, fp8.gemm_key(p, p.gemm_dtype)):  # the fused op permutes and
@@ -260,10 +260,8 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
                 t, t_bwd = tp_overlap.gemm_times(rows, T, tp, c.role, p.hw.gpu.sms)
                 ew_t = _elementwise(T * c.ew_bytes / tp + T * c.ew_bytes_repl / sp_div,
                                     p) + cast[0]
-                act = T * c.act_bytes_sharded / tp + T * c.act_bytes_replicated / sp_div
                 return ComponentCost(c.name, c.role, params, flops, t + ew_t, ew_t, *cast,
                                      gemm_bwd_s=t_bwd), act
-        act = T * c.act_bytes_sharded / tp + T * c.act_bytes_replicated / sp_div
         ew = T * c.ew_bytes / tp + T * c.ew_bytes_repl / sp_div
     t = _time(flops_busiest if c.is_expert else flops, nbytes, eff, p, dtype)
     ew_t = _elementwise(ew, p) + cast[0]

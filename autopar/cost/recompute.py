@@ -9,6 +9,7 @@ from typing import Any
 
 from ..model.components import Component
 from ..model.recompute import block_reruns, module_reruns
+from .fp8 import saved_per_token
 from .strategy import Strategy
 
 # layer.py imports this module, so its types (Problem, MoEState, ComponentCost) are `Any` here
@@ -58,8 +59,7 @@ def selective(p: Problem, s: Strategy, layer: int, comps: list[Component],
     act = recompute = 0.0
     for c, cc, r in zip(comps, costs, reruns, strict=True):
         cc.again, cc.again_ew = r.gemm, r.ew
-        act += saved_bytes(c, p, s, T, moe, c.act_bytes_sharded - r.drop_sharded,
-                           c.act_bytes_replicated - r.drop_replicated)
+        act += saved_bytes(c, p, s, T, moe, *saved_per_token(c, p, r, s.recompute_modules))
         recompute += rerun_time(cc)
     tp_blocks, a2a = block_reruns(p.model, layer, s.recompute_modules)
     return act, recompute, tp_fwd / 2 * tp_blocks, ep_fwd / 2 * a2a

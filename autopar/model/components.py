@@ -39,6 +39,11 @@ class Component:
     # on the full hidden vector that only sequence parallelism splits [elementwise].
     ew_bytes: float = 0.0
     ew_bytes_repl: float = 0.0
+    # [fp8-activations] of the saved activations, values per token that are an fp8 GEMM's
+    # input, which Transformer Engine keeps quantized (1 byte + the recipe's scales) for the
+    # weight gradient: of the TP-split part, and of the part only sequence parallelism splits
+    fp8_in_sharded: float = 0.0
+    fp8_in_replicated: float = 0.0
 
     @property
     def is_expert(self) -> bool:
@@ -79,11 +84,14 @@ def _attention(m: ModelSpec, ctx: float, causal: bool, flash: bool, drop: int,
     attn_ew = 0.0 if flash else a * ctx * (2 * b + drop * (2 * b + 1)) + 2 * b * a * v_dim
     return [
         Component("norm_attn", "replicated", h, 5 * h, 0, b * h),
-        Component("qkv", "column", qkv_params, 2 * qkv_params, 0, b * h, qkv_gemm),
+        # MLA's two down-projections each keep an fp8 copy of the same input: not modelled
+        Component("qkv", "column", qkv_params, 2 * qkv_params, 0, b * h, qkv_gemm,
+                  fp8_in_replicated=0.0 if m.mla is not None else h),
         Component("attn", "heads", 0, score_flops, saved_qkv + scores_saved, 0,
                   ew_bytes=attn_ew),
         Component("out", "row", a * v_dim * h, 2 * a * v_dim * h, b * a * v_dim, drop * h,
-                  (a * v_dim, h), ew_bytes_repl=_residual_bytes(h, b, drop)),
+                  (a * v_dim, h), ew_bytes_repl=_residual_bytes(h, b, drop),
+                  fp8_in_sharded=a * v_dim),
     ]
 
 
@@ -100,10 +108,16 @@ def _mlp(prefix: str, role_in: str, role_out: str, h: int, f: int, gated: bool, 
     fc1_in_sharded = b * h if role_in == "expert" else 0  # dispatched copies live with the expert
     fc1_in_repl = 0 if role_in == "expert" else b * h
     residual = 0.0 if role_out == "expert" else _residual_bytes(h, b, drop)
+    # [fp8-activations] FC2's input (the activation's output) is kept in fp8, FC1's output
+    # (the activation's input) in 16 bits; FC1's input in fp8, but the shared experts' FC1
+    # saves the 16-bit norm output the router keeps anyway (Megatron's save_original_input)
+    fp8_fc1_in = 0.0 if prefix == "shared_" else h
     return [
         # bias + activation (GeLU, or SwiGLU's gate x up): read FC1's output(s), write f
         Component(f"{prefix}fc1", role_in, h * up, 2 * h * up, fc1_in_sharded + saved_mid,
-                  fc1_in_repl, (h, up), tokens, ew_bytes=b * (up + f)),
+                  fc1_in_repl, (h, up), tokens, ew_bytes=b * (up + f),
+                  fp8_in_sharded=f + (fp8_fc1_in if role_in == "expert" else 0.0),
+                  fp8_in_replicated=0.0 if role_in == "expert" else fp8_fc1_in),
         Component(f"{prefix}fc2", role_out, f * h, 2 * f * h, 0,
                   0 if role_out == "expert" else drop * h, (f, h), tokens,
                   ew_bytes_repl=residual),
@@ -132,6 +146,24 @@ def layer_components(m: ModelSpec, layer: int, ctx: float, causal: bool = True,
         f = m.shared_experts * m.shared_expert_ffn_hidden
         comps += _mlp("shared_", "column", "row", h, f, m.gated_mlp, b, 0)
     return comps
+
+
+def fp8_saved_values(c: Component, recipe: str, flash: bool,
+                     modules: tuple[str, ...] = ()) -> tuple[float, float, float]:
+    """[fp8-activations] Under an fp8 training recipe, values per token of `c`'s saved
+    activations that are kept in fp8 instead of 16 bits (TP-split part, replicated part),
+    and TP-split values kept in fp8 besides their 16-bit tensor. The out-projection's input
+    is the attention output: under current scaling Megatron-Core has the linear save it
+    unquantized (`save_original_input`, TE >= 2.6), so nothing changes; under delayed
+    scaling the linear keeps an fp8 copy, on top of the 16-bit output the fused attention
+    kernel saves for its own backward (unless `core_attn` recomputes it), else instead."""
+    if c.name != "out":
+        return c.fp8_in_sharded, c.fp8_in_replicated, 0.0
+    if recipe != "delayed":
+        return 0.0, 0.0, 0.0
+    if flash and "core_attn" not in modules:
+        return 0.0, 0.0, c.fp8_in_sharded
+    return c.fp8_in_sharded, 0.0, 0.0
 
 
 def loss_bytes_per_logit(b: int) -> float:

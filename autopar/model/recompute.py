@@ -33,6 +33,11 @@ class Rerun:
     ew: float = 0.0
     drop_sharded: float = 0.0
     drop_replicated: float = 0.0
+    # of the dropped, values that are an fp8 GEMM's input (`Component.fp8_in_*`): under an
+    # fp8 recipe those were kept in fp8, and a module that reruns keeps none of them (Megatron
+    # has the consumer save the original input, which the checkpoint then discards)
+    drop_fp8_sharded: float = 0.0
+    drop_fp8_replicated: float = 0.0
 
 
 def module_error(modules: tuple[str, ...], m: ModelSpec | None = None) -> str | None:
@@ -75,7 +80,7 @@ def module_reruns(m: ModelSpec, comps: list[Component], modules: tuple[str, ...]
     mods = set(modules)
     out = []
     for c in comps:
-        g = e = ds = dr = 0.0
+        g = e = ds = dr = fs = fr = 0.0
         n = c.name
         if "core_attn" in mods and n == "attn":  # checkpoint of the attention core: Q, K,
             g = e = 1.0  # V kept as its inputs, softmax / dropout outputs dropped
@@ -91,24 +96,31 @@ def module_reruns(m: ModelSpec, comps: list[Component], modules: tuple[str, ...]
                 g = e = 1.0
             if n in ("qkv", "fc1", "router", "shared_fc1"):  # the norm's output, their input
                 dr += b * h
+                fr += c.fp8_in_replicated
         if "moe_act" in mods and n == "expert_fc1":  # the activation's output (FC2's input)
             e = 1.0
             ds += b * m.expert_ffn_hidden
+            fs += m.expert_ffn_hidden
         if "mlp" in mods and n in ("fc1", "fc2"):  # dense MLP: its input kept
             g = 1.0
             e = max(e, 1.0 if n == "fc1" else 0.0)  # fc2's residual add is outside it
             ds += c.act_bytes_sharded
+            fs += c.fp8_in_sharded
         if "moe" in mods and (n in ("router", "expert_fc1", "expert_fc2")
                               or n.startswith("shared_")):
             g = 1.0  # the whole MoE layer: its input (the router's) kept once
             e = max(e, 0.0 if n == "shared_fc2" else 1.0)
             ds += c.act_bytes_sharded
             dr += c.act_bytes_replicated - (b * h if n == "router" else 0.0)
+            fs += c.fp8_in_sharded
+            fr += c.fp8_in_replicated
         if "shared_experts" in mods and n in ("shared_fc1", "shared_fc2"):
             g = 1.0
             e = max(e, 1.0 if n == "shared_fc1" else 0.0)
             ds += c.act_bytes_sharded
-        out.append(Rerun(g, e, min(ds, c.act_bytes_sharded), min(dr, c.act_bytes_replicated)))
+            fs += c.fp8_in_sharded
+        out.append(Rerun(g, e, min(ds, c.act_bytes_sharded), min(dr, c.act_bytes_replicated),
+                         min(fs, c.fp8_in_sharded), min(fr, c.fp8_in_replicated)))
     return out
 
 
