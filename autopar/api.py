@@ -18,7 +18,7 @@ from .errors import InfeasibleError, InputError
 from .plan import Plan, build_plan
 from .search import PIN_KEYS, SearchOptions, check_cp_pins, fewest_gpus, fits, search
 from .search.deadline import Deadline, check_time_limit
-from .search.degrees import recompute_modules_pin
+from .search.degrees import check_capacity_pins, recompute_modules_pin
 from .search.experts import placements_for
 from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
 
@@ -115,6 +115,7 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     if "recompute_modules" in pins:
         pins["recompute_modules"] = recompute_modules_pin(pins, p.model)
     check_cp_pins(p, pins)
+    check_capacity_pins(p, pins)  # [capacity] pinned only; serving has none
     opts = SearchOptions(pins=pins, time_limit_s=time_limit_s, seed=seed, workers=workers)
     from .serve.plan import serve, wants_serving
 

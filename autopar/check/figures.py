@@ -6,7 +6,7 @@ tie them together (tokens/s = samples/s x tokens per sample, and so on).
 from __future__ import annotations
 
 from ..spec import GB, HardwareSpec, ModelSpec, Workload
-from . import zero3
+from . import capacity, zero3
 from .finding import Findings, close, is_num
 from .flops import hardware_flops_per_step, model_flops_per_step
 from .recompute import Layout, expected_collectives, expected_memory, pipeline_time
@@ -69,7 +69,9 @@ def check_memory(f: Findings, plan: dict, m: ModelSpec, hw: HardwareSpec, w: Wor
     then the recomputed total against the capacity."""
     gpus = plan["gpus"]
     check_capacity(f, gpus, hw.gpu.memory_bytes)
-    imb = _imbalance(plan)
+    terms = capacity.plan_terms(plan, m, w, lay)  # [capacity] the busiest rank's rows
+    imb = capacity.busiest(terms, _imbalance(plan))
+    sent = max(capacity.computed(terms).values(), default=1.0)
     cache: dict[tuple, dict[str, float]] = {}
     worst = 0.0
     for i, g in enumerate(gpus[:lay.num_gpus]):
@@ -77,7 +79,7 @@ def check_memory(f: Findings, plan: dict, m: ModelSpec, hw: HardwareSpec, w: Wor
         own = _own_experts(plan, m, lay, i)
         key = (stage, tuple(sorted(own.items())))
         if key not in cache:
-            cache[key] = expected_memory(m, hw, w, lay, stage, own, imb, flash)
+            cache[key] = expected_memory(m, hw, w, lay, stage, own, imb, flash, sent)
         want = cache[key]
         mem = g["memory"]
         for k in MEMORY_KEYS:
@@ -130,16 +132,17 @@ def check_flops(f: Findings, plan: dict, m: ModelSpec, w: Workload, lay: Layout,
     """FLOPs conserved [flops]: the plan's total is the model's FLOPs x recompute and TP
     replication overheads, and its model FLOPs (no overheads) match the model's."""
     check_flops_sums(f, plan)
+    terms = capacity.plan_terms(plan, m, w, lay)  # [capacity] dropped copies, padding rows
     want = hardware_flops_per_step(m, w, lay.recompute, lay.tp, lay.sequence_parallel, flash,
-                                   lay.modules)
+                                   lay.modules, capacity.computed(terms))
+    model = model_flops_per_step(m, w, capacity.kept(terms))
     if not close(plan["flops"]["total"], want, RECOMPUTE_TOL):
         f.error("flops", "flops.total", "model FLOPs x passes x recompute and replication "
                 "overheads", plan["flops"]["total"], want)
     mt = plan.get("metrics")
-    if isinstance(mt, dict) and not close(mt["model_flops_per_step"],
-                                          model_flops_per_step(m, w), RECOMPUTE_TOL):
+    if isinstance(mt, dict) and not close(mt["model_flops_per_step"], model, RECOMPUTE_TOL):
         f.error("flops", "metrics.model_flops_per_step", "the model's FLOPs per step, no "
-                "recompute", mt["model_flops_per_step"], model_flops_per_step(m, w))
+                "recompute", mt["model_flops_per_step"], model)
 
 
 # --------------------------------------------------------------------------- communication
@@ -147,7 +150,8 @@ def check_communication(f: Findings, plan: dict, m: ModelSpec, hw: HardwareSpec,
                         w: Workload, lay: Layout) -> None:
     """Collective sizes and counts follow from the degrees [tp-comm, ep-comm, p2p, dp-comm];
     none is faster than its link allows."""
-    want = expected_collectives(m, hw, w, lay, _fullest(plan), zero3.mode_of(plan))
+    want = expected_collectives(m, hw, w, lay, _fullest(plan), zero3.mode_of(plan),
+                                capacity.computed(capacity.plan_terms(plan, m, w, lay)))
     seen = set()
     for i, c in enumerate(plan["communication"]):
         key = (c["group"], c.get("stage", 0), c.get("direction") or c.get("part", ""))

@@ -23,32 +23,42 @@ def layer_flops(m: ModelSpec, w: Workload, layer: int,
         m, layer, w.context_len, w.causal, flash, decode=decoding(w))]
 
 
-def forward_flops_per_token(m: ModelSpec, w: Workload) -> float:
+def forward_flops_per_token(m: ModelSpec, w: Workload,
+                            kept: dict[int, float] | None = None) -> float:
     """Model forward FLOPs per processed token (top_k experts per token); a prefill computes
-    logits for the last position only."""
-    f = sum(fl * (m.top_k if c.is_expert else 1)
+    logits for the last position only. `kept[layer]`: the share of a layer's routed copies
+    a capacity keeps [capacity] (dropped copies run no expert; absent: all)."""
+    kept = kept or {}
+    f = sum(fl * (m.top_k * kept.get(layer, 1.0) if c.is_expert else 1)
             for layer in range(m.layers) for c, fl in layer_flops(m, w, layer))
     head = sum(c.flops_per_token for c in head_components(m))
     if w.kind != "training" and w.phase == "prefill":
         head /= w.input_len
     if w.kind == "training":  # [mtp] the MTP modules, on the last stage
         f += mtp_flops_per_token(m, w.context_len, w.causal)
+        last = mtp_layer_index(m)  # their layers drop as the last layer does
+        f -= m.mtp_layers * sum(fl * m.top_k * (1.0 - kept.get(last, 1.0))
+                                for c, fl in layer_flops(m, w, last) if c.is_expert)
     return f + head
 
 
-def model_flops_per_step(m: ModelSpec, w: Workload) -> float:
+def model_flops_per_step(m: ModelSpec, w: Workload,
+                         kept: dict[int, float] | None = None) -> float:
     """Model FLOPs of one step, no recompute: forward x 3 when training [metrics]."""
     passes = 3 if w.kind == "training" else 1
-    return forward_flops_per_token(m, w) * w.batch * w.tokens_per_sample * passes
+    return forward_flops_per_token(m, w, kept) * w.batch * w.tokens_per_sample * passes
 
 
 def hardware_flops_per_step(m: ModelSpec, w: Workload, recompute: str, tp: int,
                             sequence_parallel: bool, flash: bool = True,
-                            modules: tuple[str, ...] = ("core_attn",)) -> float:
+                            modules: tuple[str, ...] = ("core_attn",),
+                            computed: dict[int, float] | None = None) -> float:
     """FLOPs all GPUs run in one step [flops]: tokens x FLOPs/token x passes, plus one more
     forward under full recompute (the recomputed modules' kernels under selective), and the
     replicated components (norms, router) run on every TP rank unless sequence parallelism
-    splits them."""
+    splits them. `computed[layer]`: expert rows a capacity leaves per routed copy (dropped
+    copies run none, padding rows run too) [capacity]; absent: 1."""
+    computed = computed or {}
     tokens = w.batch * w.tokens_per_sample
     passes = 3 if w.kind == "training" else 1
     total = 0.0
@@ -59,7 +69,7 @@ def hardware_flops_per_step(m: ModelSpec, w: Workload, recompute: str, tp: int,
                                else (), flash, w.context_len)
         for (c, fl), r in zip(pairs, reruns, strict=True):
             extra = 1 if recompute == "full" else r.gemm
-            mult = m.top_k if c.is_expert else 1
+            mult = m.top_k * computed.get(layer, 1.0) if c.is_expert else 1
             repl = tp if c.role == "replicated" and not sequence_parallel else 1
             total += tokens * fl * mult * repl * (passes + extra)
     head_tokens = w.batch if w.kind != "training" and w.phase == "prefill" else tokens

@@ -51,6 +51,9 @@ class Layout:
     moe_dispatcher: str = "alltoall"  # or "deepep" [deepep]
     a2a_fp8: bool = False
     a2a_node_limit: int = 0
+    moe_capacity_factor: float = 0.0  # [capacity] 0: dropless
+    moe_pad_to_capacity: bool = False
+    moe_token_drop_policy: str = "probs"
 
     @staticmethod
     def from_strategy(s: dict) -> Layout:
@@ -64,7 +67,10 @@ class Layout:
                       int(s.get("virtual_stages", 1)), mods, int(s.get("cp", 1)),
                       str(s.get("cp_comm", "p2p")), bool(s.get("a2a_overlap", False)),
                       str(s.get("moe_dispatcher", "alltoall")), bool(s.get("a2a_fp8", False)),
-                      int(s.get("a2a_node_limit", 0)))
+                      int(s.get("a2a_node_limit", 0)),
+                      float(s.get("moe_capacity_factor", 0.0)),
+                      bool(s.get("moe_pad_to_capacity", False)),
+                      str(s.get("moe_token_drop_policy", "probs")))
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -257,7 +263,7 @@ def kv_bytes_per_token_layer(m: ModelSpec, tp: int) -> float:
 
 def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, stage: int,
                     own_experts: dict[int, int], imbalance: dict[int, float],
-                    flash: bool = True) -> dict[str, float]:
+                    flash: bool = True, sent: float = 1.0) -> dict[str, float]:
     """One GPU's memory by term, keyed as in the plan's `gpus[].memory` [memory-training,
     memory]. Transient terms (one layer's activations, all-to-all buffers) are the largest
     over the whole model, as docs/cost-model.md states."""
@@ -278,7 +284,8 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
                          "activations_bytes", "activations_no_recompute_bytes",
                          "kv_cache_bytes", "tp_overhead_bytes", "fp8_weights_bytes"), 0.0)
     out["workspace_bytes"] = (2 * T / lay.tp * m.top_k * m.hidden * wire_bytes(m, lay.a2a_fp8)
-                              if moe else 0.0)  # send + receive; fp8 dispatch [deepep]
+                              * sent if moe else 0.0)  # send + receive; fp8 [deepep];
+    # `sent`: the fullest MoE layer's rows sent per routed copy under a capacity [capacity]
     out["reserved_bytes"] = hw.reserved_bytes
     if w.kind == "training":
         def shard(level: int) -> tuple[int, int]:
@@ -336,10 +343,14 @@ class Collective:
 
 def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout,
                          fullest: dict[int, int] | None = None, zero3_mode: str = "prefetch",
+                         sent: dict[int, float] | None = None,
                          ) -> dict[tuple[str, int, str], Collective]:
     """The collectives of each stage, keyed (group, stage, direction or part) [tp-comm,
     ep-comm, p2p, dp-comm]. Calls count forward, backward and the recompute forward.
-    `fullest[layer]`: expert copies on the fullest EP rank (what ZeRO-3 gathers)."""
+    `fullest[layer]`: expert copies on the fullest EP rank (what ZeRO-3 gathers);
+    `sent[layer]`: rows a capacity leaves to send per routed copy (the stage's fullest MoE
+    layer's sets the all-to-all's size) [capacity]."""
+    sent = sent or {}
     training = w.kind == "training"
     b, h = m.dtype_bytes, m.hidden
     T = tokens_per_micro_batch(w, lay)
@@ -372,7 +383,8 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
         if lay.cp > 1:  # [cp-attention] the KV exchange of every layer and pass
             out[("cp", k, "")] = Collective(*cp_collective(m, hw, w, lay, n))
         if n_moe and (lay.ep > 1 or lay.etp > 1) and not experts_in_tp_group(w, lay):
-            S = T / lay.tp * m.top_k * h * wire_bytes(m, lay.a2a_fp8)
+            S = T / lay.tp * m.top_k * h * wire_bytes(m, lay.a2a_fp8) * max(
+                sent.get(x, 1.0) for x in runs if m.is_moe_layer(x))
             e = lay.ep
             t_min = (e - 1) / e * S / _link_bw(hw, lay.groups("ep"), all_to_all=True)
             if lay.moe_dispatcher == "deepep":  # [deepep] a token once to each remote domain

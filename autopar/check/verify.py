@@ -22,6 +22,7 @@ from ..errors import InputError
 from ..schema.gpus import pattern_path, read_gpus
 from ..schema.rules import plan_schema, schema_problems
 from ..spec import HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
+from . import capacity
 from .a2a import check_a2a
 from .echo import Inputs, inputs_from_echo
 from .figures import (
@@ -248,6 +249,8 @@ def _check_full(f: Findings, plan: dict, inp: Inputs) -> dict[int, dict[str, int
                      lambda: check_communication(f, plan, m, hw, w, lay))
             _guarded(f, "communication", lambda: check_links(f, plan, hw, lay))
             _guarded(f, "communication", lambda: check_a2a(f, plan, m, hw, lay))
+        if w:  # [capacity] the options and each MoE layer's record
+            _guarded(f, "experts", lambda: capacity.check_capacity(f, plan, m, w, lay))
     elif ok("gpus"):
         _guarded(f, "gpus", lambda: check_capacity(
             f, plan["gpus"], hw.gpu.memory_bytes if hw else None))
@@ -260,7 +263,9 @@ def _check_full(f: Findings, plan: dict, inp: Inputs) -> dict[int, dict[str, int
         _guarded(f, "timing", lambda: check_timing(f, plan, lay))
         if lay is not None and m is not None and hw and w and ok("experts"):
             _guarded(f, "timing", lambda: check_fp8_timing(
-                f, plan, m, hw, w, lay, _imbalance(plan), _fullest(plan), inp.flash_attention))
+                f, plan, m, hw, w, lay, capacity.busiest(capacity.plan_terms(plan, m, w, lay),
+                                                         _imbalance(plan)),
+                _fullest(plan), inp.flash_attention))
         if ok("communication"):
             _guarded(f, "communication", lambda: check_exposed(f, plan))
     if ok("metrics"):
@@ -270,7 +275,9 @@ def _check_full(f: Findings, plan: dict, inp: Inputs) -> dict[int, dict[str, int
         if hw and m:
             dtype = gemm_dtype(m, w)  # [metrics] MFU is taken against this precision's peak
             peaks = [hw.gpu.flops(dtype)]
-            mf = model_flops_per_step(m, w) if w else plan["metrics"]["model_flops_per_step"]
+            kept = capacity.kept(capacity.plan_terms(plan, m, w, lay)) if w and lay else {}
+            mf = model_flops_per_step(m, w, kept) if w else \
+                plan["metrics"]["model_flops_per_step"]
             tokens = w.batch * w.tokens_per_sample if w else None
             peak = _guarded(f, "metrics", lambda: check_throughput(f, plan, peaks, n, mf,
                                                                    tokens, dtype))

@@ -84,7 +84,8 @@ def degree_pins(f: Callable) -> Callable:
                                  help=f"pin the {v}") for k, v in what.items()))(f)
 
 
-A2A_FLAGS = ("a2a_overlap", "moe_dispatcher", "a2a_fp8", "a2a_node_limit", "a2a_sms")
+A2A_FLAGS = ("a2a_overlap", "moe_dispatcher", "a2a_fp8", "a2a_node_limit", "a2a_sms",
+             "moe_capacity_factor", "moe_pad_to_capacity", "moe_token_drop_policy")
 
 
 def a2a_pins(f: Callable) -> Callable:
@@ -106,6 +107,17 @@ def a2a_pins(f: Callable) -> Callable:
         click.option("--a2a-sms", type=click.IntRange(0, 100_000), default=None,
                      help="SMs the overlapped dispatch / combine kernels hold (DeepEP "
                           "num_sms; default 20)"),
+        click.option("--moe-capacity-factor", type=click.FloatRange(0, 1e6), default=None,
+                     help="training: token dropping, each expert takes at most ceil(F x "
+                          "tokens x top_k / experts) of a rank's micro-batch (Megatron "
+                          "--moe-expert-capacity-factor; never searched, it changes what the "
+                          "experts learn; default 0, dropless; docs/cost-model.md capacity)"),
+        click.option("--moe-pad-to-capacity/--no-moe-pad-to-capacity", default=None,
+                     help="with a capacity: every expert computes (and the all-to-all sends) "
+                          "exactly capacity rows (Megatron --moe-pad-expert-input-to-capacity)"),
+        click.option("--moe-token-drop-policy", type=click.Choice(["probs", "position"]),
+                     default=None, help="with a capacity: which copies drop, lowest router "
+                     "probability or latest position (recorded and exported; costs the same)"),
     )(f)
 
 

@@ -83,6 +83,7 @@ def ep_pass(p, s, T: float, moe, groups: dict) -> EPPass:
     m, eff = p.model, p.calib
     bd, bc = value_bytes(s, m.dtype_bytes)
     copies = T / s.tp * m.top_k * m.hidden
+    sent = copies * getattr(moe, "mean_share", 1.0)  # [capacity] the rows a capacity leaves
     g = groups["ep"]
     inter = 0.0
     if s.moe_dispatcher == "deepep":
@@ -99,7 +100,7 @@ def ep_pass(p, s, T: float, moe, groups: dict) -> EPPass:
         routed = copies * s.etp * moe.imbalance
         disp += comm.all_gather(routed * bd, groups["etp"], eff)
         comb += comm.reduce_scatter(routed * bc, groups["etp"], eff)
-    return EPPass(disp, comb, copies * bd, copies * bc, inter)
+    return EPPass(disp, comb, sent * bd, sent * bc, inter * sent / copies)
 
 
 def sm_share(p, s) -> float:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ..spec import DTYPE_BYTES
 from . import comm, fp8, fsdp
+from .capacity import moe_index
 from .edges import edge_cost
 from .layer import (
     LayerCost,
@@ -100,7 +101,9 @@ def layer_costs(p: Problem, s: Strategy, moe: list[MoEState]) -> list[LayerCost]
     cache: dict[tuple, LayerCost] = {}
     out = []
     for layer in range(p.model.layers):
-        key = (p.model.is_moe_layer(layer), moe[layer])
+        key = (p.model.is_moe_layer(layer), moe[layer],
+               # [capacity] the dropped share is the layer's own (its load-profile row)
+               moe_index(p.model, layer) if s.moe_capacity_factor else None)
         if key not in cache:
             cache[key] = layer_cost(p, s, layer, moe[layer], groups)
         out.append(cache[key])

@@ -19,6 +19,7 @@ from ..model.components import (
 from ..spec import HardwareSpec, ModelSpec, Workload
 from . import a2a, comm, fp8, tp_overlap
 from .calibration import Calibration
+from .capacity import capped_state
 from .cp_attention import cp_terms
 from .fsdp import ZERO3_GATHERS
 from .fused_moe import expert_flops_share, fused_moe_applies, fused_moe_time
@@ -71,6 +72,8 @@ class MoEState:
     imbalance: float = 1.0  # routed tokens on the busiest EP rank over the mean
     max_slots: int = 1  # expert copies on the fullest EP rank
     cross_node_share: float | None = None  # None: uniform traffic over the group's geometry
+    # [capacity] rows computed and sent per routed copy, mean over the EP group (1: dropless)
+    mean_share: float = 1.0
 
 
 @dataclass
@@ -209,7 +212,9 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
         routed = T * m.top_k * s.etp / tp * moe.imbalance  # tokens this EP rank's experts see
         params = moe.max_slots * c.params / s.etp
         flops_busiest = routed * c.flops_per_token / s.etp
-        flops = flops_busiest / moe.imbalance  # FLOPs are conserved; time sees the busiest
+        # FLOPs are the group's mean (conserved: dropped copies do none, padding adds rows
+        # [capacity]); time sees the busiest rank
+        flops = flops_busiest / moe.imbalance * moe.mean_share
         fused = None if p.training else fused_moe_time(m, p.hw, p.calib, s.etp, s.ep,
                                                         routed, pk[0], moe.max_slots)
         if fused is not None:  # the op's time, split over fc1 / fc2 by their FLOPs
@@ -295,14 +300,16 @@ def _collectives(p: Problem, s: Strategy, T: float, moe_layer: bool, moe: MoESta
         one = a2a.ep_pass(p, s, T, moe, groups)
         return tp_time, one.total, tp_bytes, (one.dispatch_bytes + one.combine_bytes) / 2
     if moe_layer and not experts_in_tp_group(p, s):
-        ep_bytes = T / s.tp * m.top_k * m.hidden * b
+        nominal = T / s.tp * m.top_k * m.hidden * b
+        ep_bytes = nominal * moe.mean_share  # [capacity] what a capacity leaves to send
         g = groups["ep"]
         if moe.cross_node_share is not None and g.size > 1:
             g = comm.GroupLink(g.size, g.nodes, g.link, moe.cross_node_share, g.name)
         # the busiest rank receives imbalance x the mean; dispatch and combine
-        ep_time = 2 * comm.all_to_all(ep_bytes * moe.imbalance, g, p.hw, eff)
+        busiest = nominal * moe.imbalance
+        ep_time = 2 * comm.all_to_all(busiest, g, p.hw, eff)
         if s.etp > 1:  # expert-TP: gather routed tokens over ETP and scatter results back
-            routed = ep_bytes * s.etp * moe.imbalance
+            routed = busiest * s.etp
             if not p.training and s.ep == 1:  # every rank holds a slice of every expert:
                 routed = T / s.tp * m.hidden * b * s.etp  # serving gathers the tokens once
             ep_time += comm.all_gather(routed, groups["etp"], eff) + comm.reduce_scatter(
@@ -319,6 +326,8 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
                groups: dict[str, comm.GroupLink]) -> LayerCost:
     m = p.model
     T = micro_batch_tokens(p, s)
+    if m.is_moe_layer(layer):  # [capacity] the rows a capacity leaves (dropless: moe)
+        moe = capped_state(p, s, T, layer, moe)
     ctx = p.workload.context_len
     comps = layer_components(m, layer, ctx, p.workload.causal, p.flash_attention,
                              p.workload.decoding)

@@ -19,6 +19,12 @@ DISPATCHERS = ("alltoall", "deepep")  # Megatron --moe-token-dispatcher-type all
 # only when set, so plans without them stay as they were
 A2A_DEFAULTS = {"a2a_overlap": False, "moe_dispatcher": "alltoall", "a2a_fp8": False,
                 "a2a_node_limit": 0, "a2a_sms": 20}
+# [capacity] token dropping (Megatron --moe-expert-capacity-factor, --moe-pad-expert-input-
+# to-capacity, --moe-token-drop-policy): the user's choice, never searched, since it changes
+# which tokens the experts learn from; stated in a plan only when set
+CAPACITY_DEFAULTS = {"moe_capacity_factor": 0.0, "moe_pad_to_capacity": False,
+                     "moe_token_drop_policy": "probs"}
+DROP_POLICIES = ("probs", "position")
 
 
 class StrategyError(ValueError):
@@ -59,6 +65,9 @@ class Strategy:
     a2a_fp8: bool = False  # [deepep] tokens dispatched in fp8 (1 + 1/32 B a value), combined bf16
     a2a_node_limit: int = 0  # [deepep] node-limited routing: each token to <= M domains (0: any)
     a2a_sms: int = 20  # [a2a-overlap] SMs the overlapped dispatch / combine kernels hold
+    moe_capacity_factor: float = 0.0  # [capacity] 0: dropless
+    moe_pad_to_capacity: bool = False  # [capacity] every expert computes exactly capacity rows
+    moe_token_drop_policy: str = "probs"  # [capacity] which copies drop; prices nothing
 
     def __post_init__(self) -> None:
         if self.recompute == "selective":
@@ -150,12 +159,18 @@ class Strategy:
                 + (" loss-in-split" if self.loss_in_split else "")
                 + (f" cp={self.cp}" if self.cp > 1 else "")
                 + (f" cp-{self.cp_comm}" if self.cp > 1 and self.cp_comm != "p2p" else "")
-                + "".join(f" {k}={v}" for k, v in self.a2a_options().items()))
+                + "".join(f" {k}={v}" for k, v in self.a2a_options().items())
+                + "".join(f" {k}={v}" for k, v in self.capacity_options().items()))
 
 
     def a2a_options(self) -> dict:
         """The expert all-to-all options set away from their defaults."""
         return {k: getattr(self, k) for k, v in A2A_DEFAULTS.items() if getattr(self, k) != v}
+
+    def capacity_options(self) -> dict:
+        """The token-dropping options set away from their defaults [capacity]."""
+        return {k: getattr(self, k) for k, v in CAPACITY_DEFAULTS.items()
+                if getattr(self, k) != v}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -169,6 +184,9 @@ class Strategy:
         for k in A2A_DEFAULTS:  # stated only when set (plans without them are unchanged)
             if k not in self.a2a_options():
                 d.pop(k)
+        for k in CAPACITY_DEFAULTS:
+            if not self.moe_capacity_factor:
+                d.pop(k)  # dropless: the plan reads as before capacities existed
         d["edp"] = self.edp
         if self.recompute == "selective":  # only then, so other plans keep their bytes
             d["recompute_modules"] = list(self.recompute_modules)
@@ -231,7 +249,19 @@ class Strategy:
 
 
 def _check_a2a(s: Strategy) -> None:
-    """Megatron-Core's argument checks of the all-to-all options (TransformerConfig)."""
+    """Megatron-Core's argument checks of the all-to-all and capacity options
+    (TransformerConfig)."""
+    if not 0 <= s.moe_capacity_factor < float("inf"):  # NaN too
+        raise StrategyError(f"moe_capacity_factor must be >= 0 (0: dropless), got "
+                            f"{s.moe_capacity_factor}")
+    if s.moe_token_drop_policy not in DROP_POLICIES:
+        raise StrategyError(f"moe_token_drop_policy {s.moe_token_drop_policy!r} is not one "
+                            f"of {DROP_POLICIES}")
+    if s.moe_pad_to_capacity and not s.moe_capacity_factor:
+        raise StrategyError("moe_pad_to_capacity needs moe_capacity_factor (Megatron)")
+    if s.moe_pad_to_capacity and s.moe_dispatcher == "deepep":
+        raise StrategyError("moe_pad_to_capacity needs moe_dispatcher alltoall (Megatron's "
+                            "flex dispatcher refuses padding)")
     if s.moe_dispatcher not in DISPATCHERS:
         raise StrategyError(f"moe_dispatcher {s.moe_dispatcher!r} is not one of {DISPATCHERS}")
     if s.a2a_node_limit < 0 or s.a2a_sms < 0:

@@ -102,6 +102,11 @@ def _moe(m: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
         args["moe-token-dispatcher-type"] = "alltoall"
     if s.get("a2a_overlap"):
         args["overlap-moe-expert-parallel-comm"] = True
+    if s.get("moe_capacity_factor"):  # [capacity] token dropping (absent: dropless)
+        args |= {"moe-expert-capacity-factor": float(s["moe_capacity_factor"]),
+                 "moe-token-drop-policy": s.get("moe_token_drop_policy", "probs")}
+        if s.get("moe_pad_to_capacity"):
+            args["moe-pad-expert-input-to-capacity"] = True
     return args
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..cost.layer import Problem, kv_bytes_per_token_layer
-from ..model.components import head_components, param_count
+from ..cost.capacity import capacity_terms
+from ..cost.layer import MoEState, Problem, kv_bytes_per_token_layer, micro_batch_tokens
+from ..model.components import head_components, layer_components, param_count
+from ..model.mtp import mtp_layer_index
 from ..schema.gpus import read_gpus
 from ..search import SearchOptions, SearchResult
 from ..search.placement import Placement
@@ -34,7 +36,7 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
     gpus = table.records  # one per GPU
     flops_sum = math.fsum(g["flops_per_step"] for g in gpus)
     T_step = w.batch * w.tokens_per_sample
-    fwd_per_token = _fwd_flops_per_token(p)
+    fwd_per_token = _fwd_flops_per_token(p) - _dropped_flops_per_token(p, s)  # [capacity]
     model_flops = fwd_per_token * T_step * (3 if p.training else 1)
     step = ev.step_time
     # [metrics] MFU and HFU against the peak of the precision the GEMMs run at (fp8 when
@@ -93,7 +95,7 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
         "timing": timing,
         "metrics": metrics,
         "solver": _solver_section(result, opts),
-        "formulas": formula_index(s.cp > 1),
+        "formulas": formula_index(s.cp > 1, bool(s.moe_capacity_factor)),
     }
     from .selfcheck import validations
 
@@ -114,6 +116,26 @@ def _fwd_flops_per_token(p: Problem) -> float:
 
         f += mtp_flops_per_token(p.model, p.workload.context_len, p.workload.causal)
     return f
+
+
+def _dropped_flops_per_token(p, s) -> float:
+    """[capacity] Forward expert FLOPs per token that dropped copies do not run: top_k x the
+    layer's dropped share x its experts' FLOPs per copy, over the MoE layers (and the MTP
+    modules' layers, the last layer's type, when training); model FLOPs leave them out."""
+    m, w = p.model, p.workload
+    if not s.moe_capacity_factor or not m.is_moe:
+        return 0.0
+    T = micro_batch_tokens(p, s)
+    runs = list(range(m.layers)) + ([mtp_layer_index(m)] * m.mtp_layers if p.training else [])
+    out = 0.0
+    for layer in runs:
+        if not m.is_moe_layer(layer):
+            continue
+        c = capacity_terms(p, s, T, layer, MoEState())
+        per_copy = sum(x.flops_per_token for x in layer_components(
+            m, layer, w.context_len, w.causal, p.flash_attention, w.decoding) if x.is_expert)
+        out += m.top_k * c.dropped * per_copy
+    return out
 
 
 def _version() -> str:

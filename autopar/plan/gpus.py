@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..cost.capacity import capacity_terms
 from ..cost.evaluate import Evaluation
-from ..cost.layer import LayerCost, Problem
+from ..cost.layer import LayerCost, MoEState, Problem, micro_batch_tokens
 from ..cost.mtp import edge_parts, is_mtp_layer
 from ..cost.strategy import Strategy
 from ..model.components import embedding_components, head_components, layer_components
@@ -169,10 +170,16 @@ def _expert_entries(p: Problem, s: Strategy, ev: Evaluation, stage: int, ep_rank
         for layer in range(first, last + 1):
             pl = placed[moe_index[layer]]
             share = pl.gpu_load[ep_rank] / (sum(pl.gpu_load) / len(pl.gpu_load))
-            per_layer[layer] = (tuple(pl.gpu_experts[ep_rank]), share)
-        for a, b, (mine, share) in _runs(list(per_layer), per_layer.__getitem__):
+            cap = capacity_terms(p, s, micro_batch_tokens(p, s), layer, MoEState(
+                pl.max_over_mean, max(len(e) for e in pl.gpu_experts)))
+            rows = share  # [capacity] the rows this rank computes, of the layer's
+            if cap is not None:
+                mean = sum(pl.gpu_load) / len(pl.gpu_load)
+                rows = cap.rank_share([x / mean for x in pl.gpu_load], ep_rank)
+            per_layer[layer] = (tuple(pl.gpu_experts[ep_rank]), share, rows)
+        for a, b, (mine, share, rows) in _runs(list(per_layer), per_layer.__getitem__):
             # FLOPs follow this rank's routed tokens; cc.flops is the EP-group mean
-            f = exp_flops * share * s.num_micro_batches * (b - a + 1)
+            f = exp_flops * rows * s.num_micro_batches * (b - a + 1)
             experts.append({"layers": [a, b], "experts": list(mine), "etp_shard": etp_shard,
                             "load_over_mean": share,
                             "flops_per_step": f * ((passes + again) * f_expert)})

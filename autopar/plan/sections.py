@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from ..cost.capacity import capacity_terms, plan_fields
 from ..cost.fp8 import gemm_key
 from ..cost.fused_moe import moe_shape
-from ..cost.layer import Problem
+from ..cost.layer import MoEState, Problem, micro_batch_tokens
 from ..cost.strategy import Strategy
 from ..search import SearchOptions, SearchResult
 from ..search.placement import Placement
@@ -59,7 +60,8 @@ def _expert_section(p: Problem, s: Strategy, placed: list[Placement] | None) -> 
         if placed is None:
             out["layers"].append({"layer": layer, "max_over_mean": 1.0, "cross_node_share": 0.0,
                                   "replicas": 0, "solver": None,
-                                  "gpu_experts": [list(range(m.experts))]})
+                                  "gpu_experts": [list(range(m.experts))],
+                                  **_capacity(p, s, layer, MoEState(1.0, m.experts))})
             continue
         pl = placed[i]
         phy2log = [e for slots in pl.gpu_experts for e in slots]
@@ -78,8 +80,17 @@ def _expert_section(p: Problem, s: Strategy, placed: list[Placement] | None) -> 
             "solver": {"method": pl.method, "status": pl.status, "objective": pl.objective,
                        "best_bound": pl.best_bound, "gap": pl.gap,
                        "solve_time_s": pl.solve_time_s},
+            **_capacity(p, s, layer, MoEState(pl.max_over_mean,
+                                              max(len(e) for e in pl.gpu_experts))),
         })
     return out
+
+
+def _capacity(p: Problem, s: Strategy, layer: int, moe: MoEState) -> dict[str, Any]:
+    """[capacity] The layer's capacity in tokens, dropped and padding shares and the busiest
+    EP rank's rows (nothing when dropless, so those plans are unchanged)."""
+    c = capacity_terms(p, s, micro_batch_tokens(p, s), layer, moe)
+    return {} if c is None else {"capacity": plan_fields(c, s)}
 
 
 def _flops_section(p: Problem, gpus: list[dict]) -> dict[str, Any]:
@@ -107,10 +118,15 @@ def _solver_section(r: SearchResult, opts: SearchOptions) -> dict[str, Any]:
             "method": "enumerate degrees; CP-SAT expert placement and stage cut"}
 
 
-def formula_index(cp: bool = False) -> dict[str, str]:
+def formula_index(cp: bool = False, capacity: bool = False) -> dict[str, str]:
     """Names used in the plan's `formula` fields; each is written out in docs/cost-model.md
-    (`cp`: the layout has context parallelism, whose exchange is named too)."""
-    extra = {"cp-attention": "tokens / cp per GPU; ring p2p: cp - 1 KV chunks of T*kv_bytes "
+    (`cp`: the layout has context parallelism, whose exchange is named too; `capacity`:
+    token dropping, likewise)."""
+    extra = {"capacity": "capacity = ceil(T/tp x top_k / experts x factor) per expert and "
+                         "router rank; the busiest EP rank computes min(imbalance x mean, "
+                         "slots x capacity x ep x etp) rows, all of them padded; dropped "
+                         "copies run no expert FLOPs and send no bytes"} if capacity else {}
+    extra |= {"cp-attention": "tokens / cp per GPU; ring p2p: cp - 1 KV chunks of T*kv_bytes "
                              "forward, 2(cp - 1) backward, each hidden behind 1/cp of the "
                              "attention kernel; all_gather / a2a exposed"} if cp else {}
     return {**extra,

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..check import capacity as capacity
 from ..check import figures as figures
 from ..check import layout as layout
 from ..check import placement as placement
@@ -148,11 +149,14 @@ def check_experts(plan: dict | PlanView, model: dict) -> dict[str, Any]:
 
 def expected_flops(p: Problem, plan: dict) -> float:
     """Hardware FLOPs per step from the model alone: tokens x FLOPs/token x passes, with
-    recompute and TP replication of the replicated components."""
+    recompute and TP replication of the replicated components; a capacity's dropped copies
+    and padding rows [capacity]."""
     s = plan["strategy"]
+    terms = capacity.plan_terms(plan, p.model, p.workload, _layout(plan))
     return hardware_flops_per_step(p.model, p.workload, s["recompute"], s["tp"],
                                    s["sequence_parallel"], p.flash_attention,
-                                   tuple(s.get("recompute_modules", ("core_attn",))))
+                                   tuple(s.get("recompute_modules", ("core_attn",))),
+                                   capacity.computed(terms))
 
 
 def check_flops(p: Problem, plan: dict | PlanView) -> dict[str, Any]:

@@ -68,13 +68,13 @@ def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, An
                              "cp-attention"))
         moe_costs = [c for c in layers if c.ep_bytes]
         if moe_costs and (s.ep > 1 or s.etp > 1):
-            worst = max(moe_costs, key=lambda c: c.ep_link)
             per_call = sum(c.ep_link for c in moe_costs) / (2 * len(moe_costs))
             calls = len(moe_costs) * m_mb * 2 * passes + reruns[1] * m_mb
             exposed = per_call * calls
             if s.a2a_overlap and p.training:  # [a2a-overlap] what the other micro-batch's
                 exposed = sum(c.ep_fwd + c.ep_bwd for c in moe_costs) * m_mb  # compute hides
-            out.append(_coll("all_to_all", "ep", groups["ep"], st.index, worst.ep_bytes, calls,
+            sent = max(c.ep_bytes for c in moe_costs)  # [capacity] the fullest layer's
+            out.append(_coll("all_to_all", "ep", groups["ep"], st.index, sent, calls,
                              per_call, exposed, "ep-comm"))
             if s.a2a_options():  # [deepep] how the engine sends it
                 out[-1].update(a2a_plan_fields(p, s, groups["ep"]))

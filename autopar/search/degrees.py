@@ -14,7 +14,15 @@ from ..cost.a2a import ep_pass
 from ..cost.comm import group_link
 from ..cost.layer import MoEState, Problem
 from ..cost.pipeline import SplitError, megatron_bounds
-from ..cost.strategy import CP_COMM, RECOMPUTE, SPLIT_KEYS, Strategy, StrategyError
+from ..cost.strategy import (
+    CAPACITY_DEFAULTS,
+    CP_COMM,
+    DROP_POLICIES,
+    RECOMPUTE,
+    SPLIT_KEYS,
+    Strategy,
+    StrategyError,
+)
 from ..errors import InputError
 from ..model.recompute import DEFAULT_MODULES, canonical, module_error, searched_module_sets
 from ..spec import ModelSpec
@@ -22,8 +30,12 @@ from ..spec import ModelSpec
 PIN_KEYS = ("tp", "pp", "dp", "ep", "etp", "micro_batch", "num_micro_batches", "recompute",
             "zero", "sequence_parallel", "virtual_stages", "overlap_grad_reduce",
             "overlap_tp_comm", "spare_slots", "recompute_modules", "cp", "cp_comm", *SPLIT_KEYS,
-            "a2a_overlap", "moe_dispatcher", "a2a_fp8", "a2a_node_limit", "a2a_sms")
+            "a2a_overlap", "moe_dispatcher", "a2a_fp8", "a2a_node_limit", "a2a_sms",
+            *CAPACITY_DEFAULTS)
 A2A_PINNED = ("a2a_fp8", "a2a_node_limit", "a2a_sms")  # numerics / kernels: pinned, not searched
+# [capacity] token dropping changes the model's math (which tokens the experts learn from):
+# the user's choice, pinned or not at all
+CAPACITY_PINNED = tuple(CAPACITY_DEFAULTS)
 SPARE_CHOICES = (0, 1, 2)  # redundant expert slots per GPU tried under a skewed load
 # [cp-attention] CP is searched for training only, in powers of two that leave each rank at
 # least this many tokens of a sequence (two load-balanced chunks of 2048): below it the ring's
@@ -59,6 +71,36 @@ def check_cp_pins(p: Problem, pins: dict) -> None:
     if cp > 1 and p.workload.seq_len % (2 * cp):
         raise InputError("pins", "cp", f"2 x cp ({2 * cp}) load-balanced chunks must divide "
                          f"the sequence ({p.workload.seq_len} tokens)")
+
+
+def check_capacity_pins(p: Problem, pins: dict) -> None:
+    """Refuse, in one line, capacity pins no layout can take [capacity]: serving (vLLM and
+    SGLang route dropless), a dense model, a factor that is not a number >= 0, padding or
+    a drop policy without a factor. A factor of None or 0 is dropless (the pin is dropped)."""
+    if pins.get("moe_capacity_factor") is None:
+        pins.pop("moe_capacity_factor", None)
+    f = pins.get("moe_capacity_factor", 0)
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < float("inf"):
+        raise InputError("pins", "moe_capacity_factor", f"must be a number >= 0 (0: "
+                         f"dropless), got {f!r}")
+    if pins.get("moe_token_drop_policy", "probs") not in DROP_POLICIES:
+        raise InputError("pins", "moe_token_drop_policy", f"{pins['moe_token_drop_policy']!r}"
+                         f" is not one of {', '.join(DROP_POLICIES)}")
+    if not f:
+        for k in ("moe_pad_to_capacity", "moe_token_drop_policy"):
+            if pins.get(k) not in (None, False, "probs"):
+                raise InputError("pins", k, "needs moe_capacity_factor > 0 (Megatron)")
+        pins.pop("moe_capacity_factor", None)
+        return
+    pins["moe_capacity_factor"] = float(f)
+    if p.workload.kind != "training":
+        raise InputError("pins", "moe_capacity_factor", "token dropping is a training "
+                         "option (Megatron-Core); vLLM and SGLang serve dropless")
+    if not p.model.is_moe:
+        raise InputError("pins", "moe_capacity_factor", "a dense model has no experts")
+    if pins.get("moe_pad_to_capacity") and pins.get("moe_dispatcher") == "deepep":
+        raise InputError("pins", "moe_pad_to_capacity", "needs moe_dispatcher alltoall "
+                         "(Megatron's flex dispatcher refuses padding)")
 
 
 def cp_choices(p: Problem, W: int, pins: dict) -> list[int]:
@@ -130,7 +172,7 @@ def _options(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb:
     if "virtual_stages" in pins:  # interleaving is a training schedule
         vs = [pins["virtual_stages"]] if training or pins["virtual_stages"] == 1 else []
     flags = {k: pins[k] for k in ("overlap_grad_reduce", "overlap_tp_comm", *SPLIT_KEYS,
-                                  *A2A_PINNED) if k in pins}
+                                  *A2A_PINNED, *CAPACITY_PINNED) if k in pins}
     if any(flags.get(k) for k in SPLIT_KEYS):  # Megatron's checks of the pinned split
         vs = [v for v in vs if _split_ok(p.model.layers, pp, v, flags)]
     if cp > 1:  # p2p (ring) is searched: all_gather moves as much and hides none of it
@@ -153,7 +195,7 @@ def _a2a_choices(p: Problem, shape: tuple, pins: dict) -> list[dict]:
         return [{k: pins[k] for k in ("a2a_overlap", "moe_dispatcher") if k in pins}]
     overlap = [False, True] if p.training and p.hw.gpu.sms else [False]
     dispatch = [_faster_dispatcher(p, shape, pins)] if ep * etp > p.hw.nvlink_domain \
-        else ["alltoall"]
+        and not pins.get("moe_pad_to_capacity") else ["alltoall"]  # flex: no padding
     if "a2a_overlap" in pins:
         overlap = [pins["a2a_overlap"]]
     if "moe_dispatcher" in pins:
