@@ -84,7 +84,8 @@ def degree_pins(f: Callable) -> Callable:
                                  help=f"pin the {v}") for k, v in what.items()))(f)
 
 
-A2A_FLAGS = ("a2a_overlap", "moe_dispatcher", "a2a_fp8", "a2a_node_limit", "a2a_sms")
+A2A_FLAGS = ("a2a_overlap", "moe_dispatcher", "a2a_fp8", "a2a_node_limit", "a2a_sms",
+             "pipeline_schedule")
 
 
 def a2a_pins(f: Callable) -> Callable:
@@ -106,6 +107,10 @@ def a2a_pins(f: Callable) -> Callable:
         click.option("--a2a-sms", type=click.IntRange(0, 100_000), default=None,
                      help="SMs the overlapped dispatch / combine kernels hold (DeepEP "
                           "num_sms; default 20)"),
+        click.option("--pipeline-schedule", type=click.Choice(["1f1b", "dualpipe", "dualpipev"]),
+                     default=None, help="pin the pipeline schedule: Megatron's 1F1B "
+                     "(interleaved with --virtual-stages) or DeepSeek's DualPipe / DualPipeV "
+                     "(docs/cost-model.md [dualpipe]; default: searched for MoE on even PP)"),
     )(f)
 
 

@@ -93,7 +93,7 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
         "timing": timing,
         "metrics": metrics,
         "solver": _solver_section(result, opts),
-        "formulas": formula_index(s.cp > 1),
+        "formulas": formula_index(s.cp > 1, s.dualpipe and p.training),
     }
     from .selfcheck import validations
 

@@ -107,10 +107,14 @@ def _solver_section(r: SearchResult, opts: SearchOptions) -> dict[str, Any]:
             "method": "enumerate degrees; CP-SAT expert placement and stage cut"}
 
 
-def formula_index(cp: bool = False) -> dict[str, str]:
+def formula_index(cp: bool = False, dualpipe: bool = False) -> dict[str, str]:
     """Names used in the plan's `formula` fields; each is written out in docs/cost-model.md
-    (`cp`: the layout has context parallelism, whose exchange is named too)."""
-    extra = {"cp-attention": "tokens / cp per GPU; ring p2p: cp - 1 KV chunks of T*kv_bytes "
+    (`cp`: the layout has context parallelism, whose exchange is named too; `dualpipe`:
+    its pipeline schedule is DualPipe's)."""
+    extra = {"dualpipe": "m x slowest stage + (PP/2 - 1) x max over stages of (busy + B - "
+                         "3 W) per chunk (PP: p stages DualPipe, 2p DualPipeV) + exposed DP "
+                         "sync + optimizer step"} if dualpipe else {}
+    extra |= {"cp-attention": "tokens / cp per GPU; ring p2p: cp - 1 KV chunks of T*kv_bytes "
                              "forward, 2(cp - 1) backward, each hidden behind 1/cp of the "
                              "attention kernel; all_gather / a2a exposed"} if cp else {}
     return {**extra,
