@@ -56,6 +56,18 @@ def check_cp_pins(p: Problem, pins: dict) -> None:
     if sched != "1f1b" and p.workload.kind != "training":
         raise InputError("pins", "pipeline_schedule", f"{sched} is a training schedule; "
                          "serving plans run the forward pipeline")
+    if sched != "1f1b":  # pins no layout of the schedule can take (Strategy's checks)
+        pp, m = pins.get("pp"), pins.get("num_micro_batches")
+        why = ("needs pp >= 2" if pp is not None and pp < 2 else
+               "needs an even pp" if sched == "dualpipe" and pp and pp % 2 else
+               f"needs micro-batches >= 2 x pp ({2 * pp})" if pp and m and m < 2 * pp else
+               "needs an even micro-batch count" if sched == "dualpipe" and m and m % 2 else
+               "excludes virtual_stages > 1" if pins.get("virtual_stages", 1) > 1 else
+               "excludes a2a_overlap (combined 1F1B)" if pins.get("a2a_overlap") else
+               "with zero 3 is not modelled" if pins.get("zero") == 3 else None)
+        if why:
+            raise InputError("pins", "pipeline_schedule", f"{sched} {why} (pp={pp}, "
+                             f"num_micro_batches={m})")
     if pins.get("cp_comm", "p2p") not in CP_COMM:
         raise InputError("pins", "cp_comm", f"{pins['cp_comm']!r} is not one of "
                          f"{', '.join(CP_COMM)}")
