@@ -9,6 +9,7 @@ from ..spec import GB, HardwareSpec, ModelSpec, Workload
 from . import capacity, zero3
 from .finding import Findings, close, is_num
 from .flops import hardware_flops_per_step, model_flops_per_step
+from .pipeline import check_stage_terms, dualpipe_time
 from .recompute import Layout, expected_collectives, expected_memory, pipeline_time
 
 IDENTITY_TOL = 1e-6  # figures the plan derives from each other: only float noise
@@ -282,12 +283,18 @@ def check_timing(f: Findings, plan: dict, lay: Layout | None) -> None:
         f.error("timing", "timing.per_stage", "one entry per stage", len(stages), lay.pp)
     busy = [st.get("per_micro_batch_s") for st in stages]
     pipeline = t.get("pipeline_s")
+    sched = lay.pipeline_schedule if lay else "1f1b"
     if busy and all(isinstance(x, (int, float)) for x in busy):
         counts = [b - a + 1 for a, b in lay.stage_layers] if lay else None
-        pipeline = pipeline_time(busy, m, v, counts)
+        rule = "sum over stages / v + (m - 1/v) x slowest"
+        if sched != "1f1b" and counts and check_stage_terms(f, stages):  # [dualpipe]
+            pipeline = dualpipe_time(sched, busy, [st["backward_s"] for st in stages],
+                                     [st["weight_grad_s"] for st in stages], counts, m)[0]
+            rule = "m x slowest + (PP/2 - 1) x max chunk (F&B + B - 3W)"
+        elif sched == "1f1b":
+            pipeline = pipeline_time(busy, m, v, counts)
         if "pipeline_s" in t and not close(t["pipeline_s"], pipeline, IDENTITY_TOL):
-            f.error("timing", "timing.pipeline_s", "sum over stages / v + (m - 1/v) x slowest",
-                    t["pipeline_s"], pipeline)
+            f.error("timing", "timing.pipeline_s", rule, t["pipeline_s"], pipeline)
         if not close(t["bubble_s"], pipeline - m * max(busy), IDENTITY_TOL):
             f.error("timing", "timing.bubble_s", "pipeline - m x slowest", t["bubble_s"],
                     pipeline - m * max(busy))

@@ -22,6 +22,7 @@ from .fp8 import recipe as fp8_recipe
 from .links import domain_members
 from .links import link_bw as _link_bw
 from .mtp import mtp_count, mtp_params
+from .pipeline import in_flight, mirror_stage, pipeline_time  # noqa: F401 (re-exported)
 
 
 # --------------------------------------------------------------------------- layout
@@ -54,6 +55,7 @@ class Layout:
     moe_capacity_factor: float = 0.0  # [capacity] 0: dropless
     moe_pad_to_capacity: bool = False
     moe_token_drop_policy: str = "probs"
+    pipeline_schedule: str = "1f1b"  # or "dualpipe", "dualpipev" [dualpipe]
 
     @staticmethod
     def from_strategy(s: dict) -> Layout:
@@ -70,7 +72,8 @@ class Layout:
                       int(s.get("a2a_node_limit", 0)),
                       float(s.get("moe_capacity_factor", 0.0)),
                       bool(s.get("moe_pad_to_capacity", False)),
-                      str(s.get("moe_token_drop_policy", "probs")))
+                      str(s.get("moe_token_drop_policy", "probs")),
+                      str(s.get("pipeline_schedule", "1f1b")))
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -114,32 +117,6 @@ class Layout:
                    "edp": (c["stage"], c["ep_rank"], c["etp_rank"])}[kind]
             out.setdefault(key, []).append(g)
         return list(out.values())
-
-
-def in_flight(lay: Layout, stage: int) -> float:
-    """Micro-batches whose activations a training stage holds at once [pipeline-memory]:
-    min(p - k, m) under 1F1B; interleaved over v chunks, Megatron's warm-up runs
-    2 (p - k - 1) + (v - 1) p chunk forwards before the first backward, each chunk 1/v of
-    the stage (Korthikanti et al. 2022 sec. 4.2.3); combined 1F1B runs one chunk more."""
-    p, v, m = lay.pp, lay.virtual_stages, lay.num_micro_batches
-    more = 1 if lay.a2a_overlap else 0  # [a2a-overlap] one more chunk forward first
-    if v == 1:
-        return min(p - stage + more, m)
-    return min(2 * (p - stage - 1) + (v - 1) * p + 1 + more, m * v) / v
-
-
-def pipeline_time(busy: list[float], m: int, v: int = 1,
-                  counts: list[int] | None = None) -> float:
-    """[1f1b] sum over stages of one micro-batch + (m - 1) x the slowest; interleaving over
-    v chunks shrinks fill and drain by v: sum / v + (m - 1/v) x the slowest. [pipeline-split]
-    Where a stage's `counts` layers do not split evenly over v chunks, the slowest stage c
-    waits for the largest chunk of each other stage: m busy_c + sum_{k != c} busy_k
-    ceil(n_k / v) / n_k."""
-    if v > 1 and counts and any(n % v for n in counts):
-        c = max(range(len(busy)), key=busy.__getitem__)
-        return m * busy[c] + sum(b * (-(-n // v) / n if n else 1 / v) for k, (b, n) in
-                                 enumerate(zip(busy, counts, strict=True)) if k != c)
-    return sum(busy) / v + (m - 1 / v) * max(busy)
 
 
 def experts_in_tp_group(w: Workload, lay: Layout) -> bool:
@@ -270,11 +247,17 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
     b = m.dtype_bytes
     first, last = lay.stage_layers[stage]
     par = stage_params(m, lay, stage, own_experts, w.kind == "training")
+    other = mirror_stage(lay, stage) if w.kind == "training" else None
+    if other is not None:  # [dualpipe] the rank also holds a copy of the mirror stage
+        o = stage_params(m, lay, other, own_experts, True)
+        par = StageParams(par.dense + o.dense, par.replicated + o.replicated,
+                          par.expert + o.expert, par.linear + o.linear)
     acts = {layer: layer_activations(m, w, lay, layer, imbalance.get(layer, 1.0), flash,
                                      fp8_recipe(hw, w)) for layer in range(m.layers)}
     emb, head = edge_activations(m, w, lay)
     peak = max([none for _, none in acts.values()] + [emb, head])
-    n_mtp = mtp_count(m, w.kind == "training", stage, lay.pp)  # [mtp] layer + extra parts
+    n_mtp = max(mtp_count(m, w.kind == "training", x, lay.pp)  # [mtp] layer + extra parts
+                for x in (stage, lay.pp - 1 if other is not None else stage))
     extra = sum(_act(c, m, tokens_per_micro_batch(w, lay), lay, 1.0)
                 for c in mtp_extra_components(m)) if n_mtp else 0.0
     mtp_kept, mtp_none = (n_mtp * (x + extra) for x in acts[mtp_layer_index(m)])
@@ -298,11 +281,14 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
             out[key] = per_param * (par.dense / d + par.expert / e)
             out["tp_overhead_bytes"] += per_param * par.replicated / d
         k = in_flight(lay, stage)
-        edges = (emb if stage == 0 else 0.0) + (head if stage == lay.pp - 1 else 0.0)
-        layers = range(first, last + 1)
-        out["activations_bytes"] = k * (sum(acts[x][0] for x in layers) + edges + mtp_kept)
-        out["activations_no_recompute_bytes"] = k * (
-            sum(acts[x][1] for x in layers) + edges + mtp_none)
+        held = [stage] if other is None else [stage, other]  # [dualpipe] the mean of both
+        for i, key in enumerate(("activations_bytes", "activations_no_recompute_bytes")):
+            for st in held:
+                a, z = lay.stage_layers[st]
+                edges = (emb if st == 0 else 0.0) + (head if st == lay.pp - 1 else 0.0)
+                mtp = (mtp_kept, mtp_none)[i] if mtp_count(m, True, st, lay.pp) else 0.0
+                out[key] += k * (sum(acts[x][i] for x in range(a, z + 1)) + edges + mtp) \
+                    / len(held)
         if lay.recompute == "full":  # one layer's activations live while it is recomputed
             out["activations_bytes"] += peak
         elif lay.recompute == "selective":  # what one layer's modules dropped, live again
@@ -401,6 +387,8 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
             v = lay.virtual_stages  # interleaved: a send per chunk boundary and micro-batch
             sends_f = v if k < lay.pp - 1 else v - 1  # the last chunk has no next one
             sends_b = v if k > 0 else v - 1
+            if lay.pipeline_schedule == "dualpipev":  # [dualpipe] to both neighbours
+                sends_f = sends_b = (k < lay.pp - 1) + (k > 0)
             if sends_f:
                 out[("pp", k, "forward")] = Collective(
                     "send_recv", 2, S, lay.num_micro_batches * sends_f, S / bw)
@@ -409,6 +397,8 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
                     "send_recv", 2, S, lay.num_micro_batches * sends_b, S / bw)
         if training and lay.zero < 3 and (lay.dp_cp > 1 or (m.is_moe and lay.edp > 1)):
             params = stage_params(m, lay, k, {}, training).dense
+            if mirror_stage(lay, k) is not None:  # [dualpipe] both copies' gradients
+                params += stage_params(m, lay, mirror_stage(lay, k), {}, training).dense
             S = params * w.grad_bytes
             d = lay.dp_cp
             bw = _link_bw(hw, lay.groups("dp"))

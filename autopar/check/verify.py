@@ -43,6 +43,7 @@ from .flops import model_flops_per_step
 from .fp8 import check_fp8_timing
 from .layout import check_degrees, check_divisibility, check_ranks, check_stages
 from .links import check_links
+from .pipeline import check_layout as check_schedule
 from .placement import check_experts, check_shards
 from .recompute import gemm_dtype
 
@@ -251,6 +252,7 @@ def _check_full(f: Findings, plan: dict, inp: Inputs) -> dict[int, dict[str, int
             _guarded(f, "communication", lambda: check_a2a(f, plan, m, hw, lay))
         if w:  # [capacity] the options and each MoE layer's record
             _guarded(f, "experts", lambda: capacity.check_capacity(f, plan, m, w, lay))
+            _guarded(f, "strategy", lambda: check_schedule(f, lay))  # [dualpipe]
     elif ok("gpus"):
         _guarded(f, "gpus", lambda: check_capacity(
             f, plan["gpus"], hw.gpu.memory_bytes if hw else None))

@@ -85,7 +85,8 @@ def degree_pins(f: Callable) -> Callable:
 
 
 A2A_FLAGS = ("a2a_overlap", "moe_dispatcher", "a2a_fp8", "a2a_node_limit", "a2a_sms",
-             "moe_capacity_factor", "moe_pad_to_capacity", "moe_token_drop_policy")
+             "moe_capacity_factor", "moe_pad_to_capacity", "moe_token_drop_policy",
+             "pipeline_schedule")
 
 
 def a2a_pins(f: Callable) -> Callable:
@@ -118,6 +119,10 @@ def a2a_pins(f: Callable) -> Callable:
         click.option("--moe-token-drop-policy", type=click.Choice(["probs", "position"]),
                      default=None, help="with a capacity: which copies drop, lowest router "
                      "probability or latest position (recorded and exported; costs the same)"),
+        click.option("--pipeline-schedule", type=click.Choice(["1f1b", "dualpipe", "dualpipev"]),
+                     default=None, help="pin the pipeline schedule: Megatron's 1F1B "
+                     "(interleaved with --virtual-stages) or DeepSeek's DualPipe / DualPipeV "
+                     "(docs/cost-model.md [dualpipe]; default: searched for MoE on even PP)"),
     )(f)
 
 

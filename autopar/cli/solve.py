@@ -102,7 +102,7 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
           async_tp_allreduce, fused_grad_accumulation, zero3_gather, precision, fp8_recipe,
           calibration, time_limit, seed, workers, quiet, **serving) -> None:
     """Find the fastest layout of MODEL on HW and write its deployment plan."""
-    a2a = {k: serving.pop(k) for k in opt.A2A_FLAGS}  # expert all-to-all pins
+    a2a = {k: serving.pop(k) for k in opt.A2A_FLAGS}  # all-to-all and schedule pins
 
     def run():
         mf = load_model(model_path)

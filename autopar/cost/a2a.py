@@ -107,8 +107,8 @@ def sm_share(p, s) -> float:
     """[a2a-overlap] The share of the GPU's SMs the overlapped communication kernels hold."""
     sms = p.hw.gpu.sms
     if sms is None:
-        raise InputError("hardware", "gpu.sms", "unknown for this GPU; a2a_overlap needs "
-                         "the SM count (set gpu: {sms: N})")
+        raise InputError("hardware", "gpu.sms", "unknown for this GPU; a2a_overlap and "
+                         "dualpipe need the SM count (set gpu: {sms: N})")
     if s.a2a_sms >= sms:
         raise InputError("pins", "a2a_sms", f"{s.a2a_sms} SMs leave none of the GPU's "
                          f"{sms} for compute")

@@ -15,6 +15,7 @@ from .layer import (
     grad_accumulation,
     micro_batch_tokens,
     strategy_groups,
+    weight_grad,
 )
 from .strategy import Strategy
 
@@ -53,5 +54,6 @@ def edge_cost(p: Problem, s: Strategy, which: str) -> LayerCost:
         act_bytes=acts, act_bytes_none=acts, act_input=0.0,
         flops_fwd=sum(c.flops for c in costs), tp_bytes=T * m.hidden * m.dtype_bytes,
         ep_bytes=0.0, components=costs, tp_link=tp_t,
+        wgrad=weight_grad(costs) if p.training else 0.0,
     )
 

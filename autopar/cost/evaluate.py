@@ -6,11 +6,11 @@ exhaustive oracle and the plan builder all call it, so they cannot disagree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from ..spec import DTYPE_BYTES
 from . import comm, fp8, fsdp
 from .capacity import moe_index
+from .dp_sync import adam_traffic, grad_sync
 from .edges import edge_cost
 from .layer import (
     LayerCost,
@@ -21,7 +21,7 @@ from .layer import (
     strategy_groups,
 )
 from .mtp import mtp_edges
-from .pipeline import chunked_pipeline
+from .pipeline import chunked_pipeline, dualpipe_pipeline, mirror
 from .strategy import Strategy
 
 
@@ -64,6 +64,7 @@ class StageCost:
     # ZeRO-3: per-unit parameter gathers and gradient reduce-scatters, and their exposed
     # parts per micro-batch (in fwd and bwd) [fsdp]
     zero3: fsdp.StageFsdp | None = None
+    wgrad: float = 0.0  # [dualpipe] of bwd, the weight-gradient GEMMs per micro-batch (W)
 
     @property
     def param_gather_dp(self) -> float:
@@ -135,10 +136,13 @@ def in_flight(s: Strategy, stage: int, training: bool) -> float:
     layers, so stage 0 holds p (1 + (p - 1) / (p v)) micro-batches' worth (Korthikanti
     et al. 2022 sec. 4.2.3). Combined 1F1B (`a2a_overlap`) runs one more chunk forward
     first, so that each 1F1B step's forward and backward are independent (Megatron's
-    get_pp_rank_microbatches): PP 1 holds two micro-batches."""
+    get_pp_rank_microbatches): PP 1 holds two micro-batches. [dualpipe] DualPipe holds PP + 1
+    chunks (a stage each), DualPipeV 2 PP + 1 chunks of half its layers."""
     if not training:
         return 1
     p, v, m = s.pp, s.virtual_stages, s.num_micro_batches
+    if s.dualpipe:
+        return p + 1 if s.pipeline_schedule == "dualpipe" else (2 * p + 1) / 2
     extra = 1 if s.a2a_overlap else 0  # [a2a-overlap] one more chunk forward before 1F1B
     if v == 1:
         return min(p - stage + extra, m)
@@ -247,9 +251,15 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
                 one += comm.all_gather(ctx.p2p_bytes * s.tp, ctx.groups["tp"], eff)  # 1/t
             return one
 
-        p2p_f = send((k + 1) % s.pp) * (v if k < s.pp - 1 else v - 1)
-        if p.training:
-            p2p_b = send((k - 1) % s.pp) * (v if k > 0 else v - 1)
+        if s.pipeline_schedule == "dualpipev":  # [dualpipe] chunk k to rank k + 1, chunk
+            # 2p - 1 - k to rank k - 1; the V's turn (chunk p - 1 to p) stays on rank p - 1
+            sends = [t for t in (k + 1, k - 1) if 0 <= t < s.pp]
+            p2p_f = sum(send(t) for t in sends)
+            p2p_b = p2p_f if p.training else 0.0
+        else:
+            p2p_f = send((k + 1) % s.pp) * (v if k < s.pp - 1 else v - 1)
+            if p.training:
+                p2p_b = send((k - 1) % s.pp) * (v if k > 0 else v - 1)
     mem = _stage_memory(p, s, k, lc, edges, ctx.seqs, ctx.peak)
     dp_sync = opt = exposed = last_bwd = 0.0
     zero3 = None
@@ -258,13 +268,13 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
         expert = sum(c.params_expert for c in lc) + sum(c.params_expert for c in edges)
         gb, b = p.workload.grad_bytes, p.model.dtype_bytes
         if s.zero < 3:  # ZeRO-3 reduce-scatters per unit, behind the backward [fsdp]
-            dp_sync = _grad_sync(dense, gb, b, ctx.groups["dp"], s, eff)
+            dp_sync = grad_sync(dense, gb, b, ctx.groups["dp"], s, eff)
             if p.model.is_moe:
-                dp_sync += _grad_sync(expert, gb, b, ctx.groups["edp"], s, eff)
+                dp_sync += grad_sync(expert, gb, b, ctx.groups["edp"], s, eff)
         last_bwd = bwd
         if s.zero == 2:  # gradients are sharded: reduce-scattered after every micro-batch,
-            rs = (dp_sync - _grad_sync(dense, 0, b, ctx.groups["dp"], s, eff)  # each behind
-                  - (_grad_sync(expert, 0, b, ctx.groups["edp"], s, eff)      # its backward
+            rs = (dp_sync - grad_sync(dense, 0, b, ctx.groups["dp"], s, eff)  # each behind
+                  - (grad_sync(expert, 0, b, ctx.groups["edp"], s, eff)      # its backward
                      if p.model.is_moe else 0.0))
             dp_sync += (s.num_micro_batches - 1) * rs
             last_bwd = bwd * s.num_micro_batches
@@ -281,8 +291,31 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
         opt = adam_traffic(p) * (dense / shard + expert / eshard) / (
             p.hw.gpu.hbm_bytes_per_s * p.calib.hbm_eff)
         opt += sum(c.fp8_weight_cast for c in lc)  # [fp8-weights] once per step, after Adam
+    wgrad = sum(c.wgrad for c in lc) + sum(c.wgrad for c in edges)
     return StageCost(k, first, end, fwd + p2p_f, bwd + p2p_b, p2p_f, p2p_b, dp_sync, exposed,
-                     opt, mem, in_flight(s, k, p.training), last_bwd, lc, edges, zero3)
+                     opt, mem, in_flight(s, k, p.training), last_bwd, lc, edges, zero3, wgrad)
+
+
+def mirrored(stages: list[StageCost]) -> list[StageCost]:
+    """[dualpipe] DualPipe's rank k holds stage k and a copy of stage p - 1 - k: both
+    stages' weights, gradients and optimizer states, their gradient syncs and optimizer
+    steps, and the mean of their activations (its PP + 1 chunks in flight are of both).
+    The per-micro-batch times stay the stage's own (the pipeline takes the slowest)."""
+    out = []
+    for st in stages:
+        o = stages[mirror(st.index, len(stages))]
+        a, b = st.memory, o.memory
+        mem = replace(a, weights=a.weights + b.weights, gradients=a.gradients + b.gradients,
+                      optimizer=a.optimizer + b.optimizer, tp_overhead=a.tp_overhead
+                      + b.tp_overhead, fp8_weights=a.fp8_weights + b.fp8_weights,
+                      activations=(a.activations + b.activations) / 2,
+                      activations_no_recompute=(a.activations_no_recompute
+                                                + b.activations_no_recompute) / 2)
+        sync, window = st.dp_sync + o.dp_sync, st.overlap_window + o.overlap_window
+        out.append(replace(st, memory=mem, dp_sync=sync, overlap_window=window,
+                           dp_exposed=max(0.0, sync - window),
+                           optimizer=st.optimizer + o.optimizer))
+    return out
 
 
 def zero3_unit(p: Problem, s: Strategy, c: LayerCost, groups: dict) -> fsdp.UnitComm:
@@ -329,12 +362,19 @@ def _stage_zero3(p: Problem, s: Strategy, units: list[LayerCost], ctx: Context
     return fsdp.StageFsdp(g_dp, g_edp, red, calls, n, ex_f, ex_b - over, ex_r + over)
 
 
-def compose(stages: list[StageCost], m: int, v: int = 1) -> tuple[float, float]:
+def compose(stages: list[StageCost], m: int, v: int = 1, schedule: str = "1f1b"
+            ) -> tuple[float, float]:
     """Step = pipeline + the largest exposed gradient sync + the largest optimizer step; and
     the bubble (the pipeline beyond m x the slowest stage), chunk by chunk where the layers
-    do not split evenly over the v chunks (`pipeline.chunked_pipeline`)."""
-    pipeline, bubble = chunked_pipeline([st.busy for st in stages],
-                                        [st.end_layer - st.first_layer for st in stages], m, v)
+    do not split evenly over the v chunks (`pipeline.chunked_pipeline`), or DualPipe's
+    (`pipeline.dualpipe_pipeline`)."""
+    counts = [st.end_layer - st.first_layer for st in stages]
+    if schedule != "1f1b":
+        pipeline, bubble = dualpipe_pipeline([st.busy for st in stages],
+                                             [st.bwd for st in stages],
+                                             [st.wgrad for st in stages], counts, m, schedule)
+    else:
+        pipeline, bubble = chunked_pipeline([st.busy for st in stages], counts, m, v)
     step = pipeline + max(st.dp_exposed for st in stages) + max(st.optimizer for st in stages)
     return step, bubble
 
@@ -347,33 +387,8 @@ def evaluate(p: Problem, s: Strategy, bounds: list[int], moe: list[MoEState],
     ctx = Context.of(p, s, costs)
     stages = [stage_cost(p, s, k, costs[bounds[k]:bounds[k + 1]], ctx.edges(s, k), ctx,
                          bounds[k], bounds[k + 1]) for k in range(s.pp)]
-    step, bubble = compose(stages, s.num_micro_batches, s.virtual_stages)
+    if s.pipeline_schedule == "dualpipe" and p.training:
+        stages = mirrored(stages)
+    step, bubble = compose(stages, s.num_micro_batches, s.virtual_stages,
+                           s.pipeline_schedule if p.training else "1f1b")
     return Evaluation(s, stages, step, bubble, p.hw.gpu.memory_bytes)
-
-
-def adam_traffic(p: Problem) -> float:
-    """[optimizer] bytes the optimizer step moves per local parameter, pass by pass (Megatron's
-    mixed-precision optimizer): 16-bit gradients are first copied into fp32 main gradients;
-    the clipping norm reads them; Adam reads them and reads and writes the master weights and
-    both moments; the master weights are copied back into the model's weights. fp16 adds the
-    loss-scale pass (unscale the main gradients in place, checking for inf / NaN)."""
-    w, b = p.workload, p.model.dtype_bytes
-    master = 0 if w.master_dtype == "none" else DTYPE_BYTES[w.master_dtype]
-    main = max(w.grad_bytes, master)
-    cast = w.grad_bytes + main if main != w.grad_bytes else 0
-    unscale = 2 * main if p.model.dtype == "fp16" else 0
-    copy_back = master + b if master else 2 * b  # no master: Adam updates the weights in place
-    return cast + unscale + main + main + 2 * w.optimizer_bytes + copy_back
-
-
-def _grad_sync(params: float, grad_bytes: int, param_bytes: int, g: comm.GroupLink,
-               s: Strategy, eff: dict[str, float]) -> float:
-    """[dp-comm] all-reduce of the gradients, or reduce-scatter + bf16 parameter all-gather
-    when the optimizer is sharded (ZeRO >= 1). Affine in `params` (latency paid even for an
-    empty bucket) so that the stage model can sum it."""
-    if g.size == 1:
-        return 0.0
-    if s.zero >= 1:
-        return comm.reduce_scatter(grad_bytes * params, g, eff) + comm.all_gather(
-            param_bytes * params, g, eff)
-    return comm.all_reduce(grad_bytes * params, g, eff)

@@ -131,6 +131,8 @@ class LayerCost:
     cp_bwd: float = 0.0
     cp_link: float = 0.0
     cp_bytes: float = 0.0  # per call
+    # [dualpipe] of compute_bwd, the weight-gradient GEMMs (DualPipe's W)
+    wgrad: float = 0.0
 
     @property
     def fwd(self) -> float:
@@ -344,9 +346,9 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
     if s.overlap_tp_comm:  # [tp-overlap] hidden behind the column / row GEMMs next to it
         tp_f, tp_b1 = tp_overlap.layer_exposed(p.training, s.tp, costs, tp_t)
     elif p.training and p.async_tp_allreduce and s.tp > 1:
-        tp_b1 = max(0.0, tp_t - async_tp_hidden(costs, tp_t, s.sequence_parallel))
+        tp_b1 = max(0.0, tp_t - tp_overlap.async_tp_hidden(costs, tp_t, s.sequence_parallel))
     ep_f = ep_b1 = ep_t
-    if s.a2a_overlap and p.training and ep_t:  # [a2a-overlap] behind the other micro-batch
+    if (s.a2a_overlap or s.dualpipe) and p.training and ep_t:  # [a2a-overlap, dualpipe]
         ep_f, ep_b1 = a2a.overlapped(costs, a2a.ep_pass(p, s, T, moe, groups),
                                      a2a.sm_share(p, s))
     sp_div = s.tp if s.sequence_parallel else 1
@@ -388,19 +390,16 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         tp_link=tp_t, ep_link=ep_t,
         fp8_cast=casts, fp8_weight_cast=fp8.weight_cast_time(p, fp8_w),
         cp_fwd=cpt.fwd, cp_bwd=cpt.bwd, cp_link=cpt.link, cp_bytes=cpt.bytes_per_call,
+        wgrad=weight_grad(costs) if p.training else 0.0,
     )
 
 
-def async_tp_hidden(costs: list[ComponentCost], tp_time: float, sp: bool) -> float:
-    """[tp-async] Backward TP time hidden by Megatron's asynchronous input-gradient collective:
-    a column-parallel layer launches the all-reduce (reduce-scatter under sequence
-    parallelism) of its input gradient and then computes its weight gradient, a GEMM as long
-    as its forward one; each block's collective hides up to that GEMM's time. `tp_time` is
-    the layer's two block collectives from `_collectives`; under SP each is a reduce-scatter
-    plus an all-gather of the same cost, so the reduce-scatter is half of it."""
-    one = tp_time / (4 if sp else 2)
-    gemms = [c.time_s - c.ew_s for c in costs if c.role == "column"]
-    return sum(min(one, t) for t in gemms[:2])  # one collective per block: attention, MLP
+def weight_grad(costs: list[ComponentCost]) -> float:
+    """[dualpipe] The weight-gradient GEMMs of a backward (DualPipe's W): a weighted GEMM's
+    backward is its input-gradient and its weight-gradient GEMM, each as long as the forward
+    one (`bwd_s`), so W is the forward GEMM time of the components with weights; the
+    attention core's backward (no weights) and the elementwise kernels are all B."""
+    return sum(c.time_s - c.ew_s for c in costs if c.params > 0)
 
 
 def grad_accumulation(p: Problem, params: float) -> float:

@@ -130,3 +130,28 @@ def megatron_layout(counts: list[int], v: int, mtp: int = 0) -> str:
                 s += "m" * mtp + "L"
             parts.append(s)
     return "|".join(parts)
+
+
+def dualpipe_pipeline(busy: list[float], bwd: list[float], wgrad: list[float],
+                      counts: list[int], m: int, schedule: str) -> tuple[float, float]:
+    """[dualpipe] (pipeline, bubble) of DualPipe / DualPipeV on p ranks (DeepSeek-V3 report
+    sec. 3.2.1, Table 2; github.com/deepseek-ai/DualPipe): every rank runs its m chunk pairs,
+    a forward and another micro-batch's backward overlapped (F&B, the stage's `busy` with the
+    paired all-to-all exposure), and idles (PP/2 - 1)(F&B + B - 3W), PP the pipeline stages:
+    p for DualPipe (each rank holds stage k and its mirror p - 1 - k), 2p for DualPipeV
+    (each rank's layers are its two V chunks, the largest `chunk_share(n, 2)` of them).
+    B is the full backward of a chunk, W its weight-gradient part. Each term is taken at
+    its slowest stage, so the pipeline is m x slowest + bubble."""
+    if schedule == "dualpipe":
+        coeff, shares = len(busy) / 2 - 1, [1.0] * len(busy)
+    else:
+        coeff, shares = len(busy) - 1, [chunk_share(n, 2) for n in counts]
+    chunk = max(r * max(0.0, f + b - 3 * w)
+                for r, f, b, w in zip(shares, busy, bwd, wgrad, strict=True))
+    bubble = coeff * chunk
+    return m * max(busy) + bubble, bubble
+
+
+def mirror(k: int, p: int) -> int:
+    """[dualpipe] The stage whose copy DualPipe's rank k also holds."""
+    return p - 1 - k

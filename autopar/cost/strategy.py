@@ -17,6 +17,9 @@ CP_COMM = ("p2p", "all_gather", "a2a")
 DISPATCHERS = ("alltoall", "deepep")  # Megatron --moe-token-dispatcher-type alltoall / flex
 # the expert all-to-all options [a2a-overlap, deepep] and their defaults: a plan states them
 # only when set, so plans without them stay as they were
+# [dualpipe] the pipeline schedule: Megatron's 1F1B (interleaved with virtual_stages > 1),
+# or DeepSeek's DualPipe / DualPipeV (github.com/deepseek-ai/DualPipe)
+SCHEDULES = ("1f1b", "dualpipe", "dualpipev")
 A2A_DEFAULTS = {"a2a_overlap": False, "moe_dispatcher": "alltoall", "a2a_fp8": False,
                 "a2a_node_limit": 0, "a2a_sms": 20}
 # [capacity] token dropping (Megatron --moe-expert-capacity-factor, --moe-pad-expert-input-
@@ -68,6 +71,7 @@ class Strategy:
     moe_capacity_factor: float = 0.0  # [capacity] 0: dropless
     moe_pad_to_capacity: bool = False  # [capacity] every expert computes exactly capacity rows
     moe_token_drop_policy: str = "probs"  # [capacity] which copies drop; prices nothing
+    pipeline_schedule: str = "1f1b"  # [dualpipe] SCHEDULES
 
     def __post_init__(self) -> None:
         if self.recompute == "selective":
@@ -118,6 +122,7 @@ class Strategy:
         if self.split_pinned and self.pp == 1:
             raise StrategyError("pipeline split flags need pp > 1")
         _check_a2a(self)
+        _check_schedule(self)
         if self.overlap_tp_comm and not self.sequence_parallel:
             raise StrategyError("overlap_tp_comm needs sequence_parallel (the overlapped "
                                 "collectives are its all-gather and reduce-scatter)")
@@ -160,7 +165,13 @@ class Strategy:
                 + (f" cp={self.cp}" if self.cp > 1 else "")
                 + (f" cp-{self.cp_comm}" if self.cp > 1 and self.cp_comm != "p2p" else "")
                 + "".join(f" {k}={v}" for k, v in self.a2a_options().items())
-                + "".join(f" {k}={v}" for k, v in self.capacity_options().items()))
+                + "".join(f" {k}={v}" for k, v in self.capacity_options().items())
+                + (f" {self.pipeline_schedule}" if self.dualpipe else ""))
+
+    @property
+    def dualpipe(self) -> bool:
+        """DualPipe or DualPipeV [dualpipe]: both directions fed, F and B chunks paired."""
+        return self.pipeline_schedule != "1f1b"
 
 
     def a2a_options(self) -> dict:
@@ -187,6 +198,8 @@ class Strategy:
         for k in CAPACITY_DEFAULTS:
             if not self.moe_capacity_factor:
                 d.pop(k)  # dropless: the plan reads as before capacities existed
+        if not self.dualpipe:  # stated only when set: 1F1B plans are unchanged
+            d.pop("pipeline_schedule")
         d["edp"] = self.edp
         if self.recompute == "selective":  # only then, so other plans keep their bytes
             d["recompute_modules"] = list(self.recompute_modules)
@@ -278,3 +291,33 @@ def _check_a2a(s: Strategy) -> None:
         if s.pp > 1 and s.virtual_stages == 1:
             raise StrategyError("a2a_overlap with pp > 1 needs interleaving (virtual_stages "
                                 "> 1), as Megatron requires")
+
+
+def _check_schedule(s: Strategy) -> None:
+    """[dualpipe] The conditions DualPipe.step / DualPipeV.step assert (deepseek-ai/DualPipe):
+    micro-batches >= 2 x the PP ranks, and for DualPipe an even PP and micro-batch count;
+    and what autopar does not model with them (interleaving, combined 1F1B, ZeRO-3, pinned
+    Megatron split flags)."""
+    name, p, m = s.pipeline_schedule, s.pp, s.num_micro_batches
+    if name not in SCHEDULES:
+        raise StrategyError(f"pipeline_schedule {name!r} is not one of {SCHEDULES}")
+    if not s.dualpipe:
+        return
+    if p < 2:
+        raise StrategyError(f"pipeline_schedule {name} needs pp >= 2, got pp={p}")
+    if name == "dualpipe" and p % 2:
+        raise StrategyError(f"pipeline_schedule dualpipe needs an even pp, got pp={p}")
+    if m < 2 * p or (name == "dualpipe" and m % 2):
+        raise StrategyError(f"pipeline_schedule {name} needs micro-batches >= 2 x pp "
+                            f"({2 * p}){' and even' if name == 'dualpipe' else ''}, got {m}")
+    if s.virtual_stages > 1:
+        raise StrategyError(f"pipeline_schedule {name} excludes virtual_stages "
+                            f"{s.virtual_stages} (its chunks are its own)")
+    if s.a2a_overlap:
+        raise StrategyError(f"pipeline_schedule {name} overlaps the all-to-all itself; "
+                            "a2a_overlap (Megatron's combined 1F1B) is another schedule")
+    if s.zero >= 3:
+        raise StrategyError(f"pipeline_schedule {name} with zero 3 is not modelled")
+    if s.split_pinned:
+        raise StrategyError(f"pipeline_schedule {name} excludes Megatron's split flags "
+                            "(Megatron-LM has no DualPipe)")

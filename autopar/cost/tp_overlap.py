@@ -75,3 +75,15 @@ def layer_exposed(training: bool, tp: int, costs: list, tp_t: float) -> tuple[fl
     bwd = {r: sum(c.bwd_s - EW_BWD * (c.ew_s - c.cast_s) - c.cast_bwd_s for c in cs)
            for r, cs in gemm.items()}
     return exposed(tp_t, fwd["column"], fwd["row"], bwd["column"], bwd["row"], tp)
+
+
+def async_tp_hidden(costs: list, tp_time: float, sp: bool) -> float:
+    """[tp-async] Backward TP time hidden by Megatron's asynchronous input-gradient collective:
+    a column-parallel layer launches the all-reduce (reduce-scatter under sequence
+    parallelism) of its input gradient and then computes its weight gradient, a GEMM as long
+    as its forward one; each block's collective hides up to that GEMM's time. `tp_time` is
+    the layer's two block collectives from `_collectives`; under SP each is a reduce-scatter
+    plus an all-gather of the same cost, so the reduce-scatter is half of it."""
+    one = tp_time / (4 if sp else 2)
+    gemms = [c.time_s - c.ew_s for c in costs if c.role == "column"]
+    return sum(min(one, t) for t in gemms[:2])  # one collective per block: attention, MLP

@@ -139,6 +139,10 @@ def megatron_entry(plan: dict[str, Any]) -> dict[str, Any]:
     if w.get("kind") != "training":
         raise KindError(f"workload.kind is {w.get('kind')!r}: Megatron-LM exports training "
                          "plans; export a serving plan --to vllm or --to sglang")
+    sched = s.get("pipeline_schedule", "1f1b")
+    if sched != "1f1b":  # [dualpipe]
+        raise KindError(f"strategy.pipeline_schedule is {sched!r}: Megatron-LM has no "
+                        "DualPipe schedule (plan it with --pipeline-schedule 1f1b)")
     why: list[str] = []
     args: dict[str, Any] = {"tensor-model-parallel-size": int(s.get("tp", 1))}
     args |= _pipeline(s, int(m["layers"]), why)

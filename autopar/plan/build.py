@@ -95,7 +95,8 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
         "timing": timing,
         "metrics": metrics,
         "solver": _solver_section(result, opts),
-        "formulas": formula_index(s.cp > 1, bool(s.moe_capacity_factor)),
+        "formulas": formula_index(s.cp > 1, bool(s.moe_capacity_factor),
+                                  s.dualpipe and p.training),
     }
     from .selfcheck import validations
 

@@ -203,7 +203,8 @@ def gpu_record(p: Problem, s: Strategy, ev: Evaluation, gpu: int,
     experts = _expert_entries(p, s, ev, st.index, c["ep_rank"], c["etp_rank"], placed)
     return {"id": gpu, "node": p.hw.node_of(gpu), "type": p.hw.gpu.name, "stage": st.index,
             "ranks": c, "layers": [st.first_layer, st.end_layer - 1],
-            "memory": _memory(_gpu_memory(p, s, st, c["ep_rank"], placed),
+            "memory": _memory(_gpu_memory(p, s, st, c["ep_rank"], placed,
+                                          mirror_of=_mirror(p, s, ev, st.index)),
                               p.hw.gpu.memory_bytes, p, s),
             "components": comps, "experts": experts,
             "flops_per_step": gpu_flops(comps, experts)}
@@ -235,10 +236,11 @@ def gpus_section(p: Problem, s: Strategy, ev: Evaluation,
     memo: dict[tuple, dict[str, Any]] = {}  # memory by stage and the rank's slot counts
 
     def memory_of(stage: int, rank: int) -> dict[str, Any]:
-        st = ev.stages[stage]
-        key = (stage, slots.counts(placed, st, rank) if slots else ())
+        st, o = ev.stages[stage], _mirror(p, s, ev, stage)
+        key = (stage, slots.counts(placed, st, rank) if slots else (),
+               slots.counts(placed, o, rank) if slots and o else ())
         if key not in memo:
-            memo[key] = _memory(_gpu_memory(p, s, st, rank, placed, slots),
+            memo[key] = _memory(_gpu_memory(p, s, st, rank, placed, slots, o),
                                 hw.gpu.memory_bytes, p, s)
         return memo[key]
 
@@ -258,6 +260,13 @@ def gpus_section(p: Problem, s: Strategy, ev: Evaluation,
             (ids, {"stage": st, "memory": memory_of(st, e)})
             for (st, e), (_, ids) in memory.items()),
     }
+
+
+def _mirror(p: Problem, s: Strategy, ev: Evaluation, stage: int):
+    """[dualpipe] The stage whose copy a DualPipe rank also holds (None otherwise)."""
+    if s.pipeline_schedule == "dualpipe" and p.training:
+        return ev.stages[s.pp - 1 - stage]
+    return None
 
 
 __all__ = ["gpu_record", "gpus_section"]

@@ -79,7 +79,8 @@ class _Slots:
 
 
 def _gpu_memory(p: Problem, s: Strategy, st: StageCost, rank: int,
-                placed: list[Placement] | None, slots: _Slots | None = None) -> Memory:
+                placed: list[Placement] | None, slots: _Slots | None = None,
+                mirror_of: StageCost | None = None) -> Memory:
     """The stage's memory (sized for its fullest EP rank) with EP rank `rank`'s own expert
     count."""
     mem = replace(st.memory)  # a copy (all its fields are numbers)
@@ -88,7 +89,10 @@ def _gpu_memory(p: Problem, s: Strategy, st: StageCost, rank: int,
     m = p.model
     slots = slots or _Slots.of(p, placed)
     delta = 0.0
-    for layer in range(st.first_layer, st.end_layer):
+    layers = list(range(st.first_layer, st.end_layer))
+    if mirror_of is not None:  # [dualpipe] the copy of the mirror stage on the same GPUs
+        layers += range(mirror_of.first_layer, mirror_of.end_layer)
+    for layer in layers:
         i = slots.index.get(layer)
         if i is not None:
             delta += (len(placed[i].gpu_experts[rank]) - slots.full[i]) * slots.per_expert \

@@ -118,14 +118,18 @@ def _solver_section(r: SearchResult, opts: SearchOptions) -> dict[str, Any]:
             "method": "enumerate degrees; CP-SAT expert placement and stage cut"}
 
 
-def formula_index(cp: bool = False, capacity: bool = False) -> dict[str, str]:
+def formula_index(cp: bool = False, capacity: bool = False,
+                  dualpipe: bool = False) -> dict[str, str]:
     """Names used in the plan's `formula` fields; each is written out in docs/cost-model.md
     (`cp`: the layout has context parallelism, whose exchange is named too; `capacity`:
-    token dropping, likewise)."""
+    token dropping, likewise; `dualpipe`: its pipeline schedule is DualPipe's)."""
     extra = {"capacity": "capacity = ceil(T/tp x top_k / experts x factor) per expert and "
                          "router rank; the busiest EP rank computes min(imbalance x mean, "
                          "slots x capacity x ep x etp) rows, all of them padded; dropped "
                          "copies run no expert FLOPs and send no bytes"} if capacity else {}
+    extra |= {"dualpipe": "m x slowest stage + (PP/2 - 1) x max over stages of (busy + B - "
+                          "3 W) per chunk (PP: p stages DualPipe, 2p DualPipeV) + exposed DP "
+                          "sync + optimizer step"} if dualpipe else {}
     extra |= {"cp-attention": "tokens / cp per GPU; ring p2p: cp - 1 KV chunks of T*kv_bytes "
                              "forward, 2(cp - 1) backward, each hidden behind 1/cp of the "
                              "attention kernel; all_gather / a2a exposed"} if cp else {}

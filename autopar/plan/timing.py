@@ -71,7 +71,7 @@ def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, An
             per_call = sum(c.ep_link for c in moe_costs) / (2 * len(moe_costs))
             calls = len(moe_costs) * m_mb * 2 * passes + reruns[1] * m_mb
             exposed = per_call * calls
-            if s.a2a_overlap and p.training:  # [a2a-overlap] what the other micro-batch's
+            if (s.a2a_overlap or s.dualpipe) and p.training:  # [a2a-overlap] what the other
                 exposed = sum(c.ep_fwd + c.ep_bwd for c in moe_costs) * m_mb  # compute hides
             sent = max(c.ep_bytes for c in moe_costs)  # [capacity] the fullest layer's
             out.append(_coll("all_to_all", "ep", groups["ep"], st.index, sent, calls,
@@ -81,6 +81,8 @@ def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, An
         v = s.virtual_stages  # interleaved: a send per chunk boundary
         sends_f = v if st.index < s.pp - 1 else v - 1
         sends_b = v if st.index > 0 else v - 1
+        if s.pipeline_schedule == "dualpipev":  # [dualpipe] to both neighbours
+            sends_f = sends_b = (st.index < s.pp - 1) + (st.index > 0)
         if st.p2p_fwd:
             out.append(_coll("send_recv", "pp", None, st.index, _p2p_bytes(p, s),
                              m_mb * sends_f, st.p2p_fwd / sends_f, st.p2p_fwd * m_mb, "p2p",
@@ -90,6 +92,9 @@ def _communication(p: Problem, s: Strategy, ev: Evaluation) -> list[dict[str, An
                              m_mb * sends_b, st.p2p_bwd / sends_b, st.p2p_bwd * m_mb, "p2p",
                              direction="backward"))
         dense = sum(c.params for c in st.layer_costs) + sum(c.params for c in st.edges)
+        if s.pipeline_schedule == "dualpipe" and p.training:  # [dualpipe] and the mirror's
+            o = ev.stages[s.pp - 1 - st.index]
+            dense += sum(c.params for c in o.layer_costs) + sum(c.params for c in o.edges)
         if p.training and st.dp_sync:
             kind = "reduce_scatter+all_gather" if s.zero >= 1 else "all_reduce"
             out.append(_coll(kind, "dp", groups["dp"], st.index, dense * p.workload.grad_bytes,
@@ -166,6 +171,8 @@ def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
                if s.cp > 1 else {}),
             "param_gather_s": st.zero3.exposed if st.zero3 else 0.0,
             "per_micro_batch_s": st.busy,
+            **({"backward_s": st.bwd, "weight_grad_s": st.wgrad}  # [dualpipe] B and W
+               if s.dualpipe and p.training else {}),
             "dp_sync_s": st.dp_sync, "dp_exposed_s": st.dp_exposed,
             "optimizer_s": st.optimizer,
         })
@@ -175,9 +182,13 @@ def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
     slow = max(ev.stages, key=lambda x: x.busy)
     crit = per_stage[slow.index]
     mb, v = s.num_micro_batches, s.virtual_stages
-    pipeline = chunked_pipeline([x.busy for x in ev.stages],
-                                [x.end_layer - x.first_layer for x in ev.stages], mb, v)[0]
+    pipeline = ev.bubble + mb * slow.busy  # compose: the pipeline beyond m x slowest
+    if not s.dualpipe:
+        pipeline = chunked_pipeline([x.busy for x in ev.stages],
+                                    [x.end_layer - x.first_layer for x in ev.stages], mb, v)[0]
     schedule = ("interleaved-1f1b" if v > 1 else "1f1b") if p.training else "forward-pipeline"
+    if s.dualpipe and p.training:
+        schedule = s.pipeline_schedule
     out = {
         "schedule": schedule,
         "micro_batches": mb,
@@ -199,7 +210,8 @@ def _timing(p: Problem, s: Strategy, ev: Evaluation) -> dict[str, Any]:
         "step_time_s": ev.step_time,
         # of forward/backward/recompute: the memory-bound kernels [elementwise]
         "elementwise_s": _elementwise(p, s, slow) * mb,
-        "formula": "1f1b" if p.training else "forward-pipeline",
+        "formula": ("dualpipe" if s.dualpipe else "1f1b") if p.training
+        else "forward-pipeline",
         "per_stage": per_stage,
     }
     out["dominant_term"] = dominant_term(out)

@@ -71,6 +71,7 @@ class _CostCache:
         key = (s.tp, s.pp, s.dp, s.ep, s.etp, s.micro_batch, s.recompute, s.sequence_parallel,
                s.overlap_tp_comm, s.spare_slots, s.recompute_modules, s.cp, s.cp_comm,
                tuple(sorted(s.a2a_options().items())),
+               s.dualpipe,  # [dualpipe] its paired chunks hide the all-to-all
                # ZeRO-3 shards the fp8 weight copies a layer casts [fp8-weights]
                s.zero >= 3 and self.p.workload.precision == "fp8")
         if key not in self.costs:
@@ -112,8 +113,9 @@ def quick_bound(p: Problem, s: Strategy, cache: _CostCache) -> tuple[float, floa
     whole = stage_cost(p, s, s.pp - 1, [total], [ctx.emb, ctx.head], ctx)
     busy = whole.busy
     bottleneck = max(busy / s.pp, slowest_layer)
-    time_lb = (pipeline_time(busy, bottleneck, s.num_micro_batches, s.virtual_stages)
-               + whole.optimizer / s.pp)
+    pipe = (s.num_micro_batches * bottleneck if s.dualpipe and p.training  # [dualpipe]
+            else pipeline_time(busy, bottleneck, s.num_micro_batches, s.virtual_stages))
+    time_lb = pipe + whole.optimizer / s.pp
     return time_lb, whole.memory.total / s.pp
 
 

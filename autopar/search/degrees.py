@@ -19,6 +19,7 @@ from ..cost.strategy import (
     CP_COMM,
     DROP_POLICIES,
     RECOMPUTE,
+    SCHEDULES,
     SPLIT_KEYS,
     Strategy,
     StrategyError,
@@ -31,7 +32,7 @@ PIN_KEYS = ("tp", "pp", "dp", "ep", "etp", "micro_batch", "num_micro_batches", "
             "zero", "sequence_parallel", "virtual_stages", "overlap_grad_reduce",
             "overlap_tp_comm", "spare_slots", "recompute_modules", "cp", "cp_comm", *SPLIT_KEYS,
             "a2a_overlap", "moe_dispatcher", "a2a_fp8", "a2a_node_limit", "a2a_sms",
-            *CAPACITY_DEFAULTS)
+            *CAPACITY_DEFAULTS, "pipeline_schedule")
 A2A_PINNED = ("a2a_fp8", "a2a_node_limit", "a2a_sms")  # numerics / kernels: pinned, not searched
 # [capacity] token dropping changes the model's math (which tokens the experts learn from):
 # the user's choice, pinned or not at all
@@ -58,7 +59,27 @@ def _divisors(n: int) -> list[int]:
 
 def check_cp_pins(p: Problem, pins: dict) -> None:
     """Refuse, in one line, CP pins no layout can take: an unknown exchange, CP on a serving
-    workload, or a sequence that does not split into 2 cp chunks [cp-attention]."""
+    workload, or a sequence that does not split into 2 cp chunks [cp-attention]; and a
+    pipeline schedule that is unknown or, DualPipe's, pinned for serving [dualpipe]."""
+    sched = pins.get("pipeline_schedule", "1f1b")
+    if sched not in SCHEDULES:
+        raise InputError("pins", "pipeline_schedule", f"{sched!r} is not one of "
+                         f"{', '.join(SCHEDULES)}")
+    if sched != "1f1b" and p.workload.kind != "training":
+        raise InputError("pins", "pipeline_schedule", f"{sched} is a training schedule; "
+                         "serving plans run the forward pipeline")
+    if sched != "1f1b":  # pins no layout of the schedule can take (Strategy's checks)
+        pp, m = pins.get("pp"), pins.get("num_micro_batches")
+        why = ("needs pp >= 2" if pp is not None and pp < 2 else
+               "needs an even pp" if sched == "dualpipe" and pp and pp % 2 else
+               f"needs micro-batches >= 2 x pp ({2 * pp})" if pp and m and m < 2 * pp else
+               "needs an even micro-batch count" if sched == "dualpipe" and m and m % 2 else
+               "excludes virtual_stages > 1" if pins.get("virtual_stages", 1) > 1 else
+               "excludes a2a_overlap (combined 1F1B)" if pins.get("a2a_overlap") else
+               "with zero 3 is not modelled" if pins.get("zero") == 3 else None)
+        if why:
+            raise InputError("pins", "pipeline_schedule", f"{sched} {why} (pp={pp}, "
+                             f"num_micro_batches={m})")
     if pins.get("cp_comm", "p2p") not in CP_COMM:
         raise InputError("pins", "cp_comm", f"{pins['cp_comm']!r} is not one of "
                          f"{', '.join(CP_COMM)}")
@@ -177,10 +198,31 @@ def _options(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb:
         vs = [v for v in vs if _split_ok(p.model.layers, pp, v, flags)]
     if cp > 1:  # p2p (ring) is searched: all_gather moves as much and hides none of it
         flags.update(cp=cp, cp_comm=pins.get("cp_comm", "p2p"))
+    scheds = schedule_choices(p, pp, ep, nmb, pins)
     for spare in _spare_choices(p, ep, pins):
         for a2a in _a2a_choices(p, (G, tp, pp, dp, ep, etp, mb), pins):
-            _variants(G, tp, pp, dp, ep, etp, mb, nmb, recomputes, zeros, vs,
-                      {**flags, **a2a, "spare_slots": spare}, pins, out)
+            for sched in scheds:
+                if sched != "1f1b" and a2a.get("a2a_overlap"):
+                    continue  # DualPipe overlaps the all-to-all itself
+                _variants(G, tp, pp, dp, ep, etp, mb, nmb, recomputes, zeros,
+                          vs if sched == "1f1b" else [1],
+                          {**flags, **a2a, "spare_slots": spare, "pipeline_schedule": sched},
+                          pins, out)
+
+
+def schedule_choices(p: Problem, pp: int, ep: int, nmb: int, pins: dict) -> list[str]:
+    """[dualpipe] Pipeline schedules: the pinned one, else 1F1B and, in training of a MoE
+    model with EP > 1 on an even PP >= 2 with micro-batches >= 2 PP (DualPipe's conditions)
+    where the GPU's SM count is known (the paired all-to-all needs it), DualPipeV (one copy
+    of the weights) and, with an even micro-batch count, DualPipe (two copies)."""
+    if "pipeline_schedule" in pins:
+        return [pins["pipeline_schedule"]]
+    pinned_off = (pins.get("virtual_stages", 1) > 1 or pins.get("a2a_overlap")
+                  or pins.get("zero") == 3 or any(pins.get(k) for k in SPLIT_KEYS))
+    if pinned_off or not (p.training and p.model.is_moe and ep > 1 and pp >= 2
+                          and pp % 2 == 0 and nmb >= 2 * pp and p.hw.gpu.sms):
+        return ["1f1b"]
+    return ["1f1b", "dualpipev"] + (["dualpipe"] if nmb % 2 == 0 else [])
 
 
 def _a2a_choices(p: Problem, shape: tuple, pins: dict) -> list[dict]:

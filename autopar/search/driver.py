@@ -26,7 +26,7 @@ from .bounds import _CostCache, compute_floor, quick_bound, stage_inputs
 from .deadline import Deadline
 from .degrees import SearchOptions, enumerate_strategies
 from .experts import placement_key
-from .stages import StageInputs, best_cut, dp_partition, solve_stages
+from .stages import StageInputs, best_cut, dp_partition, even_bounds, solve_stages
 
 BOUND_SHARE = 0.5  # of the search time left: bounding layouts before stage cuts are solved
 PLACEMENT_SHARE = 0.3  # of the search time: the expert placements the bounds need
@@ -65,7 +65,7 @@ class SearchResult:
     timed_out: bool = False  # the time limit, not the bounds, ended the search
 
 def _even_bounds(layers: int, pp: int) -> list[int]:
-    return [round(k * layers / pp) for k in range(pp + 1)]
+    return even_bounds(layers, pp)
 
 
 def _silent(msg: str) -> None:
@@ -87,6 +87,7 @@ def search(p: Problem, opts: SearchOptions, progress: Callable[[str], None] | No
     dl = deadline or Deadline.after(opts.time_limit_s)
     say = progress or _silent
     t0 = time.perf_counter()
+    enumerated_from = time.monotonic()
     strategies = enumerate_strategies(p, opts)
     if not strategies:
         raise InfeasibleError(_no_layout_reason(p, opts), _layout_advice(p, opts))
@@ -96,7 +97,11 @@ def search(p: Problem, opts: SearchOptions, progress: Callable[[str], None] | No
     cap = p.hw.gpu.memory_bytes
     todo = _spread(strategies)
     rank = {id(s): i for i, s in enumerate(strategies)}  # ties: the enumeration's order
-    hard = dl.graced()
+    # the grace for finding any answer is not spent enumerating: what of it the enumeration
+    # used is given back, so a limit the enumeration alone outlasts still gets its fallback
+    grace = dl.graced()
+    lost = max(0.0, min(time.monotonic(), grace.end) - max(enumerated_from, dl.end))
+    hard = Deadline(dl.start, grace.end + lost)
     pending: list[Candidate] = []  # bounded, not solved
     over_memory: list[tuple[float, Strategy]] = []
     incumbent: Candidate | None = None
@@ -183,9 +188,10 @@ def search(p: Problem, opts: SearchOptions, progress: Callable[[str], None] | No
 def _frugal(s: Strategy) -> tuple:
     """Most memory-frugal first (deep pipelines, full sharding and recompute, small
     micro-batches, no interleaving, wide TP and EP): the order in which a layout that fits is
-    found soonest (interleaving holds more micro-batches' activations in flight)."""
-    return (-s.pp, -s.zero, s.recompute != "full", s.micro_batch, s.virtual_stages, -s.tp,
-            -s.ep)
+    found soonest (interleaving holds more micro-batches' activations in flight; DualPipe
+    more on every rank, and two copies of the weights: after every 1F1B layout)."""
+    return (s.dualpipe, -s.pp, -s.zero, s.recompute != "full", s.micro_batch,
+            s.virtual_stages, -s.tp, -s.ep)
 
 
 def _spread(strategies: list[Strategy]) -> list[Strategy]:
@@ -216,6 +222,10 @@ def _solve_candidate(p: Problem, c: Candidate, cache: _CostCache, opts: SearchOp
     c.evaluation = evaluate(p, c.strategy, bounds, moe, costs)
     c.value = c.evaluation.step_time
     c.status = "OPTIMAL"
+    if inputs.dualpipe and not c.evaluation.feasible:  # [dualpipe] two stages on a rank
+        c.status, c.why, c.bounds, c.evaluation, c.value = "INFEASIBLE", "memory", None, \
+            None, math.inf
+        return
     if inputs.fixed is not None:  # Megatron's pinned cut: its value is exact, nothing to cut
         c.lower_bound = c.value
         return
@@ -235,8 +245,9 @@ def _solve_candidate(p: Problem, c: Candidate, cache: _CostCache, opts: SearchOp
         if ev.step_time < c.value and ev.feasible:
             c.bounds, c.evaluation, c.value = res.bounds, ev, ev.step_time
     b = res.bounds
+    v = 2 if inputs.dualpipe else c.strategy.virtual_stages  # [dualpipe] DualPipeV's V
     if res.status == "OPTIMAL" and b is not None and even_chunks(
-            [b[k + 1] - b[k] for k in range(len(b) - 1)], c.strategy.virtual_stages):
+            [b[k + 1] - b[k] for k in range(len(b) - 1)], v):
         c.lower_bound = c.value  # the model prices chunks at 1 / v: exact at its optimum
     elif res.bounds is not None:  # uneven chunks: CP-SAT's optimum is a bound, not the value
         c.lower_bound = max(c.lower_bound, min(res.bound_s, c.value))

@@ -18,7 +18,7 @@ from ortools.sat.python import cp_model
 
 from ..cost.evaluate import Context, Evaluation, in_flight, stage_cost
 from ..cost.layer import LayerCost, Problem
-from ..cost.pipeline import chunked_pipeline, pinned_bounds, pipeline_time
+from ..cost.pipeline import chunked_pipeline, dualpipe_pipeline, pinned_bounds, pipeline_time
 from ..cost.strategy import Strategy
 
 TIME_STEPS = 10_000_000  # time resolution: the upper bound split into this many units
@@ -45,6 +45,11 @@ class StageInputs:
     c_mem: list[float]
     virtual: int = 1  # interleaved chunks per stage (evaluate.pipeline_time)
     fixed: list[int] | None = None  # Megatron's cut from pinned split flags [pipeline-split]
+    dualpipe: str = ""  # [dualpipe] the schedule: m x slowest + a bubble 1F1B's do not bound
+    back: list[float] | None = None  # [dualpipe] per layer: the full backward (B) ...
+    wg: list[float] | None = None  # ... and its weight-gradient part (W)
+    c_back: list[float] | None = None
+    c_wg: list[float] | None = None
 
     @staticmethod
     def build(p: Problem, s: Strategy, costs: list[LayerCost], ctx: Context) -> StageInputs:
@@ -77,8 +82,21 @@ class StageInputs:
             c_opt=[b.optimizer for b in base],
             c_mem=[b.memory.total for b in base],
             virtual=s.virtual_stages,
-            fixed=pinned_bounds(p.model.layers, s) if s.split_pinned else None,
+            fixed=(pinned_bounds(p.model.layers, s) if s.split_pinned else
+                   even_bounds(p.model.layers, s.pp)
+                   if s.pipeline_schedule == "dualpipe" and p.training else None),
+            dualpipe=s.pipeline_schedule if s.dualpipe and p.training else "",
+            back=[r.bwd - e0.bwd for r in ref], wg=[r.wgrad - e0.wgrad for r in ref],
+            c_back=[b.bwd for b in base], c_wg=[b.wgrad for b in base],
         )
+
+    def chunk_terms(self) -> list[float]:
+        """[dualpipe] Per layer: busy + B - 3 W, what DualPipe's bubble scales."""
+        return [f + b - 3 * w for f, b, w in zip(self.busy, self.back, self.wg, strict=True)]
+
+    def c_chunk_terms(self) -> list[float]:
+        return [f + b - 3 * w for f, b, w in zip(self.c_busy, self.c_back, self.c_wg,
+                                                 strict=True)]
 
     def lower_bound(self, bottleneck: float) -> float:
         """No cut beats this: the sum is fixed, the slowest stage is at least the DP's
@@ -87,8 +105,17 @@ class StageInputs:
         total_busy = sum(self.busy) + sum(self.c_busy)
         exposed = (sum(self.dp) + sum(self.c_dp) - sum(self.bwd) - sum(self.c_bwd)) / P
         opt = (sum(self.opt) + sum(self.c_opt)) / P
-        return (pipeline_time(total_busy, bottleneck, self.micro_batches, self.virtual)
-                + max(0.0, exposed) + opt)
+        pipe = pipeline_time(total_busy, bottleneck, self.micro_batches, self.virtual)
+        if self.dualpipe:  # [dualpipe] a DualPipeV chunk is >= half its rank; max >= mean
+            mean = (sum(self.chunk_terms()) + sum(self.c_chunk_terms())) / P
+            coeff = (P - 1) / 2 if self.dualpipe == "dualpipev" else P / 2 - 1  # share 1
+            pipe = self.micro_batches * bottleneck + coeff * max(0.0, mean)
+        return pipe + max(0.0, exposed) + opt
+
+
+def even_bounds(layers: int, pp: int) -> list[int]:
+    """The even cut (DualPipe's: stage k and its mirror p - 1 - k share one rank)."""
+    return [round(k * layers / pp) for k in range(pp + 1)]
 
 
 def dp_partition(x: StageInputs) -> tuple[list[int] | None, float]:
@@ -203,7 +230,18 @@ def solve_stages(x: StageInputs, hint: list[int], time_limit_s: float, seed: int
         lo = elem(mem_t, c[k], f"m{k}a") if 0 < k < P else mem_t[0]
         hi = elem(mem_t, c[k + 1], f"m{k}b") if 0 < k + 1 < P else mem_t[L]
         model.add(hi - lo + math.ceil(x.c_mem[k] / KIB) <= cap)
-    model.minimize((v * m - 1) * T + v * (E + opt))  # v x (pipeline_time - sum / v)
+    if x.dualpipe:  # [dualpipe] DualPipeV, chunks at half the rank (a bound where uneven):
+        # 2 x (m T + (P - 1) max_k (busy + B - 3 W)_k / 2 + E + O)
+        chunk_t = table(x.chunk_terms(), ti)
+        at["chunk"] = [elem(chunk_t, c[k], f"chunk{k}") if 0 < k < P else
+                       chunk_t[0 if k == 0 else L] for k in range(P + 1)]
+        Z = model.new_int_var(0, 2 * big, "Z")
+        for k in range(P):
+            model.add(Z >= span("chunk", k) + ti(x.c_chunk_terms()[k]))
+        v = 2
+        model.minimize(2 * m * T + (P - 1) * Z + 2 * (E + opt))
+    else:
+        model.minimize((v * m - 1) * T + v * (E + opt))  # v x (pipeline_time - sum / v)
     for k in range(1, P):
         model.add_hint(c[k], hint[k])
     solver = cp_model.CpSolver()
@@ -214,7 +252,7 @@ def solve_stages(x: StageInputs, hint: list[int], time_limit_s: float, seed: int
     prm.catch_sigint_signal = False  # a signal stops the run (cli.py), not just this solve
     status = solver.solve(model)
     name = solver.status_name(status)
-    const = (sum(x.busy) + sum(x.c_busy)) / v
+    const = 0.0 if x.dualpipe else (sum(x.busy) + sum(x.c_busy)) / v
     size = (len(model.proto.variables), len(model.proto.constraints))
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         bounds = [0] + [solver.value(c[k]) for k in range(1, P)] + [L]
@@ -257,6 +295,12 @@ def _objective(x: StageInputs, bounds: list[int]) -> float:
         exposed.append(max(0.0, sum(x.dp[a:b]) + x.c_dp[k] - sum(x.bwd[a:b]) - x.c_bwd[k]))
         opt.append(sum(x.opt[a:b]) + x.c_opt[k])
     counts = [bounds[k + 1] - bounds[k] for k in range(x.stages)]
+    if x.dualpipe:  # [dualpipe] (DualPipeV: the cut is searched; DualPipe's is fixed)
+        spans = [(bounds[k], bounds[k + 1]) for k in range(x.stages)]
+        back = [sum(x.back[a:b]) + x.c_back[k] for k, (a, b) in enumerate(spans)]
+        wg = [sum(x.wg[a:b]) + x.c_wg[k] for k, (a, b) in enumerate(spans)]
+        pipe = dualpipe_pipeline(busy, back, wg, counts, m, "dualpipev")[0]
+        return pipe + max(exposed) + max(opt)
     return chunked_pipeline(busy, counts, m, x.virtual)[0] + max(exposed) + max(opt)
 
 
