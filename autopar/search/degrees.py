@@ -117,9 +117,9 @@ def binding_rules(fw: Framework, total: int, refused: list[tuple[Rule, int]]) ->
 
 
 def _enumerate(p: Problem, opts: SearchOptions, every_zero: bool) -> list[Strategy]:
-    """The layouts before any framework's rules. `every_zero`: offer ZeRO-0 beside 1-3 where
-    data is sharded (the dominance that drops it assumes ZeRO-1, which a framework may
-    refuse)."""
+    """The layouts before any framework's rules. `every_zero` (a framework's run): offer
+    ZeRO-0 beside 1-3 where data is sharded (the dominance that drops it assumes ZeRO-1,
+    which a framework may refuse), and for serving ETP = W / EP too."""
     m, w, G = p.model, p.workload, p.hw.num_gpus
     pins = opts.pins
     _FASTER.clear()  # keyed by the problem's id: valid for this enumeration only
@@ -145,8 +145,11 @@ def _enumerate(p: Problem, opts: SearchOptions, every_zero: bool) -> list[Strate
             for ep in (_divisors(W) if m.is_moe else [1]):
                 if ep > max(m.experts, 1) or pins.get("ep", ep) != ep:
                     continue
+                # ETP is 1 or TP unless pinned; a serving framework's run adds ETP = W / EP,
+                # the experts TP-sharded over the rest of the stage as the engines run them
+                etps = (1, tp, W // ep) if every_zero and w.kind != "training" else (1, tp)
                 for etp in _divisors(W // ep):
-                    if pins.get("etp", etp) != etp or (etp not in (1, tp) and "etp" not in pins):
+                    if pins.get("etp", etp) != etp or (etp not in etps and "etp" not in pins):
                         continue
                     for mb in _divisors(per_replica):
                         if pins.get("micro_batch", mb) != mb:
