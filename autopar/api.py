@@ -204,6 +204,9 @@ def explain_infeasible(p: Problem, opts: SearchOptions, result,
     fixes.append(f"or GPUs with at least {(mem.total + 0.5 * GB) / GB:.0f} GB each")
     if opts.pins:
         fixes.append("or fewer pinned options")
+    if opts.framework != "any":  # its rules narrowed the layouts tried
+        fixes.append(f"or a framework other than {opts.framework} (--framework any: every "
+                     "layout)")
     return reason, "would fit with " + " ".join(fixes)
 
 
