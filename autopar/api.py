@@ -21,6 +21,7 @@ from .search.deadline import Deadline, check_time_limit
 from .search.degrees import check_capacity_pins, recompute_modules_pin
 from .search.experts import placements_for
 from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
+from .spec.frameworks import load_framework
 
 __all__ = ["solve", "check", "load_model", "load_hardware", "Plan", "make_problem"]
 
@@ -92,7 +93,8 @@ def solve(model: ModelSpec | ModelFile | str | Path,
           progress: Callable[[str], None] | None = None,
           frontier: bool = False,
           disaggregate: bool = False,
-          decode_hw: HardwareSpec | str | Path | None = None) -> Plan:
+          decode_hw: HardwareSpec | str | Path | None = None,
+          framework: str = "any") -> Plan:
     """Find the fastest layout and return its plan; raise InfeasibleError (with the smallest
     change that would fit) when no layout fits.
 
@@ -102,8 +104,12 @@ def solve(model: ModelSpec | ModelFile | str | Path,
 
     Serving (an inference workload with phase both or TTFT / TPOT targets, or any of
     `frontier`, `disaggregate`, `decode_hw`) goes to `serveplan.serve`: the most tokens/s
-    per GPU under the targets, the Pareto frontier, the disaggregated comparison."""
+    per GPU under the targets, the Pareto frontier, the disaggregated comparison.
+
+    `framework` (`spec.frameworks.FRAMEWORKS`): only layouts that framework runs are
+    searched (its rules in `data/frameworks/`); "any" is the whole space."""
     deadline = Deadline.after(check_time_limit(time_limit_s))
+    fw = load_framework(framework)
     say = progress or (lambda msg: None)
     say("reading the inputs")
     p = make_problem(model, hardware, workload, calibration, flash_attention,
@@ -116,7 +122,10 @@ def solve(model: ModelSpec | ModelFile | str | Path,
         pins["recompute_modules"] = recompute_modules_pin(pins, p.model)
     check_cp_pins(p, pins)
     check_capacity_pins(p, pins)  # [capacity] pinned only; serving has none
-    opts = SearchOptions(pins=pins, time_limit_s=time_limit_s, seed=seed, workers=workers)
+    if fw is not None:
+        fw.check_kind(p.workload.kind)
+    opts = SearchOptions(pins=pins, time_limit_s=time_limit_s, seed=seed, workers=workers,
+                         framework=framework)
     from .serve.plan import serve, wants_serving
 
     if wants_serving(p.workload) or frontier or disaggregate or decode_hw is not None:
@@ -152,7 +161,7 @@ def plan_reserve_s(p: Problem, limit_s: float) -> float:
 def check(plan: Plan | dict | str | Path,
           model: ModelSpec | ModelFile | str | Path | None = None,
           hardware: HardwareSpec | str | Path | None = None,
-          workload: Workload | None = None) -> list:
+          workload: Workload | None = None, framework: str | None = None) -> list:
     """Verify a plan (a `Plan`, its parsed JSON or a plan file) against its inputs,
     independently of the search: the findings `autopar check` prints, errors first.
 
@@ -167,7 +176,8 @@ def check(plan: Plan | dict | str | Path,
         data = plan
     else:
         data, base, source = read_plan(plan), Path(plan).parent, str(plan)
-    return check_plan(data, model, hardware, workload, base_dir=base, source=source)
+    return check_plan(data, model, hardware, workload, base_dir=base, source=source,
+                      framework=framework)
 
 
 def explain_infeasible(p: Problem, opts: SearchOptions, result,
@@ -195,6 +205,9 @@ def explain_infeasible(p: Problem, opts: SearchOptions, result,
     fixes.append(f"or GPUs with at least {(mem.total + 0.5 * GB) / GB:.0f} GB each")
     if opts.pins:
         fixes.append("or fewer pinned options")
+    if opts.framework != "any":  # its rules narrowed the layouts tried
+        fixes.append(f"or a framework other than {opts.framework} (--framework any: every "
+                     "layout)")
     return reason, "would fit with " + " ".join(fixes)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 # classes of finding (the `check` field); the tests break a plan in one way per class
 CHECKS = ("schema", "inputs", "gpus", "degrees", "divisibility", "stages", "shards", "experts",
           "memory", "flops", "communication", "timing", "throughput", "metrics", "detail",
-          "validation")
+          "validation", "framework")
 
 
 @dataclass(frozen=True)

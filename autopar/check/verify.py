@@ -41,6 +41,7 @@ from .figures import (
 from .finding import Finding, Findings, fmt
 from .flops import model_flops_per_step
 from .fp8 import check_fp8_timing
+from .framework import check_framework, plan_framework
 from .layout import check_degrees, check_divisibility, check_ranks, check_stages
 from .links import check_links
 from .pipeline import check_layout as check_schedule
@@ -169,13 +170,16 @@ def _hw_key(hw: HardwareSpec) -> tuple:
 # --------------------------------------------------------------------------- driver
 def check_plan(plan: Any, model_file: Any = None, hw: Any = None,
                workload: Workload | None = None, base_dir: str | Path | None = None,
-               source: str = "plan") -> list[Finding]:
+               source: str = "plan", framework: str | None = None) -> list[Finding]:
     """Every inconsistency of `plan` (a parsed plan JSON) with its inputs and itself.
 
     `model_file` (a path, ModelFile or ModelSpec) and `hw` (a path or HardwareSpec) override
-    the plan's `inputs`; `base_dir` resolves file paths the plan's `inputs` names."""
+    the plan's `inputs`; `base_dir` resolves file paths the plan's `inputs` names.
+    `framework`: also report the rules of that framework the layout breaks (default: the
+    framework the plan records, if any)."""
     if not isinstance(plan, dict):
         raise InputError(source, "", "a plan must be a JSON object")
+    fw_name = plan_framework(plan, framework)
     f = Findings()
     inputs = resolve_inputs(plan, f, model_file, hw, workload, base_dir, source)
     if is_coarse(plan):
@@ -184,6 +188,9 @@ def check_plan(plan: Any, model_file: Any = None, hw: Any = None,
         _guarded(f, "(plan)", lambda: check_coarse(f, plan, inputs))
     else:
         where = _check_full(f, plan, inputs)
+        if fw_name is not None and isinstance(plan.get("strategy"), dict):
+            _guarded(f, "strategy", lambda: check_framework(f, plan, fw_name, inputs.model,
+                                                            inputs.workload))
         if where is not None:
             f.items = at_patterns(f.items, where)
     return sorted(collapse(f.items), key=lambda x: x.severity != "error")  # stable

@@ -20,7 +20,11 @@ from .run import guard
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="model YAML or HF config.json (default: the plan's inputs)")
 @click.option("--json", "as_json", is_flag=True, help="print the findings as JSON")
-def check(plan_path, hw_path, model_path, as_json) -> None:
+@click.option("--framework", default=None, metavar="NAME",
+              help="also report each rule of this framework the plan breaks: megatron, "
+                   "torchtitan, deepspeed, vllm, sglang, trtllm (default: the framework the "
+                   "plan records, if any)")
+def check(plan_path, hw_path, model_path, as_json, framework) -> None:
     """Recompute PLAN.json from its inputs and list every inconsistency."""
     import json
 
@@ -28,7 +32,8 @@ def check(plan_path, hw_path, model_path, as_json) -> None:
 
     def run():
         return check_plan(read_data(plan_path), model_path, hw_path,
-                          base_dir=Path(plan_path).parent, source=plan_path)
+                          base_dir=Path(plan_path).parent, source=plan_path,
+                          framework=framework)
 
     findings = guard(run)
     if as_json:

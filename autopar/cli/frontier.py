@@ -21,6 +21,7 @@ from ..serve.frontier import Targets, serving_search
 from ..serve.plan import why_not_served
 from ..serve.report import frontier_document, frontier_png, frontier_table
 from ..spec import load_hardware, load_model
+from ..spec.frameworks import load_framework
 from . import options as opt
 from .app import main
 from .run import Interruptible, guard
@@ -44,13 +45,14 @@ from .serving_flags import apply_scheduler, scheduler_options
 @opt.decode_hw
 @opt.spare_slots
 @opt.degree_pins
+@opt.framework
 @opt.calibration
 @opt.time_limit
 @opt.solver_controls
 def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_len,
              expert_load, ttft_ms, tpot_ms, token_budget, two_batch_overlap, disaggregate,
-             decode_hw, spare_slots, tp, pp, dp, ep, etp, calibration, time_limit, seed,
-             workers) -> None:
+             decode_hw, spare_slots, tp, pp, dp, ep, etp, framework, calibration, time_limit,
+             seed, workers) -> None:
     """Tokens/s per GPU against tokens/s per user for every serving layout and load.
 
     --time-limit bounds the whole run; a search cut short gives the frontier of the layouts
@@ -75,7 +77,11 @@ def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_le
         p = make_problem(replace(mf, workload=wl), hw_path, calibration=calib)
         pins = {k: v for k, v in dict(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp).items()
                 if v is not None}
-        opts = SearchOptions(pins=pins, time_limit_s=time_limit, seed=seed, workers=workers)
+        fw = load_framework(framework)
+        if fw is not None:
+            fw.check_kind(p.workload.kind)
+        opts = SearchOptions(pins=pins, time_limit_s=time_limit, seed=seed, workers=workers,
+                             framework=framework)
         targets = Targets(wl.ttft_ms, wl.tpot_ms)
         if (disaggregate or decode_hw) and phase != "both":
             raise InputError("command line", "--phase", "disaggregation needs phase both")

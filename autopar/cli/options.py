@@ -84,6 +84,15 @@ def degree_pins(f: Callable) -> Callable:
                                  help=f"pin the {v}") for k, v in what.items()))(f)
 
 
+def framework(f: Callable) -> Callable:
+    """--framework: the engine whose rules shape the space (checked by the API, so that a
+    bad name is the same one-line error from the CLI and the library)."""
+    return click.option(
+        "--framework", default="any", show_default=True, metavar="NAME",
+        help="search only layouts this framework runs: megatron, torchtitan, deepspeed "
+             "(training), vllm, sglang, trtllm (serving), or any (docs/frameworks.md)")(f)
+
+
 A2A_FLAGS = ("a2a_overlap", "moe_dispatcher", "a2a_fp8", "a2a_node_limit", "a2a_sms",
              "moe_capacity_factor", "moe_pad_to_capacity", "moe_token_drop_policy",
              "pipeline_schedule")

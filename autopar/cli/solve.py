@@ -89,6 +89,7 @@ from .serving_flags import apply_targets, serving_options, serving_summary, solv
               help="fp8 scaling recipe, as Megatron's --fp8-recipe (needs --precision fp8 or "
                    "a workload with it; default tensorwise)")
 @opt.a2a_pins
+@opt.framework
 @opt.calibration
 @opt.time_limit
 @opt.solver_controls
@@ -100,7 +101,7 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
           virtual_stages, first_stage_layers, last_stage_layers, embedding_in_split,
           loss_in_split, overlap_grad_reduce, tp_comm_overlap, flash_attention,
           async_tp_allreduce, fused_grad_accumulation, zero3_gather, precision, fp8_recipe,
-          calibration, time_limit, seed, workers, quiet, **serving) -> None:
+          framework, calibration, time_limit, seed, workers, quiet, **serving) -> None:
     """Find the fastest layout of MODEL on HW and write its deployment plan."""
     a2a = {k: serving.pop(k) for k in opt.A2A_FLAGS}  # all-to-all and schedule pins
 
@@ -139,7 +140,8 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
                          seed=seed, workers=workers, calibration=calib, progress=progress,
                          flash_attention=flash_attention, async_tp_allreduce=async_tp_allreduce,
                          fused_grad_accumulation=fused_grad_accumulation,
-                         zero3_gather=zero3_gather, **solve_kwargs(serving))
+                         zero3_gather=zero3_gather, framework=framework,
+                         **solve_kwargs(serving))
         return plan, target, plan.to_json()
 
     progress = None if quiet else Progress()

@@ -18,6 +18,7 @@ from ..model.mtp import mtp_layer_index
 from ..schema.gpus import read_gpus
 from ..search import SearchOptions, SearchResult
 from ..search.placement import Placement
+from ..spec.frameworks import load_framework
 from .document import Plan
 from .gpus import gpus_section
 from .sections import _expert_section, _flops_section, _solver_section, formula_index, inputs_echo
@@ -87,7 +88,8 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
         "strategy": {**s.to_dict(), "num_gpus": hw.num_gpus, "stage_width": s.stage_width,
                      "schedule": timing["schedule"],
                      "samples_per_replica": -(-w.batch // s.dp),
-                     "stage_layers": [[x.first_layer, x.end_layer - 1] for x in ev.stages]},
+                     "stage_layers": [[x.first_layer, x.end_layer - 1] for x in ev.stages],
+                     **_framework(opts)},
         "gpus": section,
         "experts": _expert_section(p, s, placed),
         "flops": _flops_section(p, gpus),
@@ -102,6 +104,13 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
 
     data["validation"] = validations(p, data, table)  # per pattern, not per GPU
     return Plan(data)
+
+
+def _framework(opts: SearchOptions) -> dict[str, Any]:
+    """The framework the plan was searched for, with the version range of its rules; stated
+    only for one (plans searched over the whole space stay as they were)."""
+    fw = load_framework(opts.framework)
+    return {} if fw is None else {"framework": fw.record()}
 
 
 def _fwd_flops_per_token(p: Problem) -> float:

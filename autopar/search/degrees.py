@@ -27,6 +27,7 @@ from ..cost.strategy import (
 from ..errors import InputError
 from ..model.recompute import DEFAULT_MODULES, canonical, module_error, searched_module_sets
 from ..spec import ModelSpec
+from ..spec.frameworks import LAYOUT_DEFAULTS, Framework, Rule, layout_values, load_framework
 
 PIN_KEYS = ("tp", "pp", "dp", "ep", "etp", "micro_batch", "num_micro_batches", "recompute",
             "zero", "sequence_parallel", "virtual_stages", "overlap_grad_reduce",
@@ -51,6 +52,7 @@ class SearchOptions:
     seed: int = 0
     workers: int = 1
     max_tp: int | None = None  # default: GPUs per NVLink domain (TP stays on NVLink)
+    framework: str = "any"  # whose rules shape the space (spec.frameworks); any: all of it
 
 
 def _divisors(n: int) -> list[int]:
@@ -143,7 +145,44 @@ def cp_choices(p: Problem, W: int, pins: dict) -> list[int]:
 
 
 def enumerate_strategies(p: Problem, opts: SearchOptions) -> list[Strategy]:
-    """Every layout the inputs allow, after pins and divisibility rules (DESIGN sec. 3)."""
+    """Every layout the inputs allow, after pins, divisibility rules (DESIGN sec. 3) and the
+    target framework's rules: a layout the framework refuses is never emitted."""
+    fw = load_framework(opts.framework)
+    if fw is None:
+        return _enumerate(p, opts, False)
+    return [s for s in _enumerate(p, opts, True) if not fw.refuses(strategy_values(p, s))]
+
+
+def strategy_values(p: Problem, s: Strategy) -> dict:
+    """What a framework rule reads of a layout on this problem (`spec.frameworks`)."""
+    return layout_values({k: getattr(s, k) for k in LAYOUT_DEFAULTS}, p.model.layers,
+                         p.model.experts, p.workload.seq_len if p.training else 0,
+                         p.model.heads)
+
+
+def framework_refusals(p: Problem, opts: SearchOptions, fw: Framework) -> tuple[int, list]:
+    """(layouts the inputs allow without the framework, [(rule, layouts it refuses)], the
+    rules refusing the most first): what binds when the framework leaves nothing."""
+    every = _enumerate(p, opts, True)
+    counts: dict[str, int] = {}
+    for s in every:
+        for r in fw.broken(strategy_values(p, s)):
+            counts[r.id] = counts.get(r.id, 0) + 1
+    rules = {r.id: r for r in fw.rules}
+    return len(every), sorted(((rules[k], n) for k, n in counts.items()),
+                              key=lambda x: -x[1])
+
+
+def binding_rules(fw: Framework, total: int, refused: list[tuple[Rule, int]]) -> str:
+    """The infeasibility reason: the framework refuses every layout, and which rules do."""
+    named = "; ".join(f"{r.describe()} refuses {n}" for r, n in refused[:3])
+    return f"{fw.title} runs none of the {total} layouts the inputs allow: {named}"
+
+
+def _enumerate(p: Problem, opts: SearchOptions, every_zero: bool) -> list[Strategy]:
+    """The layouts before any framework's rules. `every_zero` (a framework's run): offer
+    ZeRO-0 beside 1-3 where data is sharded (the dominance that drops it assumes ZeRO-1,
+    which a framework may refuse), and for serving ETP = W / EP too."""
     m, w, G = p.model, p.workload, p.hw.num_gpus
     pins = opts.pins
     _FASTER.clear()  # keyed by the problem's id: valid for this enumeration only
@@ -169,25 +208,29 @@ def enumerate_strategies(p: Problem, opts: SearchOptions) -> list[Strategy]:
             for ep in (_divisors(W) if m.is_moe else [1]):
                 if ep > max(m.experts, 1) or pins.get("ep", ep) != ep:
                     continue
+                # ETP is 1 or TP unless pinned; a serving framework's run adds ETP = W / EP,
+                # the experts TP-sharded over the rest of the stage as the engines run them
+                etps = (1, tp, W // ep) if every_zero and w.kind != "training" else (1, tp)
                 for etp in _divisors(W // ep):
-                    if pins.get("etp", etp) != etp or (etp not in (1, tp) and "etp" not in pins):
+                    if pins.get("etp", etp) != etp or (etp not in etps and "etp" not in pins):
                         continue
                     for mb in _divisors(per_replica):
                         if pins.get("micro_batch", mb) != mb:
                             continue
                         _options(G, tp, pp, dp, ep, etp, mb, per_replica // mb, p, pins, out,
-                                 cp)
+                                 cp, every_zero)
     return out
 
 
 def _options(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb: int,
-             p: Problem, pins: dict, out: list[Strategy], cp: int = 1) -> None:
+             p: Problem, pins: dict, out: list[Strategy], cp: int = 1,
+             every_zero: bool = False) -> None:
     training = p.workload.kind == "training"
     if pins.get("num_micro_batches", nmb) != nmb:
         return
     recomputes = recompute_choices(p, pins) if training else (("none", ()),)
     sharded = dp * cp > 1 or (p.model.is_moe and (tp * cp * dp) // (ep * etp) > 1)
-    zeros = (1, 2, 3) if (training and sharded) else (0,)
+    zeros = ((0, 1, 2, 3) if every_zero else (1, 2, 3)) if (training and sharded) else (0,)
     vs = [v for v in virtual_choices(p.model.layers, pp)
           if v == 1 or (training and nmb % pp == 0)]
     if "virtual_stages" in pins:  # interleaving is a training schedule

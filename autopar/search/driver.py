@@ -22,9 +22,10 @@ from ..cost.layer import MoEState, Problem
 from ..cost.pipeline import even_chunks, pinned_bounds
 from ..cost.strategy import Strategy
 from ..errors import InfeasibleError
+from ..spec.frameworks import load_framework
 from .bounds import _CostCache, compute_floor, quick_bound, stage_inputs
 from .deadline import Deadline
-from .degrees import SearchOptions, enumerate_strategies
+from .degrees import SearchOptions, binding_rules, enumerate_strategies, framework_refusals
 from .experts import placement_key
 from .stages import StageInputs, best_cut, dp_partition, even_bounds, solve_stages
 
@@ -319,6 +320,11 @@ def fewest_gpus(p: Problem, static_bytes: float, fits_on: Callable[[Problem], bo
 
 
 def _no_layout_reason(p: Problem, opts: SearchOptions) -> str:
+    fw = load_framework(opts.framework)
+    if fw is not None:
+        total, refused = framework_refusals(p, opts, fw)
+        if total:
+            return binding_rules(fw, total, refused)
     if opts.pins:
         pinned = ", ".join(f"{k}={v}" for k, v in sorted(opts.pins.items()))
         return f"no layout satisfies the pins ({pinned}) with {p.hw.num_gpus} GPUs"
@@ -340,5 +346,7 @@ def _layout_advice(p: Problem, opts: SearchOptions) -> str:
                      "count")
     if "ep" in opts.pins:
         hints.append("EP * ETP must divide tp * dp")
+    if opts.framework != "any":
+        hints.append(f"or plan for another framework than {opts.framework}")
     return "; ".join(hints) or "check the pins and the GPU count"
 

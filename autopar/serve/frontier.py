@@ -10,7 +10,7 @@ batch), since throughput per GPU grows with the batch up to that point.
 from __future__ import annotations
 
 import time
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 
 from ..cost.layer import Problem
 from ..cost.strategy import StrategyError
@@ -18,6 +18,8 @@ from ..errors import InfeasibleError
 from ..model.components import head_components, model_flops_per_token
 from ..search import SearchOptions, enumerate_strategies
 from ..search.deadline import Deadline
+from ..search.degrees import binding_rules, strategy_values
+from ..spec.frameworks import load_framework
 from .evaluate import Evaluator, Layout, ServingPoint, phase_problem, point
 
 
@@ -83,7 +85,24 @@ def layouts(p: Problem, opts: SearchOptions) -> list[Layout]:
             except StrategyError:
                 continue
             seen.setdefault(astuple(cand), cand)
-    return sorted(seen.values(), key=lambda x: (x.pp, x.tp, x.dp, x.ep, x.etp, x.spare))
+    fw = load_framework(opts.framework)
+    keep = [lay for lay in seen.values()
+            if fw is None or not fw.refuses(strategy_values(p, lay.strategy(p.hw.num_gpus)))]
+    return sorted(keep, key=lambda x: (x.pp, x.tp, x.dp, x.ep, x.etp, x.spare))
+
+
+def _no_layout(p: Problem, opts: SearchOptions) -> InfeasibleError:
+    """No serving layout: the framework's binding rules when it refused them all."""
+    fw = load_framework(opts.framework)
+    every = layouts(p, replace(opts, framework="any")) if fw is not None else []
+    if every:
+        counts = {r.id: (r, sum(r.breaks(strategy_values(p, lay.strategy(p.hw.num_gpus)))
+                                for lay in every)) for r in fw.rules}
+        refused = sorted((x for x in counts.values() if x[1]), key=lambda x: -x[1])
+        return InfeasibleError(binding_rules(fw, len(every), refused),
+                               f"plan for another framework than {fw.name}")
+    return InfeasibleError(f"no valid serving layout of {p.model.name} on "
+                           f"{p.hw.num_gpus} GPUs", "check the pins and the GPU count")
 
 
 MAX_CONCURRENCY = 10_000_000  # the largest batch a workload states (spec._read_workload_fields)
@@ -119,8 +138,7 @@ def serving_search(p: Problem, opts: SearchOptions | None = None,
     ev = evaluator or Evaluator(p, opts)
     lays = layouts(p, opts)
     if not lays:
-        raise InfeasibleError(f"no valid serving layout of {p.model.name} on "
-                              f"{p.hw.num_gpus} GPUs", "check the pins and the GPU count")
+        raise _no_layout(p, opts)
     objective = ("max tokens/s/GPU under targets" if targets.any else
                  "min request latency at the given load" if given_load else
                  "max tokens/s/GPU")
