@@ -38,6 +38,7 @@ class SearchOptions:
     seed: int = 0
     workers: int = 1
     max_tp: int | None = None  # default: GPUs per NVLink domain (TP stays on NVLink)
+    placement_budget_s: float | None = None  # per layer: anytime + CP-SAT (place_experts)
 
 
 def _divisors(n: int) -> list[int]:
