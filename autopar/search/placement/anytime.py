@@ -19,7 +19,7 @@ GOOD_ENOUGH = 1e-4  # a start this close to the instance's floor ends the candid
 
 
 def anytime_start(
-    problem: PlacementProblem, base: list[list[int]]
+    problem: PlacementProblem, base: list[list[int]], stop_within: float | None = GOOD_ENOUGH
 ) -> tuple[_Core, list[list[int]] | None, float]:
     """The integer instance, the best start on it (None when no candidate fits its span
     patterns) and the units scale.
@@ -29,8 +29,9 @@ def anytime_start(
     replicas just under half a GPU); a little slack often packs far better. Each candidate is
     LPT plus swap descent; the greedy baseline `base` is a candidate too when it fits the
     model (same counts, spans, no expert twice on a GPU). Ties keep more replicas (more
-    node spread, fewer tokens crossing nodes); a candidate within GOOD_ENOUGH of the
-    instance's own lower bound (the mean GPU, or the largest replica) ends the search.
+    node spread, fewer tokens crossing nodes); a candidate within `stop_within` of the
+    instance's own lower bound (the mean GPU, or the largest replica) ends the search (None:
+    every candidate is tried, as CP-SAT's start when no budget presses).
     """
     full = problem.num_gpus * problem.slot_cap - problem.num_experts
     budgets = [full]
@@ -47,7 +48,7 @@ def anytime_start(
             score = _peak(core, hint)
             if best is None or score < best[0]:
                 best = (score, core, hint, scale)
-            if score <= floor * (1 + GOOD_ENOUGH):
+            if stop_within is not None and score <= floor * (1 + stop_within):
                 return best[1], best[2], best[3]
     if best is None:
         core, scale = _make_core(problem, full)
