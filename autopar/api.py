@@ -20,6 +20,7 @@ from .search import PIN_KEYS, SearchOptions, check_cp_pins, fewest_gpus, fits, s
 from .search.deadline import Deadline, check_time_limit
 from .search.degrees import check_capacity_pins, recompute_modules_pin
 from .search.experts import placements_for
+from .search.placement import check_budget
 from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
 from .spec.frameworks import load_framework
 
@@ -94,13 +95,15 @@ def solve(model: ModelSpec | ModelFile | str | Path,
           frontier: bool = False,
           disaggregate: bool = False,
           decode_hw: HardwareSpec | str | Path | None = None,
-          framework: str = "any") -> Plan:
+          framework: str = "any", placement_budget_s: float | None = None) -> Plan:
     """Find the fastest layout and return its plan; raise InfeasibleError (with the smallest
     change that would fit) when no layout fits.
 
     `time_limit_s` bounds the whole call (search, placements and the plan), not one solver
     call: the search stops in time to build the plan, and a search cut short returns its
     best layout with status FEASIBLE and its bound (`docs/ARCHITECTURE.md`).
+    `placement_budget_s` caps each MoE layer's expert placement (the anytime placement, then
+    CP-SAT in what is left; 0: the anytime placement alone, `docs/expert-load.md`).
 
     Serving (an inference workload with phase both or TTFT / TPOT targets, or any of
     `frontier`, `disaggregate`, `decode_hw`) goes to `serveplan.serve`: the most tokens/s
@@ -124,8 +127,9 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     check_capacity_pins(p, pins)  # [capacity] pinned only; serving has none
     if fw is not None:
         fw.check_kind(p.workload.kind)
+    budget = None if placement_budget_s is None else check_budget(placement_budget_s)
     opts = SearchOptions(pins=pins, time_limit_s=time_limit_s, seed=seed, workers=workers,
-                         framework=framework)
+                         framework=framework, placement_budget_s=budget)
     from .serve.plan import serve, wants_serving
 
     if wants_serving(p.workload) or frontier or disaggregate or decode_hw is not None:
@@ -140,7 +144,7 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     if result.best is None:
         raise InfeasibleError(*explain_infeasible(p, opts, result, deadline))
     placed = placements_for(p, result.best.strategy, result.placement, seed, workers,
-                            deadline=deadline)
+                            deadline=deadline, budget_s=budget)
     say(f"building the plan ({p.hw.num_gpus} GPUs)")
     return build_plan(p, opts, result, placed)
 

@@ -44,6 +44,7 @@ from .serving_flags import apply_scheduler, scheduler_options
 @click.option("--disaggregate", is_flag=True, help="add the disaggregated frontier")
 @opt.decode_hw
 @opt.spare_slots
+@opt.placement_budget
 @opt.degree_pins
 @opt.framework
 @opt.calibration
@@ -51,8 +52,8 @@ from .serving_flags import apply_scheduler, scheduler_options
 @opt.solver_controls
 def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_len,
              expert_load, ttft_ms, tpot_ms, token_budget, two_batch_overlap, disaggregate,
-             decode_hw, spare_slots, tp, pp, dp, ep, etp, framework, calibration, time_limit,
-             seed, workers) -> None:
+             decode_hw, spare_slots, placement_budget, tp, pp, dp, ep, etp, framework,
+             calibration, time_limit, seed, workers) -> None:
     """Tokens/s per GPU against tokens/s per user for every serving layout and load.
 
     --time-limit bounds the whole run; a search cut short gives the frontier of the layouts
@@ -81,7 +82,7 @@ def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_le
         if fw is not None:
             fw.check_kind(p.workload.kind)
         opts = SearchOptions(pins=pins, time_limit_s=time_limit, seed=seed, workers=workers,
-                             framework=framework)
+                             framework=framework, placement_budget_s=placement_budget)
         targets = Targets(wl.ttft_ms, wl.tpot_ms)
         if (disaggregate or decode_hw) and phase != "both":
             raise InputError("command line", "--phase", "disaggregation needs phase both")

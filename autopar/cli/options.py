@@ -11,6 +11,7 @@ import click
 
 from ..errors import InputError
 from ..search.deadline import MAX_TIME_LIMIT_S, check_time_limit
+from ..search.placement import check_budget
 from ..spec import parse_workload
 
 EXIT_CODES = {
@@ -68,6 +69,27 @@ def spare_slots(f: Callable) -> Callable:
     return click.option("--spare-slots", type=click.IntRange(0, 1024), default=None,
                         help="extra expert slots per GPU for replicas of hot experts "
                              "(default: searched under skew)")(f)
+
+
+def _placement_budget_value(ctx: click.Context, param: click.Parameter,
+                            value: float | None) -> float | None:
+    """--placement-budget checked as it is parsed: finite seconds >= 0, else one line, exit 2."""
+    if value is None:
+        return None
+    try:
+        return check_budget(value, "--placement-budget")
+    except InputError as exc:
+        click.echo(f"autopar: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+def placement_budget(f: Callable) -> Callable:
+    """--placement-budget: seconds per MoE layer's expert placement (anytime, then CP-SAT)."""
+    return click.option("--placement-budget", type=float, default=None, metavar="SECONDS",
+                        callback=_placement_budget_value,
+                        help="seconds per MoE layer's expert placement: the anytime "
+                             "placement, then CP-SAT in what is left (0: anytime only; "
+                             "default: CP-SAT up to a quarter of --time-limit, 1 s at most)")(f)
 
 
 def decode_hw(f: Callable) -> Callable:

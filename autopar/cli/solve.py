@@ -36,6 +36,7 @@ from .serving_flags import apply_targets, serving_options, serving_summary, solv
               help="inference: one prefill, one decode step, or whole requests (serving)")
 @opt.request_lengths
 @opt.spare_slots
+@opt.placement_budget
 @opt.degree_pins
 @click.option("--cp", type=click.IntRange(1, 100_000), default=None,
               help="pin the context-parallel degree (training: each sequence split over cp "
@@ -96,10 +97,10 @@ from .serving_flags import apply_targets, serving_options, serving_summary, solv
 @click.option("--quiet", is_flag=True, help="no table and no progress on the terminal")
 @serving_options
 def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_len,
-          output_len, expert_load, spare_slots, tp, pp, dp, ep, etp, cp, cp_comm, micro_batch,
-          recompute, recompute_modules, zero, sequence_parallel, num_micro_batches,
-          virtual_stages, first_stage_layers, last_stage_layers, embedding_in_split,
-          loss_in_split, overlap_grad_reduce, tp_comm_overlap, flash_attention,
+          output_len, expert_load, spare_slots, placement_budget, tp, pp, dp, ep, etp, cp,
+          cp_comm, micro_batch, recompute, recompute_modules, zero, sequence_parallel,
+          num_micro_batches, virtual_stages, first_stage_layers, last_stage_layers,
+          embedding_in_split, loss_in_split, overlap_grad_reduce, tp_comm_overlap, flash_attention,
           async_tp_allreduce, fused_grad_accumulation, zero3_gather, precision, fp8_recipe,
           framework, calibration, time_limit, seed, workers, quiet, **serving) -> None:
     """Find the fastest layout of MODEL on HW and write its deployment plan."""
@@ -141,6 +142,7 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
                          flash_attention=flash_attention, async_tp_allreduce=async_tp_allreduce,
                          fused_grad_accumulation=fused_grad_accumulation,
                          zero3_gather=zero3_gather, framework=framework,
+                         placement_budget_s=placement_budget,
                          **solve_kwargs(serving))
         return plan, target, plan.to_json()
 

@@ -53,6 +53,7 @@ class SearchOptions:
     workers: int = 1
     max_tp: int | None = None  # default: GPUs per NVLink domain (TP stays on NVLink)
     framework: str = "any"  # whose rules shape the space (spec.frameworks); any: all of it
+    placement_budget_s: float | None = None  # per layer: anytime + CP-SAT (place_experts)
 
 
 def _divisors(n: int) -> list[int]:

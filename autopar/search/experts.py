@@ -35,9 +35,12 @@ def placement_key(p: Problem, s: Strategy) -> tuple | None:
 
 def placements_for(p: Problem, s: Strategy, cache: dict, seed: int = 0,
                    workers: int = 1, time_limit_s: float = 1.0,
-                   deadline: Deadline | None = None) -> list[Placement] | None:
+                   deadline: Deadline | None = None,
+                   budget_s: float | None = None) -> list[Placement] | None:
     """One placement per MoE layer (in layer order), or None when EP is 1 (nothing to place).
-    `time_limit_s` caps each layer's CP-SAT; `deadline` bounds all the layers together."""
+    `time_limit_s` caps each layer's CP-SAT; `deadline` bounds all the layers together;
+    `budget_s` (`--placement-budget`) caps each layer's anytime placement plus CP-SAT
+    instead (`place_layers`)."""
     m = p.model
     key = placement_key(p, s)
     if key is None:
@@ -51,7 +54,8 @@ def placements_for(p: Problem, s: Strategy, cache: dict, seed: int = 0,
                                      spare_slots=s.spare_slots)
                     for row in loads]
         cache[key] = place_layers(problems, method="cpsat", time_limit_s=time_limit_s,
-                                  seed=seed, workers=workers, deadline=deadline)
+                                  seed=seed, workers=workers, deadline=deadline,
+                                  budget_s=budget_s)
     return cache[key]
 
 
@@ -76,7 +80,7 @@ def _moe_states(p: Problem, s: Strategy, cache: dict, opts,
     m = p.model
     plain = MoEState(1.0, m.experts, None)
     placed = placements_for(p, s, cache, opts.seed, opts.workers, placement_limit_s(opts),
-                            deadline)
+                            deadline, opts.placement_budget_s)
     if placed is None:
         return [plain if m.is_moe_layer(i) else MoEState() for i in range(m.layers)]
     nodes, _ = ep_geometry(p, s)

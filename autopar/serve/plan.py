@@ -261,7 +261,8 @@ def build_serving_plan(p: Problem, opts: SearchOptions, res: ServingResult, ev: 
     result = SearchResult(cand, status, e.step_time, e.step_time, res.search_time_s,
                           len(res.points), 0, 0, 0, ev._placements,
                           unbounded=res.unexamined, timed_out=res.timed_out)
-    placed = placements_for(body, s, ev._placements, opts.seed, opts.workers)
+    placed = placements_for(body, s, ev._placements, opts.seed, opts.workers,
+                            budget_s=opts.placement_budget_s)
     plan = build_plan(body, opts, result, placed)
     d = plan.data
     d["serving"] = serving_section(p, res, frontier, disagg)

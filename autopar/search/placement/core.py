@@ -30,6 +30,7 @@ class _Core:
     node_aware: bool  # real nodes: patterns + cross-node phase
     gain: list[float] = field(default_factory=list)  # per expert: tokens kept local per node p
     pairs: list[tuple[int, int, int]] = field(default_factory=list)  # (i, j, weight)
+    _spans: dict[int, list[int]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def full(self) -> int:
@@ -40,10 +41,13 @@ class _Core:
         """Node counts d an expert with r replicas may span (r / d replicas on each)."""
         if not self.node_aware:
             return [1]
-        n_full = sum(1 for s in self.sizes if s == self.full)
-        out = [1] if r <= self.full else []
-        out += [d for d in range(2, min(r, n_full) + 1) if r % d == 0 and r // d <= self.full]
-        return out
+        if r not in self._spans:  # memo: the LPT and the pattern check ask once per expert
+            full = self.full
+            n_full = sum(1 for s in self.sizes if s == full)
+            out = [1] if r <= full else []
+            out += [d for d in range(2, min(r, n_full) + 1) if r % d == 0 and r // d <= full]
+            self._spans[r] = out
+        return self._spans[r]
 
 
 @dataclass

@@ -63,43 +63,48 @@ def _lns(
 
 
 def _swap_descent(core: _Core, assign: list[list[int]], group_of: list[int]) -> None:
-    """Cheap polish before the CP-SAT windows: exchange up to two items each way between the
-    hottest GPU and another while that lowers the pair's max (same pinning as _window).
-    Vectorised over all partner subsets; the best few candidates are checked for validity."""
+    """Cheap polish before the CP-SAT windows (and the anytime placement itself): exchange up
+    to two items each way between the hottest GPU and another while that lowers the pair's
+    max (same pinning as _window). Vectorised over all partner subsets, held in one padded
+    GPU x subset table whose rows are rebuilt only for the two GPUs an exchange changes; the
+    best few candidates are checked for validity."""
     a = core.a
     n_gpu = len(assign)
     load = np.array([sum(a[e] for e in ex) for ex in assign], dtype=np.int64)
-    subs: list[tuple[np.ndarray, list[tuple[int, ...]]] | None] = [None] * n_gpu
+    most = max([core.cap] + [len(ex) for ex in assign])
+    width = 1 + most + most * (most - 1) // 2  # subsets of at most two of `most` items
+    table = np.full((n_gpu, width), _NO_SUBSET, dtype=np.int64)  # subset sums, padded
+    idx: list[list[tuple[int, ...]]] = [[] for _ in range(n_gpu)]
 
-    def subsets(g: int) -> tuple[np.ndarray, list[tuple[int, ...]]]:
-        if subs[g] is None:
-            pairs = _subsets(assign[g], a)
-            subs[g] = (np.array([t[0] for t in pairs], dtype=np.int64), [t[1] for t in pairs])
-        return subs[g]
+    def fill(g: int) -> None:
+        pairs = _subsets(assign[g], a)
+        table[g, :] = _NO_SUBSET
+        table[g, : len(pairs)] = [t[0] for t in pairs]
+        idx[g] = [t[1] for t in pairs]
 
+    for g in range(n_gpu):
+        fill(g)
+    gid = np.repeat(np.arange(n_gpu), width)
+    pos = np.tile(np.arange(width), n_gpu)
+    sg = table.reshape(-1)  # a view: refills show through
     for _ in range(20 * n_gpu):
         h = int(np.argmax(load))
-        hs, hidx = subsets(h)
-        parts = [g for g in range(n_gpu) if g != h and load[h] - load[g] > 1]
-        if not parts:
-            return
-        sg = np.concatenate([subsets(g)[0] for g in parts])
-        gid = np.concatenate([np.full(len(subsets(g)[0]), g) for g in parts])
-        pos = np.concatenate([np.arange(len(subsets(g)[0])) for g in parts])
+        hs, hidx = table[h, : len(idx[h])], idx[h]
         gap = load[h] - load[gid]
+        live = (gap > 1) & (gid != h)
+        if not live.any():
+            return
         k = np.searchsorted(hs, sg + gap / 2)
         cand = np.clip(k[:, None] + np.arange(-3, 3)[None, :], 0, len(hs) - 1)
         delta = hs[cand] - sg[:, None]
         hi = np.maximum(load[h] - delta, load[gid][:, None] + delta)
-        hi = np.where((delta > 0) & (delta < gap[:, None]), hi, np.iinfo(np.int64).max)
-        flat = np.argsort(hi, axis=None, kind="stable")
+        ok = live[:, None] & (delta > 0) & (delta < gap[:, None])
+        hi = np.where(ok & (hi < load[h]), hi, _NO_MOVE).reshape(-1)
         done = False
-        for f in flat[:64]:
+        for f in _first(hi, 64):
             row, col = divmod(int(f), cand.shape[1])
-            if hi[row, col] >= load[h]:
-                break
             g = int(gid[row])
-            jh, jg = hidx[int(cand[row, col])], subsets(g)[1][int(pos[row])]
+            jh, jg = hidx[int(cand[row, col])], idx[g][int(pos[row])]
             if _exchange_ok(core, assign, group_of, h, g, jh, jg):
                 give = [assign[h][i] for i in jh]
                 take = [assign[g][j] for j in jg]
@@ -107,11 +112,26 @@ def _swap_descent(core: _Core, assign: list[list[int]], group_of: list[int]) -> 
                 assign[g] = [e for j, e in enumerate(assign[g]) if j not in jg] + give
                 for x in (h, g):
                     load[x] = sum(a[e] for e in assign[x])
-                    subs[x] = None
+                    fill(x)
                 done = True
                 break
         if not done:
             return
+
+
+_NO_SUBSET = 1 << 60  # padding of the subset table: never a positive exchange
+_NO_MOVE = np.iinfo(np.int64).max
+
+
+def _first(hi: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the n smallest entries below _NO_MOVE, smallest first, ties by position
+    (what a stable argsort gives), without sorting the whole table."""
+    live = np.flatnonzero(hi < _NO_MOVE)
+    vals = hi[live]
+    if len(live) > n:
+        keep = vals <= np.partition(vals, n - 1)[n - 1]
+        live, vals = live[keep], vals[keep]
+    return live[np.argsort(vals, kind="stable")][:n]
 
 
 def _subsets(experts: list[int], a: list[int]) -> list[tuple[int, tuple[int, ...]]]:

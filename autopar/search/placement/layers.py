@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from autopar.search.deadline import Deadline
 
 from .baselines import greedy
-from .place import _filled_evenly, _finish, place_experts
+from .place import _filled_evenly, _finish, check_budget, place_experts
 from .problem import Placement, PlacementProblem, lower_bound
 
 MIN_SOLVE_S = 0.02  # below this share of the time limit a layer gets the greedy placement
@@ -29,25 +29,32 @@ def place_layers(
     workers: int = 1,
     deterministic: bool = False,
     deadline: Deadline | None = None,
+    budget_s: float | None = None,
 ) -> list[Placement]:
     """Place many layers: identical problems (up to expert relabelling) are solved once, the
     distinct ones concurrently on `workers` threads (CP-SAT releases the GIL while it solves).
 
     `time_limit_s` caps each distinct layer; with a `deadline` each also gets at most its
     share of the time left before it, and the greedy placement when that share is below
-    MIN_SOLVE_S (the run's time limit bounds all layers together, not each).
+    MIN_SOLVE_S (the run's time limit bounds all layers together, not each). `budget_s`
+    (place_experts) replaces `time_limit_s` as the cap: each distinct layer gets the anytime
+    placement, then CP-SAT in what is left of min(budget, its share), so a short share gives
+    the anytime placement rather than greedy's.
     """
     keys = [_canonical_problem(p, method) for p in problems]
     distinct = list(dict.fromkeys(k[0] for k in keys))
+    cap = time_limit_s if budget_s is None else check_budget(budget_s)
 
-    def run(cp: PlacementProblem, limit: float = time_limit_s) -> Placement:
+    def run(cp: PlacementProblem, limit: float = cap) -> Placement:
+        if budget_s is not None:
+            return place_experts(cp, method, seed=seed, deterministic=deterministic,
+                                 budget_s=max(0.0, limit))
         if method == "cpsat" and limit < MIN_SOLVE_S and not _filled_evenly(cp):
             return out_of_time(cp)
         return place_experts(cp, method, limit, seed, 1, deterministic)
 
     def share(rounds: int) -> float:
-        return time_limit_s if deadline is None else min(time_limit_s,
-                                                         deadline.left() / max(1, rounds))
+        return cap if deadline is None else min(cap, deadline.left() / max(1, rounds))
 
     if workers > 1 and len(distinct) > 1:
         limit = share(-(-len(distinct) // workers))

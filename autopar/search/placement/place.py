@@ -7,23 +7,31 @@ Under the routing rule every replica then carries exactly w_e / R_e. Phase 1 min
 loaded GPU; phase 2 keeps that and maximises the node spread of the replicas (and puts
 co-activated experts on common nodes). Large groups go hierarchical: node (or 8-GPU block)
 counts, then GPUs inside each, then pairwise exchanges and CP-SAT windows across nodes. A
-node-aware LPT (or the greedy baseline) polished by exchanges is the hint, the upper bound and
-the fallback; the result is never worse than it, nor than greedy (else greedy is returned).
+node-aware LPT (or the greedy baseline) polished by exchanges — the anytime placement
+(anytime.py) — is the hint, the upper bound and the fallback; the result is never worse than
+it, nor than greedy (else greedy is returned). Under a budget the anytime placement comes
+first and CP-SAT runs only in what it left.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 
-from .baselines import _lpt, greedy, node_local, round_robin
-from .core import _Core, _make_core, _pattern_ok, _peak
+from autopar.errors import InputError
+
+from .anytime import GOOD_ENOUGH, anytime_start
+from .baselines import greedy, node_local, round_robin
+from .eplb import eplb
 from .hier import _solve_core
-from .improve import _swap_descent
 from .problem import Placement, PlacementProblem, check_placement, lower_bound, route_loads
 
-METHODS = ("cpsat", "greedy", "round_robin", "node_local")
+METHODS = ("cpsat", "anytime", "greedy", "round_robin", "node_local", "eplb", "eplb_global")
+MIN_CPSAT_S = 0.02  # budget left after the anytime placement below which CP-SAT is not run
+BUDGET_MARGIN = 0.05  # of the budget left: building the models and scoring come on top of
+# CP-SAT's own clock (1 s budgets overran by ~4 ms without it, benchmarks/expert_placement.py)
 
 
 def place_experts(
@@ -33,31 +41,47 @@ def place_experts(
     seed: int = 0,
     workers: int = 1,
     deterministic: bool = False,
+    budget_s: float | None = None,
 ) -> Placement:
     """Place one MoE layer's experts; every method is evaluated under the same routing rule.
 
-    `deterministic` swaps the wall-clock limit for CP-SAT's deterministic time (reproducible
-    with workers=1). The CP-SAT result is never worse than greedy: if greedy's routed max load
-    is lower (or CP-SAT returns nothing), greedy's placement is returned with status FALLBACK.
+    `cpsat` starts from the anytime placement (`anytime.py`; without a budget it tries every
+    start candidate rather than stopping at the first good enough) and is never worse than
+    it, nor than greedy: if greedy's routed max load is lower (or CP-SAT returns nothing), greedy's
+    placement is returned with status FALLBACK. `budget_s` bounds the whole call, anytime
+    placement included (engines rebalance online under such a budget): CP-SAT gets what the
+    anytime placement left, and none when that is under MIN_CPSAT_S (budget 0: the anytime
+    placement alone). Without it, CP-SAT gets `time_limit_s` on top. `deterministic` swaps
+    the wall-clock limit for CP-SAT's deterministic time (reproducible with workers=1).
     """
     if method not in METHODS:
         raise ValueError(f"unknown placement method {method!r} (one of {', '.join(METHODS)})")
+    if budget_s is not None:
+        budget_s = check_budget(budget_s)
     t0 = time.perf_counter()
     lb = lower_bound(problem)
-    if method == "round_robin":
-        return _finish(problem, round_robin(problem), method, "HEURISTIC", lb, t0)
-    if method == "greedy":
-        return _finish(problem, greedy(problem), method, "HEURISTIC", lb, t0)
-    if method == "node_local":
-        return _finish(problem, node_local(problem), method, "HEURISTIC", lb, t0)
+    if method in ("round_robin", "greedy", "node_local"):
+        fn = {"round_robin": round_robin, "greedy": greedy, "node_local": node_local}[method]
+        return _finish(problem, fn(problem), method, "HEURISTIC", lb, t0)
+    if method in ("eplb", "eplb_global"):
+        assign, policy = eplb(problem, EPLB_GROUPS if method == "eplb" else None)
+        return _finish(problem, assign, method, "HEURISTIC", lb, t0, policy)
     if _filled_evenly(problem):
         return _finish(problem, round_robin(problem), "round_robin", "", lb, t0,
                        "not needed: equal loads fill every slot once, contiguous blocks meet "
                        "the bound and no replica can move a token")
     base = greedy(problem)
-    core, start, scale = _start(problem, base)
+    hurry = method == "anytime" or budget_s is not None
+    core, start, scale = anytime_start(problem, base, GOOD_ENOUGH if hurry else None)
+    first = _anytime(problem, base, start, lb, t0)
+    limit = time_limit_s
+    if budget_s is not None:
+        limit = (budget_s - (time.perf_counter() - t0)) * (1 - BUDGET_MARGIN)
+    if method == "anytime" or limit < MIN_CPSAT_S:
+        why = "" if method == "anytime" else f"CP-SAT not run: {budget_s:g} s budget spent"
+        return dataclasses.replace(first, model_status=why or first.model_status)
     try:
-        solved = _solve_core(core, time_limit_s, seed, workers, deterministic, start)
+        solved = _solve_core(core, limit, seed, workers, deterministic, start)
     except RuntimeError as exc:
         return _finish(problem, base, "greedy", "FALLBACK", lb, t0, model_status=str(exc))
     bound = solved.bound_units / scale if scale else 0.0
@@ -65,7 +89,35 @@ def place_experts(
     if float(route_loads(problem, base)[0].max()) < res.objective * (1 - 1e-12):
         ref = _finish(problem, base, "greedy", "", lb, t0, solved.status + ";greedy kept", bound)
         return ref if ref.status == "OPTIMAL" else dataclasses.replace(ref, status="FALLBACK")
+    if first.objective < res.objective * (1 - 1e-12):  # CP-SAT's units rounded a tie away
+        return dataclasses.replace(first, model_status=solved.status + ";anytime kept",
+                                   model_bound=bound, solve_time_s=time.perf_counter() - t0)
     return res
+
+
+EPLB_GROUPS = 8  # expert groups of EPLB's hierarchical policy: DeepSeek-V3's n_group
+
+
+def check_budget(budget_s: float, source: str = "placement_budget_s") -> float:
+    """The placement budget as a float, or a one-line InputError: finite seconds >= 0."""
+    try:
+        v = float(budget_s)
+    except (TypeError, ValueError):
+        raise InputError(source, "", f"must be a number of seconds, got {budget_s!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise InputError(source, "", f"must be a finite number of seconds >= 0, got {budget_s!r}")
+    return v
+
+
+def _anytime(problem, base, start, lb, t0) -> Placement:
+    """The anytime placement scored by the routing rule: the start, or greedy if that routes
+    lower (or no start fits the model). OPTIMAL when it meets the bound, else HEURISTIC."""
+    best = base if start is None else start
+    if start is not None and route_loads(problem, base)[0].max() < route_loads(
+            problem, start)[0].max() * (1 - 1e-12):
+        best = base
+    pl = _finish(problem, best, "anytime", "", lb, t0)
+    return pl if pl.status == "OPTIMAL" else dataclasses.replace(pl, status="HEURISTIC")
 
 
 def _filled_evenly(problem: PlacementProblem) -> bool:
@@ -75,36 +127,6 @@ def _filled_evenly(problem: PlacementProblem) -> bool:
     w = problem.loads
     return (problem.num_gpus * problem.slot_cap == len(w) and problem.coactivation is None
             and max(w) == min(w))
-
-
-def _start(
-    problem: PlacementProblem, base: list[list[int]]
-) -> tuple[_Core, list[list[int]] | None, float]:
-    """Pick the replica budget: all spare slots, or a quarter of the GPUs' spare slots fewer.
-
-    With every slot used, each GPU must hold exactly `cap` items, which can leave no good
-    packing (many replicas just under half a GPU); a little slack often packs far better.
-    Each candidate is scored by LPT plus pairwise polish (milliseconds); ties keep more replicas.
-    The greedy baseline `base` is a candidate too when it fits the model (same counts, spans).
-    """
-    full = problem.num_gpus * problem.slot_cap - problem.num_experts
-    budgets = [full]
-    if problem.spare_slots is not None and full > 0:
-        budgets.append(max(0, full - -(-problem.num_gpus // 4)))
-    best = None
-    for budget in budgets:
-        core, scale = _make_core(problem, budget)
-        for hint in (_lpt(core), [list(ex) for ex in base]):
-            if hint is None or not _pattern_ok(core, hint):
-                continue
-            _swap_descent(core, hint, list(core.node_of))
-            score = _peak(core, hint)
-            if best is None or score < best[0]:
-                best = (score, core, hint, scale)
-    if best is None:
-        core, scale = _make_core(problem, full)
-        return core, None, scale
-    return best[1], best[2], best[3]
 
 
 def _finish(
