@@ -205,10 +205,13 @@ class Context:
     memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
-    def of(p: Problem, s: Strategy, costs: list[LayerCost]) -> Context:
-        emb, head = edge_cost(p, s, "embedding"), edge_cost(p, s, "lm_head")
+    def of(p: Problem, s: Strategy, costs: list[LayerCost],
+           edges: tuple[LayerCost, LayerCost] | None = None) -> Context:
+        """`edges`: the embedding's and the LM head's costs where already known (they do
+        not depend on PP or DP); never changed here."""
+        emb, head = edges or (edge_cost(p, s, "embedding"), edge_cost(p, s, "lm_head"))
         if p.model.tie_embeddings and s.pp == 1:  # one shared table on the only stage
-            head.params -= p.model.vocab * p.model.hidden / s.tp
+            head = replace(head, params=head.params - p.model.vocab * p.model.hidden / s.tp)
         T = s.micro_batch * p.workload.tokens_per_sample // s.cp  # a CP rank's chunks
         groups = strategy_groups(p, s)
         lead = (0.0, 0.0, 0.0)
@@ -261,7 +264,26 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
             if p.training:
                 p2p_b = send((k - 1) % s.pp) * (v if k > 0 else v - 1)
     mem = _stage_memory(p, s, k, lc, edges, ctx.seqs, ctx.peak)
-    dp_sync = opt = exposed = last_bwd = 0.0
+    dp_sync, exposed, opt, last_bwd, zero3, fwd_z3, bwd_z3 = _stage_sync(p, s, lc, edges, ctx,
+                                                                         bwd)
+    fwd, bwd = fwd + fwd_z3, bwd + bwd_z3
+    wgrad = sum(c.wgrad for c in lc) + sum(c.wgrad for c in edges)
+    return StageCost(k, first, end, fwd + p2p_f, bwd + p2p_b, p2p_f, p2p_b, dp_sync, exposed,
+                     opt, mem, in_flight(s, k, p.training), last_bwd, lc, edges, zero3, wgrad)
+
+
+def _stage_sync(p: Problem, s: Strategy, lc: list[LayerCost], edges: list[LayerCost],
+                ctx: Context, bwd: float) -> tuple:
+    """The stage's gradient sync, its exposed part and the optimizer step (ZeRO-3's exposed
+    gathers added to the passes): (dp_sync, exposed, opt, last_bwd, zero3, fwd +, bwd +).
+    Memoized on the Context: the search asks it for many micro-batch counts and virtual
+    stages of the same layers, which it does not depend on beyond M."""
+    key = ("sync", s.zero, s.num_micro_batches, s.overlap_grad_reduce, s.recompute, bwd,
+           *map(id, lc), None, *map(id, edges))
+    if key in ctx.memo:
+        return ctx.memo[key][0]
+    eff = p.calib
+    dp_sync = opt = exposed = last_bwd = fwd_z3 = bwd_z3 = 0.0
     zero3 = None
     if p.training:
         dense = sum(c.params for c in lc) + sum(c.params for c in edges)
@@ -280,9 +302,9 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
             last_bwd = bwd * s.num_micro_batches
         if s.zero >= 3:  # [fsdp] per-unit gathers and reduce-scatters, what stays exposed
             zero3 = stage_zero3(p, s, lc + edges, ctx)
-            fwd += zero3.exposed_gather_fwd
-            bwd += zero3.exposed - zero3.exposed_gather_fwd
-            last_bwd = bwd * s.num_micro_batches
+            fwd_z3 = zero3.exposed_gather_fwd
+            bwd_z3 = zero3.exposed - zero3.exposed_gather_fwd
+            last_bwd = (bwd + bwd_z3) * s.num_micro_batches
         if not s.overlap_grad_reduce:  # reduced after the last backward, nothing hidden
             last_bwd = 0.0
         exposed = max(0.0, dp_sync - last_bwd)  # [dp-overlap] buckets reduce during backward
@@ -291,9 +313,9 @@ def stage_cost(p: Problem, s: Strategy, k: int, lc: list[LayerCost], edges: list
         opt = adam_traffic(p) * (dense / shard + expert / eshard) / (
             p.hw.gpu.hbm_bytes_per_s * p.calib.hbm_eff)
         opt += sum(c.fp8_weight_cast for c in lc)  # [fp8-weights] once per step, after Adam
-    wgrad = sum(c.wgrad for c in lc) + sum(c.wgrad for c in edges)
-    return StageCost(k, first, end, fwd + p2p_f, bwd + p2p_b, p2p_f, p2p_b, dp_sync, exposed,
-                     opt, mem, in_flight(s, k, p.training), last_bwd, lc, edges, zero3, wgrad)
+    out = (dp_sync, exposed, opt, last_bwd, zero3, fwd_z3, bwd_z3)
+    ctx.memo[key] = (out, tuple(lc), tuple(edges))
+    return out
 
 
 def mirrored(stages: list[StageCost]) -> list[StageCost]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import fields
 
+from ..cost.edges import edge_cost
 from ..cost.evaluate import Context, layer_costs, stage_cost
 from ..cost.layer import LayerCost, MoEState, Problem
 from ..cost.pipeline import pipeline_time
@@ -40,7 +41,8 @@ class _CostCache:
                  keys: int = 0) -> None:
         self.p, self.opts = p, opts
         self.placements: dict = {}
-        self.costs: dict[tuple, tuple] = {}
+        self.costs: dict[tuple, tuple] = {}  # per layout shape, with its Context
+        self.layers: dict[tuple, tuple] = {}  # per layer-cost shape (`_layer_key`)
         self.placing, self.keys_left = placing, keys
 
     def _placement_deadline(self, s: Strategy) -> Deadline | None:
@@ -68,19 +70,37 @@ class _CostCache:
         return costs, total, slowest
 
     def _entry(self, s: Strategy) -> tuple:
-        key = (s.tp, s.pp, s.dp, s.ep, s.etp, s.micro_batch, s.recompute, s.sequence_parallel,
-               s.overlap_tp_comm, s.spare_slots, s.recompute_modules, s.cp, s.cp_comm,
-               tuple(sorted(s.a2a_options().items())),
-               s.dualpipe,  # [dualpipe] its paired chunks hide the all-to-all
-               # ZeRO-3 shards the fp8 weight copies a layer casts [fp8-weights]
-               s.zero >= 3 and self.p.workload.precision == "fp8")
+        lk = self._layer_key(s)
+        key = (s.pp, s.dp, *lk)
         if key not in self.costs:
+            moe, costs, total, slowest, edges = self._layers(s, lk)
+            self.costs[key] = (moe, costs, Context.of(self.p, s, costs, edges), total, slowest)
+        return self.costs[key]
+
+    def _layer_key(self, s: Strategy) -> tuple:
+        """What a layout's layer costs depend on. Not PP, nor DP: the TP, CP, EP and ETP
+        groups start at the stage's first rank whatever its width, so their links are the
+        same; only ZeRO-3's shard of the fp8 weight copies a layer casts reads DP x CP and
+        EDP [fp8-weights]."""
+        z3_fp8 = s.zero >= 3 and self.p.workload.precision == "fp8"
+        return (s.tp, s.ep, s.etp, s.micro_batch, s.recompute, s.sequence_parallel,
+                s.overlap_tp_comm, s.spare_slots, s.recompute_modules, s.cp, s.cp_comm,
+                s.a2a_overlap, s.moe_dispatcher, s.a2a_fp8, s.a2a_node_limit, s.a2a_sms,
+                s.moe_capacity_factor, s.moe_pad_to_capacity,  # [capacity]
+                s.dualpipe,  # [dualpipe] its paired chunks hide the all-to-all
+                (s.dp_cp, s.edp) if z3_fp8 else None)
+
+    def _layers(self, s: Strategy, key: tuple) -> tuple:
+        """The layer costs of layer-cost shape `key`, their sum, the slowest layer and the
+        embedding's and LM head's costs (which depend on no more than the layers')."""
+        if key not in self.layers:
             moe = moe_states(self.p, s, self.placements, self.opts, self._placement_deadline(s))
             costs = layer_costs(self.p, s, moe)
             distinct = {id(c): c for c in costs}.values()
             slowest = max(c.fwd + (c.bwd if self.p.training else 0.0) for c in distinct)
-            self.costs[key] = (moe, costs, Context.of(self.p, s, costs), summed(costs), slowest)
-        return self.costs[key]
+            edges = (edge_cost(self.p, s, "embedding"), edge_cost(self.p, s, "lm_head"))
+            self.layers[key] = (moe, costs, summed(costs), slowest, edges)
+        return self.layers[key]
 
 
 def summed(costs: list[LayerCost]) -> LayerCost:
@@ -108,8 +128,7 @@ def quick_bound(p: Problem, s: Strategy, cache: _CostCache) -> tuple[float, floa
     stages, the slowest stage is at least the mean and at least the slowest layer, and the
     largest optimizer step and memory are at least their means over the stages.
     """
-    ctx = cache.context(s)
-    _, total, slowest_layer = cache.summary(s)
+    _, _, ctx, total, slowest_layer = cache._entry(s)
     whole = stage_cost(p, s, s.pp - 1, [total], [ctx.emb, ctx.head], ctx)
     busy = whole.busy
     bottleneck = max(busy / s.pp, slowest_layer)
