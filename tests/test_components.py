@@ -9,7 +9,7 @@ from conftest import ONE_GPU, TINY_MODEL
 
 from autopar.api import make_problem
 from autopar.cost.evaluate import evaluate
-from autopar.cost.layer import MoEState
+from autopar.cost.layer import FLASH_BWD, MoEState
 from autopar.cost.strategy import Strategy
 from autopar.model.components import EW_BWD, layer_components, model_flops_per_token, param_count
 from autopar.spec import ModelSpec, parse_hardware, parse_model
@@ -88,10 +88,13 @@ def test_full_recompute_adds_one_forward():
     full = evaluate(p, Strategy(1, recompute="full"), [0, 2], [MoEState()] * 2)
     lc = full.stages[0].layer_costs[0]
     assert lc.recompute == pytest.approx(none.compute_fwd)
-    # GEMMs: dgrad + wgrad = 2x the forward; memory-bound kernels EW_BWD x theirs
-    gemm = sum(c.time_s - c.ew_s for c in lc.components)
+    # GEMMs: dgrad + wgrad = 2x the forward, the fused attention core 2.5x (it recomputes
+    # the scores); memory-bound kernels EW_BWD x theirs
+    gemm = sum((FLASH_BWD if c.role == "heads" else 2) * (c.time_s - c.ew_s)
+               for c in lc.components)
     ew = sum(c.ew_s for c in lc.components)
-    assert ew > 0 and lc.compute_bwd == pytest.approx(2 * gemm + EW_BWD * ew)
+    assert ew > 0 and lc.compute_bwd == pytest.approx(gemm + EW_BWD * ew)
+    assert any(c.role == "heads" for c in lc.components) and p.flash_attention
     assert lc.act_bytes == s * h * 2  # only the layer input survives
 
 

@@ -13,7 +13,7 @@ from autopar.cli import main
 from autopar.cost.calibration import Calibration, parse_calibration
 from autopar.cost.comm import all_reduce, group_link, reduce_scatter
 from autopar.cost.evaluate import adam_traffic, evaluate, in_flight
-from autopar.cost.layer import MoEState, Problem
+from autopar.cost.layer import FLASH_BWD, MoEState, Problem
 from autopar.cost.strategy import Strategy, StrategyError
 from autopar.cost.tp_overlap import PIPELINE_SPLITS
 from autopar.errors import InputError
@@ -243,10 +243,15 @@ def test_unfused_attention_pays_for_its_score_matrix():
 
 
 def test_backward_is_twice_the_gemms_and_ew_bwd_times_the_elementwise():
-    lc = run(problem(), strat(micro_batch=8, num_micro_batches=1)).stages[0].layer_costs[0]
-    gemm = sum(c.time_s - c.ew_s for c in lc.components)
-    ew = sum(c.ew_s for c in lc.components)
-    assert lc.compute_bwd == pytest.approx(2 * gemm + EW_BWD * ew)
+    """Fused attention's backward is 2.5x its forward (FlashAttention-2: 5 matmuls to 2);
+    unfused, its two batched GEMMs are 2x like every other."""
+    for flash in (True, False):
+        lc = run(problem(flash_attention=flash),
+                 strat(micro_batch=8, num_micro_batches=1)).stages[0].layer_costs[0]
+        gemm = sum((FLASH_BWD if flash and c.role == "heads" else 2) * (c.time_s - c.ew_s)
+                   for c in lc.components)
+        ew = sum(c.ew_s for c in lc.components)
+        assert lc.compute_bwd == pytest.approx(gemm + EW_BWD * ew)
 
 
 def test_unfused_gradient_accumulation_reads_and_writes_the_main_gradient():

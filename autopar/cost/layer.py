@@ -27,6 +27,10 @@ from .groups import group_links
 from .recompute import saved_bytes, selective
 from .strategy import Strategy
 
+# [backward] FlashAttention-2 (Dao 2023, its benchmarks): a fused attention's backward runs
+# 5 matmuls to the forward's 2 (it recomputes the scores), 2.5x the FLOPs
+FLASH_BWD = 2.5
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -274,7 +278,10 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
     ew_t = _elementwise(ew, p) + cast[0]
     # norms and gathers are elementwise too
     ew_s = ew_t + t if not k and c.role not in ("heads", "expert") else ew_t
-    return ComponentCost(c.name, c.role, params, flops, t + ew_t, ew_s, *cast), act
+    # [backward] a fused attention's backward recomputes the scores: 5 GEMMs to 2
+    bwd = FLASH_BWD * t if c.role == "heads" and p.flash_attention else None
+    return ComponentCost(c.name, c.role, params, flops, t + ew_t, ew_s, *cast,
+                         gemm_bwd_s=bwd), act
 
 
 def _collectives(p: Problem, s: Strategy, T: float, moe_layer: bool, moe: MoEState,
