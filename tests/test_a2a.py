@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from math import comb
 
 import pytest
@@ -66,11 +67,14 @@ def _moe_cost(p: Problem, **kw):
 
 
 def test_deepep_moves_fewer_nic_bytes_than_the_plain_all_to_all():
-    p = _dsv3(8)  # EP 64 over 8 nodes: NIC-bound
+    grouped = _dsv3(8)  # EP 64 over 8 nodes: NIC-bound
+    p = replace(grouped, model=replace(grouped.model, router_groups=0, router_group_topk=0))
     plain, deep = _moe_cost(p), _moe_cost(p, moe_dispatcher="deepep")
     limited = _moe_cost(p, moe_dispatcher="deepep", a2a_node_limit=4)
     fp8 = _moe_cost(p, moe_dispatcher="deepep", a2a_node_limit=4, a2a_fp8=True)
     assert plain.ep_fwd > deep.ep_fwd > limited.ep_fwd > fp8.ep_fwd
+    # the model's own 8 router groups, top 4, one group a node: node-limited to 4
+    assert _moe_cost(grouped, moe_dispatcher="deepep").ep_fwd == pytest.approx(limited.ep_fwd)
     # the NIC part alone sets DeepEP's time here: S / k x R / (NIC x eff), dispatch + combine
     T = p.workload.seq_len
     S = T * 8 * 7168 * 2
@@ -198,3 +202,31 @@ def test_unknown_sm_count_is_not_searched_and_refused_when_pinned():
     assert all(not c["a2a_overlap"] for c in _a2a_choices(q, (64, 1, 1, 64, 64, 1, 1), {}))
     assert {c["moe_dispatcher"] for c in _a2a_choices(p, (64, 1, 1, 64, 64, 1, 1), {})} == \
         {"deepep"}  # NIC-bound across 8 nodes: the deduplicated dispatch is kept
+
+
+def test_group_limited_routing_bounds_the_domains_a_token_reaches():
+    """[deepep] The model's router groups: with a group per domain, DeepSeek-V3's top-4 of 8
+    groups is node-limited routing to 4 domains; with top-G of G nothing is limited; a hand
+    case: 8 experts in 4 groups over 2 domains, top-1 group and top-2 experts reaches one
+    domain exactly, the other with half the tokens."""
+    assert a2a.remote_nodes(256, 8, 8, 0, 8, 4) == pytest.approx(a2a.remote_nodes(256, 8, 8, 4))
+    assert a2a.remote_nodes(256, 8, 8, 0, 8, 8) == pytest.approx(a2a.remote_nodes(256, 8, 8))
+    assert a2a.remote_nodes(8, 2, 2, 0, 4, 1) == pytest.approx(0.5)
+    assert a2a.remote_nodes(256, 8, 8, 0, 8, 4) < a2a.remote_nodes(256, 8, 8)
+    for args in [(256, 8, 16, 0, 8, 4), (256, 8, 4, 0, 8, 4), (160, 6, 8, 0, 8, 3)]:
+        assert remote_domains(*args) == pytest.approx(a2a.remote_nodes(*args))  # check agrees
+    assert a2a.grouped_reach(256, 8, 6, 8, 4) is None  # groups and domains do not align
+
+
+def test_router_groups_come_from_hf_and_yaml_and_are_checked(tmp_path):
+    cfg = json.loads((PROBLEMS / "models" / "hf" / "deepseek-v3-config.json").read_text())
+    m = load_model(PROBLEMS / "models" / "hf" / "deepseek-v3-config.json").model
+    assert (m.router_groups, m.router_group_topk) == (cfg["n_group"], cfg["topk_group"])
+    greedy = tmp_path / "config.json"
+    greedy.write_text(json.dumps(cfg | {"topk_method": "greedy"}))
+    assert load_model(greedy).model.router_groups == 0
+    bad = (PROBLEMS / "models" / "deepseek-v3.yaml").read_text().replace(
+        "router_group_topk: 4", "router_group_topk: 9")
+    (tmp_path / "bad.yaml").write_text(bad)
+    with pytest.raises(autopar.InputError, match="router_group_topk"):
+        load_model(tmp_path / "bad.yaml")

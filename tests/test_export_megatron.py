@@ -15,7 +15,7 @@ from autopar.cli.app import main
 from autopar.export import megatron_entry, megatron_text
 
 GOLDEN = Path(__file__).parent / "golden"
-TRAINING = ["mixtral-training", "deepseek-v3-training-256", "llama3-70b-training",
+TRAINING = ["mixtral-training", "deepseek-v3-training-megatron", "llama3-70b-training",
             "gpt3-175b-training", "seed-training", "mixtral-tp-overlap"]
 
 
@@ -113,14 +113,19 @@ def test_the_pipeline_flags_give_the_plans_stage_layers(name):
 
 
 def test_inexact_cases_say_why():
-    ds = megatron_entry(load("deepseek-v3-training-256"))  # 61 layers, PP 8 x v 2, ZeRO-2
-    assert not ds["exact"] and "ZeRO-2" in ds["why"] and "61 layers" in ds["why"]
+    ds = megatron_entry(load("deepseek-v3-training-megatron"))  # 61 layers on PP 8
+    assert not ds["exact"] and "not a Megatron split" in ds["why"]
+    plan = load("deepseek-v3-training-megatron")
+    plan["strategy"]["zero"] = 2  # ZeRO-2 with PP: Megatron's rule table refuses it
+    e = megatron_entry(plan)
+    assert "ZeRO-2" in e["why"] and "rule zero23-is-fsdp-without-pp" in e["why"]
+    llama = megatron_entry(load("llama3-70b-training"))  # searched under any: ZeRO-3 + PP 4
+    assert not llama["exact"] and "zero23-is-fsdp-without-pp" in llama["why"]
     assert megatron_entry(load("mixtral-training"))["exact"]
 
 
 def test_mla_and_mtp_dimensions_come_from_the_model():
-    plan = load("deepseek-v3-training-256")
-    plan["inputs"]["model"]["mtp_layers"] = 1
+    plan = load("deepseek-v3-training-megatron")  # the bundled model: MTP depth 1
     a, mla = parse(plan), plan["inputs"]["model"]["mla"]
     assert a.multi_latent_attention and a.mtp_num_layers == 1
     assert (a.kv_lora_rank, a.q_lora_rank, a.qk_head_dim, a.qk_pos_emb_head_dim,
@@ -132,7 +137,11 @@ def test_mla_and_mtp_dimensions_come_from_the_model():
 def test_deepep_routing_and_gradient_flags_come_from_the_plan():
     """DeepEP's SMs, node-limited routing as Megatron's group-limited router (one group per
     NVLink domain the EP group spans) and bf16 gradient reduction."""
-    plan = load("deepseek-v3-training-256")  # EP 32 over 8-GPU domains: 4 domains
+    plan = load("deepseek-v3-training-megatron")  # EP 32 over 8-GPU domains: 4 domains
+    a = parse(plan)  # the model's own router groups, as Megatron's group-limited router
+    assert (a.moe_router_num_groups, a.moe_router_group_topk) == (8, 4)
+    for k in ("router_groups", "router_group_topk"):
+        del plan["inputs"]["model"][k]
     plan["strategy"] |= {"a2a_node_limit": 2, "a2a_sms": 24}
     plan["inputs"]["workload"]["grad_dtype"] = "bf16"
     a = parse(plan)

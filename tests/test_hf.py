@@ -22,7 +22,7 @@ def test_hf_config_matches_preset(hf, yaml_name):
     b = load_model(PROBLEMS / "models" / yaml_name).model
     for field in ("layers", "hidden", "heads", "kv_heads", "head_dim", "experts", "top_k",
                   "expert_ffn_hidden", "shared_experts", "dense_layers", "vocab", "mla",
-                  "gated_mlp", "weight_dtype"):
+                  "gated_mlp", "weight_dtype", "router_groups", "router_group_topk"):
         assert getattr(a, field) == getattr(b, field), field
 
 

@@ -19,11 +19,17 @@ def wire_bytes(m: ModelSpec, fp8: bool) -> float:
     return (FP8_WIRE + m.dtype_bytes) / 2 if fp8 else m.dtype_bytes
 
 
-def remote_domains(experts: int, top_k: int, domains: int, limit: int) -> float:
+def remote_domains(experts: int, top_k: int, domains: int, limit: int, groups: int = 0,
+                   group_topk: int = 0) -> float:
     """Expected other domains a token's top_k distinct experts sit in (uniform routing,
-    experts even over the domains; node-limited routing picks `limit` domains first)."""
+    experts even over the domains; node-limited routing picks `limit` domains first; else
+    the model's group-limited routing, where its groups and the domains align)."""
     if domains <= 1:
         return 0.0
+    if not limit and groups and group_topk < groups:
+        hit = _group_hit(experts, top_k, domains, groups, group_topk)
+        if hit is not None:
+            return hit * (domains - 1)
     n = min(domains, limit) if limit else domains
     pool = experts * n / domains  # experts in the chosen domains
     other = pool - experts / domains
@@ -34,6 +40,27 @@ def remote_domains(experts: int, top_k: int, domains: int, limit: int) -> float:
     else:
         none = comb(int(other), top_k) / comb(int(pool), top_k)
     return n * (1 - none) * (domains - 1) / domains
+
+
+def _group_hit(experts: int, top_k: int, domains: int, groups: int, topk: int
+               ) -> float | None:
+    """One domain's chance of receiving the token: over the ways the token's `topk` groups
+    fall (whole groups per domain, or each group split over domains), that some of its
+    top_k picks among those groups' experts lands in the domain."""
+    per_group = experts // groups
+    chosen = topk * per_group  # experts the token picks among
+    if groups % domains == 0:
+        mine = groups // domains  # whole groups in a domain
+        total = 0.0
+        for j in range(1, min(mine, topk) + 1):  # j of the chosen groups are the domain's
+            ways = comb(mine, j) * comb(groups - mine, topk - j) / comb(groups, topk)
+            total += ways * (1 - comb(chosen - j * per_group, top_k) / comb(chosen, top_k))
+        return total
+    span = domains // groups  # domains one group's experts spread over
+    if domains % groups or per_group % span:
+        return None
+    here = per_group // span
+    return topk / groups * (1 - comb(chosen - here, top_k) / comb(chosen, top_k))
 
 
 def deepep_min_time(hw: HardwareSpec, groups: list[list[int]], copies_bytes: float,
@@ -75,7 +102,7 @@ def check_a2a(f, plan: dict, m: ModelSpec, hw: HardwareSpec, lay) -> None:
             continue
         groups = lay.groups("ep")
         want = remote_domains(m.experts, m.top_k, len(domain_members(hw, groups[0])),
-                              lay.a2a_node_limit)
+                              lay.a2a_node_limit, m.router_groups, m.router_group_topk)
         if abs(c["remote_domains_per_token"] - want) > 1e-6 * max(1.0, want):
             f.error("communication", f"communication[{i}].remote_domains_per_token",
                     "expected remote NVLink domains a token reaches (uniform routing, "

@@ -376,7 +376,8 @@ def expected_collectives(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layou
             if lay.moe_dispatcher == "deepep":  # [deepep] a token once to each remote domain
                 groups = lay.groups("ep")
                 remote = remote_domains(m.experts, m.top_k, len(domain_members(hw, groups[0])),
-                                        lay.a2a_node_limit)
+                                        lay.a2a_node_limit, m.router_groups,
+                                        m.router_group_topk)
                 t_min = deepep_min_time(hw, groups, S, remote, m.top_k)
             out[("ep", k, "")] = Collective(
                 "all_to_all", e, S,

@@ -9,6 +9,7 @@ all-to-all of `layer._collectives` is unchanged otherwise.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import comb
 
 from ..errors import InputError
 from . import comm
@@ -40,22 +41,51 @@ def value_bytes(s, dtype_bytes: int) -> tuple[float, float]:
     return (FP8_DISPATCH_BYTES if s.a2a_fp8 else dtype_bytes), dtype_bytes
 
 
-def remote_nodes(experts: int, top_k: int, nodes: int, limit: int = 0) -> float:
+def remote_nodes(experts: int, top_k: int, nodes: int, limit: int = 0, groups: int = 0,
+                 group_topk: int = 0) -> float:
     """[deepep] Expected NVLink domains other than its own that one token's top_k copies
     reach, under uniform routing over `experts` spread evenly over `nodes` domains. With
     node-limited routing the router first picks `limit` domains, then top_k experts among
     theirs (Megatron's --moe-router-num-groups = domains, --moe-router-group-topk = limit).
     A domain of the n chosen misses all k picks among n x e experts with probability
     C((n-1) e, k) / C(n e, k); the token's own domain is among those reached with the same
-    share as any other, so (N - 1) / N of the distinct domains are remote."""
+    share as any other, so (N - 1) / N of the distinct domains are remote. Without a limit,
+    the model's own group-limited routing (`groups`, `group_topk`) bounds it where groups
+    and domains align (`grouped_reach`)."""
     if nodes <= 1:
         return 0.0
+    if not limit and groups and group_topk < groups:
+        reach = grouped_reach(experts, top_k, nodes, groups, group_topk)
+        if reach is not None:
+            return nodes * reach * (nodes - 1) / nodes
     n = min(nodes, limit) if limit else nodes
     per = experts / nodes
     miss = 1.0
     for i in range(top_k):
         miss *= max(0.0, ((n - 1) * per - i) / (n * per - i))
     return n * (1.0 - miss) * (nodes - 1) / nodes
+
+
+def grouped_reach(experts: int, top_k: int, nodes: int, groups: int, group_topk: int
+                  ) -> float | None:
+    """[deepep] The chance one domain receives a token under group-limited routing: the
+    token takes L = `group_topk` of the G contiguous groups (uniformly), then top_k of their
+    L e experts (e = E / G). G a multiple of the N domains (g = G / N whole groups each): j
+    of its groups are chosen with the hypergeometric chance C(g, j) C(G - g, L - j) / C(G, L)
+    and some pick lands in them with 1 - C((L - j) e, k) / C(L e, k). N a multiple of G
+    (a group spans r = N / G domains, e / r experts in each): L / G x (1 - C(L e - e / r, k)
+    / C(L e, k)). Otherwise None (no alignment to exploit)."""
+    e = experts // groups
+    pool = comb(group_topk * e, top_k)
+    if groups % nodes == 0:
+        g = groups // nodes
+        return sum(comb(g, j) * comb(groups - g, group_topk - j) / comb(groups, group_topk)
+                   * (1 - comb((group_topk - j) * e, top_k) / pool)
+                   for j in range(1, min(g, group_topk) + 1))
+    if nodes % groups == 0 and e % (nodes // groups) == 0:
+        per = e // (nodes // groups)
+        return group_topk / groups * (1 - comb(group_topk * e - per, top_k) / pool)
+    return None
 
 
 def deepep_time(nbytes: float, remote: float, top_k: int, g: comm.GroupLink, hw,
@@ -87,7 +117,8 @@ def ep_pass(p, s, T: float, moe, groups: dict) -> EPPass:
     g = groups["ep"]
     inter = 0.0
     if s.moe_dispatcher == "deepep":
-        remote = remote_nodes(m.experts, m.top_k, g.nodes, s.a2a_node_limit)
+        remote = remote_nodes(m.experts, m.top_k, g.nodes, s.a2a_node_limit,
+                              m.router_groups, m.router_group_topk)
         disp = deepep_time(copies * bd * moe.imbalance, remote, m.top_k, g, p.hw, eff)
         comb = deepep_time(copies * bc * moe.imbalance, remote, m.top_k, g, p.hw, eff)
         inter = copies / m.top_k * remote * bd
@@ -155,7 +186,8 @@ def a2a_plan_fields(p, s, g: comm.GroupLink) -> dict:
     out = {"dispatcher": s.moe_dispatcher, "dispatch_value_bytes": bd,
            "combine_value_bytes": bc, "overlap": "combined-1f1b" if s.a2a_overlap else "none"}
     if s.moe_dispatcher == "deepep":
-        r = remote_nodes(m.experts, m.top_k, g.nodes, s.a2a_node_limit)
+        r = remote_nodes(m.experts, m.top_k, g.nodes, s.a2a_node_limit, m.router_groups,
+                         m.router_group_topk)
         out["remote_domains_per_token"] = r
         out["node_limit"] = s.a2a_node_limit
     return out

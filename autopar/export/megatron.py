@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from ..spec.frameworks import layout_values, load_framework
 from .engines import KindError
 
 
@@ -110,6 +111,15 @@ def _moe(m: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
+def _rules(plan: dict[str, Any]) -> list[str]:
+    """What Megatron-Core refuses of the layout, by the `--framework megatron` rule table
+    (docs/frameworks.md): a plan searched under `any` may hold one."""
+    m, w, s = plan["inputs"]["model"], plan["inputs"]["workload"], plan["strategy"]
+    values = layout_values(s, int(m["layers"]), int(m.get("experts") or 0),
+                           int(w.get("seq_len") or 0), int(m["heads"]))
+    return [f"rule {r.id}: {r.why}" for r in load_framework("megatron").broken(values)]
+
+
 def _routing(plan: dict[str, Any], why: list[str]) -> dict[str, Any]:
     """[deepep] Node-limited routing as Megatron's group-limited router: one group per NVLink
     domain the EP group spans (its experts), each token to the top `a2a_node_limit` groups;
@@ -119,6 +129,14 @@ def _routing(plan: dict[str, Any], why: list[str]) -> dict[str, Any]:
     if s.get("a2a_fp8"):
         why.append("a2a_fp8: Megatron-LM has no flag for an fp8 dispatch")
     limit = int(s.get("a2a_node_limit", 0))
+    model = plan["inputs"]["model"]
+    if model.get("router_groups"):  # the model's own group-limited routing
+        out = {"moe-router-num-groups": int(model["router_groups"]),
+               "moe-router-group-topk": int(model["router_group_topk"])}
+        if limit:
+            why.append(f"a2a_node_limit {limit} besides the model's router groups: Megatron "
+                       "routes by one set of groups")
+        return out
     if not limit:
         return out
     domain = int(hw.get("nvlink_domain") or hw.get("gpus_per_node") or 1)
@@ -167,6 +185,7 @@ def megatron_entry(plan: dict[str, Any]) -> dict[str, Any]:
         why.append(f"grad_dtype {w['grad_dtype']}: Megatron-LM reduces gradients in fp32 "
                    "or bf16")
     args |= _memory(s, why)
+    why += _rules(plan)
     args |= {"num-layers": m["layers"], "hidden-size": m["hidden"],
              "num-attention-heads": m["heads"],
              "seq-length": w["seq_len"], "max-position-embeddings": w["seq_len"]}

@@ -23,6 +23,8 @@ def inputs_echo(p: Problem, opts: SearchOptions, zero3: bool = False) -> dict[st
     model["dense_layers"] = list(m.dense_layers)
     if not m.mtp_layers:  # [mtp] echoed only where a model has them (older plans lack it)
         del model["mtp_layers"]
+    if not m.router_groups:  # [deepep] likewise group-limited routing
+        del model["router_groups"], model["router_group_topk"]
     return {
         "model": model,
         "hardware": {

@@ -75,8 +75,22 @@ def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
         weight_dtype=weight_dtype,
         weight_scaling=weight_scaling,
         mtp_layers=f.int("num_nextn_predict_layers", 0, 100, default=0),
+        **_router_groups(f, experts),
     )
     return _check_model(model, f)
+
+
+def _router_groups(f: Fields, experts: int) -> dict[str, int]:
+    """DeepSeek's group-limited routing (`n_group`, `topk_group`; V3's `noaux_tc`, V2's
+    `group_limited_greedy`); one group, or a greedy top-k, limits nothing."""
+    if not experts or not f.has("n_group"):
+        return {}
+    groups = f.int("n_group", 1, 100_000)
+    topk = f.int("topk_group", 1, groups, default=groups)
+    method = f.str("topk_method", default="noaux_tc")
+    if groups <= 1 or topk >= groups or method == "greedy":
+        return {}
+    return {"router_groups": groups, "router_group_topk": topk}
 
 
 NVFP4_FORMAT = "nvfp4-pack-quantized"  # compressed-tensors' name for packed NVFP4 weights

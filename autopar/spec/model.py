@@ -51,6 +51,12 @@ class ModelSpec:
     # DeepSeek-V3's multi-token prediction modules (`num_nextn_predict_layers`, Megatron-Core
     # `--mtp-num-layers`): training runs them on the last stage; serving ignores them.
     mtp_layers: int = 0
+    # Group-limited routing (DeepSeek-V2/V3's n_group / topk_group, Megatron-Core
+    # --moe-router-num-groups / --moe-router-group-topk): the experts form `router_groups`
+    # contiguous groups and a token's top_k come from its best `router_group_topk` of them
+    # (0: no groups) [deepep]
+    router_groups: int = 0
+    router_group_topk: int = 0
 
     @property
     def is_moe(self) -> bool:
@@ -107,6 +113,13 @@ def _check_model(m: ModelSpec, f: Fields) -> ModelSpec:
         raise f.error("ffn_hidden", "required (> 0) for dense layers")
     if m.weight_scaling is not None and m.weight_dtype != "fp8":
         raise f.error("weight_scaling", "describes an fp8 checkpoint: needs weight_dtype: fp8")
+    if m.router_groups or m.router_group_topk:
+        if not m.is_moe or not m.router_groups or m.experts % m.router_groups:
+            raise f.error("router_groups", f"must divide the experts ({m.experts}) of an MoE "
+                          f"model, got {m.router_groups}")
+        if not 1 <= m.router_group_topk <= m.router_groups:
+            raise f.error("router_group_topk", f"must be in [1, router_groups="
+                          f"{m.router_groups}], got {m.router_group_topk}")
     if m.weight_dtype == "fp8" and m.weight_scaling is None:
         m = replace(m, weight_scaling="tensor")
     return m
@@ -149,6 +162,8 @@ def _read_model_fields(f: Fields) -> ModelSpec:
         weight_dtype=f.str("weight_dtype", WEIGHT_DTYPES, default=None),
         weight_scaling=f.str("weight_scaling", WEIGHT_SCALINGS, default=None),
         mtp_layers=f.int("mtp_layers", 0, 100, default=0),
+        router_groups=f.int("router_groups", 0, 100_000, default=0),
+        router_group_topk=f.int("router_group_topk", 0, 100_000, default=0),
     )
     if m.shared_experts and not m.shared_expert_ffn_hidden:
         m = replace(m, shared_expert_ffn_hidden=m.expert_ffn_hidden)

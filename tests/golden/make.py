@@ -31,6 +31,9 @@ CASES = [
     ("llama3-70b-training", "llama3-70b.yaml", "h100-4node.yaml", {}),
     ("gpt3-175b-training", "gpt3-175b.yaml", "selene-a100.yaml", {}),
     ("deepseek-v3-training-256", "deepseek-v3-train.yaml", "h800-32node.yaml", {}),
+    # the same under Megatron-Core's rules: what `export --to megatron` launches
+    ("deepseek-v3-training-megatron", "deepseek-v3-train.yaml", "h800-32node.yaml",
+     {"framework": "megatron"}),
     ("deepseek-v3-decode", "deepseek-v3.yaml", "h200-2node.yaml", {}),
     ("hf-mixtral-decode", "hf/mixtral-8x7b-config.json", "h100-8x.yaml", {"workload": (
         "inference", {"phase": "decode", "batch": 64, "input_len": 2048, "output_len": 512})}),
