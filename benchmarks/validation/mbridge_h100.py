@@ -49,13 +49,10 @@ NOT_MODELLED = {
 # beside the published layout. All set grad_reduce_in_fp32 = False (bf16 gradients).
 RECIPE = {
     # deepseek_llm_pretrain.py deepseek_v3_h100_1024gpus_fp8_config: selective recompute of
-    # mla_up_proj and mlp, DeepEP, set_moe_a2a_overlap_overrides, overlap_grad_reduce off;
-    # the DeepSeek-V3 provider's moe_router_num_groups 8, moe_router_group_topk 4: with EP 64
-    # over 8 nodes a group is a node's 32 experts, so each token reaches at most 4 nodes
+    # mla_up_proj and mlp, DeepEP, set_moe_a2a_overlap_overrides, overlap_grad_reduce off
     "mbridge_2509_h100_deepseek_v3": dict(
         recompute="selective", recompute_modules=("mla_up_proj", "mlp"),
-        moe_dispatcher="deepep", a2a_overlap=True, overlap_grad_reduce=False,
-        a2a_node_limit=4),
+        moe_dispatcher="deepep", a2a_overlap=True, overlap_grad_reduce=False),
     # qwen3_llm_pretrain.py set_qwen3_common_configs: recompute_granularity None
     "mbridge_2509_h100_qwen3_30b_a3b": dict(recompute="none"),
     # llama3_llm_pretrain.py + recipes/llama/llama3.py: no recompute, TP comm overlap
@@ -70,6 +67,10 @@ RECIPE = {
 }
 # MTP modules per row: the row's notes ("mtp_depth 1 in the block"; the record has no field)
 MTP = {"mbridge_2509_h100_deepseek_v3": 1}
+# group-limited routing per row (the record has no field): Megatron-Bridge's
+# DeepSeekV3ModelProvider sets moe_router_num_groups 8, moe_router_group_topk 4; with EP 64
+# over 8 nodes a group is a node's 32 experts, so each token reaches at most 4 nodes
+ROUTER = {"mbridge_2509_h100_deepseek_v3": (8, 4)}
 # Megatron-Bridge's --pipeline-model-parallel-layout per row (its DeepSeek-V3 H100 recipe):
 # E embedding, t decoder layer, m MTP, L loss, | a virtual-stage boundary
 PP_LAYOUT = {"mbridge_2509_h100_deepseek_v3": "Et|(tt|)*30mL"}
@@ -77,7 +78,9 @@ PP_LAYOUT = {"mbridge_2509_h100_deepseek_v3": "Et|(tt|)*30mL"}
 
 ROW_NOTES = {
     "mbridge_2509_h100_deepseek_v3": "61 layers + 1 MTP module (docs/cost-model.md [mtp]) "
-    "cut as Bridge's `Et|(tt|)*30mL` (stages of 7, 8 x 6, 6 layers + MTP)",
+    "cut as Bridge's `Et|(tt|)*30mL` (stages of 7, 8 x 6, 6 layers + MTP); the model's "
+    "router groups (8, top 4: Bridge's DeepSeek-V3 provider) keep each token to 4 of the 8 "
+    "nodes (docs/cost-model.md [deepep])",
     "mbridge_2509_h100_llama31_405b": "126 layers with embedding and loss counted as layers "
     "(--account-for-embedding/loss-in-pipeline-split): 64 chunks of 2",
 }
@@ -126,6 +129,8 @@ def model_of(r: dict):
         data["dense_layers"] = list(range(m["dense_layers"]))
     data.update(name=m["name"], dtype="bf16", tie_embeddings=bool(m.get("tied_embeddings")),
                 mtp_layers=MTP.get(r["id"], 0))
+    if r["id"] in ROUTER:
+        data["router_groups"], data["router_group_topk"] = ROUTER[r["id"]]
     att = m.get("attention") or {}
     if att.get("type") == "mla":
         data["mla"] = {k: v for k, v in att.items() if k != "type"}
