@@ -71,16 +71,19 @@ def spare_slots(f: Callable) -> Callable:
                              "(default: searched under skew)")(f)
 
 
-def _placement_budget_value(ctx: click.Context, param: click.Parameter,
-                            value: float | None) -> float | None:
-    """--placement-budget checked as it is parsed: finite seconds >= 0, else one line, exit 2."""
-    if value is None:
-        return None
+def _or_exit(check: Callable[[float, str], float], value: float, flag: str) -> float:
+    """A flag's value checked as it is parsed, before any work: refused in one line, exit 2."""
     try:
-        return check_budget(value, "--placement-budget")
+        return check(value, flag)
     except InputError as exc:
         click.echo(f"autopar: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+
+
+def _placement_budget_value(ctx: click.Context, param: click.Parameter,
+                            value: float | None) -> float | None:
+    """--placement-budget: finite seconds >= 0."""
+    return None if value is None else _or_exit(check_budget, value, "--placement-budget")
 
 
 def placement_budget(f: Callable) -> Callable:
@@ -200,13 +203,9 @@ def latency_targets(f: Callable) -> Callable:
 
 
 def _time_limit_value(ctx: click.Context, param: click.Parameter, value: float) -> float:
-    """--time-limit checked as it is parsed, before any work: a finite number of seconds
-    above 0 (NaN used to reach the plan as invalid JSON), refused in one line, exit 2."""
-    try:
-        return check_time_limit(value, "--time-limit")
-    except InputError as exc:
-        click.echo(f"autopar: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    """--time-limit: a finite number of seconds above 0 (NaN used to reach the plan as
+    invalid JSON)."""
+    return _or_exit(check_time_limit, value, "--time-limit")
 
 
 def time_limit(f: Callable) -> Callable:
