@@ -267,12 +267,17 @@ def generate_cp(count: int = 48, seed: int = 14) -> list[Case]:
     return out
 
 
-def test_generated_cp_plans_pass_check():
-    results = [(c, *run_case(c)) for c in generate_cp()]
+def assert_generated_pass(cases: list[Case], what: str) -> None:
+    """Every generated plan of `cases` passes check, and three in four are feasible."""
+    results = [(c, *run_case(c)) for c in cases]
     fails = [f"{c.describe()}\n{detail}" for c, kind, detail, _ in results if kind == "fail"]
-    assert not fails, f"{len(fails)} CP plans fail check:\n" + "\n\n".join(fails[:3])
+    assert not fails, f"{len(fails)} {what} plans fail check:\n" + "\n\n".join(fails[:3])
     ok = sum(kind == "ok" for _, kind, _, _ in results)
-    assert ok >= len(results) * 3 // 4, f"only {ok} of {len(results)} CP problems feasible"
+    assert ok >= len(results) * 3 // 4, f"only {ok} of {len(results)} {what} problems feasible"
+
+
+def test_generated_cp_plans_pass_check():
+    assert_generated_pass(generate_cp(), "CP")
 
 
 if __name__ == "__main__":  # python tests/test_property.py [count]: counts and failures
