@@ -2,7 +2,8 @@
 latency, and emit it as a deployment plan whose every figure can be recomputed.
 
 The public API: `solve` (search a layout and return its `Plan`), `check` (verify a plan
-independently of the search), the loaders `load_model` / `load_hardware` and the spec
+independently of the search), `sweep` (a study's grid of solves, docs/studies.md), the
+loaders `load_model` / `load_hardware` and the spec
 dataclasses, so other planners can build inputs in code.
 """
 
@@ -25,10 +26,11 @@ from .spec import (  # noqa: E402
     load_hardware,
     load_model,
 )
+from .sweep import sweep  # noqa: E402
 from .version import __version__
 
 __all__ = [
     "solve", "check", "make_problem", "load_model", "load_hardware", "Plan", "Finding",
     "ModelSpec", "ModelFile", "MLASpec", "HardwareSpec", "GPUSpec", "LinkSpec", "Workload",
-    "Calibration", "AutoparError", "InputError", "InfeasibleError", "__version__",
+    "Calibration", "AutoparError", "InputError", "InfeasibleError", "sweep", "__version__",
 ]

@@ -1,7 +1,8 @@
 """The package's imports run one way along the data flow (DESIGN sec. 1, docs/ARCHITECTURE.md):
-spec -> model -> cost -> search -> plan -> export -> serve -> api -> cli, with `schema` (the
-plan's format) beside `model` and `check` beside the whole chain: the verifier imports only
-the inputs, the model and the plan's format, never the search or the cost model it checks.
+spec -> model -> cost -> search -> plan -> export -> serve -> api -> sweep -> cli, with
+`schema` (the plan's format) beside `model` and `check` beside the whole chain: the verifier
+imports only the inputs, the model and the plan's format, never the search or the cost model
+it checks.
 Read with `ast`, so a lazy import inside a function counts as much as one at the top."""
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ ALLOWED = {
     "export": {"spec", "model", "schema"},
     "serve": {"spec", "model", "schema", "cost", "search", "plan", "export"},
     "api": {"spec", "model", "schema", "cost", "search", "plan", "check", "export", "serve"},
+    "sweep": {"spec", "model", "schema", "cost", "search", "plan", "check", "export", "serve",
+              "api"},
     "cli": {"spec", "model", "schema", "cost", "search", "plan", "check", "export", "serve",
-            "api"},
+            "api", "sweep"},
 }
 LEAVES = {"errors", "version"}  # any stage may import them; they import nothing of ours
 TOP = {"__init__", "__main__"}  # the package's front door may import anything

@@ -23,6 +23,8 @@ EXIT_CODES = {
     "check": "0 sound (warnings only); 1 errors found; 2 unusable input; 70 internal error",
     "export": "0 configuration printed; 2 bad input (not an autopar plan, or not one the "
               "engine can launch); 70 internal error",
+    "sweep": "0 every point written (infeasible points are rows, not failures); 2 bad study "
+             "file or an --out that holds a sweep without --resume; 70 internal error",
     "calibrate": "0 calibration written; 2 bad input (one line naming the file, the line or "
                  "field and the problem) or aiconfigurator-core not installed; 70 internal "
                  "error",

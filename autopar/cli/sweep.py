@@ -1,0 +1,43 @@
+"""`autopar sweep`: every point of a study file solved, each written as it finishes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..sweep import load_study, run_study, write_summary
+from ..sweep.run import Progress
+from . import options as opt
+from .app import main
+from .run import guard
+
+
+@main.command(epilog=opt.epilog("sweep"))
+@click.argument("study_path", metavar="STUDY.yaml", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="folder for points.jsonl, plans/ and summary.csv / summary.md")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="worker processes (each solve single-threaded, seed 0: the rows do not "
+                   "depend on this)")
+@click.option("--resume", is_flag=True, help="finish a sweep in --out: skip its done points")
+@click.option("--quiet", is_flag=True, help="no progress line on stderr")
+def sweep(study_path, out, workers, resume, quiet) -> None:
+    """Solve every point of a study (a grid or list of what-ifs, docs/studies.md)."""
+    study = guard(lambda: load_study(study_path))
+    folder = Path(out)
+
+    def show(p: Progress, row: dict) -> None:
+        best = f"{p.best:,.0f} tok/s/GPU" if p.best else "none yet"
+        left = p.left_s()
+        eta = f"{left:.0f} s left" if left is not None else ""
+        click.echo(f"\rpoints {p.done}/{p.total}  infeasible {p.infeasible}  failed "
+                   f"{p.failed}  best {best}  {eta}   ", err=True, nl=p.done == p.total)
+
+    rows = guard(lambda: run_study(study, folder, workers, resume,
+                                   None if quiet else show))
+    csv_path, md_path = write_summary(rows, folder, study.name)
+    solved = sum(r["status"] == "solved" for r in rows)
+    click.echo(f"{len(rows)} points ({solved} solved): {md_path}, {csv_path}")
+    sys.exit(0)
