@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import PROBLEMS, ROOT
 
+from autopar.api import check as plan_check
 from autopar.api import solve
 from autopar.cli import main
 from autopar.errors import InputError
@@ -161,6 +162,7 @@ def test_the_exporters_launch_the_hf_id():
     assert export_text(plan.data, "vllm").splitlines()[-1].startswith(
         "vllm serve example-org/seed-moe ")
     assert "--model-path example-org/seed-moe " in export_text(plan.data, "sglang")
+    assert not [f for f in plan_check(plan) if f.severity == "error"]  # the echo reads back
     plain = solve(PROBLEMS / "models" / "seed-moe-serve.yaml",
                   PROBLEMS / "hw" / "seed-3gpu.yaml", time_limit_s=3)
     assert "hf_id" not in plain.data["inputs"]["model"]  # echoed only where known
