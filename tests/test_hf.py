@@ -39,6 +39,7 @@ def test_published_parameter_counts():
 def test_hf_bad_value_names_the_key(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"num_hidden_layers": 2, "hidden_size": "big",
-                                "num_attention_heads": 4, "vocab_size": 10}))
+                                "num_attention_heads": 4, "vocab_size": 10,
+                                "intermediate_size": 16}))
     with pytest.raises(InputError, match="hidden_size: expected an integer"):
         load_model(path)

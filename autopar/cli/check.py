@@ -17,8 +17,9 @@ from .run import guard
 @click.argument("plan_path", metavar="PLAN.json", type=click.Path(dir_okay=False))
 @click.option("--hw", "hw_path", type=click.Path(dir_okay=False), default=None,
               help="hardware YAML (default: the plan's inputs)")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
-              help="model YAML or HF config.json (default: the plan's inputs)")
+@click.option("--model", "model_path", type=click.Path(), default=None,
+              help="model YAML, HF config.json or checkpoint folder (default: the plan's "
+                   "inputs)")
 @click.option("--json", "as_json", is_flag=True, help="print the findings as JSON")
 @click.option("--framework", default=None, metavar="NAME",
               help="also report each rule of this framework the plan breaks: megatron, "

@@ -47,8 +47,9 @@ def _stack(*decorators: Callable) -> Callable:
 def model_hw(f: Callable) -> Callable:
     """--model and --hw, both required."""
     return _stack(
-        click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
-                     help="model YAML (with an optional workload section) or HF config.json"),
+        click.option("--model", "model_path", required=True, type=click.Path(),
+                     help="model YAML (with an optional workload section), HF config.json, "
+                          "or an HF checkpoint folder (only its config.json is read)"),
         click.option("--hw", "hw_path", required=True, type=click.Path(dir_okay=False),
                      help="hardware YAML"),
     )(f)

@@ -165,7 +165,8 @@ def export_text(plan: dict[str, Any], engine: str, fmt: str = "command",
         raise KindError(f"workload.kind is 'training': {engine} serves plans; export a "
                         "training plan --to megatron")
     entry = launch_from_plan(plan)[engine]
-    name = model_path or plan["inputs"]["model"]["name"]
+    model = plan["inputs"]["model"]  # the HF id where the model came from an HF config
+    name = model_path or model.get("hf_id") or model["name"]
     body = command(engine, entry, name) if fmt == "command" else config_yaml(entry, name, engine)
     if entry.get("note"):
         body = f"# note: {entry['note']}\n" + body

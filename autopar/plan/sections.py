@@ -25,6 +25,8 @@ def inputs_echo(p: Problem, opts: SearchOptions, zero3: bool = False) -> dict[st
         del model["mtp_layers"]
     if not m.router_groups:  # [deepep] likewise group-limited routing
         del model["router_groups"], model["router_group_topk"]
+    if m.hf_id is None:  # likewise the HF id the exporters launch
+        del model["hf_id"]
     return {
         "model": model,
         "hardware": {

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from .datafile import read_data
 from .fields import Fields
 from .hardware import HardwareSpec, _read_hardware_fields
@@ -24,12 +25,20 @@ class ModelFile:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_model(data: Any, source: str) -> ModelFile:
+_HF_KEYS = ("num_hidden_layers", "model_type", "text_config", "architectures")
+
+
+def is_hf_config(data: Any) -> bool:
+    """An HF config.json, not autopar's YAML (whose model is under `model:`)."""
+    return isinstance(data, dict) and "model" not in data and any(k in data for k in _HF_KEYS)
+
+
+def parse_model(data: Any, source: str, hf_id: str | None = None) -> ModelFile:
     """A model file (autopar YAML) or a Hugging Face config.json, told apart by its keys."""
-    if isinstance(data, dict) and "num_hidden_layers" in data:
+    if is_hf_config(data):
         from .hf import model_from_hf
 
-        return ModelFile(model_from_hf(data, source), source=source)
+        return ModelFile(model_from_hf(data, source, hf_id), source=source)
     f = Fields(source, data)
     notes = f.text("notes")
     f.text("assumptions")
@@ -43,7 +52,27 @@ def parse_model(data: Any, source: str) -> ModelFile:
 
 
 def load_model(path: str | Path) -> ModelFile:
-    return parse_model(read_data(path), str(path))
+    """`--model`: autopar's YAML, an HF config.json, or an HF checkpoint folder, of which
+    only `config.json` is read (weights, tokenizer and index are never opened)."""
+    p = Path(path)
+    if p.is_dir():
+        config = p / "config.json"
+        if not config.is_file():
+            raise InputError(str(path), "", "a model directory must hold config.json (an HF "
+                                            "checkpoint folder); give a model YAML otherwise")
+        return parse_model(read_data(config), str(config), checkpoint_id(p))
+    folder = checkpoint_id(p.parent) if p.name == "config.json" else None
+    return parse_model(read_data(path), str(path), folder)
+
+
+def checkpoint_id(folder: Path) -> str | None:
+    """The HF id of a checkpoint folder: `org/name` in the hub cache's layout
+    (`models--org--name/snapshots/REV`), else the folder's own name."""
+    parts = folder.absolute().parts
+    for part in reversed(parts):
+        if part.startswith("models--") and part.count("--") >= 2:
+            return "/".join(part[len("models--"):].split("--", 1))
+    return folder.absolute().name or None
 
 
 def parse_hardware(data: Any, source: str) -> HardwareSpec:

@@ -1,7 +1,9 @@
-"""Read a Hugging Face `config.json` (Llama, Mixtral, Qwen-MoE, DeepSeek-V3 key names).
+"""Read a Hugging Face `config.json`: the architectures in `ARCHITECTURES` (Llama 3 / 3.1,
+Qwen2 / 2.5, Qwen3 dense and MoE, Mixtral, DeepSeek-V2 / V3 / R1, Kimi-K2, gpt-oss, Llama 4).
 
 HF configs carry many keys autopar does not need, so unknown keys are ignored here (unlike
-autopar's own YAML); every key that is read is type- and range-checked.
+autopar's own YAML); every key that is read is type- and range-checked, and a config that
+lacks keys autopar needs is refused in one line that names them all.
 """
 
 from __future__ import annotations
@@ -14,13 +16,111 @@ from .model import ModelSpec, _check_model, read_mla
 
 _DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8_e4m3fn": "fp8"}
 
+# model_type -> (what it is, the keys read beyond the common ones); docs/models.md's table
+ARCHITECTURES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "llama": ("Llama 3 / 3.1", ()),
+    "mistral": ("Mistral", ()),
+    "qwen2": ("Qwen2 / 2.5", ()),
+    "qwen3": ("Qwen3 dense", ("head_dim",)),
+    "mixtral": ("Mixtral", ("num_local_experts", "num_experts_per_tok")),
+    "qwen2_moe": ("Qwen2-MoE", ("num_experts", "moe_intermediate_size",
+                                "shared_expert_intermediate_size", "decoder_sparse_step",
+                                "mlp_only_layers")),
+    "qwen3_moe": ("Qwen3-MoE", ("num_experts", "moe_intermediate_size", "decoder_sparse_step",
+                                "mlp_only_layers")),
+    "deepseek_v2": ("DeepSeek-V2 (MLA)", ("n_routed_experts", "n_shared_experts",
+                                          "moe_intermediate_size", "first_k_dense_replace",
+                                          "moe_layer_freq", "n_group", "topk_group",
+                                          "topk_method", "kv_lora_rank", "q_lora_rank")),
+    "deepseek_v3": ("DeepSeek-V3 / R1 (MLA, MTP)", ("n_routed_experts", "n_shared_experts",
+                                                    "moe_intermediate_size",
+                                                    "first_k_dense_replace", "n_group",
+                                                    "topk_group", "kv_lora_rank",
+                                                    "q_lora_rank", "num_nextn_predict_layers",
+                                                    "quantization_config")),
+    "kimi_k2": ("Kimi-K2 (DeepSeek-V3 shape)", ("n_routed_experts", "n_shared_experts",
+                                                "moe_intermediate_size",
+                                                "first_k_dense_replace", "kv_lora_rank",
+                                                "q_lora_rank", "quantization_config")),
+    "gpt_oss": ("gpt-oss", ("num_local_experts", "num_experts_per_tok", "head_dim",
+                            "layer_types", "sliding_window", "quantization_config")),
+    "llama4_text": ("Llama 4 (in `text_config`)", ("num_local_experts",
+                                                   "num_experts_per_tok",
+                                                   "intermediate_size_mlp",
+                                                   "interleave_moe_layer_step", "moe_layers",
+                                                   "head_dim")),
+}
+# read from every config: the widths, depth, vocabulary and (optional) dtype and tying
+COMMON_KEYS = ("hidden_size", "num_attention_heads", "num_key_value_heads",
+               "num_hidden_layers", "intermediate_size", "vocab_size", "hidden_act",
+               "torch_dtype", "tie_word_embeddings")
+_REQUIRED = ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size")
+_EXPERT_KEYS = ("n_routed_experts", "num_local_experts", "num_experts")
+_MLA_KEYS = ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+# a multimodal wrapper (Llama 4) keeps these at the top level, the language model below
+_WRAPPER_KEYS = ("_name_or_path", "torch_dtype", "dtype", "tie_word_embeddings",
+                 "quantization_config")
 
-def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
-    f = Fields(source, data)
+
+def text_model(data: dict[str, Any], source: str) -> tuple[Fields, str]:
+    """The language model's keys (Llama 4's `text_config`, with the wrapper's dtype, tying
+    and quantization where it alone states them) and its model_type ("" where unstated)."""
+    if isinstance(data.get("text_config"), dict):
+        inner = data["text_config"]
+        merged = {**{k: data[k] for k in _WRAPPER_KEYS if k in data}, **inner}
+        wrapper = {"llama4": "llama4_text"}.get(str(data.get("model_type", "")), "")
+        return Fields(source, merged, "text_config"), str(inner.get("model_type") or wrapper)
+    return Fields(source, data), str(data.get("model_type", ""))
+
+
+def missing_keys(f: Fields) -> list[str]:
+    """Keys autopar needs that the config lacks: the widths, and the MoE and MLA keys the
+    config's own experts or latent attention imply."""
+    need = list(_REQUIRED)
+    moe = any(f.has(k) for k in _EXPERT_KEYS)
+    if moe or f.has("moe_intermediate_size"):
+        need.append("num_experts_per_tok" if not f.has("experts_per_token")
+                    else "experts_per_token")
+        if not moe:
+            need.append("n_routed_experts")
+    if not f.has("moe_intermediate_size") and not f.has("intermediate_size_mlp"):
+        need.append("intermediate_size")
+    if f.has("kv_lora_rank"):
+        need += _MLA_KEYS
+    return [k for k in need if not f.has(k)]
+
+
+def _check_architecture(f: Fields, model_type: str) -> None:
+    """One line for what cannot be read: an unknown model_type that lacks the keys of a
+    plain decoder, MoE keys of an unknown architecture (read as dense they would plan the
+    wrong model), or a known one missing keys."""
+    lacking = missing_keys(f)
+    known = model_type in ARCHITECTURES or not model_type
+    where = f"{f.path}." if f.path else ""
+    if not known:
+        extra = sorted(k for k in f.data if "expert" in str(k) and k not in _EXPERT_KEYS
+                       and k not in ("num_experts_per_tok", "n_shared_experts"))
+        if lacking or extra:
+            why = (f"lacks keys autopar needs: {', '.join(where + k for k in lacking)}"
+                   if lacking else f"has MoE keys autopar does not read: {', '.join(extra)}")
+            raise InputError(f.source, f"{where}model_type",
+                             f"{model_type!r} is not an architecture autopar knows "
+                             f"({', '.join(ARCHITECTURES)}) and {why}")
+    elif lacking:
+        name = ARCHITECTURES[model_type][0] if model_type else "an HF"
+        raise InputError(f.source, "", f"{name} config lacks keys autopar needs: "
+                                       f"{', '.join(where + k for k in lacking)}")
+
+
+def model_from_hf(data: dict[str, Any], source: str, hf_id: str | None = None) -> ModelSpec:
+    """The model a config.json describes; `hf_id` (the checkpoint folder's, where the config
+    names none in `_name_or_path`) is kept for the exporters' model path."""
+    f, model_type = text_model(data, source)
+    _check_architecture(f, model_type)
     hidden = f.int("hidden_size", 1, 1_000_000)
     heads = f.int("num_attention_heads", 1, 100_000)
     experts = 0
-    for key in ("n_routed_experts", "num_local_experts", "num_experts"):
+    for key in _EXPERT_KEYS:
         if f.has(key):
             experts = f.int(key, 0, 100_000)
             break
@@ -28,21 +128,22 @@ def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
     ffn = f.int("intermediate_size", 1, 10_000_000, default=0)
     expert_ffn = f.int("moe_intermediate_size", 1, 10_000_000, default=0)
     if experts and not expert_ffn:
-        expert_ffn, ffn = ffn, 0  # Mixtral: intermediate_size is the expert's width
-    dense: set[int] = set()
-    if experts:
-        dense.update(range(f.int("first_k_dense_replace", 0, layers, default=0)))
-        dense.update(f.int_list("mlp_only_layers", 0, layers - 1, default=()))
-        step = f.int("decoder_sparse_step", 1, layers, default=1)
-        dense.update(i for i in range(layers) if (i + 1) % step)
+        # Mixtral, gpt-oss, Llama 4: intermediate_size is the expert's width; Llama 4's
+        # dense layers have their own (intermediate_size_mlp)
+        expert_ffn, ffn = ffn, f.int("intermediate_size_mlp", 1, 10_000_000, default=0)
+    dense = _dense_layers(f, layers) if experts else set()
     shared = f.int("n_shared_experts", 0, 1000, default=0)
     shared_ffn = expert_ffn
     if f.has("shared_expert_intermediate_size"):  # Qwen2-MoE: one wide shared expert
         shared_ffn = f.int("shared_expert_intermediate_size", 0, 10_000_000)
         shared = 1 if shared_ffn else 0
+    if model_type == "llama4_text":  # every Llama 4 MoE layer adds one expert-wide shared MLP
+        shared = 1
     mla = read_mla(f) if f.has("kv_lora_rank") else None
     if hidden % heads and not f.has("head_dim"):
-        raise InputError(source, "head_dim", "required: hidden_size is not a multiple of heads")
+        raise InputError(source, f.field("head_dim"),
+                         "required: hidden_size is not a multiple of heads")
+    _attention_layers(f, layers)
     act = f.str("hidden_act", default="silu")
     # an unknown dtype is an error, not bf16: planning the wrong width misstates all memory
     # (transformers >= 4.56 writes `dtype`; older configs `torch_dtype`)
@@ -51,8 +152,14 @@ def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
     weight_dtype = weight_scaling = None
     if f.has("quantization_config"):
         weight_dtype, weight_scaling = _quantization(f.section("quantization_config"))
+    top_k = 0
+    if experts:
+        key = "num_experts_per_tok" if f.has("num_experts_per_tok") else "experts_per_token"
+        top_k = f.int(key, 0, 100_000)
+    named = f.str("_name_or_path", default="") or None
+    hf_id = named or hf_id
     model = ModelSpec(
-        name=f.str("_name_or_path", default="") or f.str("model_type", default="hf-model"),
+        name=hf_id or f.str("model_type", default="hf-model"),
         layers=layers,
         hidden=hidden,
         heads=heads,
@@ -64,7 +171,7 @@ def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
         gated_mlp=act in ("silu", "swiglu", "gelu_pytorch_tanh") or "glu" in act,
         vocab=f.int("vocab_size", 1, 100_000_000),
         experts=experts,
-        top_k=f.int("num_experts_per_tok", 0, 100_000, default=0) if experts else 0,
+        top_k=top_k,
         expert_ffn_hidden=expert_ffn if experts else 0,
         shared_experts=shared if experts else 0,
         shared_expert_ffn_hidden=shared_ffn if experts and shared else 0,
@@ -75,9 +182,48 @@ def model_from_hf(data: dict[str, Any], source: str) -> ModelSpec:
         weight_dtype=weight_dtype,
         weight_scaling=weight_scaling,
         mtp_layers=f.int("num_nextn_predict_layers", 0, 100, default=0),
+        hf_id=hf_id,
         **_router_groups(f, experts),
     )
     return _check_model(model, f)
+
+
+def _dense_layers(f: Fields, layers: int) -> set[int]:
+    """The layers of an MoE model that keep a dense MLP: DeepSeek's first k (and those off
+    its `moe_layer_freq`), Qwen's `mlp_only_layers` and off its `decoder_sparse_step`, and
+    Llama 4's off its `interleave_moe_layer_step` (its MoE layers are step-1, 2 step-1, ...,
+    or the explicit `moe_layers`)."""
+    first = f.int("first_k_dense_replace", 0, layers, default=0)
+    dense = set(range(first))
+    freq = f.int("moe_layer_freq", 1, layers, default=1)
+    dense.update(i for i in range(layers) if i % freq)  # DeepSeek: MoE where i % freq == 0
+    dense.update(f.int_list("mlp_only_layers", 0, layers - 1, default=()))
+    for key in ("decoder_sparse_step", "interleave_moe_layer_step"):
+        step = f.int(key, 1, layers, default=1)
+        dense.update(i for i in range(layers) if (i + 1) % step)
+    if f.has("moe_layers"):
+        moe = set(f.int_list("moe_layers", 0, layers - 1))
+        dense = set(range(layers)) - moe
+    return dense
+
+
+_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
+
+
+def _attention_layers(f: Fields, layers: int) -> None:
+    """gpt-oss's `layer_types` (sliding and full attention alternating) and its
+    `sliding_window` are checked, not modelled: the cost model prices every layer as full
+    attention (docs/models.md), which overstates the sliding layers' score FLOPs and KV
+    cache. Their parameters are the same either way."""
+    if f.has("layer_types"):
+        kinds = f.data["layer_types"]
+        f.used.add("layer_types")
+        if not isinstance(kinds, list) or len(kinds) != layers or any(
+                k not in _LAYER_TYPES for k in kinds):
+            raise f.error("layer_types", f"expected a list of {layers} of "
+                                         f"{', '.join(_LAYER_TYPES)}")
+    if f.has("sliding_window"):
+        f.int("sliding_window", 1, 1 << 40)
 
 
 def _router_groups(f: Fields, experts: int) -> dict[str, int]:
@@ -102,8 +248,15 @@ def _quantization(q: Fields) -> tuple[str, str | None]:
     ModelOpt writes it (`quant_method: modelopt`, `quant_algo: NVFP4`, flat or under
     `quantization`, as in its hf_quant_config.json) or as compressed-tensors does
     (`format: nvfp4-pack-quantized`, 4-bit float weights and activations in groups of 16).
-    Anything else is refused: planning it at 16 bits would misstate its memory."""
+    gpt-oss's MXFP4 experts (`quant_method: mxfp4`: 4-bit values with one scale per 32,
+    attention, router, embedding and head in 16 bits) are not a weight format autopar
+    prices (its experts would need their own stored width and W4A16 GEMMs): the model is
+    planned as its 16-bit checkpoint, which overstates the experts' memory and decode reads
+    about 3.8x and never understates them. Anything else is refused: planning an unknown
+    format at 16 bits could misstate its memory either way."""
     method = q.str("quant_method")
+    if method == "mxfp4":  # gpt-oss: experts only; planned at 16 bits (docs/models.md)
+        return None, None
     if method == "fp8":
         block = q.int_list("weight_block_size", 1, 1 << 20, default=None)
         return "fp8", "block" if block else "tensor"

@@ -57,6 +57,10 @@ class ModelSpec:
     # (0: no groups) [deepep]
     router_groups: int = 0
     router_group_topk: int = 0
+    # The Hugging Face id (or checkpoint path) the model came from: an HF config's
+    # `_name_or_path` or its checkpoint folder; the serving exporters' model path (None:
+    # the model's name)
+    hf_id: str | None = None
 
     @property
     def is_moe(self) -> bool:
@@ -164,6 +168,7 @@ def _read_model_fields(f: Fields) -> ModelSpec:
         mtp_layers=f.int("mtp_layers", 0, 100, default=0),
         router_groups=f.int("router_groups", 0, 100_000, default=0),
         router_group_topk=f.int("router_group_topk", 0, 100_000, default=0),
+        hf_id=f.str("hf_id", default=None),
     )
     if m.shared_experts and not m.shared_expert_ffn_hidden:
         m = replace(m, shared_expert_ffn_hidden=m.expert_ffn_hidden)
