@@ -23,6 +23,9 @@ EXIT_CODES = {
     "check": "0 sound (warnings only); 1 errors found; 2 unusable input; 70 internal error",
     "export": "0 configuration printed; 2 bad input (not an autopar plan, or not one the "
               "engine can launch); 70 internal error",
+    "place": "0 placed (the JSON printed, the map written to --out); 2 bad input (one line "
+             "naming the file, the field and the problem); 70 internal error; 130 / 143 "
+             "interrupted (nothing written)",
     "calibrate": "0 calibration written; 2 bad input (one line naming the file, the line or "
                  "field and the problem) or aiconfigurator-core not installed; 70 internal "
                  "error",
