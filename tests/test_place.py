@@ -221,3 +221,31 @@ def test_cli_place_writes_the_map_and_prints_the_verdict(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "autopar", "place", str(out), "--ep", "4"],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_autopar_json_profile(tmp_path):
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps({"layers": VLLM_ROWS}))
+    ml = read_engine_loads(str(p))
+    assert ml.fmt == "autopar-json" and ml.counts.tolist() == VLLM_ROWS
+
+
+def test_tokens_per_step_scales_the_saving_linearly(tmp_path):
+    """The layer model is linear in tokens: twice the routed tokens per step, twice the
+    saving; the move (weights only) does not change."""
+    kw = dict(ep=4, gpus_per_node=2, spare_slots=1, placement_budget_s=0, model=MODEL)
+    src = str(DATA / "vllm_eplb_snapshot.json")
+    a = api.place(src, tokens_per_step=1000.0, **kw)["rebalance"]
+    b = api.place(src, tokens_per_step=2000.0, **kw)["rebalance"]
+    assert b["step_saving_s"] == pytest.approx(2 * a["step_saving_s"])
+    assert b["move_cost_s"] == pytest.approx(a["move_cost_s"])
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(spare_slots=7), "would hold one expert twice"),  # 2 + 7 slots > 8 experts
+    (dict(engine="tgi"), "--to"),
+    (dict(placement_budget_s=-1), "--placement-budget"),
+])
+def test_bad_options_are_one_line_errors(kw, needle):
+    with pytest.raises(InputError, match=needle):
+        api.place(str(DATA / "vllm_eplb_snapshot.json"), **{"ep": 4, **kw})
