@@ -290,6 +290,8 @@ def place(loads: str | Path, ep: int, gpus_per_node: int | None = None, spare_sl
     placed = place_layers(problems, budget_s=budget, deadline=Deadline.after(max(budget, 1e-3)))
     took = time.perf_counter() - t0
     filled = [fill_slots(p, pl.gpu_experts) for p, pl in zip(problems, placed, strict=True)]
+    for lid, gx in zip(ids, filled, strict=True):  # what every engine's table requires
+        check_layout(gx, E, "placement", f"layer {lid}")
     emap = engine_map(engine, filled, ids, total, E, map_path)
     layers = []
     for lid, p, pl, gx in zip(ids, problems, placed, filled, strict=True):

@@ -249,3 +249,15 @@ def test_tokens_per_step_scales_the_saving_linearly(tmp_path):
 def test_bad_options_are_one_line_errors(kw, needle):
     with pytest.raises(InputError, match=needle):
         api.place(str(DATA / "vllm_eplb_snapshot.json"), **{"ep": 4, **kw})
+
+
+@pytest.mark.parametrize("engine", ["sglang", "vllm", "trtllm"])
+def test_own_map_as_current_moves_nothing(engine, tmp_path):
+    """The anytime placement is deterministic: read back as --current (each engine's form),
+    it is the new placement, so nothing moves and nothing is saved."""
+    _, path = _placed(engine, tmp_path)
+    res = api.place(str(DATA / "sglang_logical_count.json"), ep=4, gpus_per_node=2,
+                    spare_slots=1, placement_budget_s=0, model=MODEL, current=str(path))
+    r = res["rebalance"]
+    assert (r["moved_experts"], r["move_cost_s"], r["step_saving_s"]) == (0, 0.0, 0.0)
+    assert not r["worth_it"] and r["current"] == str(path)

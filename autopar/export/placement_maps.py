@@ -96,7 +96,8 @@ def engine_map(engine: str, layers: Sequence[Layout], layer_ids: Sequence[int],
         note = ("released vLLM loads no initial placement: it starts from its default map and "
                 "rebalances every step_interval steps; the file is this placement in EplbState's "
                 "layout ([MoE layers][slots]), for eplb_config.initial_expert_map_path of the "
-                "open vLLM PR #49572")
+                "open vLLM PR #49572; older vLLM releases spell the settings "
+                "--num-redundant-experts, --eplb-window-size, --eplb-step-interval")
         return EngineMap(engine, json.dumps(rows, separators=(",", ":")), ".json", args, note)
     if engine == "trtllm":
         doc = {"num_slots": phys,
