@@ -5,6 +5,7 @@ The CLI is a thin shell over this module; other planners call it directly.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from .search.placement import check_budget
 from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
 from .spec.frameworks import load_framework
 
-__all__ = ["solve", "check", "load_model", "load_hardware", "Plan", "make_problem"]
+__all__ = ["solve", "check", "place", "load_model", "load_hardware", "Plan", "make_problem"]
 
 
 def make_problem(model: ModelSpec | ModelFile | str | Path,
@@ -234,3 +235,123 @@ def _static_bytes(p: Problem) -> float:
 
     states = p.workload.grad_bytes + p.workload.optimizer_bytes if p.training else 0
     return weight_bytes(p.model) + param_count(p.model)["total"] * states
+
+
+# --------------------------------------------------------------------------- autopar place
+# Pricing a rebalance without a hardware file: an H100 SXM node of the catalogue with one
+# 400 Gb/s NIC per GPU (problems/hw/h100-4node.yaml's link), stated in the verdict
+DEFAULT_PRICE_HW = {"name": "default (H100 SXM, NVLink, 400 Gb/s NIC per GPU)",
+                    "gpu": {"type": "H100-SXM5-80GB"}, "gpus_per_node": 8,
+                    "inter_node": {"bandwidth_gbps": 50, "latency_us": 8}}
+
+
+def place(loads: str | Path, ep: int, gpus_per_node: int | None = None, spare_slots: int = 0,
+          placement_budget_s: float = 1.0, engine: str = "sglang",
+          model: str | Path | None = None, hardware: str | Path | None = None,
+          current: str | Path | None = None, horizon_steps: int = 3000,
+          tokens_per_step: float | None = None, map_path: str = "FILE") -> dict[str, Any]:
+    """Place every MoE layer of a measured load file (`spec.engine_loads` formats) over an EP
+    group and return the engine's map (`export.placement_maps`), its launch settings, the
+    per-layer figures and, with a model, whether it is worth a rebalance from `current` (a
+    map file) or the engine's default map (`search.placement.rebalance`).
+
+    `placement_budget_s` bounds all layers together (anytime placement, then CP-SAT in what
+    is left); `tokens_per_step` rescales every layer to that many routed tokens (tokens x
+    top-k) per step, else the file's counts over its recorded passes."""
+    from .export.placement_maps import MAP_ENGINES, check_layout, engine_map, read_map, split_gpus
+    from .search.placement import PlacementProblem, place_layers, route_loads
+    from .search.placement.rebalance import ExpertCost, fill_slots, rebalance
+    from .spec import parse_hardware
+    from .spec.engine_loads import read_engine_loads
+
+    src = str(loads)
+    budget = check_budget(placement_budget_s, "--placement-budget")
+    if engine not in MAP_ENGINES:
+        raise InputError("--to", "", f"{engine!r} is not one of {', '.join(MAP_ENGINES)}")
+    if type(ep) is not int or ep < 1:
+        raise InputError("--ep", "", f"must be an integer >= 1, got {ep!r}")
+    ml = read_engine_loads(src)
+    E = ml.num_experts
+    mf = load_model(model) if model is not None else None
+    m = mf.model if mf is not None else None
+    hw = load_hardware(hardware) if hardware is not None else None
+    ids, total = _layer_ids(ml, m, src)
+    gpn = min(ep, gpus_per_node or (hw.nvlink_domain if hw else 8))
+    cap = -(-E // ep) + spare_slots
+    if cap > E:
+        raise InputError("--spare-slots", "", f"{cap} slots per GPU for {E} experts: a GPU "
+                         "would hold one expert twice")
+    rows = ml.per_step()
+    if tokens_per_step is not None:
+        rows = rows / rows.sum(axis=1, keepdims=True) * float(tokens_per_step)
+    problems = [PlacementProblem(tuple(float(v) for v in r), ep, gpn, cap, spare_slots)
+                for r in rows]
+    t0 = time.perf_counter()
+    placed = place_layers(problems, budget_s=budget, deadline=Deadline.after(max(budget, 1e-3)))
+    took = time.perf_counter() - t0
+    filled = [fill_slots(p, pl.gpu_experts) for p, pl in zip(problems, placed, strict=True)]
+    for lid, gx in zip(ids, filled, strict=True):  # what every engine's table requires
+        check_layout(gx, E, "placement", f"layer {lid}")
+    emap = engine_map(engine, filled, ids, total, E, map_path)
+    layers = []
+    for lid, p, pl, gx in zip(ids, problems, placed, filled, strict=True):
+        lo, cross = route_loads(p, gx)
+        mean = sum(p.loads) / ep
+        layers.append({"layer": lid, "max_over_mean": float(lo.max()) / mean,
+                       "bound_over_mean": pl.best_bound / mean,
+                       "cross_node_share": cross / sum(p.loads), "method": pl.method,
+                       "status": pl.status, "gpus": [list(g) for g in gx]})
+    out: dict[str, Any] = {
+        "loads": {"path": src, "format": ml.fmt, "moe_layers": len(ids), "experts": E,
+                  "steps": ml.steps, "layer_ids": "model layers" if ml.layer_ids or m
+                  else "MoE-layer ordinals (give --model for model layer indices)"},
+        "engine": engine, "ep": ep, "gpus_per_node": gpn, "spare_slots": spare_slots,
+        "slots_per_gpu": cap, "physical_experts": ep * cap, "args": emap.args,
+        "note": emap.note, "placement_s": took, "layers": layers, "rebalance": None}
+    if current is not None and m is None:
+        raise InputError("--current", "", "pricing a rebalance needs --model (the experts' "
+                         "bytes and FLOPs)")
+    if m is None:
+        return {**out, "map_text": emap.text, "map_suffix": emap.suffix}
+    if current is not None:
+        got = read_map(str(current))
+        keys = ids if got.keyed_by == "layer" else list(range(len(ids)))
+        missing = [k for k in keys if k not in got.rows]
+        if missing:
+            raise InputError(str(current), "", f"no row for layer {missing[0]}")
+        cur = [split_gpus(got.rows[k], ep, str(current), f"layer {k}") for k in keys]
+        for k, c in zip(keys, cur, strict=True):
+            check_layout(c, E, str(current), f"layer {k}")
+        cur_name = str(current)
+    else:  # the engines' start: slot i holds expert i % E
+        cur = [split_gpus([i % E for i in range(ep * cap)], ep, "default", "")] * len(ids)
+        cur_name = "the engine default map (slot i -> expert i % E)"
+    pricing = hw or parse_hardware(DEFAULT_PRICE_HW, "default hardware")
+    cost = ExpertCost.of(m, training=bool(mf.workload and mf.workload.kind == "training"))
+    verdict = rebalance(problems, cur, filled, cost, pricing.gpu.flops(m.weight_dtype or m.dtype),
+                        pricing.intra.bytes_per_s, pricing.inter.bytes_per_s, horizon_steps,
+                        f"{pricing.name}: intra {pricing.intra.bytes_per_s / GB:g} GB/s, "
+                        f"inter {pricing.inter.bytes_per_s / GB:g} GB/s")
+    return {**out, "rebalance": {**verdict.to_dict(), "current": cur_name},
+            "map_text": emap.text, "map_suffix": emap.suffix}
+
+
+def _layer_ids(ml, m: ModelSpec | None, src: str) -> tuple[list[int], int]:
+    """The model layer of each row and the layers of the engine's full table: from the file
+    (SGLang records every layer), else the model's MoE layers, else the rows themselves."""
+    n = ml.counts.shape[0]
+    if m is not None:
+        if not m.is_moe or m.experts != ml.num_experts:
+            raise InputError(src, "", f"{ml.num_experts} experts per layer, the model has "
+                             f"{m.experts}")
+        moe = [i for i in range(m.layers) if m.is_moe_layer(i)]
+        if ml.layer_ids is None and len(moe) != n:
+            raise InputError(src, "", f"{n} MoE layers, the model has {len(moe)}")
+        if ml.layer_ids is not None and not set(ml.layer_ids) <= set(moe):
+            bad = sorted(set(ml.layer_ids) - set(moe))[0]
+            raise InputError(src, f"layer {bad}", "has counts but is dense in the model")
+        ids = list(ml.layer_ids) if ml.layer_ids is not None else moe
+        return ids, m.layers
+    if ml.layer_ids is not None:
+        return list(ml.layer_ids), ml.total_layers or max(ml.layer_ids) + 1
+    return list(range(n)), n

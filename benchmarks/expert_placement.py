@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from autopar.search.placement import Placement, PlacementProblem, place_experts, place_layers  # noqa: E402
+from autopar.search.placement.rebalance import moe_layer_time_s  # noqa: E402
 from autopar.spec.loads import zipf_profile  # noqa: E402
 
 PLACERS = ("round_robin", "greedy", "node_local", "cpsat")
@@ -51,8 +52,9 @@ class Row:
 
 
 def layer_time_us(max_load_tokens: float) -> float:
-    """MoE layer time = max GPU load (tokens) x FLOPs per token / GPU FLOP/s."""
-    return max_load_tokens * FLOPS_PER_TOKEN / GPU_FLOPS * 1e6
+    """MoE layer time = max GPU load (tokens) x FLOPs per token / GPU FLOP/s (the model
+    `autopar place` prices a rebalance with)."""
+    return moe_layer_time_s(max_load_tokens, FLOPS_PER_TOKEN, GPU_FLOPS) * 1e6
 
 
 def run_case(e: int, g: int, gpn: int, spare: int, skew: float, limit: float) -> Row:

@@ -25,6 +25,9 @@ EXIT_CODES = {
               "engine can launch); 70 internal error",
     "sweep": "0 every point written (infeasible points are rows, not failures); 2 bad study "
              "file or an --out that holds a sweep without --resume; 70 internal error",
+    "place": "0 placed (the JSON printed, the map written to --out); 2 bad input (one line "
+             "naming the file, the field and the problem); 70 internal error; 130 / 143 "
+             "interrupted (nothing written)",
     "calibrate": "0 calibration written; 2 bad input (one line naming the file, the line or "
                  "field and the problem) or aiconfigurator-core not installed; 70 internal "
                  "error",

@@ -4,6 +4,7 @@ marked inexact."""
 
 from .engines import ENGINES, KindError, export_text, launch_from_plan, launch_section
 from .megatron import megatron_entry, megatron_text
+from .placement_maps import MAP_ENGINES, engine_map, read_map  # noqa: F401
 
 TARGETS = (*ENGINES, "megatron")
 

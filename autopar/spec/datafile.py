@@ -205,8 +205,9 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
-def parse_yaml(text: str, source: str) -> Any:
-    """YAML through the safe loader with the limits above."""
+def parse_yaml(text: str, source: str, int_keys: bool = False) -> Any:
+    """YAML through the safe loader with the limits above (`int_keys`: integer mapping keys
+    allowed, as in TensorRT-LLM's per-layer tables)."""
     loader = None
     try:
         loader = _Loader(text)  # the reader refuses control characters here
@@ -228,7 +229,7 @@ def parse_yaml(text: str, source: str) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
-    check_plain(data, source)
+    check_plain(data, source, int_keys)
     return data
 
 
@@ -237,7 +238,7 @@ _PLAIN_KINDS = {"date": "a date", "datetime": "a timestamp", "bytes": "binary da
                 "set": "a set"}
 
 
-def check_plain(data: Any, source: str) -> None:
+def check_plain(data: Any, source: str, int_keys: bool = False) -> None:
     """Refuse what is not plain, bounded data, naming the field: nesting over MAX_DEPTH
     (which also catches a YAML alias that contains itself), a non-string or overlong key,
     an integer over MAX_INT_DIGITS digits, NaN or infinity, and YAML-only types (dates,
@@ -251,6 +252,8 @@ def check_plain(data: Any, source: str) -> None:
                              f"nested deeper than {MAX_DEPTH} levels")
         if isinstance(value, dict):
             for k in value:
+                if int_keys and type(k) is int and k.bit_length() < 64:
+                    continue
                 if not isinstance(k, str) or len(k) > MAX_KEY_CHARS or not k.isprintable():
                     shown = _show_key(k)
                     raise InputError(source, f"{path}.{shown}" if path else shown,

@@ -5,7 +5,8 @@ place_layers (many), route_loads (the routing rule), check_placement, lower_boun
 check_budget, the greedy and round_robin baselines and eplb (DeepSeek's balancer, ported).
 Modules, in import order: problem, core (the integer instance), baselines, eplb, flat and
 hier (the CP-SAT models), improve (swap descent, LNS windows), anytime (the solver-free
-placement that is ready first), place (one layer), layers.
+placement that is ready first), place (one layer), layers, rebalance (full slot tables for
+the engines and whether a new placement is worth moving to).
 """
 
 from .baselines import greedy, round_robin  # noqa: F401
