@@ -100,3 +100,18 @@ def test_the_command_writes_the_options_and_serves():
     before = copy.deepcopy(plan)
     trtllm_text(plan)
     assert plan == before
+
+
+def test_the_trtllm_rules_refuse_what_the_export_cannot_write():
+    """What the export marks inexact for attention DP (TP inside DP groups) the
+    `--framework trtllm` table refuses, so a trtllm run never plans it."""
+    from autopar.spec.frameworks import layout_values, load_framework
+
+    fw = load_framework("trtllm")
+    for name, refused in (("mixtral-decode", True), ("qwen3-decode", False)):
+        plan = load(name)
+        m, s = plan["inputs"]["model"], plan["strategy"]
+        ids = [r.id for r in fw.broken(layout_values(s, m["layers"], m["experts"], 0,
+                                                     m["heads"]))]
+        assert ("attention-dp-is-unsharded" in ids) == refused
+        assert ("tp_size = 1" in trtllm_entry(plan)["why"]) == refused
