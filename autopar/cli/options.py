@@ -23,6 +23,9 @@ EXIT_CODES = {
     "check": "0 sound (warnings only); 1 errors found; 2 unusable input; 70 internal error",
     "export": "0 configuration printed; 2 bad input (not an autopar plan, or not one the "
               "engine can launch); 70 internal error",
+    "scale": "0 every size written (an infeasible size is a row with its reason); 2 bad "
+             "input (a size that is not whole nodes, a bad file) or an --out that holds a run "
+             "without --resume; 70 internal error",
     "sweep": "0 every point written (infeasible points are rows, not failures); 2 bad study "
              "file or an --out that holds a sweep without --resume; 70 internal error",
     "place": "0 placed (the JSON printed, the map written to --out); 2 bad input (one line "

@@ -13,7 +13,7 @@ from .app import main
 from .run import guard
 
 
-@main.command(epilog=opt.epilog("sweep"))
+@main.command(epilog=opt.epilog("scale"))
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
               help="model file (its workload is the one scaled)")
 @click.option("--hw", "hw_path", required=True, type=click.Path(dir_okay=False),
@@ -21,7 +21,8 @@ from .run import guard
 @click.option("--gpus", required=True, help="GPU counts, e.g. 8,16,32 (whole nodes)")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="folder for the points, plans, summary and scaling.png")
-@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="worker processes (each solve single-threaded, seed 0)")
 @click.option("--time-limit", "time_limit", type=float, default=10.0, show_default=True,
               help="seconds per point")
 @click.option("--resume", is_flag=True, help="finish a scaling run in --out")

@@ -163,7 +163,7 @@ def export_text(plan: dict[str, Any], engine: str, fmt: str = "command",
     kind = plan["inputs"]["workload"].get("kind")
     if kind == "training":
         raise KindError(f"workload.kind is 'training': {engine} serves plans; export a "
-                        "training plan --to megatron")
+                        "training plan --to megatron or --to torchtitan")
     entry = launch_from_plan(plan)[engine]
     model = plan["inputs"]["model"]  # the HF id where the model came from an HF config
     name = model_path or model.get("hf_id") or model["name"]

@@ -156,7 +156,7 @@ def megatron_entry(plan: dict[str, Any]) -> dict[str, Any]:
     w, m, s = inputs["workload"], inputs["model"], plan["strategy"]
     if w.get("kind") != "training":
         raise KindError(f"workload.kind is {w.get('kind')!r}: Megatron-LM exports training "
-                         "plans; export a serving plan --to vllm or --to sglang")
+                         "plans; export a serving plan --to vllm, sglang or trtllm")
     sched = s.get("pipeline_schedule", "1f1b")
     if sched != "1f1b":  # [dualpipe]
         raise KindError(f"strategy.pipeline_schedule is {sched!r}: Megatron-LM has no "
