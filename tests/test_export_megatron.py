@@ -113,8 +113,12 @@ def test_the_pipeline_flags_give_the_plans_stage_layers(name):
 
 
 def test_inexact_cases_say_why():
-    ds = megatron_entry(load("deepseek-v3-training-megatron"))  # 61 layers on PP 8
-    assert not ds["exact"] and "not a Megatron split" in ds["why"]
+    # a Megatron run states its cut with split flags: 61 layers on PP 8 as 8 x 7 + 5
+    ds = megatron_entry(load("deepseek-v3-training-megatron"))
+    assert ds["exact"] and ds["args"]["decoder-last-pipeline-num-layers"] == 5
+    plan = load("llama3-70b-training")  # searched under any: a free cut
+    plan["strategy"]["stage_layers"] = [[0, 20], [21, 39], [40, 59], [60, 79]]
+    assert "not a Megatron split" in megatron_entry(plan)["why"]
     plan = load("deepseek-v3-training-megatron")
     plan["strategy"]["zero"] = 2  # ZeRO-2 with PP: Megatron's rule table refuses it
     e = megatron_entry(plan)

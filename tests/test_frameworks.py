@@ -227,3 +227,21 @@ def test_the_doc_lists_every_rule_with_its_source():
     doc = (ROOT / "docs/frameworks.md").read_text()
     for name, rule in RULES:
         assert f"`{rule.id}` | `{rule.forbid}`" in doc and rule.source in doc, (name, rule.id)
+
+
+def test_a_megatron_run_states_its_stage_cut_with_split_flags():
+    """[pipeline-split] Under --framework megatron every pipelined training layout carries
+    Megatron's split flags (its cut is Megatron's own, exported exactly); 61 layers on PP 8
+    split as 7 x 8 + 5, the most even Megatron accepts."""
+    from autopar.search.degrees import SearchOptions, enumerate_strategies
+    from autopar.search.splits import megatron_split_options
+
+    p = make_problem(PROBLEMS / "models" / "deepseek-v3-train.yaml",
+                     PROBLEMS / "hw" / "h800-32node.yaml")
+    got = enumerate_strategies(p, SearchOptions(framework="megatron"))
+    piped = [s for s in got if s.pp > 1]
+    assert piped and all(s.split_pinned for s in piped)
+    opts = megatron_split_options(61, 8, (1,))
+    assert {"first_stage_layers": 0, "last_stage_layers": 5} in opts
+    assert {"embedding_in_split": True, "loss_in_split": True} in megatron_split_options(
+        126, 16, (1,))  # Llama-3.1 405B: 126 + 2 = 128 slots

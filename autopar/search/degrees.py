@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from ..cost.a2a import ep_pass
 from ..cost.comm import group_link
 from ..cost.layer import MoEState, Problem
-from ..cost.pipeline import SplitError, megatron_bounds
 from ..cost.strategy import (
     CAPACITY_DEFAULTS,
     CP_COMM,
@@ -28,6 +27,7 @@ from ..errors import InputError
 from ..model.recompute import DEFAULT_MODULES, canonical, module_error, searched_module_sets
 from ..spec import ModelSpec
 from ..spec.frameworks import LAYOUT_DEFAULTS, Framework, Rule, layout_values, load_framework
+from .splits import megatron_split_options, split_ok
 
 PIN_KEYS = ("tp", "pp", "dp", "ep", "etp", "micro_batch", "num_micro_batches", "recompute",
             "zero", "sequence_parallel", "virtual_stages", "overlap_grad_reduce",
@@ -151,7 +151,8 @@ def enumerate_strategies(p: Problem, opts: SearchOptions) -> list[Strategy]:
     fw = load_framework(opts.framework)
     if fw is None:
         return _enumerate(p, opts, False)
-    return [s for s in _enumerate(p, opts, True) if not fw.refuses(strategy_values(p, s))]
+    return [s for s in _enumerate(p, opts, True, fw.name == "megatron")
+            if not fw.refuses(strategy_values(p, s))]
 
 
 def strategy_values(p: Problem, s: Strategy) -> dict:
@@ -180,10 +181,12 @@ def binding_rules(fw: Framework, total: int, refused: list[tuple[Rule, int]]) ->
     return f"{fw.title} runs none of the {total} layouts the inputs allow: {named}"
 
 
-def _enumerate(p: Problem, opts: SearchOptions, every_zero: bool) -> list[Strategy]:
+def _enumerate(p: Problem, opts: SearchOptions, every_zero: bool,
+               megatron_splits: bool = False) -> list[Strategy]:
     """The layouts before any framework's rules. `every_zero` (a framework's run): offer
     ZeRO-0 beside 1-3 where data is sharded (the dominance that drops it assumes ZeRO-1,
-    which a framework may refuse), and for serving ETP = W / EP too."""
+    which a framework may refuse). `megatron_splits` (a Megatron run): the stage cut is one
+    Megatron's split flags state (`megatron_split_options`), not a searched one."""
     m, w, G = p.model, p.workload, p.hw.num_gpus
     pins = opts.pins
     _FASTER.clear()  # keyed by the problem's id: valid for this enumeration only
@@ -220,13 +223,13 @@ def _enumerate(p: Problem, opts: SearchOptions, every_zero: bool) -> list[Strate
                         if pins.get("micro_batch", mb) != mb:
                             continue
                         _options(G, tp, pp, dp, ep, etp, mb, per_replica // mb, p, pins, out,
-                                 cp, every_zero)
+                                 cp, every_zero, megatron_splits)
     return out
 
 
 def _options(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb: int,
              p: Problem, pins: dict, out: list[Strategy], cp: int = 1,
-             every_zero: bool = False) -> None:
+             every_zero: bool = False, megatron_splits: bool = False) -> None:
     training = p.workload.kind == "training"
     if pins.get("num_micro_batches", nmb) != nmb:
         return
@@ -239,20 +242,26 @@ def _options(G: int, tp: int, pp: int, dp: int, ep: int, etp: int, mb: int, nmb:
         vs = [pins["virtual_stages"]] if training or pins["virtual_stages"] == 1 else []
     flags = {k: pins[k] for k in ("overlap_grad_reduce", "overlap_tp_comm", *SPLIT_KEYS,
                                   *A2A_PINNED, *CAPACITY_PINNED) if k in pins}
-    if any(flags.get(k) for k in SPLIT_KEYS):  # Megatron's checks of the pinned split
-        vs = [v for v in vs if _split_ok(p.model.layers, pp, v, flags)]
+    splits: list[dict] = [{}]
+    if megatron_splits and training and pp > 1 and not any(flags.get(k) for k in SPLIT_KEYS):
+        splits = megatron_split_options(p.model.layers, pp, tuple(vs))
     if cp > 1:  # p2p (ring) is searched: all_gather moves as much and hides none of it
         flags.update(cp=cp, cp_comm=pins.get("cp_comm", "p2p"))
     scheds = schedule_choices(p, pp, ep, nmb, pins)
-    for spare in _spare_choices(p, ep, pins):
-        for a2a in _a2a_choices(p, (G, tp, pp, dp, ep, etp, mb), pins):
-            for sched in scheds:
-                if sched != "1f1b" and a2a.get("a2a_overlap"):
-                    continue  # DualPipe overlaps the all-to-all itself
-                _variants(G, tp, pp, dp, ep, etp, mb, nmb, recomputes, zeros,
-                          vs if sched == "1f1b" else [1],
-                          {**flags, **a2a, "spare_slots": spare, "pipeline_schedule": sched},
-                          pins, out)
+    for split in splits:
+        fl = {**flags, **split}
+        v_ok = vs
+        if any(fl.get(k) for k in SPLIT_KEYS):  # Megatron's checks of the (pinned) split
+            v_ok = [v for v in vs if split_ok(p.model.layers, pp, v, fl)]
+        for spare in _spare_choices(p, ep, pins):
+            for a2a in _a2a_choices(p, (G, tp, pp, dp, ep, etp, mb), pins):
+                for sched in scheds:
+                    if sched != "1f1b" and (a2a.get("a2a_overlap") or split):
+                        continue  # DualPipe overlaps the all-to-all itself; no split flags
+                    _variants(G, tp, pp, dp, ep, etp, mb, nmb, recomputes, zeros,
+                              v_ok if sched == "1f1b" else [1],
+                              {**fl, **a2a, "spare_slots": spare, "pipeline_schedule": sched},
+                              pins, out)
 
 
 def schedule_choices(p: Problem, pp: int, ep: int, nmb: int, pins: dict) -> list[str]:
@@ -330,16 +339,6 @@ def virtual_choices(layers: int, pp: int) -> list[int]:
     if layers % pp == 0:
         return _divisors(layers // pp)
     return [v for v in _divisors(layers // pp + 1) if v <= layers // pp]
-
-
-def _split_ok(layers: int, pp: int, v: int, flags: dict) -> bool:
-    try:
-        megatron_bounds(layers, pp, v, flags.get("first_stage_layers", 0),
-                        flags.get("last_stage_layers", 0), flags.get("embedding_in_split", False),
-                        flags.get("loss_in_split", False))
-    except SplitError:
-        return False
-    return True
 
 
 def recompute_modules_pin(pins: dict, m: ModelSpec) -> tuple[str, ...]:
