@@ -53,7 +53,7 @@ def _witness(rule, moe: bool) -> dict:
               "virtual_stages": [1, 2, 3], "spare_slots": [0, 1],
               "cp_comm": ["p2p", "a2a"], "moe_dispatcher": ["alltoall", "deepep"],
               "pipeline_schedule": ["1f1b", "dualpipe", "dualpipev"],
-              "moe_capacity_factor": [0.0, 1.0]}
+              "moe_capacity_factor": [0.0, 1.0], "recompute": ["none", "selective", "full"]}
     for _ in range(20_000):
         lay = {k: rng.choice(v) for k, v in domain.items()}
         lay.update({k: rng.random() < 0.5 for k, v in LAYOUT_DEFAULTS.items()
