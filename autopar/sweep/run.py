@@ -61,7 +61,7 @@ def solve_point(pt: Point) -> tuple[dict[str, Any], dict | None]:
     except InfeasibleError as exc:
         row.update(status="infeasible", reason=str(exc).splitlines()[0])
         return _finish(row, t0), None
-    except (InputError, AutoparError, ValueError) as exc:
+    except (AutoparError, ValueError) as exc:  # a refused point (InputError among them)
         row.update(status="error", reason=str(exc).splitlines()[0])
         return _finish(row, t0), None
     row.update(_figures(plan), status="solved")

@@ -83,8 +83,8 @@ def _set(data: dict, path: list[str], value: Any, src: str, key: str) -> None:
 
 
 def _axes(f: Fields) -> list[dict[str, Any]]:
-    """The points' overrides: the grid's product, then the listed points (each with the
-    grid's first value where it leaves an axis out is not assumed: a listed point is whole)."""
+    """The points' overrides: the grid's product, then the listed points (each whole: an
+    axis a listed point leaves out keeps the base's value, not the grid's)."""
     out: list[dict[str, Any]] = []
     if f.has("grid"):
         grid = f.section("grid")
