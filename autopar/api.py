@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,21 @@ def _named_calibration(name: str, hw: HardwareSpec) -> Calibration:
     return bundled_calibration(hw.gpu.name)
 
 
+TBO_ENGINES = ("sglang",)  # two-batch overlap is SGLang's (--enable-two-batch-overlap)
+
+
+def _without_tbo(p: Problem, framework: str) -> Problem:
+    """A serving engine without two-batch overlap never plans it: searched (None) becomes
+    off; pinned on is refused in one line."""
+    w = p.workload
+    if w.kind == "training" or framework in TBO_ENGINES or w.two_batch_overlap is False:
+        return p
+    if w.two_batch_overlap:
+        raise InputError("workload", "two_batch_overlap", f"is SGLang's; {framework} has none "
+                         "(drop it or use --framework sglang)")
+    return replace(p, workload=replace(w, two_batch_overlap=False))
+
+
 def solve(model: ModelSpec | ModelFile | str | Path,
           hardware: HardwareSpec | str | Path,
           workload: Workload | None = None,
@@ -128,6 +144,7 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     check_capacity_pins(p, pins)  # [capacity] pinned only; serving has none
     if fw is not None:
         fw.check_kind(p.workload.kind)
+        p = _without_tbo(p, fw.name)
     budget = None if placement_budget_s is None else check_budget(placement_budget_s)
     opts = SearchOptions(pins=pins, time_limit_s=time_limit_s, seed=seed, workers=workers,
                          framework=framework, placement_budget_s=budget)

@@ -245,3 +245,20 @@ def test_a_megatron_run_states_its_stage_cut_with_split_flags():
     assert {"first_stage_layers": 0, "last_stage_layers": 5} in opts
     assert {"embedding_in_split": True, "loss_in_split": True} in megatron_split_options(
         126, 16, (1,))  # Llama-3.1 405B: 126 + 2 = 128 slots
+
+
+def test_engines_without_two_batch_overlap_never_plan_it():
+    """Two-batch overlap is SGLang's: a vllm / trtllm run plans without it (searched: off;
+    pinned on: one line)."""
+    from autopar.api import _without_tbo
+    from autopar.spec import Workload
+
+    p = make_problem(PROBLEMS / "models" / "qwen3-30b-a3b.yaml", PROBLEMS / "hw" / "h100-8x.yaml",
+                     Workload("inference", 64, phase="both", input_len=1024, output_len=256))
+    assert p.workload.two_batch_overlap is None
+    for name in ("vllm", "trtllm"):
+        assert _without_tbo(p, name).workload.two_batch_overlap is False
+    assert _without_tbo(p, "sglang").workload.two_batch_overlap is None
+    on = replace(p, workload=replace(p.workload, two_batch_overlap=True))
+    with pytest.raises(InputError, match="two_batch_overlap"):
+        _without_tbo(on, "vllm")
