@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ..spec.frameworks import layout_values, load_framework
+from ..spec.frameworks import plan_refusals
 from .engines import KindError
 
 
@@ -111,15 +111,6 @@ def _moe(m: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
-def _rules(plan: dict[str, Any]) -> list[str]:
-    """What Megatron-Core refuses of the layout, by the `--framework megatron` rule table
-    (docs/frameworks.md): a plan searched under `any` may hold one."""
-    m, w, s = plan["inputs"]["model"], plan["inputs"]["workload"], plan["strategy"]
-    values = layout_values(s, int(m["layers"]), int(m.get("experts") or 0),
-                           int(w.get("seq_len") or 0), int(m["heads"]))
-    return [f"rule {r.id}: {r.why}" for r in load_framework("megatron").broken(values)]
-
-
 def _routing(plan: dict[str, Any], why: list[str]) -> dict[str, Any]:
     """[deepep] Node-limited routing as Megatron's group-limited router: one group per NVLink
     domain the EP group spans (its experts), each token to the top `a2a_node_limit` groups;
@@ -185,7 +176,7 @@ def megatron_entry(plan: dict[str, Any]) -> dict[str, Any]:
         why.append(f"grad_dtype {w['grad_dtype']}: Megatron-LM reduces gradients in fp32 "
                    "or bf16")
     args |= _memory(s, why)
-    why += _rules(plan)
+    why += plan_refusals(plan, "megatron")  # its --framework megatron rules
     args |= {"num-layers": m["layers"], "hidden-size": m["hidden"],
              "num-attention-heads": m["heads"],
              "seq-length": w["seq_len"], "max-position-embeddings": w["seq_len"]}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..spec.frameworks import layout_values, load_framework
+from ..spec.frameworks import plan_refusals
 from .engines import KindError
 
 VERSION = "torchtitan v0.2.2"
@@ -151,14 +151,6 @@ def _precision(w: dict[str, Any], moe: bool, why: list[str]) -> tuple[dict, dict
     return {"converters": conv}, quant
 
 
-def _rules(plan: dict[str, Any]) -> list[str]:
-    """What torchtitan refuses of the layout, by the `--framework torchtitan` rule table."""
-    m, w, s = plan["inputs"]["model"], plan["inputs"]["workload"], plan["strategy"]
-    values = layout_values(s, int(m["layers"]), int(m.get("experts") or 0),
-                           int(w.get("seq_len") or 0), int(m["heads"]))
-    return [f"rule {r.id}: {r.why}" for r in load_framework("torchtitan").broken(values)]
-
-
 def torchtitan_entry(plan: dict[str, Any]) -> dict[str, Any]:
     """{exact, why, config}: the job config as nested tables; KindError for a serving plan."""
     inputs = plan["inputs"]
@@ -201,7 +193,7 @@ def torchtitan_entry(plan: dict[str, Any]) -> dict[str, Any]:
     if w.get("state_dtype") not in (None, "fp32"):
         why.append(f"state_dtype {w['state_dtype']}: torchtitan's AdamW keeps fp32 states")
     model, quant = _precision(w, moe, why)
-    why += _rules(plan)
+    why += plan_refusals(plan, "torchtitan")  # its --framework torchtitan rules
     config: dict[str, Any] = {
         "job": {"description": f"autopar plan: {m.get('name', 'model')} on "
                                f"{s['num_gpus']} GPUs"},

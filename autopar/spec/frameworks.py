@@ -205,3 +205,13 @@ def _eval(node: ast.AST, v: dict[str, Any]) -> Any:
 
 __all__ = ["FRAMEWORKS", "Framework", "Rule", "framework_choice", "layout_values",
            "load_framework", "parse_framework"]
+
+
+def plan_refusals(plan: dict[str, Any], name: str) -> list[str]:
+    """What framework `name` refuses of a plan's layout, one `rule id: why` each: an
+    exporter adds them to its `why` (a plan searched under `any` may hold some)."""
+    m, w, s = plan["inputs"]["model"], plan["inputs"]["workload"], plan["strategy"]
+    values = layout_values(s, int(m["layers"]), int(m.get("experts") or 0),
+                           int(w.get("seq_len") or 0), int(m["heads"]))
+    fw = load_framework(name)
+    return [f"rule {r.id}: {r.why}" for r in fw.broken(values)] if fw else []
