@@ -97,11 +97,14 @@ class ComponentCost:
     gemm_bwd_s: float | None = None  # the backward's GEMMs where not 2x the forward's [tp-overlap]
 
     @property
+    def gemm_bwd(self) -> float:
+        """[backward] The backward's GEMMs: dgrad + wgrad = 2x the forward's, unless set."""
+        return 2 * (self.time_s - self.ew_s) if self.gemm_bwd_s is None else self.gemm_bwd_s
+
+    @property
     def bwd_s(self) -> float:
-        """[backward] GEMMs: dgrad + wgrad = 2x the forward (unless set); elementwise:
-        EW_BWD x; fp8 casts: the output gradient's [fp8-cast]."""
-        gemm = 2 * (self.time_s - self.ew_s) if self.gemm_bwd_s is None else self.gemm_bwd_s
-        return gemm + EW_BWD * (self.ew_s - self.cast_s) + self.cast_bwd_s
+        """[backward] GEMMs, EW_BWD x the elementwise, the output gradient's fp8 casts."""
+        return self.gemm_bwd + EW_BWD * (self.ew_s - self.cast_s) + self.cast_bwd_s
 
 
 @dataclass

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..model.components import EW_BWD
-
 PIPELINE_SPLITS = 4  # TE default num_splits of a pipelined reduce-scatter
 COMM_SMS = 16  # TE default num_sm of pipeline and bulk overlaps (set_sm_margin on)
 
@@ -72,8 +70,7 @@ def layer_exposed(training: bool, tp: int, costs: list, tp_t: float) -> tuple[fl
         window = sum(c.time_s - c.ew_s for c in gemm["column"] + gemm["row"])
         return max(0.0, tp_t - window), max(0.0, tp_t - 2 * window)
     fwd = {r: sum(c.time_s - c.ew_s for c in cs) for r, cs in gemm.items()}
-    bwd = {r: sum(c.bwd_s - EW_BWD * (c.ew_s - c.cast_s) - c.cast_bwd_s for c in cs)
-           for r, cs in gemm.items()}
+    bwd = {r: sum(c.gemm_bwd for c in cs) for r, cs in gemm.items()}
     return exposed(tp_t, fwd["column"], fwd["row"], bwd["column"], bwd["row"], tp)
 
 

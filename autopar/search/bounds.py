@@ -57,17 +57,15 @@ class _CostCache:
         moe, costs, _ = self.entry(s)
         return moe, costs
 
-    def context(self, s: Strategy) -> Context:
-        return self.entry(s)[2]
-
     def entry(self, s: Strategy) -> tuple[list[MoEState], list, Context]:
         return self._entry(s)[:3]
 
-    def summary(self, s: Strategy) -> tuple[list, LayerCost, float]:
-        """The layers, all of them summed into one LayerCost (stage costs are affine in their
-        layers, so costing the sum equals summing the costs), and the slowest layer."""
-        moe, costs, ctx, total, slowest = self._entry(s)
-        return costs, total, slowest
+    def summary(self, s: Strategy) -> tuple[Context, LayerCost, float]:
+        """The layout's Context, its layers all summed into one LayerCost (stage costs are
+        affine in their layers, so costing the sum equals summing the costs), and the slowest
+        layer."""
+        _, _, ctx, total, slowest = self._entry(s)
+        return ctx, total, slowest
 
     def _entry(self, s: Strategy) -> tuple:
         lk = self._layer_key(s)
@@ -128,7 +126,7 @@ def quick_bound(p: Problem, s: Strategy, cache: _CostCache) -> tuple[float, floa
     stages, the slowest stage is at least the mean and at least the slowest layer, and the
     largest optimizer step and memory are at least their means over the stages.
     """
-    _, _, ctx, total, slowest_layer = cache._entry(s)
+    ctx, total, slowest_layer = cache.summary(s)
     whole = stage_cost(p, s, s.pp - 1, [total], [ctx.emb, ctx.head], ctx)
     busy = whole.busy
     bottleneck = max(busy / s.pp, slowest_layer)
