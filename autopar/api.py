@@ -58,6 +58,11 @@ def make_problem(model: ModelSpec | ModelFile | str | Path,
         raise InputError(mf.source or "model", "model.weight_dtype",
                          f"{m.weight_dtype} weights are a serving checkpoint; training keeps "
                          f"{m.dtype} weights (workload.precision: fp8 runs fp8 GEMMs)")
+    if wl.kind == "training" and m.expert_weight_dtype not in (None, m.dtype):
+        raise InputError(mf.source or "model", "model.expert_weight_dtype",
+                         f"{m.expert_weight_dtype} experts are a serving checkpoint; training "
+                         f"keeps {m.dtype} weights (set expert_weight_dtype: {m.dtype}, or "
+                         "plan the HF config without its quantization_config)")
     check_recipe(wl, hw, mf.source or "workload")
     check_weights(m, hw, mf.source or "model")
     if zero3_gather not in ZERO3_GATHERS:

@@ -4,10 +4,13 @@ kernels counted) [metrics] [flops]."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..model.components import Component, embedding_components, head_components, layer_components
 from ..model.mtp import mtp_extra_components, mtp_flops_per_token, mtp_layer_index
 from ..model.recompute import module_reruns
 from ..spec import ModelSpec, Workload
+from .windows import attention_scale
 
 
 def decoding(w: Workload) -> bool:
@@ -18,9 +21,14 @@ def layer_flops(m: ModelSpec, w: Workload, layer: int,
                 flash: bool = True) -> list[tuple[Component, float]]:
     """Each component of a layer with its forward FLOPs per token it processes; a decode
     token attends to its whole context, MLA with its up-projections absorbed
-    [decode-attention] (`components` holds the rule)."""
-    return [(c, c.flops_per_token) for c in layer_components(
-        m, layer, w.context_len, w.causal, flash, decode=decoding(w))]
+    [decode-attention] (`components` holds the rule); a windowed layer's attention core is
+    the full layer's scaled by the keys its window leaves (`windows`, restated here) so
+    the window rule is not taken from the code under check [attention-window]."""
+    full = replace(m, window_layers=(), attention_window=0) if m.window_layers else m
+    scale = attention_scale(m, layer, w.context_len, w.causal, flash, decoding(w))
+    return [(c, c.flops_per_token * (scale if c.role == "heads" else 1.0))
+            for c in layer_components(full, layer, w.context_len, w.causal, flash,
+                                      decode=decoding(w))]
 
 
 def forward_flops_per_token(m: ModelSpec, w: Workload,

@@ -22,7 +22,9 @@ from .fp8 import recipe as fp8_recipe
 from .links import domain_members
 from .links import link_bw as _link_bw
 from .mtp import mtp_count, mtp_params
+from .mxfp4 import expert_weight_bytes
 from .pipeline import in_flight, mirror_stage, pipeline_time  # noqa: F401 (re-exported)
+from .windows import kv_tokens
 
 
 # --------------------------------------------------------------------------- layout
@@ -295,12 +297,12 @@ def expected_memory(m: ModelSpec, hw: HardwareSpec, w: Workload, lay: Layout, st
             out["activations_bytes"] += max(none - kept for kept, none in acts.values())
         d, e = shard(3)  # [fp8-weights] ZeRO-3 shards the fp8 copies as the weights
         out["fp8_weights_bytes"] = copy_bytes_per_param(hw, w) * (par.linear / d + par.expert / e)
-    else:  # the blocks' linear layers in the checkpoint's weight_dtype
-        out["weights_bytes"] = b * (par.dense - par.linear) + m.linear_bytes * (
-            par.linear + par.expert)
+    else:  # the blocks' linear layers in the checkpoint's weight_dtype, experts in theirs
+        out["weights_bytes"] = (b * (par.dense - par.linear) + m.linear_bytes * par.linear
+                                + expert_weight_bytes(m) * par.expert)  # [mxfp4]
         out["tp_overhead_bytes"] = b * par.replicated
-        out["kv_cache_bytes"] = (samples_per_replica(w, lay) * w.kv_len * (last - first + 1)
-                                 * kv_bytes_per_token_layer(m, lay.tp))
+        out["kv_cache_bytes"] = (samples_per_replica(w, lay) * kv_tokens(m, first, last, w.kv_len)
+                                 * kv_bytes_per_token_layer(m, lay.tp))  # [attention-window]
         out["activations_bytes"] = out["activations_no_recompute_bytes"] = peak
     out["total_bytes"] = sum(out[k] for k in (
         "weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes",

@@ -44,6 +44,7 @@ from .fp8 import check_fp8_timing
 from .framework import check_framework, plan_framework
 from .layout import check_degrees, check_divisibility, check_ranks, check_stages
 from .links import check_links
+from .mxfp4 import peak_dtype
 from .pipeline import check_layout as check_schedule
 from .placement import check_experts, check_shards
 from .recompute import gemm_dtype
@@ -282,7 +283,8 @@ def _check_full(f: Findings, plan: dict, inp: Inputs) -> dict[int, dict[str, int
             else len(plan["gpus"]) if isinstance(plan.get("gpus"), list) else 1
         peak = None
         if hw and m:
-            dtype = gemm_dtype(m, w)  # [metrics] MFU is taken against this precision's peak
+            # [metrics] MFU is taken against this precision's peak (fp4 experts: fp4's)
+            dtype = peak_dtype(m, hw, gemm_dtype(m, w))
             peaks = [hw.gpu.flops(dtype)]
             kept = capacity.kept(capacity.plan_terms(plan, m, w, lay)) if w and lay else {}
             mf = model_flops_per_step(m, w, kept) if w else \

@@ -102,7 +102,7 @@ def layer_costs(p: Problem, s: Strategy, moe: list[MoEState]) -> list[LayerCost]
     cache: dict[tuple, LayerCost] = {}
     out = []
     for layer in range(p.model.layers):
-        key = (p.model.is_moe_layer(layer), moe[layer],
+        key = (p.model.is_moe_layer(layer), moe[layer], p.model.window(layer),
                # [capacity] the dropped share is the layer's own (its load-profile row)
                moe_index(p.model, layer) if s.moe_capacity_factor else None)
         if key not in cache:
@@ -177,12 +177,12 @@ def _stage_memory(p: Problem, s: Strategy, stage: int, layers: list[LayerCost],
             mem.activations += peak.layer_act
         elif s.recompute == "selective":  # [recompute-modules]
             mem.activations += peak.rematerialized
-    else:  # serving: the blocks' linear layers in the checkpoint's weight_dtype
-        linear = sum(c.params_linear for c in layers)
-        mem.weights = b * (dense - linear) + m.linear_bytes * (linear + expert)
+    else:  # serving: the blocks' linear layers in the checkpoint's weight_dtype, the
+        linear = sum(c.params_linear for c in layers)  # experts in theirs [mxfp4]
+        mem.weights = b * (dense - linear) + m.linear_bytes * linear + m.expert_bytes * expert
         mem.tp_overhead = b * repl
-        kv = kv_bytes_per_token_layer(m, s.tp)
-        mem.kv_cache = seqs * p.workload.kv_len * len(layers) * kv
+        kv = kv_bytes_per_token_layer(m, s.tp)  # [attention-window] tokens each layer keeps
+        mem.kv_cache = seqs * sum(c.kv_tokens for c in layers) * kv
         mem.activations = mem.activations_no_recompute = peak.layer_act
     mem.workspace = peak.workspace
     return mem

@@ -1,9 +1,10 @@
 """fp8 recipes as Transformer Engine runs them (docs/cost-model.md [fp8-gemm, fp8-cast,
-fp8-weights]) and quantized serving checkpoints (fp8, nvfp4: where they can run and which
-table prices them): which measured GEMM table a recipe's GEMMs are priced on, the quantize kernels
-around every fp8 linear layer, and the fp8 copy of the weights made once per optimizer step
-(cached across micro-batches) with the memory it holds. Everything here is a memory-bound
-kernel at HBM speed with one kernel floor each, like `layer._elementwise`."""
+fp8-weights]) and quantized serving checkpoints (fp8, nvfp4, mxfp4 experts [mxfp4]: where
+they can run, at which rate and which table prices them): which measured GEMM table a
+recipe's GEMMs are priced on, the quantize kernels around every fp8 linear layer, and the
+fp8 copy of the weights made once per optimizer step (cached across micro-batches) with the
+memory it holds. Everything here is a memory-bound kernel at HBM speed with one kernel
+floor each, like `layer._elementwise`."""
 
 from __future__ import annotations
 
@@ -36,6 +37,28 @@ def check_weights(m: ModelSpec, hw: HardwareSpec, source: str) -> None:
                          f"nvfp4 weights need FP4 tensor cores ({', '.join(fp4)}); "
                          f"{hw.gpu.name} has no fp4 peak (Hopper and older cannot run NVFP4 "
                          "GEMMs): serve the bf16 or fp8 checkpoint there")
+
+
+def linear_dtype(p: Problem, role: str) -> str:
+    """[mxfp4] The precision a linear layer's GEMM runs at: the problem's GEMM precision,
+    but MXFP4 experts (gpt-oss) run on FP4 tensor cores where the GPU has them (Blackwell:
+    FlashInfer's MXFP4 MoE kernel) and elsewhere are dequantized to 16 bits inside the GEMM
+    (Hopper: Triton's matmul_ogs, W4A16), so they run at the 16-bit rate."""
+    if role == "expert" and p.model.expert_weight_dtype == "mxfp4":
+        return "mxfp4" if "fp4" in p.hw.gpu.peak_flops else p.model.dtype
+    return p.gemm_dtype
+
+
+def peak_dtype(p: Problem) -> str:
+    """[metrics] The precision whose peak MFU is taken against: the fastest any GEMM of the
+    model runs at (MXFP4 experts on FP4 tensor cores: the fp4 peak), so MFU cannot pass 1."""
+    return "mxfp4" if linear_dtype(p, "expert") == "mxfp4" else p.gemm_dtype
+
+
+def fp4_gemms(m: ModelSpec) -> bool:
+    """Whether some GEMM may run at the fp4 peak (an nvfp4 checkpoint, MXFP4 experts): what
+    a compute bound (MFU <= 1) must allow for."""
+    return m.weight_dtype == "nvfp4" or m.expert_weight_dtype == "mxfp4"
 
 
 def active(p: Problem) -> str | None:

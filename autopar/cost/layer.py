@@ -24,6 +24,7 @@ from .cp_attention import cp_terms
 from .fsdp import ZERO3_GATHERS
 from .fused_moe import expert_flops_share, fused_moe_applies, fused_moe_time
 from .groups import group_links
+from .kv_cache import attended, kv_bytes_per_token_layer, kv_tokens
 from .recompute import saved_bytes, selective
 from .strategy import Strategy
 
@@ -140,6 +141,7 @@ class LayerCost:
     cp_bytes: float = 0.0  # per call
     # [dualpipe] of compute_bwd, the weight-gradient GEMMs (DualPipe's W)
     wgrad: float = 0.0
+    kv_tokens: float = 0.0  # [kv-cache] KV tokens one sequence keeps here (window-capped)
 
     @property
     def fwd(self) -> float:
@@ -175,15 +177,6 @@ def experts_in_tp_group(p: Problem, s: Strategy) -> bool:
             and s.tp % (s.ep * s.etp) == 0)
 
 
-def kv_bytes_per_token_layer(m: ModelSpec, tp: int) -> float:
-    """KV cache bytes one GPU holds per token per layer [kv-cache]: GQA heads split over TP
-    (replicated once TP exceeds them); MLA's compressed latent is replicated on every rank."""
-    if m.mla is not None:
-        return (m.mla.kv_lora_rank + m.mla.qk_rope_head_dim) * m.dtype_bytes
-    heads = max(m.kv_heads / tp, 1.0)
-    return 2 * heads * m.head_dim * m.dtype_bytes
-
-
 def _time(flops: float, nbytes: float, eff: float, p: Problem, dtype: str | None = None) -> float:
     """Roofline [roofline]: the slower of compute at achieved efficiency and HBM traffic, and
     never under one kernel's floor."""
@@ -213,7 +206,7 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
     k, n = c.gemm
     cast = 0.0, 0.0  # fp8 quantize of the input (forward), of the output gradient (backward)
     # fp8 runs the transformer blocks' linear layers; router and LM head stay 16-bit (as TE)
-    dtype = p.gemm_dtype if k and c.role in LINEAR_ROLES else m.dtype
+    dtype = fp8.linear_dtype(p, c.role) if k and c.role in LINEAR_ROLES else m.dtype
     pk = fp8.gemm_key(p, dtype), p.hw.gpu.flops(dtype)  # a measured table of it wins
     wb = param_bytes(m, c.role)
     act = saved_bytes(c, p, s, T, moe, *fp8.saved_per_token(c, p))
@@ -244,7 +237,7 @@ def _component(c: Component, p: Problem, s: Strategy, T: float, moe: MoEState,
         nbytes = params * b + toks * (k + n if k else 2 * m.hidden) * b
         ew = toks * (c.ew_bytes + c.ew_bytes_repl)
         if c.name == "router" and not p.training and fused_moe_applies(
-                m, p.calib, fp8.gemm_key(p, p.gemm_dtype)):  # the fused op permutes and
+                m, p.calib, fp8.gemm_key(p, fp8.linear_dtype(p, "expert"))):  # it permutes and
             ew = toks * c.ew_bytes  # sums the routed copies itself [fused-moe]
     else:  # column / row / heads / vocab: the work splits over the TP group
         params = c.params / tp
@@ -344,8 +337,9 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
     comps = layer_components(m, layer, ctx, p.workload.causal, p.flash_attention,
                              p.workload.decoding)
     costs, acts = [], 0.0
+    span = attended(ctx, m.window(layer)) if p.workload.decoding else ctx  # [attention-window]
     for c in comps:
-        cc, act = _component(c, p, s, T, moe, ctx)
+        cc, act = _component(c, p, s, T, moe, span)
         costs.append(cc)
         acts += act
     compute = sum(c.time_s for c in costs)
@@ -401,6 +395,7 @@ def layer_cost(p: Problem, s: Strategy, layer: int, moe: MoEState,
         fp8_cast=casts, fp8_weight_cast=fp8.weight_cast_time(p, fp8_w),
         cp_fwd=cpt.fwd, cp_bwd=cpt.bwd, cp_link=cpt.link, cp_bytes=cpt.bytes_per_call,
         wgrad=weight_grad(costs) if p.training else 0.0,
+        kv_tokens=kv_tokens(m, layer, p.workload.kv_len),
     )
 
 

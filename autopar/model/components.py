@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..spec import ModelSpec
+from .windows import attended, keys_per_query
 
 # Tensor-parallel roles (Megatron): column-parallel splits output features, row-parallel the
 # input features, "heads" the attention heads; "replicated" lives whole on every TP rank;
@@ -51,7 +52,7 @@ class Component:
 
 
 def _attention(m: ModelSpec, ctx: float, causal: bool, flash: bool, drop: int,
-               decode: bool = False) -> list[Component]:
+               decode: bool = False, window: int = 0) -> list[Component]:
     h, a, b = m.hidden, m.heads, m.dtype_bytes
     if m.mla is None:
         qk_dim, v_dim = m.head_dim, m.head_dim
@@ -73,10 +74,13 @@ def _attention(m: ModelSpec, ctx: float, causal: bool, flash: bool, drop: int,
     # a fused (flash) kernel skips the masked half of a causal score matrix; the unfused
     # batched GEMMs compute all of it and mask afterwards
     score_flops = 2 * a * (qk_dim + v_dim) * ctx * (0.5 if causal and flash else 1.0)
+    if causal and flash and window:  # [attention-window] a fused kernel skips what the
+        score_flops = 2 * a * (qk_dim + v_dim) * keys_per_query(ctx, window, m.window_kind)
+        # window masks; the unfused GEMMs compute the whole matrix and mask it
     if decode:  # [decode-attention] one query over its whole context: no masked half, and
         # MLA attends in the latent space with its up-projections absorbed (DeepSeek-V2
         # sec. 2.1.3, as vLLM and SGLang decode): scores over kv_lora + rope, values kv_lora
-        score_flops = 2 * a * ctx * (qk_dim + v_dim if m.mla is None else
+        score_flops = 2 * a * attended(ctx, window) * (qk_dim + v_dim if m.mla is None else
                                      2 * m.mla.kv_lora_rank + m.mla.qk_rope_head_dim)
     scores_saved = 0.0 if flash else 5 * a * ctx  # softmax out 2as, dropout mask as, its out 2as
     # unfused: softmax reads and writes the scores; dropout reads them, writes them and a
@@ -130,7 +134,7 @@ def layer_components(m: ModelSpec, layer: int, ctx: float, causal: bool = True,
     (`decode`: one new token per sequence attending to `ctx` cached ones)."""
     h, b = m.hidden, m.dtype_bytes
     drop = 1 if m.dropout else 0  # dropout masks are one byte per element
-    comps = _attention(m, ctx, causal, flash, drop, decode)
+    comps = _attention(m, ctx, causal, flash, drop, decode, m.window(layer))
     comps.append(Component("norm_mlp", "replicated", h, 5 * h, 0, b * h))
     if not m.is_moe_layer(layer):
         comps += _mlp("", "column", "row", h, m.ffn_hidden, m.gated_mlp, b, drop)
@@ -192,33 +196,38 @@ def expert_count(c: Component, m: ModelSpec) -> int:
     return m.experts if c.is_expert else 1
 
 
-def param_bytes(m: ModelSpec, role: str) -> int:
-    """Bytes per stored weight of a component with this role."""
+def param_bytes(m: ModelSpec, role: str) -> float:
+    """Bytes per stored weight of a component with this role (the routed experts' own
+    format where the checkpoint has one: gpt-oss's mxfp4)."""
+    if role == "expert":
+        return m.expert_bytes
     return m.linear_bytes if role in LINEAR_ROLES else m.dtype_bytes
 
 
 def param_count(m: ModelSpec) -> dict[str, int]:
     """Total and active parameters (active: what one token touches), and the total in the
     blocks' linear layers (`linear`, stored in `weight_dtype`)."""
-    total = active = linear = 0
+    total = active = linear = expert = 0
     for layer in range(m.layers):
         for c in layer_components(m, layer, 1):
             n = c.params * expert_count(c, m)
             total += n
             linear += n if c.role in LINEAR_ROLES else 0
+            expert += n if c.is_expert else 0
             active += c.params * (m.top_k if c.is_expert else 1)
     emb = m.vocab * m.hidden
     head = sum(c.params for c in head_components(m))
     shared = emb if m.tie_embeddings else 0
     total += emb + head - shared
     active += emb + head - shared  # the usual convention: embeddings count as active
-    return {"total": total, "active": active, "linear": linear}
+    return {"total": total, "active": active, "linear": linear, "expert": expert}
 
 
 def weight_bytes(m: ModelSpec) -> float:
     """Bytes of the whole model's weights, each part in its stored precision."""
     n = param_count(m)
-    return n["total"] * m.dtype_bytes + n["linear"] * (m.linear_bytes - m.dtype_bytes)
+    return (n["total"] * m.dtype_bytes + n["linear"] * (m.linear_bytes - m.dtype_bytes)
+            + n["expert"] * (m.expert_bytes - m.linear_bytes))
 
 
 def model_flops_per_token(m: ModelSpec, ctx: float, causal: bool = True,

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from ..cost.capacity import capacity_terms
+from ..cost.fp8 import peak_dtype
 from ..cost.layer import MoEState, Problem, kv_bytes_per_token_layer, micro_batch_tokens
 from ..model.components import head_components, layer_components, param_count
 from ..model.mtp import mtp_layer_index
@@ -42,7 +43,7 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
     step = ev.step_time
     # [metrics] MFU and HFU against the peak of the precision the GEMMs run at (fp8 when
     # the workload or checkpoint asks for it), so that neither can pass 1
-    peak = hw.gpu.flops(p.gemm_dtype) * hw.num_gpus
+    peak = hw.gpu.flops(peak_dtype(p)) * hw.num_gpus  # [mxfp4] fp4 experts: the fp4 peak
     loads = [pl.max_over_mean for pl in placed] if placed else [1.0]
     busy = [x.busy for x in ev.stages]
     compute_time = sum(
@@ -57,7 +58,7 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
         "throughput_tokens_per_s": T_step / step,
         "achieved_flops_per_s": flops_sum / step,
         "peak_flops_per_s": peak,
-        "peak_dtype": p.gemm_dtype,
+        "peak_dtype": peak_dtype(p),
         "mfu": model_flops / (step * peak),
         "hfu": flops_sum / (step * peak),
         "expert_load_max_over_mean": max(loads),

@@ -62,8 +62,8 @@ def _shard_entries(p: Problem, s: Strategy, ev: Evaluation, stage: int, tp_rank:
     st = ev.stages[stage]
     passes = 3 if p.training else 1  # forward + backward (2x)
     entries = []
-    for first, last, _is_moe in _runs(list(range(st.first_layer, st.end_layer)),
-                                      m.is_moe_layer):
+    for first, last, _kind in _runs(list(range(st.first_layer, st.end_layer)),
+                                    lambda x: (m.is_moe_layer(x), m.window(x))):
         lc = st.layer_costs[first - st.first_layer]
         comps = layer_components(m, first, p.workload.context_len, p.workload.causal,
                                  p.flash_attention, p.workload.decoding)

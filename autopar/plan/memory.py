@@ -103,7 +103,7 @@ def _gpu_memory(p: Problem, s: Strategy, st: StageCost, rank: int,
         mem.optimizer += delta * p.workload.optimizer_bytes / (s.edp if s.zero >= 1 else 1)
         mem.fp8_weights += delta * weight_copy_bytes(p) / (s.edp if s.zero >= 3 else 1)
     else:
-        mem.weights += delta * m.linear_bytes
+        mem.weights += delta * m.expert_bytes
     return mem
 
 

@@ -27,6 +27,12 @@ def inputs_echo(p: Problem, opts: SearchOptions, zero3: bool = False) -> dict[st
         del model["router_groups"], model["router_group_topk"]
     if m.hf_id is None:  # likewise the HF id the exporters launch
         del model["hf_id"]
+    if m.expert_weight_dtype is None:  # [mxfp4] likewise the experts' own format
+        del model["expert_weight_dtype"]
+    if not m.window_layers:  # [attention-window] likewise attention windows
+        del model["attention_window"], model["window_layers"], model["window_kind"]
+    else:
+        model["window_layers"] = list(m.window_layers)
     return {
         "model": model,
         "hardware": {

@@ -14,6 +14,7 @@ from dataclasses import fields
 
 from ..cost.edges import edge_cost
 from ..cost.evaluate import Context, layer_costs, stage_cost
+from ..cost.fp8 import fp4_gemms
 from ..cost.layer import LayerCost, MoEState, Problem
 from ..cost.pipeline import pipeline_time
 from ..cost.strategy import Strategy
@@ -144,5 +145,5 @@ def compute_floor(p: Problem) -> float:
     per_token = model_flops_per_token(m, w.context_len, w.causal, w.decoding)
     per_token -= sum(c.flops_per_token for c in head_components(m))
     flops = max(0.0, per_token) * w.batch * w.tokens_per_sample * (3 if p.training else 1)
-    peak = p.hw.gpu.max_flops(p.model.weight_dtype == "nvfp4") * p.hw.num_gpus
+    peak = p.hw.gpu.max_flops(fp4_gemms(p.model)) * p.hw.num_gpus
     return flops / peak

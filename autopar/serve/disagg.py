@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 
 from ..cost.bundled import BUNDLED, default_calibration
 from ..cost.calibration import Calibration
-from ..cost.layer import Problem, kv_bytes_per_token_layer
+from ..cost.kv_cache import kv_bytes_per_token_layer, kv_tokens
+from ..cost.layer import Problem
 from ..model.components import weight_bytes
 from ..search import SearchOptions
 from ..search.deadline import Deadline
@@ -127,11 +128,13 @@ def complement(hw: HardwareSpec, shape: tuple[int, int]) -> tuple[int, int]:
 
 def kv_transfer_time(p: Problem, pre: ServingPoint, same_node: bool,
                      hw: HardwareSpec) -> float:
-    """[serving-kv-transfer] One prompt's KV cache (ISL x layers x the unsharded bytes per
-    token and layer) leaves the prefill replica's TP x PP GPUs in parallel, over NVLink when
-    both pools share the node, else over each GPU's NIC."""
+    """[serving-kv-transfer] One prompt's KV cache (the ISL tokens each layer keeps, window-
+    capped [attention-window], x the unsharded bytes per token and layer) leaves the prefill
+    replica's TP x PP GPUs in parallel, over NVLink when both pools share the node, else over
+    each GPU's NIC."""
     m = p.model
-    nbytes = p.workload.input_len * m.layers * kv_bytes_per_token_layer(m, 1)
+    tokens = sum(kv_tokens(m, x, p.workload.input_len) for x in range(m.layers))
+    nbytes = tokens * kv_bytes_per_token_layer(m, 1)
     senders = pre.layout.tp * pre.layout.pp
     link, name = (hw.intra, "intra") if same_node else (hw.inter, "inter")
     return nbytes / (senders * link.bytes_per_s * p.calib.link(name)) + link.latency_s

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import astuple, dataclass, field, replace
 
+from ..cost.fp8 import fp4_gemms
 from ..cost.layer import Problem
 from ..cost.strategy import StrategyError
 from ..errors import InfeasibleError
@@ -198,7 +199,7 @@ def serving_ceiling(p: Problem, maximize: bool) -> float:
     m, w = p.model, p.workload
     flops = model_flops_per_token(m, 0.0) - sum(c.flops_per_token for c in head_components(m))
     flops = max(flops, 1e-30)
-    peak = p.hw.gpu.max_flops(p.model.weight_dtype == "nvfp4")
+    peak = p.hw.gpu.max_flops(fp4_gemms(p.model))
     isl, osl = w.input_len, w.output_len
     tokens = {"both": isl + max(osl - 1, 0), "decode": max(osl - 1, 1), "prefill": isl}
     if maximize:

@@ -40,6 +40,8 @@ class GPUSpec:
             return self.peak_flops.get("bf16", self.max_flops())
         if dtype == "nvfp4":  # no fp4 tensor cores (refused for a checkpoint: cost.fp8)
             return self.flops("fp8")
+        if dtype == "mxfp4":  # no fp4 tensor cores: dequantized to 16 bits (cost.fp8)
+            return self.flops("bf16")
         return self.max_flops()
 
     def max_flops(self, fp4: bool = False) -> float:

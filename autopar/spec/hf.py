@@ -48,7 +48,8 @@ ARCHITECTURES: dict[str, tuple[str, tuple[str, ...]]] = {
                                                    "num_experts_per_tok",
                                                    "intermediate_size_mlp",
                                                    "interleave_moe_layer_step", "moe_layers",
-                                                   "head_dim")),
+                                                   "head_dim", "attention_chunk_size",
+                                                   "no_rope_layers")),
 }
 # read from every config: the widths, depth, vocabulary and (optional) dtype and tying
 COMMON_KEYS = ("hidden_size", "num_attention_heads", "num_key_value_heads",
@@ -143,15 +144,17 @@ def model_from_hf(data: dict[str, Any], source: str, hf_id: str | None = None) -
     if hidden % heads and not f.has("head_dim"):
         raise InputError(source, f.field("head_dim"),
                          "required: hidden_size is not a multiple of heads")
-    _attention_layers(f, layers)
+    windows = _attention_layers(f, layers)
     act = f.str("hidden_act", default="silu")
     # an unknown dtype is an error, not bf16: planning the wrong width misstates all memory
     # (transformers >= 4.56 writes `dtype`; older configs `torch_dtype`)
     dtype_key = "dtype" if f.has("dtype") and not f.has("torch_dtype") else "torch_dtype"
     dtype = _DTYPES[f.str(dtype_key, tuple(_DTYPES), default="bfloat16")]
-    weight_dtype = weight_scaling = None
+    weight_dtype = weight_scaling = expert_dtype = None
     if f.has("quantization_config"):
         weight_dtype, weight_scaling = _quantization(f.section("quantization_config"))
+    if weight_dtype == "mxfp4":  # gpt-oss: the experts alone (docs/models.md)
+        weight_dtype, expert_dtype = None, "mxfp4"
     top_k = 0
     if experts:
         key = "num_experts_per_tok" if f.has("num_experts_per_tok") else "experts_per_token"
@@ -183,6 +186,8 @@ def model_from_hf(data: dict[str, Any], source: str, hf_id: str | None = None) -
         weight_scaling=weight_scaling,
         mtp_layers=f.int("num_nextn_predict_layers", 0, 100, default=0),
         hf_id=hf_id,
+        expert_weight_dtype=expert_dtype if experts else None,
+        **windows,
         **_router_groups(f, experts),
     )
     return _check_model(model, f)
@@ -210,11 +215,14 @@ def _dense_layers(f: Fields, layers: int) -> set[int]:
 _LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
 
 
-def _attention_layers(f: Fields, layers: int) -> None:
-    """gpt-oss's `layer_types` (sliding and full attention alternating) and its
-    `sliding_window` are checked, not modelled: the cost model prices every layer as full
-    attention (docs/models.md), which overstates the sliding layers' score FLOPs and KV
-    cache. Their parameters are the same either way."""
+def _attention_layers(f: Fields, layers: int) -> dict[str, Any]:
+    """[attention-window] The layers that attend within a window, as ModelSpec fields:
+    gpt-oss's `layer_types` (`sliding_attention` layers see the last `sliding_window`
+    tokens), Llama 4's chunked layers (`chunked_attention` in `layer_types`, or the RoPE
+    layers of `no_rope_layers`, as transformers derives them, attend within their
+    `attention_chunk_size`-token chunk). No window keys: every layer is full attention
+    (Qwen2's `sliding_window` is off unless `use_sliding_window`, which is not modelled)."""
+    kinds: list[str] = []
     if f.has("layer_types"):
         kinds = f.data["layer_types"]
         f.used.add("layer_types")
@@ -222,8 +230,22 @@ def _attention_layers(f: Fields, layers: int) -> None:
                 k not in _LAYER_TYPES for k in kinds):
             raise f.error("layer_types", f"expected a list of {layers} of "
                                          f"{', '.join(_LAYER_TYPES)}")
-    if f.has("sliding_window"):
+    elif f.has("attention_chunk_size") and f.has("no_rope_layers"):
+        rope = f.int_list("no_rope_layers", 0, 1)
+        if len(rope) != layers:
+            raise f.error("no_rope_layers", f"expected a list of {layers} of 0 and 1")
+        kinds = ["chunked_attention" if r else "full_attention" for r in rope]
+    for kind, key, name in (("sliding_attention", "sliding_window", "sliding"),
+                            ("chunked_attention", "attention_chunk_size", "chunked")):
+        where = tuple(i for i, k in enumerate(kinds) if k == kind)
+        if where:
+            if not f.has(key):
+                raise f.error(key, f"required: layer_types has {kind} layers")
+            return {"attention_window": f.int(key, 1, 1 << 40), "window_layers": where,
+                    "window_kind": name}
+    if f.has("sliding_window") and f.data["sliding_window"] is not None:
         f.int("sliding_window", 1, 1 << 40)
+    return {}
 
 
 def _router_groups(f: Fields, experts: int) -> dict[str, int]:
@@ -248,15 +270,13 @@ def _quantization(q: Fields) -> tuple[str, str | None]:
     ModelOpt writes it (`quant_method: modelopt`, `quant_algo: NVFP4`, flat or under
     `quantization`, as in its hf_quant_config.json) or as compressed-tensors does
     (`format: nvfp4-pack-quantized`, 4-bit float weights and activations in groups of 16).
-    gpt-oss's MXFP4 experts (`quant_method: mxfp4`: 4-bit values with one scale per 32,
-    attention, router, embedding and head in 16 bits) are not a weight format autopar
-    prices (its experts would need their own stored width and W4A16 GEMMs): the model is
-    planned as its 16-bit checkpoint, which overstates the experts' memory and decode reads
-    about 3.8x and never understates them. Anything else is refused: planning an unknown
-    format at 16 bits could misstate its memory either way."""
+    gpt-oss's MXFP4 experts (`quant_method: mxfp4`: 4-bit values with one E8M0 scale per 32;
+    attention, router, embedding and head stay 16-bit, its `modules_to_not_convert`) come
+    back as "mxfp4", which the caller makes the experts' format [mxfp4]. Anything else is
+    refused: planning an unknown format at 16 bits could misstate its memory either way."""
     method = q.str("quant_method")
-    if method == "mxfp4":  # gpt-oss: experts only; planned at 16 bits (docs/models.md)
-        return None, None
+    if method == "mxfp4":  # gpt-oss: the experts only (model_from_hf)
+        return "mxfp4", None
     if method == "fp8":
         block = q.int_list("weight_block_size", 1, 1 << 20, default=None)
         return "fp8", "block" if block else "tensor"

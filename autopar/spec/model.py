@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .fields import Fields
-from .units import DTYPE_BYTES, WEIGHT_BYTES, WEIGHT_DTYPES
+from .units import DTYPE_BYTES, EXPERT_WEIGHT_DTYPES, WEIGHT_BYTES, WEIGHT_DTYPES
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,19 @@ class ModelSpec:
     # `_name_or_path` or its checkpoint folder; the serving exporters' model path (None:
     # the model's name)
     hf_id: str | None = None
+    # The routed experts' stored format where it is not `weight_dtype`'s: gpt-oss's MXFP4
+    # experts beside 16-bit attention (serving only, as weight_dtype); None: weight_dtype
+    expert_weight_dtype: str | None = None
+    # [attention-window] the layers in `window_layers` attend within `attention_window`
+    # tokens, "sliding" (gpt-oss: the last w keys) or "chunked" (Llama 4: the query's own
+    # w-token chunk); every other layer attends to the whole context
+    attention_window: int = 0
+    window_layers: tuple[int, ...] = ()
+    window_kind: str = "sliding"
+
+    def window(self, layer: int) -> int:
+        """The attention window of `layer` in tokens (0: full attention)."""
+        return self.attention_window if layer in self.window_layers else 0
 
     @property
     def is_moe(self) -> bool:
@@ -83,6 +96,11 @@ class ModelSpec:
         0.5 + 1/16, not a whole byte count)."""
         return WEIGHT_BYTES[self.weight_dtype or self.dtype]
 
+    @property
+    def expert_bytes(self) -> float:
+        """Bytes per stored routed-expert weight, scales included (mxfp4: 0.5 + 1/32)."""
+        return WEIGHT_BYTES[self.expert_weight_dtype or self.weight_dtype or self.dtype]
+
 
 def read_mla(f: Fields) -> MLASpec:
     """The MLA ranks and head sizes, under the same key names in autopar's `mla:` section
@@ -97,6 +115,7 @@ def read_mla(f: Fields) -> MLASpec:
 
 
 WEIGHT_SCALINGS = ("tensor", "block")
+WINDOW_KINDS = ("sliding", "chunked")
 
 
 def _check_model(m: ModelSpec, f: Fields) -> ModelSpec:
@@ -124,9 +143,24 @@ def _check_model(m: ModelSpec, f: Fields) -> ModelSpec:
         if not 1 <= m.router_group_topk <= m.router_groups:
             raise f.error("router_group_topk", f"must be in [1, router_groups="
                           f"{m.router_groups}], got {m.router_group_topk}")
+    if m.expert_weight_dtype is not None and not m.is_moe:
+        raise f.error("expert_weight_dtype", "describes an MoE model's experts; experts is 0")
+    _check_windows(m, f)
     if m.weight_dtype == "fp8" and m.weight_scaling is None:
         m = replace(m, weight_scaling="tensor")
     return m
+
+
+def _check_windows(m: ModelSpec, f: Fields) -> None:
+    """[attention-window] A window needs the layers that use it, and they must exist."""
+    if m.window_layers and m.attention_window <= 0:
+        raise f.error("attention_window", "required (> 0): window_layers attend within it")
+    if m.attention_window and not m.window_layers:
+        raise f.error("window_layers", "required: the layers that attend within "
+                                       f"attention_window ({m.attention_window})")
+    bad = [i for i in m.window_layers if i >= m.layers]
+    if bad:
+        raise f.error("window_layers", f"layer {bad[0]} does not exist (layers={m.layers})")
 
 
 def _read_model_fields(f: Fields) -> ModelSpec:
@@ -169,6 +203,10 @@ def _read_model_fields(f: Fields) -> ModelSpec:
         router_groups=f.int("router_groups", 0, 100_000, default=0),
         router_group_topk=f.int("router_group_topk", 0, 100_000, default=0),
         hf_id=f.str("hf_id", default=None),
+        expert_weight_dtype=f.str("expert_weight_dtype", EXPERT_WEIGHT_DTYPES, default=None),
+        attention_window=f.int("attention_window", 0, 1 << 40, default=0),
+        window_layers=f.int_list("window_layers", 0, 10_000, default=()),
+        window_kind=f.str("window_kind", WINDOW_KINDS, default="sliding"),
     )
     if m.shared_experts and not m.shared_expert_ffn_hidden:
         m = replace(m, shared_expert_ffn_hidden=m.expert_ffn_hidden)

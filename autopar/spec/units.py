@@ -9,12 +9,15 @@ GB = 1e9
 # dtypes, and NVFP4 (NVIDIA's 4-bit float: E2M1 values, half a byte, with one fp8 E4M3 scale
 # per 16 values; the one fp32 scale per tensor is negligible). Not a `dtype`: nothing else
 # (norms, KV cache, activations) is stored in it.
-WEIGHT_BYTES: dict[str, float] = {**DTYPE_BYTES, "nvfp4": 0.5 + 1 / 16}
+# MXFP4 (OCP Microscaling: E2M1 values with one E8M0 power-of-two scale per 32, 4.25 bits a
+# value) is gpt-oss's expert format (`model.expert_weight_dtype`).
+WEIGHT_BYTES: dict[str, float] = {**DTYPE_BYTES, "nvfp4": 0.5 + 1 / 16, "mxfp4": 0.5 + 1 / 32}
 WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "nvfp4")
+EXPERT_WEIGHT_DTYPES = (*WEIGHT_DTYPES, "mxfp4")
 # Peak FLOP/s keys a GPU may state (`gpu.tflops`): the storage dtypes and the dense FP4
-# tensor-core rate (Blackwell), at which NVFP4 GEMMs run (`GPUSpec.flops("nvfp4")`).
+# tensor-core rate (Blackwell), at which NVFP4 (and MXFP4) GEMMs run (`GPUSpec.flops("nvfp4")`).
 PEAK_DTYPES = (*DTYPE_BYTES, "fp4")
-PEAK_KEY = {"nvfp4": "fp4"}  # GEMM dtype -> the peak it runs at, where the names differ
+PEAK_KEY = {"nvfp4": "fp4", "mxfp4": "fp4"}  # GEMM dtype -> its peak, where the names differ
 
 # fp8 recipes, named as Megatron-LM's `--fp8-recipe` (Transformer Engine's recipes): delayed
 # (DelayedScaling: per-tensor scale from the amax history), tensorwise (Float8CurrentScaling:
