@@ -10,11 +10,11 @@ H800 (megatron), DeepSeek-V3 serving on 16 H200 (vllm, sglang), Qwen3-30B-A3B se
 model file's ISL / OSL under TTFT <= 2 s and TPOT <= 50 ms). Each is solved with
 `framework="any"` and with each framework (one worker, the same time limit); the rule that
 binds is every rule of the framework's table (autopar.spec.frameworks) that the `any` plan's
-layout breaks. Two choices the rule tables do not name but the exports cannot write are
-held off in that framework's run, so its plan launches as priced (EXPORT_ONLY): torchtitan's
-selective AC is op-level SAC, not the Megatron recompute modules autopar prices (its run
-takes the faster of recompute none and full), and vLLM / TensorRT-LLM get no SGLang
-two-batch overlap (two_batch_overlap off). Writes results/engines.md.
+layout breaks, and SGLang's two-batch overlap where the `any` plan runs it and the framework
+is not one that has it (`autopar.api.TBO_ENGINES`: `solve(framework=...)` turns it off
+there). Nothing is held off by hand: each framework's run is `solve(framework=NAME)`, whose
+rules already forbid what its export cannot write (torchtitan's `no-module-recompute`).
+Writes results/engines.md.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from dataclasses import replace
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from autopar.api import load_model, solve  # noqa: E402
-from autopar.errors import InfeasibleError  # noqa: E402
+from autopar.api import TBO_ENGINES, load_model, solve  # noqa: E402
 from autopar.export import (  # noqa: E402
     launch_from_plan,
     megatron_entry,
@@ -53,15 +52,6 @@ CASES = (
      ("vllm", "sglang", "trtllm")),
 )
 
-
-# what an export cannot write though the framework's rules allow it: (what the `any` plan
-# shows, the label in the table)
-EXPORT_ONLY = {
-    "torchtitan": (lambda p: p["strategy"].get("recompute") == "selective",
-                   "selective recompute (torchtitan's is op-level SAC)"),
-    "vllm": (lambda p: bool(_tbo(p)), "two-batch overlap (SGLang's)"),
-    "trtllm": (lambda p: bool(_tbo(p)), "two-batch overlap (SGLang's)"),
-}
 
 
 def _tbo(plan: dict) -> bool:
@@ -99,28 +89,19 @@ def layout(plan: dict) -> str:
 
 
 def binding(any_plan: dict, framework: str) -> list[str]:
-    """The framework's rules the `any` optimum breaks."""
+    """The framework's rules the `any` optimum breaks, and its two-batch overlap where the
+    framework has none."""
     m, w, s = any_plan["inputs"]["model"], any_plan["inputs"]["workload"], any_plan["strategy"]
     values = layout_values(s, int(m["layers"]), int(m.get("experts") or 0),
                            int(w.get("seq_len") or 0), int(m["heads"]))
     out = [f"`{r.id}`" for r in load_framework(framework).broken(values)]
-    shows, label = EXPORT_ONLY.get(framework, (lambda p: False, ""))
-    return out + ([label] if shows(any_plan) else [])
+    tbo = _tbo(any_plan) and framework not in TBO_ENGINES
+    return out + (["two-batch overlap (SGLang's; off under this framework)"] if tbo else [])
 
 
 def framework_plan(mf, hw_path: str, fw: str, limit: float) -> dict:
-    """The framework's best plan, with what its export cannot write held off."""
-    if fw in ("vllm", "trtllm") and mf.workload.kind == "inference":
-        mf = replace(mf, workload=replace(mf.workload, two_batch_overlap=False))
-    variants = [{"recompute": "none"}, {"recompute": "full"}] if fw == "torchtitan" else [{}]
-    plans = []
-    for pins in variants:
-        try:
-            plans.append(solve(mf, hw_path, time_limit_s=limit, workers=1, seed=0,
-                               framework=fw, pins=pins).data)
-        except InfeasibleError:
-            continue
-    return min(plans, key=lambda d: d["metrics"]["step_time_s"])
+    """The framework's best plan: the search under its rules, nothing held off by hand."""
+    return solve(mf, hw_path, time_limit_s=limit, workers=1, seed=0, framework=fw).data
 
 
 def figure(plan: dict, serving: bool) -> float:
@@ -185,9 +166,11 @@ def main() -> None:
              "optimum's (training), or its tokens/s/GPU over the framework plan's (serving, "
              "whole requests of the model file's ISL / OSL, TTFT <= 2 s, TPOT <= 50 ms), minus "
              "one. *rule that binds*: the rules of the framework's table that the `any` "
-             "optimum's layout breaks, and what the framework's run held off because its export "
-             "cannot write it (torchtitan: selective recompute, its run the faster of none "
-             "and full; vLLM, TensorRT-LLM: SGLang's two-batch overlap). *export*: whether "
+             "optimum's layout breaks (torchtitan's `no-module-recompute`: its selective AC is "
+             "op-level, not the Megatron-Core modules autopar prices), and SGLang's two-batch "
+             "overlap where the framework has none (`solve(framework=...)` turns it off). Each "
+             "framework's run is the search under its rules alone: nothing is held off by "
+             "hand. *export*: whether "
              "the framework's launch configuration expresses the plan as priced, and if not "
              "why.", "",
              *table(rows), "",
