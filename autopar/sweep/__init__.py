@@ -1,10 +1,12 @@
-"""What-if studies: a grid of solves from a study file (`autopar sweep`, docs/studies.md)."""
+"""What-if studies: a grid of solves from a study file (`autopar sweep`), the fewest GPUs
+that meet a target (`recommend`), cost against throughput (docs/studies.md)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .run import Progress, run_study, solve_point
+from .sizing import Recommendation, recommend
 from .study import Point, Study, load_study
 from .summary import write_summary
 
@@ -19,5 +21,5 @@ def sweep(study: str | Path | Study, out: str | Path, workers: int = 1,
     return rows
 
 
-__all__ = ["Point", "Progress", "Study", "load_study", "run_study", "solve_point", "sweep",
-           "write_summary"]
+__all__ = ["Point", "Progress", "Recommendation", "Study", "load_study", "recommend",
+           "run_study", "solve_point", "sweep", "write_summary"]

@@ -23,6 +23,8 @@ from .study import Point, Study
 ROW_KEYS = ("index", "key", "status", "num_gpus", "gpu", "layout", "step_time_s",
             "throughput_tokens_per_s", "tokens_per_s_per_gpu", "memory_max_over_capacity", "mfu",
             "solve_s", "reason")
+# a serving plan's figures too (only where a row has them: training tables keep their columns)
+SERVING_KEYS = ("requests_per_s", "output_tokens_per_s", "ttft_s", "tpot_s", "concurrency")
 
 
 @dataclass
@@ -81,7 +83,12 @@ def _figures(plan: dict) -> dict[str, Any]:
     tok = mt.get("throughput_tokens_per_s")
     layout = " ".join(f"{k}={s[k]}" for k in ("tp", "pp", "dp", "ep", "etp", "cp")
                       if k in s and s[k] != 1)
-    return {"num_gpus": n, "gpu": hw.get("gpu", {}).get("name"),
+    serving = plan.get("serving", {}).get("point")
+    extra = {k: serving.get(k) for k in ("requests_per_s", "ttft_s", "tpot_s", "concurrency")
+             } if serving else {}
+    if serving:  # whole requests: the output tokens users get (Little's law, docs/serving.md)
+        extra["output_tokens_per_s"] = serving.get("tokens_per_s")
+    return {**extra, "num_gpus": n, "gpu": hw.get("gpu", {}).get("name"),
             "layout": layout or "single GPU", "step_time_s": mt.get("step_time_s"),
             "throughput_tokens_per_s": tok,
             "tokens_per_s_per_gpu": mt.get("tokens_per_s_per_gpu") or (tok / n if tok and n
