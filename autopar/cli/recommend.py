@@ -62,8 +62,7 @@ def recommend(model_path, hw_path, target, ttft_ms, tpot_ms, gpu_types, prices, 
         else:
             png = plots.cost_png(rec.rows, folder / "cost.png",
                                  f"{title}: cost against throughput, every size solved",
-                                 cost_key(rec.rows), "output tokens"
-                                 if rec.serving else "training tokens")
+                                 cost_key(rec.rows), plots.tokens_label(rec.rows))
             paths += [png] if png else []
         if not as_json:
             click.echo("written: " + ", ".join(str(p) for p in paths[:2] + paths[-1:]))

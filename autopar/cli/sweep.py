@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..sweep import load_study, run_study, write_summary
+from ..sweep import finish, load_study, plots, run_study
 from ..sweep.run import Progress
 from . import options as opt
 from .app import main
@@ -37,7 +37,9 @@ def sweep(study_path, out, workers, resume, quiet) -> None:
 
     rows = guard(lambda: run_study(study, folder, workers, resume,
                                    None if quiet else show))
-    csv_path, md_path = write_summary(rows, folder, study.name)
+    rows, paths = guard(lambda: finish(rows, study, folder))
+    if plots.missing():
+        click.echo(plots.EXTRA_LINE, err=True)
     solved = sum(r["status"] == "solved" for r in rows)
-    click.echo(f"{len(rows)} points ({solved} solved): {md_path}, {csv_path}")
+    click.echo(f"{len(rows)} points ({solved} solved): {', '.join(str(p) for p in paths)}")
     sys.exit(0)

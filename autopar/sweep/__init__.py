@@ -3,8 +3,11 @@ that meet a target (`recommend`), cost against throughput (docs/studies.md)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from . import plots
+from .cost import cost_key, with_costs
 from .run import Progress, run_study, solve_point
 from .sizing import Recommendation, recommend
 from .study import Point, Study, load_study
@@ -17,9 +20,27 @@ def sweep(study: str | Path | Study, out: str | Path, workers: int = 1,
     and return the rows in study order."""
     st = study if isinstance(study, Study) else load_study(study)
     rows = run_study(st, Path(out), workers, resume)
-    write_summary(rows, Path(out), st.name)
-    return rows
+    return finish(rows, st, Path(out))[0]
 
 
-__all__ = ["Point", "Progress", "Recommendation", "Study", "load_study", "recommend",
+def finish(rows: list[dict], study: Study, out: Path) -> tuple[list[dict], list[Path]]:
+    """The rows with their cost (GPU-hours and, at the study's prices, US$ per million
+    tokens; the cost frontier marked), the summary tables, and with the plot extra
+    cost.png and breakdown.png next to them."""
+    rows = with_costs(rows, study.prices)
+    paths = list(write_summary(rows, out, study.name))
+    if not plots.missing():
+        png = plots.cost_png(rows, out / "cost.png", f"{study.name}: cost against throughput",
+                             cost_key(rows), plots.tokens_label(rows))
+        plans = {}
+        for r in [r for r in rows if r.get("status") == "solved"][:plots.MAX_BARS]:
+            p = out / "plans" / f"{r['key']}.json"
+            if p.is_file():
+                plans[r["key"]] = json.loads(p.read_text())
+        bars = plots.breakdown_png(rows, plans, out / "breakdown.png", study.name)
+        paths += [x for x in (png, bars) if x]
+    return rows, paths
+
+
+__all__ = ["finish", "Point", "Progress", "Recommendation", "Study", "load_study", "recommend",
            "run_study", "solve_point", "sweep", "write_summary"]

@@ -44,7 +44,8 @@ def with_costs(rows: list[dict[str, Any]], prices: dict[str, float] | str | None
             gh = n / (tok * 3600.0) * 1e6
             r["gpu_hours_per_mtok"] = gh
             price = prices.get(_gpu_type(r) or "")
-            r["usd_per_mtok"] = gh * price if price is not None else None
+            if price is not None:
+                r["usd_per_mtok"] = gh * price
         out.append(r)
     priced = bool(prices) and all(r.get("usd_per_mtok") is not None for r in out
                                   if "gpu_hours_per_mtok" in r)

@@ -73,6 +73,14 @@ def cost_png(rows: list[dict[str, Any]], path: Path, title: str, key: str,
     return path
 
 
+def tokens_label(rows: list[dict[str, Any]]) -> str:
+    """What the rows' tokens are: output tokens (serving), training tokens, or both."""
+    kinds = {"output_tokens_per_s" in r for r in rows if tokens_per_s(r)}
+    if kinds == {True}:
+        return "output tokens"
+    return "training tokens" if kinds == {False} else "tokens (output tokens when serving)"
+
+
 def _fullest(plan: dict) -> dict | None:
     mem = [m.get("memory", {}) for m in plan.get("gpus", {}).get("memory", [])]
     return max(mem, key=lambda m: m.get("total_bytes", 0.0), default=None)
@@ -93,7 +101,7 @@ def breakdown_png(rows: list[dict[str, Any]], plans: dict[str, dict], path: Path
         return None
     shown = ok[:MAX_BARS]
     plt = _pyplot()
-    fig, (am, at) = plt.subplots(2, 1, figsize=(max(6.4, 0.32 * len(shown) + 2), 7.2),
+    fig, (am, at) = plt.subplots(2, 1, figsize=(max(6.4, 0.32 * len(shown) + 2) + 2.2, 7.2),
                                  sharex=True)
     x = list(range(len(shown)))
     mems = [_fullest(plans[r["key"]]) or {} for r in shown]
@@ -106,7 +114,7 @@ def breakdown_png(rows: list[dict[str, Any]], plans: dict[str, dict], path: Path
     am.scatter(x, [float(m.get("capacity_bytes") or 0.0) / 1e9 for m in mems], marker="_",
                s=200, color="black", label="capacity", zorder=3)
     am.set_ylabel("memory of the fullest GPU (GB)")
-    am.legend(fontsize=7, ncol=3, loc="lower right")
+    am.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     timings = [plans[r["key"]].get("timing", {}) for r in shown]
     base = [0.0] * len(shown)
     for names, label in TIME_TERMS:
@@ -117,7 +125,7 @@ def breakdown_png(rows: list[dict[str, Any]], plans: dict[str, dict], path: Path
     at.scatter(x, [float(t.get("step_time_s") or 0.0) for t in timings], marker="_", s=200,
                color="black", label="step time (plan)", zorder=3)
     at.set_ylabel("step time (s)")
-    at.legend(fontsize=7, ncol=3, loc="upper left")
+    at.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     at.set_xticks(x, [_label(r) for r in shown], rotation=90, fontsize=7)
     at.set_xlabel("point (index: GPUs x GPU type, layout)")
     more = f" (first {len(shown)} of {len(ok)} solved points)" if len(ok) > len(shown) else ""
@@ -135,4 +143,4 @@ def _label(r: dict) -> str:
     return f"{r['index']}: {r.get('num_gpus')}x{g} {r.get('layout', '')}"
 
 
-__all__ = ["cost_png", "breakdown_png", "missing", "EXTRA_LINE"]
+__all__ = ["tokens_label", "cost_png", "breakdown_png", "missing", "EXTRA_LINE"]

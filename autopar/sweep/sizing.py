@@ -146,13 +146,13 @@ def hardware_for(base: dict[str, Any], gpu: str | None, nodes: int) -> dict[str,
 
 
 def _serving(wl: Any, target: Target, src: str) -> tuple[dict[str, Any], Target]:
-    """Whole requests (phase both) under the target's latency limits, or the workload's
-    own `ttft_ms` / `tpot_ms` where the target states none."""
+    """Whole requests (phase both) under the target's latency limits; a limit the target
+    does not state is the workload's own `ttft_ms` / `tpot_ms`, if it has one."""
     if not isinstance(wl, dict) or wl.get("kind") != "inference":
         raise InputError(src, "workload", "a requests/s target needs an inference workload "
                          "(input_len, output_len)")
-    if not target.limits:
-        target = replace(target, ttft_ms=wl.get("ttft_ms"), tpot_ms=wl.get("tpot_ms"))
+    target = replace(target, **{k: wl.get(k) for k in ("ttft_ms", "tpot_ms")
+                                if getattr(target, k) is None and wl.get(k) is not None})
     if not target.limits:
         raise InputError("--target", "ttft_ms", "a serving target needs a TTFT or TPOT "
                          "limit (ttft_ms=..., tpot_ms=..., or the workload's)")
