@@ -22,8 +22,12 @@ from .run import guard
               help="worker processes (each solve single-threaded, seed 0: the rows do not "
                    "depend on this)")
 @click.option("--resume", is_flag=True, help="finish a sweep in --out: skip its done points")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None,
+              metavar="[ADDRESS]", help="solve the points as Ray tasks on the cluster at "
+              "ADDRESS, or on a local Ray instance of --workers CPUs without one (the ray "
+              "extra); the rows are the same as with processes")
 @click.option("--quiet", is_flag=True, help="no progress line on stderr")
-def sweep(study_path, out, workers, resume, quiet) -> None:
+def sweep(study_path, out, workers, resume, ray_address, quiet) -> None:
     """Solve every point of a study (a grid or list of what-ifs, docs/studies.md)."""
     study = guard(lambda: load_study(study_path))
     folder = Path(out)
@@ -36,7 +40,7 @@ def sweep(study_path, out, workers, resume, quiet) -> None:
                    f"{p.failed}  best {best}  {eta}   ", err=True, nl=p.done == p.total)
 
     rows = guard(lambda: run_study(study, folder, workers, resume,
-                                   None if quiet else show))
+                                   None if quiet else show, ray=ray_address))
     rows, paths = guard(lambda: finish(rows, study, folder))
     if plots.missing():
         click.echo(plots.EXTRA_LINE, err=True)

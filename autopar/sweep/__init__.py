@@ -15,11 +15,12 @@ from .summary import write_summary
 
 
 def sweep(study: str | Path | Study, out: str | Path, workers: int = 1,
-          resume: bool = False) -> list[dict]:
+          resume: bool = False, ray: str | None = None) -> list[dict]:
     """Solve every point of `study` into `out` (points.jsonl, plans/, summary.csv / .md)
-    and return the rows in study order."""
+    and return the rows in study order; `ray`: as Ray tasks on that cluster address ("":
+    a local Ray instance), the same rows."""
     st = study if isinstance(study, Study) else load_study(study)
-    rows = run_study(st, Path(out), workers, resume)
+    rows = run_study(st, Path(out), workers, resume, ray=ray)
     return finish(rows, st, Path(out))[0]
 
 

@@ -126,8 +126,15 @@ def _append(fh, row: dict) -> None:
 
 
 def run_study(study: Study, out: Path, workers: int = 1, resume: bool = False,
-              on_point: Callable[[Progress, dict], None] | None = None) -> list[dict]:
-    """Solve the points not yet in `out` and return every point's row, in study order."""
+              on_point: Callable[[Progress, dict], None] | None = None,
+              ray: str | None = None) -> list[dict]:
+    """Solve the points not yet in `out` and return every point's row, in study order:
+    in `workers` processes, or as Ray tasks with `ray` (a cluster address; "" starts a
+    local instance of `workers` CPUs)."""
+    if ray is not None:
+        from .remote import require_ray
+
+        require_ray()
     out.mkdir(parents=True, exist_ok=True)
     have = done_keys(out)
     if have and not resume:
@@ -137,7 +144,12 @@ def run_study(study: Study, out: Path, workers: int = 1, resume: bool = False,
     prog = Progress(len(study.points), len(study.points) - len(todo))
     prog.resumed = prog.done
     with open(out / "points.jsonl", "a") as fh:
-        if workers <= 1:
+        if ray is not None:
+            from .remote import ray_results
+
+            for row, plan in ray_results(todo, ray, workers):
+                _record(out, fh, row, plan, prog, on_point)
+        elif workers <= 1:
             results = (solve_point(p) for p in todo)
             for row, plan in results:
                 _record(out, fh, row, plan, prog, on_point)
