@@ -1,16 +1,15 @@
 """The `--ray` backend: a study's points as Ray tasks, on an existing cluster (an address)
 or on a local Ray instance started for the sweep (no address). Each task is the same
-`solve_point` the worker processes run (single-threaded, seed 0), so the rows are the same;
+`run.solve_point` the worker processes run (single-threaded, seed 0), so the rows are the same;
 results come back as they finish and are written by the caller, as for the processes.
 Ray is the optional `ray` extra, imported only here and only when asked for."""
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..errors import InputError
-from .run import solve_point
 from .study import Point
 
 LOCAL = ""  # `--ray` without an address: a local instance for this sweep
@@ -23,10 +22,11 @@ def require_ray() -> None:
                          "pip install 'autopar[ray]'")
 
 
-def ray_results(points: list[Point], address: str = LOCAL, workers: int = 1
-                ) -> Iterator[tuple[dict, dict | None]]:
-    """(row, plan) of each point as its task finishes. A local instance gets `workers`
-    CPUs (one solve each) and is shut down at the end; a cluster's is left running."""
+def ray_results(points: list[Point], solve: Callable[[Point], tuple[dict, dict | None]],
+                address: str = LOCAL, workers: int = 1) -> Iterator[tuple[dict, dict | None]]:
+    """`solve(point)` (the sweep's `solve_point`) of each point as a Ray task, yielded as
+    each finishes. A local instance gets `workers` CPUs (one solve each) and is shut down
+    at the end; a cluster's is left running."""
     require_ray()
     import ray
 
@@ -35,7 +35,7 @@ def ray_results(points: list[Point], address: str = LOCAL, workers: int = 1
         kw = {"address": address} if address else {"num_cpus": max(workers, 1)}
         ray.init(include_dashboard=False, log_to_driver=False, **kw)
     try:
-        task = ray.remote(num_cpus=1, max_retries=0)(solve_point)
+        task = ray.remote(num_cpus=1, max_retries=0)(solve)
         pending = [task.remote(p) for p in points]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)

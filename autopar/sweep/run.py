@@ -147,7 +147,7 @@ def run_study(study: Study, out: Path, workers: int = 1, resume: bool = False,
         if ray is not None:
             from .remote import ray_results
 
-            for row, plan in ray_results(todo, ray, workers):
+            for row, plan in ray_results(todo, solve_point, ray, workers):
                 _record(out, fh, row, plan, prog, on_point)
         elif workers <= 1:
             results = (solve_point(p) for p in todo)
