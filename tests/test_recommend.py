@@ -169,12 +169,36 @@ def test_recommend_ranks_types_and_names_the_runner_up(write_yaml, monkeypatch):
         return R.TypeAnswer(gpu, 8, nodes, {nodes: row})
 
     monkeypatch.setattr(R, "answer_type", fake)
+    filled = []
+    monkeypatch.setattr(R, "_solve_row", lambda base, gpu, n: filled.append((gpu, n)) or {
+        "status": "infeasible", "gpu_type": gpu, "nodes": n})
     hw = PROBLEMS / "hw" / "h100-4node.yaml"
     model = PROBLEMS / "models" / "qwen3-30b-a3b.yaml"
     rec = R.recommend(model, hw, "requests_per_s=5,tpot_ms=50", "H100,H200")
     assert [a.gpu for a in rec.ranked] == ["H200-SXM-141GB", "H100-SXM5-80GB"]  # fewer GPUs
+    # the cost table has each type at each size either searched: the others filled in
+    assert sorted(filled) == [("H100-SXM5-80GB", 2), ("H200-SXM-141GB", 3)]
+    assert len(rec.rows) == 4 and rec.answers[0].nodes == 3  # the answers are unchanged
     rec = R.recommend(model, hw, "requests_per_s=5,tpot_ms=50", "H100,H200",
                       "H100=1,H200=2")  # 24 x 1 < 16 x 2 per hour
     assert [a.gpu for a in rec.ranked] == ["H100-SXM5-80GB", "H200-SXM-141GB"]
     with pytest.raises(InputError, match="--price: B200: not one of"):
         R.recommend(model, hw, "requests_per_s=5,tpot_ms=50", "H100", "B200=1")
+
+
+def test_the_committed_qwen3_answer_holds_together():
+    """results/recommend-qwen3-30b-a3b: each answer meets its target, one node fewer does
+    not, the costs are the rows' arithmetic at the stated prices, and the plans check."""
+    res = PROBLEMS.parent / "results" / "recommend-qwen3-30b-a3b"
+    doc = json.loads((res / "recommend.json").read_text())
+    t = parse_target(doc["target"]["stated"])
+    assert doc["ranked"] == ["H200-SXM-141GB", "H100-SXM5-80GB"]
+    for a in doc["answers"]:
+        assert t.met(a["row"]) and not t.met(a["one_node_fewer"])
+        assert a["row"]["num_gpus"] == 8 * a["nodes"]
+    for r in doc["rows"]:
+        gh = r["num_gpus"] / (r["output_tokens_per_s"] * 3600) * 1e6
+        price = doc["prices_usd_per_gpu_hour"][r["gpu"]]
+        assert r["usd_per_mtok"] == pytest.approx(gh * price, rel=1e-12)
+    for plan in sorted((res / "plans").glob("*.json")):
+        assert not [f for f in autopar.check(plan) if f.severity == "error"], plan.name

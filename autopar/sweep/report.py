@@ -91,7 +91,8 @@ def text(rec: Recommendation, fmt: str = "simple") -> str:
     return "\n".join([f"target: {rec.target.describe()} (stated: {rec.target.stated})", "",
                       tabulate(answer_rows(rec), head, tablefmt=fmt, disable_numparse=True),
                       "", verdict(rec), "",
-                      f"every size solved; cost per million {tokens} (cost frontier: *)",
+                      f"each type at every size any type solved; cost per million {tokens} "
+                      "(cost frontier: *)",
                       tabulate(cb, ch, tablefmt=fmt, disable_numparse=True)])
 
 

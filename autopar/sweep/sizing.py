@@ -39,6 +39,8 @@ class TypeAnswer:
     nodes: int | None  # None: no size up to max_nodes meets the target
     tried: dict[int, dict[str, Any]] = field(default_factory=dict)  # node count -> row
     plan: dict | None = None  # the plan at `nodes`
+    also: dict[int, dict[str, Any]] = field(default_factory=dict)  # the sizes other types
+    # solved and this one's search did not, for a cost table over the same sizes
 
     @property
     def row(self) -> dict | None:
@@ -219,6 +221,10 @@ def answer_type(base: Base, gpu: str | None, target: Target, max_nodes: int) -> 
                       plans.get(nodes) if nodes else None)
 
 
+def _solve_row(base: Base, gpu: str, nodes: int) -> dict:
+    return solve_point(base.point(gpu, nodes))[0]
+
+
 def _rank(answers: list[TypeAnswer], prices: dict[str, float]) -> list[TypeAnswer]:
     met = [a for a in answers if a.nodes]
     if prices and all(a.gpu in prices for a in met):
@@ -232,8 +238,9 @@ def recommend(model: str | Path, hardware: str | Path, target: str | Target,
               max_nodes: int = 32, time_limit_s: float = 10.0, workers: int = 1,
               pins: dict[str, Any] | None = None, framework: str = "any") -> Recommendation:
     """The fewest whole nodes of each GPU type in `gpus` (default: the hardware file's) that
-    meet `target`, ranked, with every size solved and its cost (GPU-hours and, at the
-    given `prices`, US$ per million tokens, the cost frontier marked)."""
+    meet `target`, ranked; then each type at every size any type's search solved, with
+    its cost (GPU-hours and, at the given `prices`, US$ per million tokens, the cost
+    frontier marked)."""
     t = target if isinstance(target, Target) else parse_target(target)
     if not isinstance(max_nodes, int) or not 1 <= max_nodes <= MAX_NODES:
         raise InputError("--max-nodes", "", f"1 to {MAX_NODES} nodes, got {max_nodes!r}")
@@ -249,13 +256,23 @@ def recommend(model: str | Path, hardware: str | Path, target: str | Target,
     missing = [g for g in price if g not in names]
     if missing:
         raise InputError("--price", missing[0], "not one of the GPU types asked about")
-    if workers > 1 and len(types) > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(types))) as pool:
-            answers = list(pool.map(answer_type, [base] * len(types), types,
-                                    [t] * len(types), [max_nodes] * len(types)))
-    else:
-        answers = [answer_type(base, g, t, max_nodes) for g in types]
-    rows = [r for a in answers for r in a.tried.values()]
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(types))) \
+        if workers > 1 and len(types) > 1 else None
+    run = pool.map if pool else map
+    try:
+        answers = list(run(answer_type, [base] * len(types), types, [t] * len(types),
+                           [max_nodes] * len(types)))
+        # a common cost table: every type at every size any type solved
+        sizes = sorted({n for a in answers for n in a.tried})
+        todo = [(a, n) for a in answers for n in sizes if n not in a.tried]
+        more = list(run(_solve_row, [base] * len(todo), [a.gpu for a, _ in todo],
+                        [n for _, n in todo]))
+    finally:
+        if pool:
+            pool.shutdown()
+    for (a, n), row in zip(todo, more, strict=True):
+        a.also[n] = row
+    rows = [r for a in answers for _, r in sorted({**a.tried, **a.also}.items())]
     return Recommendation(t, answers, max_nodes, price, _rank(answers, price),
                           with_costs(rows, price), base.workload is not None
                           and base.workload.get("kind") == "inference")
