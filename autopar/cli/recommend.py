@@ -61,7 +61,7 @@ def recommend(model_path, hw_path, target, ttft_ms, tpot_ms, gpu_types, prices, 
             click.echo(plots.EXTRA_LINE, err=True)
         else:
             png = plots.cost_png(rec.rows, folder / "cost.png",
-                                 f"{title}: cost against throughput, each type at the sizes solved",
+                                 f"{title}: cost against throughput (prices as given)",
                                  cost_key(rec.rows), plots.tokens_label(rec.rows))
             paths += [png] if png else []
         if not as_json:
