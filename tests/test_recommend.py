@@ -202,3 +202,22 @@ def test_the_committed_qwen3_answer_holds_together():
         assert r["usd_per_mtok"] == pytest.approx(gh * price, rel=1e-12)
     for plan in sorted((res / "plans").glob("*.json")):
         assert not [f for f in autopar.check(plan) if f.severity == "error"], plan.name
+
+
+def test_sizes_cut_short_by_the_time_limit_are_said_so():
+    from autopar.sweep.report import text
+    from autopar.sweep.sizing import Recommendation, TypeAnswer
+
+    t = parse_target("tokens_per_s=10")
+    rows = {1: {"status": "solved", "gpu": "x", "gpu_type": "x", "num_gpus": 8,
+                "layout": "dp=8", "throughput_tokens_per_s": 5.0, "cut_short": True},
+            2: {"status": "solved", "gpu": "x", "gpu_type": "x", "num_gpus": 16,
+                "layout": "dp=16", "throughput_tokens_per_s": 11.0}}
+    a = TypeAnswer("x", 8, 2, rows)
+    rec = Recommendation(t, [a], 4, {}, [a], with_costs(list(rows.values())))
+    out = text(rec)
+    assert "cut 1 of the 2 sizes' searches short" in out
+    assert "5.0 on 8 GPUs" in out and "Recommended: 16 x x (2 nodes, dp=16)" in out
+    rows[1].pop("cut_short")
+    rec = Recommendation(t, [a], 4, {}, [a], with_costs(list(rows.values())))
+    assert "short" not in text(rec)

@@ -88,9 +88,13 @@ def text(rec: Recommendation, fmt: str = "simple") -> str:
             *(["TTFT ms", "TPOT ms"] if rec.serving else []), "one node fewer"]
     ch, cb = cost_rows(rec)
     tokens = "output tokens" if rec.serving else "training tokens"
+    cut = sum(bool(r.get("cut_short")) for r in rec.rows)
+    note = [f"note: the time limit cut {cut} of the {len(rec.rows)} sizes' searches short "
+            "(their figures are the best found; a larger --time-limit may change them and "
+            "the answer)", ""] if cut else []
     return "\n".join([f"target: {rec.target.describe()} (stated: {rec.target.stated})", "",
                       tabulate(answer_rows(rec), head, tablefmt=fmt, disable_numparse=True),
-                      "", verdict(rec), "",
+                      "", verdict(rec), "", *note,
                       f"each type at every size any type solved; cost per million {tokens} "
                       "(cost frontier: *)",
                       tabulate(cb, ch, tablefmt=fmt, disable_numparse=True)])

@@ -24,7 +24,8 @@ ROW_KEYS = ("index", "key", "status", "num_gpus", "gpu", "layout", "step_time_s"
             "throughput_tokens_per_s", "tokens_per_s_per_gpu", "memory_max_over_capacity", "mfu",
             "solve_s", "reason")
 # a serving plan's figures too (only where a row has them: training tables keep their columns)
-SERVING_KEYS = ("requests_per_s", "output_tokens_per_s", "ttft_s", "tpot_s", "concurrency")
+SERVING_KEYS = ("requests_per_s", "output_tokens_per_s", "ttft_s", "tpot_s", "concurrency",
+                "cut_short")  # cut_short: the time limit ended the search (best found)
 
 
 @dataclass
@@ -88,6 +89,8 @@ def _figures(plan: dict) -> dict[str, Any]:
              } if serving else {}
     if serving:  # whole requests: the output tokens users get (Little's law, docs/serving.md)
         extra["output_tokens_per_s"] = serving.get("tokens_per_s")
+    if plan.get("solver", {}).get("time_limit_reached"):
+        extra["cut_short"] = True
     return {**extra, "num_gpus": n, "gpu": hw.get("gpu", {}).get("name"),
             "layout": layout or "single GPU", "step_time_s": mt.get("step_time_s"),
             "throughput_tokens_per_s": tok,
