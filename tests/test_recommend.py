@@ -131,10 +131,17 @@ def test_a_target_no_size_meets_is_an_answer_with_the_most_reached(write_yaml):
     assert "--target: requests_per_s: a number" in bad.output
 
 
-def test_no_inter_node_link_is_refused_before_any_solve(write_yaml):
+def test_inputs_refused_before_any_solve(write_yaml):
     one = {k: v for k, v in SEED_NODE.items() if k != "inter_node"}
     with pytest.raises(InputError, match="inter_node"):
         autopar.recommend(SERVE, write_yaml("one.yaml", one), "requests_per_s=1")
+    hw = write_yaml("seed2.yaml", SEED_NODE)
+    with pytest.raises(InputError, match="framework: 'bogus' is not a framework"):
+        autopar.recommend(SERVE, hw, "requests_per_s=1", framework="bogus")
+    with pytest.raises(InputError, match="a requests/s target needs an inference workload"):
+        autopar.recommend(TRAIN, hw, "requests_per_s=1,tpot_ms=50")
+    with pytest.raises(InputError, match="--max-nodes"):
+        autopar.recommend(SERVE, hw, "requests_per_s=1", max_nodes=0)
 
 
 def test_cost_per_million_tokens_and_the_frontier():

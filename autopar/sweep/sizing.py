@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..spec.datafile import read_data
+from ..spec.frameworks import load_framework
 from ..spec.hardware import gpu_catalogue
 from .cost import cost_key, with_costs
 from .run import solve_point
@@ -190,6 +191,7 @@ def make_base(model: str | Path, hardware: str | Path, target: Target,
               time_limit_s: float = 10.0) -> tuple[Base, Target]:
     """Read the files once; the workload is the model file's, made whole requests under
     the target's limits for a serving target (the target with the limits it is held to)."""
+    load_framework(framework)  # a bad name: one line now, not an error row at every size
     m, h = read_data(model), read_data(hardware)
     if not isinstance(h, dict) or not isinstance(h.get("gpus_per_node"), int):
         raise InputError(str(hardware), "gpus_per_node", "needed to count whole nodes")
