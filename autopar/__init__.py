@@ -3,9 +3,9 @@ latency, and emit it as a deployment plan whose every figure can be recomputed.
 
 The public API: `solve` (search a layout and return its `Plan`), `check` (verify a plan
 independently of the search), `sweep` (a study's grid of solves, docs/studies.md),
-`place` (the expert maps an engine loads, from measured loads), the loaders
-`load_model` / `load_hardware` and the spec dataclasses, so other planners can build
-inputs in code.
+`recommend` (the fewest GPUs that meet a target), `place` (the expert maps an engine
+loads, from measured loads), the loaders `load_model` / `load_hardware` and the spec
+dataclasses, so other planners can build inputs in code.
 """
 
 # `check` below is the function: import the submodule of the same name first, so that a
@@ -27,11 +27,12 @@ from .spec import (  # noqa: E402
     load_hardware,
     load_model,
 )
-from .sweep import sweep  # noqa: E402
+from .sweep import recommend, sweep  # noqa: E402
 from .version import __version__
 
 __all__ = [
     "solve", "check", "place", "make_problem", "load_model", "load_hardware", "Plan", "Finding",
     "ModelSpec", "ModelFile", "MLASpec", "HardwareSpec", "GPUSpec", "LinkSpec", "Workload",
-    "Calibration", "AutoparError", "InputError", "InfeasibleError", "sweep", "__version__",
+    "Calibration", "AutoparError", "InputError", "InfeasibleError", "sweep", "recommend",
+    "__version__",
 ]

@@ -28,6 +28,9 @@ EXIT_CODES = {
              "without --resume; 70 internal error",
     "sweep": "0 every point written (infeasible points are rows, not failures); 2 bad study "
              "file or an --out that holds a sweep without --resume; 70 internal error",
+    "recommend": "0 a GPU type meets the target (the answer and the runner-up printed); 2 "
+                 "bad input (a bad target names its field); 3 no GPU type meets it within "
+                 "--max-nodes (the most reached printed); 70 internal error",
     "place": "0 placed (the JSON printed, the map written to --out); 2 bad input (one line "
              "naming the file, the field and the problem); 70 internal error; 130 / 143 "
              "interrupted (nothing written)",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..sweep import run_study, write_summary
+from ..sweep import plots, run_study, write_summary
 from ..sweep.scale import efficiencies, parse_sizes, plot, scale_study
 from . import options as opt
 from .app import main
@@ -34,6 +34,8 @@ def scale(model_path, hw_path, gpus, out, workers, time_limit, resume) -> None:
     rows = efficiencies(guard(lambda: run_study(study, folder, workers, resume)))
     write_summary(rows, folder, study.name)
     png = plot(rows, folder / "scaling.png", study.name)
+    if plots.missing():
+        click.echo(plots.EXTRA_LINE, err=True)
     for r in rows:
         eff = r["scaling_efficiency"]
         line = (f"{r['gpus']:>6} GPUs  {r['status']:<10} "

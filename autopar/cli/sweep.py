@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..sweep import load_study, run_study, write_summary
+from ..sweep import finish, load_study, plots, run_study
 from ..sweep.run import Progress
 from . import options as opt
 from .app import main
@@ -22,8 +22,12 @@ from .run import guard
               help="worker processes (each solve single-threaded, seed 0: the rows do not "
                    "depend on this)")
 @click.option("--resume", is_flag=True, help="finish a sweep in --out: skip its done points")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None,
+              metavar="[ADDRESS]", help="solve the points as Ray tasks on the cluster at "
+              "ADDRESS, or on a local Ray instance of --workers CPUs without one (the ray "
+              "extra); the rows are the same as with processes")
 @click.option("--quiet", is_flag=True, help="no progress line on stderr")
-def sweep(study_path, out, workers, resume, quiet) -> None:
+def sweep(study_path, out, workers, resume, ray_address, quiet) -> None:
     """Solve every point of a study (a grid or list of what-ifs, docs/studies.md)."""
     study = guard(lambda: load_study(study_path))
     folder = Path(out)
@@ -36,8 +40,10 @@ def sweep(study_path, out, workers, resume, quiet) -> None:
                    f"{p.failed}  best {best}  {eta}   ", err=True, nl=p.done == p.total)
 
     rows = guard(lambda: run_study(study, folder, workers, resume,
-                                   None if quiet else show))
-    csv_path, md_path = write_summary(rows, folder, study.name)
+                                   None if quiet else show, ray=ray_address))
+    rows, paths = guard(lambda: finish(rows, study, folder))
+    if plots.missing():
+        click.echo(plots.EXTRA_LINE, err=True)
     solved = sum(r["status"] == "solved" for r in rows)
-    click.echo(f"{len(rows)} points ({solved} solved): {md_path}, {csv_path}")
+    click.echo(f"{len(rows)} points ({solved} solved): {', '.join(str(p) for p in paths)}")
     sys.exit(0)

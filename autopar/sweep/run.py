@@ -23,6 +23,9 @@ from .study import Point, Study
 ROW_KEYS = ("index", "key", "status", "num_gpus", "gpu", "layout", "step_time_s",
             "throughput_tokens_per_s", "tokens_per_s_per_gpu", "memory_max_over_capacity", "mfu",
             "solve_s", "reason")
+# a serving plan's figures too (only where a row has them: training tables keep their columns)
+SERVING_KEYS = ("requests_per_s", "output_tokens_per_s", "ttft_s", "tpot_s", "concurrency",
+                "cut_short")  # cut_short: the time limit ended the search (best found)
 
 
 @dataclass
@@ -81,7 +84,14 @@ def _figures(plan: dict) -> dict[str, Any]:
     tok = mt.get("throughput_tokens_per_s")
     layout = " ".join(f"{k}={s[k]}" for k in ("tp", "pp", "dp", "ep", "etp", "cp")
                       if k in s and s[k] != 1)
-    return {"num_gpus": n, "gpu": hw.get("gpu", {}).get("name"),
+    serving = plan.get("serving", {}).get("point")
+    extra = {k: serving.get(k) for k in ("requests_per_s", "ttft_s", "tpot_s", "concurrency")
+             } if serving else {}
+    if serving:  # whole requests: the output tokens users get (Little's law, docs/serving.md)
+        extra["output_tokens_per_s"] = serving.get("tokens_per_s")
+    if plan.get("solver", {}).get("time_limit_reached"):
+        extra["cut_short"] = True
+    return {**extra, "num_gpus": n, "gpu": hw.get("gpu", {}).get("name"),
             "layout": layout or "single GPU", "step_time_s": mt.get("step_time_s"),
             "throughput_tokens_per_s": tok,
             "tokens_per_s_per_gpu": mt.get("tokens_per_s_per_gpu") or (tok / n if tok and n
@@ -119,8 +129,15 @@ def _append(fh, row: dict) -> None:
 
 
 def run_study(study: Study, out: Path, workers: int = 1, resume: bool = False,
-              on_point: Callable[[Progress, dict], None] | None = None) -> list[dict]:
-    """Solve the points not yet in `out` and return every point's row, in study order."""
+              on_point: Callable[[Progress, dict], None] | None = None,
+              ray: str | None = None) -> list[dict]:
+    """Solve the points not yet in `out` and return every point's row, in study order:
+    in `workers` processes, or as Ray tasks with `ray` (a cluster address; "" starts a
+    local instance of `workers` CPUs)."""
+    if ray is not None:
+        from .remote import require_ray
+
+        require_ray()
     out.mkdir(parents=True, exist_ok=True)
     have = done_keys(out)
     if have and not resume:
@@ -130,7 +147,12 @@ def run_study(study: Study, out: Path, workers: int = 1, resume: bool = False,
     prog = Progress(len(study.points), len(study.points) - len(todo))
     prog.resumed = prog.done
     with open(out / "points.jsonl", "a") as fh:
-        if workers <= 1:
+        if ray is not None:
+            from .remote import ray_results
+
+            for row, plan in ray_results(todo, solve_point, ray, workers):
+                _record(out, fh, row, plan, prog, on_point)
+        elif workers <= 1:
             results = (solve_point(p) for p in todo)
             for row, plan in results:
                 _record(out, fh, row, plan, prog, on_point)

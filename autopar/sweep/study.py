@@ -20,11 +20,12 @@ from typing import Any
 from ..errors import InputError
 from ..spec.datafile import read_data
 from ..spec.fields import Fields
+from .target import parse_prices
 
 MAX_POINTS = 10_000  # a study is a grid of solves; more is a mistake, not a study
 ROOTS = ("model", "hardware", "workload", "pins")  # what a dotted axis key starts with
 KEYS = ("study", "model", "hardware", "workload", "pins", "framework", "time_limit_s",
-        "grid", "points", "notes")
+        "grid", "points", "prices", "notes")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Study:
     name: str
     source: str
     points: list[Point]
+    prices: dict[str, float] = field(default_factory=dict)  # US$ per GPU-hour, as stated
 
 
 def _path(base: Path, name: Any, src: str, key: str) -> Path:
@@ -132,6 +134,11 @@ def load_study(path: str | Path) -> Study:
         raise InputError(src, "pins", "a mapping of pinned options")
     framework = f.str("framework", default="any")
     limit = f.float("time_limit_s", 0.01, 3600.0, default=10.0)
+    prices = f.data.get("prices")
+    f.used.add("prices")
+    if prices is not None and not isinstance(prices, dict):
+        raise InputError(src, "prices", "a mapping of GPU type: US$ per GPU-hour")
+    prices = parse_prices(prices, f"{src}: prices")
     f.text("notes")
     axes = _axes(f)
     f.finish()
@@ -182,4 +189,4 @@ def load_study(path: str | Path) -> Study:
             del model["workload"]  # the point's workload is stated on its own
         points.append(Point(i, over, model, hw, wl, p_pins, fw, tl,
                             {"model": str(mf), "hardware": str(hf)}))
-    return Study(name, src, points)
+    return Study(name, src, points, prices)

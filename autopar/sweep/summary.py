@@ -7,15 +7,20 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .run import ROW_KEYS
+from .run import ROW_KEYS, SERVING_KEYS
+
+EXTRA_KEYS = ("gpu_hours_per_mtok", "usd_per_mtok", "cost_frontier")
 
 
 def columns(rows: list[dict]) -> list[str]:
     """The axes (in first-seen order), then the figures."""
     axes: list[str] = []
     for r in rows:
-        axes += [k for k in r if k not in ROW_KEYS and k not in axes]
-    return ["index", *axes, *[k for k in ROW_KEYS if k not in ("index", "key")], "key"]
+        axes += [k for k in r if k not in ROW_KEYS and k not in SERVING_KEYS
+                 and k not in EXTRA_KEYS and k not in axes]
+    figures = [k for k in ROW_KEYS if k not in ("index", "key", "solve_s", "reason")]
+    figures += [k for k in SERVING_KEYS + EXTRA_KEYS if any(k in r for r in rows)]
+    return ["index", *axes, *figures, "solve_s", "reason", "key"]
 
 
 def write_summary(rows: list[dict], out: Path, title: str) -> tuple[Path, Path]:
