@@ -25,12 +25,14 @@ ALLOWED = {
     "search": {"spec", "model", "cost"},
     "plan": {"spec", "model", "schema", "cost", "search", "check"},
     "export": {"spec", "model", "schema"},
+    "verify": {"spec", "model", "schema", "check"},
     "serve": {"spec", "model", "schema", "cost", "search", "plan", "export"},
-    "api": {"spec", "model", "schema", "cost", "search", "plan", "check", "export", "serve"},
+    "api": {"spec", "model", "schema", "cost", "search", "plan", "check", "export", "serve",
+            "verify"},
     "sweep": {"spec", "model", "schema", "cost", "search", "plan", "check", "export", "serve",
               "api"},
     "cli": {"spec", "model", "schema", "cost", "search", "plan", "check", "export", "serve",
-            "api", "sweep"},
+            "api", "sweep", "verify"},
 }
 LEAVES = {"errors", "version"}  # any stage may import them; they import nothing of ours
 TOP = {"__init__", "__main__"}  # the package's front door may import anything
