@@ -1,8 +1,9 @@
 """The package's imports run one way along the data flow (DESIGN sec. 1, docs/ARCHITECTURE.md):
 spec -> model -> cost -> search -> plan -> export -> serve -> api -> sweep -> cli, with
-`schema` (the plan's format) beside `model` and `check` beside the whole chain: the verifier
+`schema` (the plan's format) beside `model`, `check` beside the whole chain (the verifier
 imports only the inputs, the model and the plan's format, never the search or the cost model
-it checks.
+it checks) and `verify` beside `check` (it runs a plan; it reads the inputs echo with
+check's reader).
 Read with `ast`, so a lazy import inside a function counts as much as one at the top."""
 
 from __future__ import annotations

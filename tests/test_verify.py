@@ -102,6 +102,24 @@ def test_tp_plan_reads_its_shards(mini_plan):
     assert g0.experts[1][0] != g1.experts[1][0]  # ETP=1: EP over the TP ranks
 
 
+def test_kv_heads_shared_by_tp_ranks_get_one_gradient_group(tmp_path):
+    import yaml
+
+    from autopar.verify.shard import groups
+
+    model = {"model": {"name": "d", "layers": 2, "hidden": 256, "heads": 8, "kv_heads": 2,
+                       "head_dim": 32, "ffn_hidden": 512, "gated_mlp": True, "vocab": 1000},
+             "workload": {"kind": "training", "global_batch": 4, "seq_len": 256}}
+    hw = {"name": "four", "gpu": {"type": "H100-SXM5-80GB"}, "nodes": 1, "gpus_per_node": 4}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(model))
+    (tmp_path / "h.yaml").write_text(yaml.safe_dump(hw))
+    plan = autopar.solve(tmp_path / "m.yaml", tmp_path / "h.yaml", pins={"tp": 4, "pp": 1},
+                         time_limit_s=5).data
+    lay = read_layout(plan)
+    assert [g.spans["L0.kv"] for g in lay.gpus] == [(0, 1), (0, 1), (1, 2), (1, 2)]
+    assert sorted(groups(lay).kv.values()) == [[0, 1], [2, 3]]
+
+
 def _drop(plan: dict, name: str, tp_rank: int = 1) -> dict:
     bad = copy.deepcopy(plan)
     pat = next(p for p in bad["gpus"]["shards"] if p["ranks"]["tp_rank"] == tp_rank)

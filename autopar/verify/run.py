@@ -169,8 +169,9 @@ def is_expert(name: str) -> bool:
 def _sync(lay: Layout, g, w: dict, gr, made: dict, comm: ly.Comm) -> None:
     """Data-parallel gradient all-reduce: replicated weights over the DP group; each MoE
     layer's experts over the GPUs of the stage with the same ETP rank, as one [experts x
-    shard] buffer, so replicas and expert-data-parallel copies add up alike; the tied
-    embedding over its first- and last-stage copies."""
+    shard] buffer, so replicas and expert-data-parallel copies add up alike; KV heads that
+    TP ranks share over those ranks; the tied embedding over its first- and last-stage
+    copies."""
     dp_group = made.get(tuple(gr.dp[(g.stage, g.tp_rank)]))
     edp_group = made.get(tuple(gr.expert_dp[(g.stage, g.etp_rank)]))
     for v in w.values():
@@ -196,6 +197,12 @@ def _sync(lay: Layout, g, w: dict, gr, made: dict, comm: ly.Comm) -> None:
             a, b = w[f"L{L}.e{e}.fc1"], w[f"L{L}.e{e}.fc2"]
             a.grad.copy_(buf[e, :n1].view_as(a))
             b.grad.copy_(buf[e, n1:].view_as(b))
+    for L in lay.stage_layers[g.stage]:  # KV heads copied over TP ranks (fewer than TP):
+        ranks = gr.kv.get((g.stage, g.dp_rank, L, g.spans[f"L{L}.kv"]))  # each copy saw
+        if ranks:  # only its own query heads
+            for k in (f"L{L}.k", f"L{L}.v"):
+                dist.all_reduce(w[k].grad, group=made[tuple(ranks)])
+            comm._count("kv-copy grad all-reduce")
     tie = gr.tie.get((g.tp_rank, g.dp_rank))
     if tie and tuple(tie) in made and "embedding" in w:
         dist.all_reduce(w["embedding"].grad, group=made[tuple(tie)])

@@ -69,10 +69,11 @@ class Groups:
     dp: dict[tuple, list[int]]
     expert_dp: dict[tuple, list[int]]
     tie: dict[tuple, list[int]]
+    kv: dict[tuple, list[int]]  # (stage, DP rank, layer, KV span): TP ranks sharing KV heads
 
     def all(self) -> list[list[int]]:
         seen, out = set(), []
-        for d in (self.tp, self.ep, self.dp, self.expert_dp, self.tie):
+        for d in (self.tp, self.ep, self.dp, self.expert_dp, self.tie, self.kv):
             for key in sorted(d):
                 ranks = d[key]
                 if len(ranks) > 1 and tuple(ranks) not in seen:
@@ -87,17 +88,20 @@ def groups(lay: Layout) -> Groups:
     dp: dict[tuple, list[int]] = {}
     edp: dict[tuple, list[int]] = {}
     tie: dict[tuple, list[int]] = {}
+    kv: dict[tuple, list[int]] = {}
     for g in lay.gpus:
+        for L in lay.stage_layers[g.stage]:
+            kv.setdefault((g.stage, g.dp_rank, L, g.spans[f"L{L}.kv"]), []).append(g.gpu)
         tp.setdefault((g.stage, g.dp_rank), []).append(g.gpu)
         ep.setdefault((g.stage, g.edp_rank), []).append(g.gpu)
         dp.setdefault((g.stage, g.tp_rank), []).append(g.gpu)
         edp.setdefault((g.stage, g.etp_rank), []).append(g.gpu)
         if lay.small.tie and lay.pp > 1 and g.stage in (0, lay.pp - 1):
             tie.setdefault((g.tp_rank, g.dp_rank), []).append(g.gpu)
-    for d in (tp, ep, dp, edp, tie):
+    for d in (tp, ep, dp, edp, tie, kv):
         for v in d.values():
             v.sort()
-    return Groups(tp, ep, dp, edp, tie)
+    return Groups(tp, ep, dp, edp, tie, {k: v for k, v in kv.items() if len(v) > 1})
 
 
 def peer(lay: Layout, g: Gpu, stage: int) -> int:
