@@ -154,6 +154,20 @@ def test_shards_that_do_not_meet_fail(mini_plan):
         read_layout(bad)
 
 
+def test_unreadable_shards_are_one_input_error(mini_plan):
+    bad = copy.deepcopy(mini_plan)
+    qkv = next(c for c in bad["gpus"]["shards"][0]["components"] if c["name"] == "qkv")
+    qkv["shard"]["start"] = "zero"
+    with pytest.raises(autopar.InputError, match=r"plan: gpus: unreadable shard description"):
+        read_layout(bad)
+    bad = copy.deepcopy(mini_plan)
+    bad["inputs"]["model"]["mla"] = {"kv_lora_rank": 512, "q_lora_rank": 1536,
+                                     "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
+                                     "v_head_dim": 128}
+    with pytest.raises(autopar.InputError, match=r"inputs.model.mla: MLA attention is not"):
+        read_layout(bad)
+
+
 def test_cli_broken_plan_exits_1_naming_the_tensor(mini_plan, tmp_path):
     path = tmp_path / "broken.json"
     path.write_text(json.dumps(_drop(mini_plan, "out")))

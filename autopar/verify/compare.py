@@ -70,10 +70,11 @@ class Report:
     def text(self) -> str:
         st = " ".join(f"{k.upper()}={v}" for k, v in self.strategy.items())
         s = self.small
+        moe = (f"experts {s['experts']} top-{s['top_k']}, " if s["experts"] else "dense, ")
         lines = [
             f"{self.plan}: {self.processes} processes (gloo)  {st}",
             f"small model: layers {s['layers']}, hidden {s['hidden']}, heads {s['heads']} / "
-            f"kv {s['kv_heads']} x {s['head_dim']}, experts {s['experts']} top-{s['top_k']}, "
+            f"kv {s['kv_heads']} x {s['head_dim']}, {moe}"
             f"ffn {s['ffn']} / expert {s['expert_ffn']} / shared {s['shared_ffn']}, vocab "
             f"{s['vocab']}; batch {s['samples']} x {s['seq']} ({s['micro_batches']} micro-"
             f"batches of {s['micro_batch']} per replica), float64",

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..errors import AutoparError
 from . import layers as ly
 from .shard import groups, local_index, peer, routing, take
 from .shrink import Layout
@@ -237,8 +238,10 @@ def distributed(lay: Layout, seed: int) -> tuple[list[dict], float]:
         return [torch.load(Path(tmp) / f"rank{r}.pt") for r in range(world)], wall
 
 
-class VerifyRunError(RuntimeError):
-    """A worker process failed or the run timed out."""
+class VerifyRunError(AutoparError):
+    """A worker process failed or the run timed out (a bug or the machine: exit 70)."""
+
+    exit_code = 70
 
 
 def _wait(procs: list, deadline: float) -> tuple[int, str] | None:

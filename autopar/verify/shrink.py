@@ -25,6 +25,7 @@ from ..schema.gpus import ranges_text, read_gpus
 
 HIDDEN, HEAD_DIM, SEQ = 16, 2, 8  # the small model's fixed sizes (float64 keeps them exact)
 MIN_FFN, MIN_VOCAB, CAP = 4, 16, 4096  # a dimension's least and most size in the small model
+MAX_PROCESSES = 64  # one CPU process per GPU of the plan
 LAYERS_PER_STAGE = 3  # at most this many layers of one stage, one per distinct kind/placement
 
 Span = tuple[int, int]
@@ -175,7 +176,18 @@ def _kept_layers(stages: list[list[int]], moe_of, placement_of) -> list[tuple[in
 
 
 def read_layout(plan: dict, source: str = "plan") -> Layout:
-    """The plan's placement over the small model, every shard checked for coverage."""
+    """The plan's placement over the small model, every shard checked for coverage; a
+    shard description that is not numbers where numbers belong is one InputError."""
+    if not isinstance(plan, dict):
+        raise InputError(source, "", "a plan must be a JSON object")
+    try:
+        return _read_layout(plan, source)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise InputError(source, "gpus", f"unreadable shard description "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def _read_layout(plan: dict, source: str) -> Layout:
     inputs = plan.get("inputs") if isinstance(plan.get("inputs"), dict) else {}
     if not isinstance(inputs.get("model"), dict):
         raise InputError(source, "inputs.model", "missing: verify rebuilds the model from it")
@@ -199,6 +211,9 @@ def read_layout(plan: dict, source: str = "plan") -> Layout:
         path, problem = table.problems[0]
         raise ShardError(source, path, problem)
     recs = table.records
+    if len(recs) > MAX_PROCESSES:
+        raise InputError(source, "gpus.num_gpus", f"{len(recs)} GPUs: verify starts one "
+                         f"process per GPU, at most {MAX_PROCESSES}")
     if len(recs) != tp * pp * dp or len(stages) != pp:
         raise InputError(source, "strategy", f"tp*pp*dp = {tp * pp * dp} and {len(stages)} "
                          f"stages do not match the {len(recs)} GPUs / pp={pp}")
