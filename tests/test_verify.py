@@ -120,6 +120,36 @@ def test_kv_heads_shared_by_tp_ranks_get_one_gradient_group(tmp_path):
     assert sorted(groups(lay).kv.values()) == [[0, 1], [2, 3]]
 
 
+def test_replicas_are_reached_by_the_plans_routing_rule(tmp_path):
+    """Hot experts replicated over two nodes: a GPU sends an expert's tokens only to the
+    replicas on its own node when there are any, round robin over them; else to all."""
+    import yaml
+
+    from autopar.verify.shard import groups, routing
+
+    hw = {"name": "two", "gpu": {"name": "g", "memory_gb": 64, "tflops": {"bf16": 400},
+                                 "hbm_tbps": 1.6}, "nodes": 2, "gpus_per_node": 2,
+          "intra_node": {"bandwidth_gbps": 100, "latency_us": 5},
+          "inter_node": {"bandwidth_gbps": 25, "latency_us": 10}}
+    (tmp_path / "h.yaml").write_text(yaml.safe_dump(hw))
+    wl = autopar.spec.Workload("training", 64, 1024, expert_load="zipf:1.2", spare_slots=1)
+    plan = autopar.solve(PROBLEMS / "models/seed-moe.yaml", tmp_path / "h.yaml", wl,
+                         pins={"pp": 1, "ep": 4}, time_limit_s=5).data
+    lay = read_layout(plan)
+    L = lay.stage_layers[0][0]
+    members = groups(lay).ep[(0, 0)]
+    held = {g.gpu: set(g.experts[L][0]) for g in lay.gpus}
+    both = [e for e in range(63) if any(e in held[i] for i in (0, 1))
+            and any(e in held[i] for i in (2, 3))]
+    alone = [e for e in range(63) if e in held[2] and not any(e in held[i] for i in (0, 1))]
+    assert both and alone
+    route = routing(lay, lay.gpus[0], L, members, {})  # GPU 0 is on node 0
+    for e in both:  # only the node-0 copies
+        assert {members[k[0]] for k in route.replicas[e]} <= {0, 1}
+    for e in alone:
+        assert [members[k[0]] for k in route.replicas[e]] == [2]
+
+
 def _drop(plan: dict, name: str, tp_rank: int = 1) -> dict:
     bad = copy.deepcopy(plan)
     pat = next(p for p in bad["gpus"]["shards"] if p["ranks"]["tp_rank"] == tp_rank)

@@ -126,5 +126,6 @@ def routing(lay: Layout, g: Gpu, L: int, members: list[int],
                        if e in lay.gpus[members[ks[0]]].experts[L][0])
         near = [r for r in ranks if lay.gpus[members[by_rank[r][0]]].node == g.node]
         replicas[e] = [by_rank[r] for r in (near or ranks)]
-    local = {e: (weights[f"L{L}.e{e}.fc1"], weights[f"L{L}.e{e}.fc2"]) for e in g.experts[L][0]}
+    local = {e: (weights[f"L{L}.e{e}.fc1"], weights[f"L{L}.e{e}.fc2"])
+             for e in g.experts[L][0] if f"L{L}.e{e}.fc1" in weights}
     return Routing(replicas, local)
