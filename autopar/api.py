@@ -26,7 +26,8 @@ from .search.placement import check_budget
 from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
 from .spec.frameworks import load_framework
 
-__all__ = ["solve", "check", "place", "load_model", "load_hardware", "Plan", "make_problem"]
+__all__ = ["solve", "check", "place", "verify_plan", "load_model", "load_hardware", "Plan",
+           "make_problem"]
 
 
 def make_problem(model: ModelSpec | ModelFile | str | Path,
@@ -205,6 +206,20 @@ def check(plan: Plan | dict | str | Path,
         data, base, source = read_plan(plan), Path(plan).parent, str(plan)
     return check_plan(data, model, hardware, workload, base_dir=base, source=source,
                       framework=framework)
+
+
+def verify_plan(plan: Plan | dict | str | Path, seed: int = 0) -> Any:
+    """Run a plan (`autopar verify`, docs/verify.md): a shrunken model with the plan's
+    structure on one CPU process per GPU, placed as the plan says, against one process. The
+    Report (`.passed`, `.text()`, `.to_dict()`); needs the `verify` extra (torch)."""
+    from .plan import read_plan
+    from .verify import verify_plan as run
+
+    if isinstance(plan, Plan):
+        return run(plan.data, "plan", seed)
+    if isinstance(plan, dict):
+        return run(plan, "plan", seed)
+    return run(read_plan(plan), str(plan), seed)
 
 
 def explain_infeasible(p: Problem, opts: SearchOptions, result,

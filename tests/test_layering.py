@@ -1,8 +1,9 @@
 """The package's imports run one way along the data flow (DESIGN sec. 1, docs/ARCHITECTURE.md):
 spec -> model -> cost -> search -> plan -> export -> serve -> api -> sweep -> cli, with
-`schema` (the plan's format) beside `model` and `check` beside the whole chain: the verifier
+`schema` (the plan's format) beside `model`, `check` beside the whole chain (the verifier
 imports only the inputs, the model and the plan's format, never the search or the cost model
-it checks.
+it checks) and `verify` beside `check` (it runs a plan; it reads the inputs echo with
+check's reader).
 Read with `ast`, so a lazy import inside a function counts as much as one at the top."""
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ ALLOWED = {
     "search": {"spec", "model", "cost"},
     "plan": {"spec", "model", "schema", "cost", "search", "check"},
     "export": {"spec", "model", "schema"},
+    "verify": {"spec", "model", "schema", "check"},
     "serve": {"spec", "model", "schema", "cost", "search", "plan", "export"},
-    "api": {"spec", "model", "schema", "cost", "search", "plan", "check", "export", "serve"},
+    "api": {"spec", "model", "schema", "cost", "search", "plan", "check", "export", "serve",
+            "verify"},
     "sweep": {"spec", "model", "schema", "cost", "search", "plan", "check", "export", "serve",
               "api"},
     "cli": {"spec", "model", "schema", "cost", "search", "plan", "check", "export", "serve",
-            "api", "sweep"},
+            "api", "sweep", "verify"},
 }
 LEAVES = {"errors", "version"}  # any stage may import them; they import nothing of ours
 TOP = {"__init__", "__main__"}  # the package's front door may import anything

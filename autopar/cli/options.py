@@ -34,6 +34,9 @@ EXIT_CODES = {
     "place": "0 placed (the JSON printed, the map written to --out); 2 bad input (one line "
              "naming the file, the field and the problem); 70 internal error; 130 / 143 "
              "interrupted (nothing written)",
+    "verify": "0 the plan ran and matched one process within the tolerance; 1 it did not, "
+              "or its shards do not cover a tensor (the layer and tensor named); 2 bad input "
+              "or torch not installed (the extra to install); 70 internal error",
     "calibrate": "0 calibration written; 2 bad input (one line naming the file, the line or "
                  "field and the problem) or aiconfigurator-core not installed; 70 internal "
                  "error",
