@@ -3,7 +3,8 @@ latency, and emit it as a deployment plan whose every figure can be recomputed.
 
 The public API: `solve` (search a layout and return its `Plan`), `check` (verify a plan
 independently of the search), `sweep` (a study's grid of solves, docs/studies.md),
-`place` (the expert maps an engine loads, from measured loads), the loaders
+`place` (the expert maps an engine loads, from measured loads), `trace` / `explain` /
+`plot` (seeing a plan, docs/seeing-a-plan.md), the loaders
 `load_model` / `load_hardware` and the spec dataclasses, so other planners can build
 inputs in code.
 """
@@ -28,10 +29,12 @@ from .spec import (  # noqa: E402
     load_model,
 )
 from .sweep import sweep  # noqa: E402
+from .view.entry import trace  # noqa: E402
 from .version import __version__
 
 __all__ = [
     "solve", "check", "place", "make_problem", "load_model", "load_hardware", "Plan", "Finding",
     "ModelSpec", "ModelFile", "MLASpec", "HardwareSpec", "GPUSpec", "LinkSpec", "Workload",
-    "Calibration", "AutoparError", "InputError", "InfeasibleError", "sweep", "__version__",
+    "Calibration", "AutoparError", "InputError", "InfeasibleError", "sweep", "trace",
+    "__version__",
 ]

@@ -31,6 +31,12 @@ EXIT_CODES = {
     "place": "0 placed (the JSON printed, the map written to --out); 2 bad input (one line "
              "naming the file, the field and the problem); 70 internal error; 130 / 143 "
              "interrupted (nothing written)",
+    "trace": "0 trace written; 2 bad input (not an autopar plan, or one whose layout the cost "
+             "model cannot re-evaluate); 70 internal error",
+    "explain": "0 explained; 2 bad input (not an autopar plan, or one that cannot be "
+               "re-evaluated); 70 internal error",
+    "plot": "0 pictures written; 2 bad input or the plot extra (matplotlib) not installed; 70 "
+            "internal error",
     "calibrate": "0 calibration written; 2 bad input (one line naming the file, the line or "
                  "field and the problem) or aiconfigurator-core not installed; 70 internal "
                  "error",

@@ -1,0 +1,144 @@
+"""`autopar trace` / `explain` / `plot` (docs/seeing-a-plan.md): what they draw from a plan
+must be the plan's own figures."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+import autopar
+from autopar.view import rebuild, trace_document
+
+GOLDEN = Path(__file__).parent / "golden"
+# 1F1B (seed), interleaved, DualPipeV, plain 1F1B at scale, serving decode
+KINDS = ["seed-training", "gpt3-175b-training", "mixtral-training",
+         "deepseek-v3-training-256", "llama3-70b-training", "seed-serving", "mixtral-decode"]
+
+
+def _plan(stem: str) -> dict:
+    return json.loads((GOLDEN / f"{stem}.json").read_text())
+
+
+def _trace(stem: str) -> tuple[dict, dict]:
+    plan = _plan(stem)
+    return plan, json.loads(json.dumps(trace_document(plan, rebuild(plan, stem))))
+
+
+@pytest.mark.parametrize("stem", KINDS)
+def test_trace_is_chrome_trace_format(stem):
+    plan, doc = _trace(stem)
+    assert isinstance(doc["traceEvents"], list) and doc["displayTimeUnit"] == "ms"
+    named = {(e["pid"], e["tid"]) for e in doc["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "thread_name"}
+    procs = {e["pid"] for e in doc["traceEvents"] if e["ph"] == "M" and e["name"] ==
+             "process_name"}
+    for e in doc["traceEvents"]:
+        assert e["ph"] in ("X", "M")
+        assert isinstance(e["pid"], int) and isinstance(e["tid"], int)
+        if e["ph"] == "X":
+            assert e["ts"] >= 0 and e["dur"] > 0 and isinstance(e["name"], str)
+            assert (e["pid"], e["tid"]) in named and e["pid"] in procs
+    # one process per stage (plus the prefill step of a serving plan), not one per GPU
+    assert len(procs) == plan["strategy"]["pp"] + ("serving" in plan)
+
+
+@pytest.mark.parametrize("stem", KINDS)
+def test_trace_events_nest_and_serialized_streams_do_not_overlap(stem):
+    _, doc = _trace(stem)
+    by = defaultdict(list)
+    for e in doc["traceEvents"]:
+        if e["ph"] == "X":
+            by[(e["pid"], e["tid"])].append(e)
+    eps = 1e-3  # us
+    for es in by.values():
+        es.sort(key=lambda e: (e["ts"], -e["dur"]))
+        stack, top = [], []
+        for e in es:  # every event inside its parent, or after it: a proper nesting
+            while stack and stack[-1]["ts"] + stack[-1]["dur"] <= e["ts"] + eps:
+                stack.pop()
+            if stack:
+                assert e["ts"] + e["dur"] <= stack[-1]["ts"] + stack[-1]["dur"] + eps, e
+            else:
+                top.append(e)
+            stack.append(e)
+        # the top level of a stream is serialized: one pass, bubble or collective at a time
+        for a, b in zip(top, top[1:], strict=False):
+            assert a["ts"] + a["dur"] <= b["ts"] + eps, (a, b)
+
+
+@pytest.mark.parametrize("stem", KINDS)
+def test_critical_path_adds_up_to_the_step_time(stem):
+    plan, doc = _trace(stem)
+    crit = [e for e in doc["traceEvents"] if e["ph"] == "X" and e["args"].get("critical")]
+    total = sum(e["dur"] for e in crit) / 1e6
+    assert total == pytest.approx(plan["timing"]["step_time_s"], rel=1e-3)
+    # the critical stage's passes: every micro-batch forward (and backward) once
+    passes = [e for e in crit if "micro_batch" in e["args"]]
+    m = plan["strategy"]["num_micro_batches"]
+    per = 1 if plan["timing"]["schedule"] in ("forward-pipeline", "dualpipe", "dualpipev") else 2
+    assert len(passes) == per * m
+    assert {e["pid"] for e in passes} == {plan["timing"]["critical_stage"]}
+
+
+def test_trace_children_are_components_with_flops_and_formulas():
+    plan, doc = _trace("seed-training")
+    comps = [e for e in doc["traceEvents"] if e["ph"] == "X" and "component" in e["args"]]
+    names = {e["args"]["component"] for e in comps}
+    assert {"qkv", "attn", "expert_fc1", "router", "lm_head"} <= names
+    assert all(e["args"]["flops"] > 0 and e["args"]["formula"] for e in comps
+               if e["args"]["component"] != "embedding")
+    # forward FLOPs of one stage-0 forward x micro-batches = the plan's per-GPU forward share
+    f0 = sum(e["args"]["flops"] for e in comps if e["pid"] == 0
+             and e["name"] == e["args"]["component"] and "forward mb0" in _parent(doc, e))
+    assert f0 * plan["strategy"]["num_micro_batches"] * 3 == pytest.approx(
+        plan["flops"]["per_gpu"][0], rel=1e-6)
+
+
+def _parent(doc: dict, e: dict) -> str:
+    for p in doc["traceEvents"]:
+        if (p["ph"] == "X" and p["pid"] == e["pid"] and p["tid"] == e["tid"] and p is not e
+                and "micro_batch" in p["args"] and p["ts"] <= e["ts"]
+                and e["ts"] + e["dur"] <= p["ts"] + p["dur"] + 1e-3):
+            return p["name"]
+    return ""
+
+
+def test_trace_shows_hidden_communication_beside_compute():
+    """Mixtral's expert all-to-all overlaps (a2a_overlap): the link time on the EP stream
+    exceeds the exposed wait the compute stream shows."""
+    _, doc = _trace("mixtral-training")
+    x = [e for e in doc["traceEvents"] if e["ph"] == "X"]
+    link = sum(e["dur"] for e in x if e["name"].startswith("EP dispatch"))
+    wait = sum(e["dur"] for e in x if e["name"] == "wait: EP all-to-all exposed")
+    assert link > 0 and link > wait
+
+
+def test_trace_cli_writes_the_file(tmp_path):
+    from click.testing import CliRunner
+
+    from autopar.cli import main
+
+    out = tmp_path / "step.trace.json"
+    r = CliRunner().invoke(main, ["trace", str(GOLDEN / "seed-training.json"), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["otherData"]["critical_stage"] == 1
+    r = CliRunner().invoke(main, ["trace", str(GOLDEN / "make.py")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+
+
+def test_trace_api_returns_the_document():
+    path, doc = autopar.trace(_plan("seed-training"))
+    assert path is None and doc["otherData"]["step_time_s"] == pytest.approx(1.1832, rel=1e-4)
+
+
+def test_trace_of_the_quick_start_seed_plan():
+    """The README quick start's plan, solved here: its trace's critical path is its step."""
+    plan = autopar.solve("problems/models/seed-moe.yaml", "problems/hw/seed-3gpu.yaml",
+                         time_limit_s=10, seed=0).data
+    _, doc = autopar.trace(plan)
+    crit = sum(e["dur"] for e in doc["traceEvents"] if e["ph"] == "X"
+               and e["args"].get("critical")) / 1e6
+    assert crit == pytest.approx(plan["timing"]["step_time_s"], rel=1e-3)
