@@ -142,3 +142,73 @@ def test_trace_of_the_quick_start_seed_plan():
     crit = sum(e["dur"] for e in doc["traceEvents"] if e["ph"] == "X"
                and e["args"].get("critical")) / 1e6
     assert crit == pytest.approx(plan["timing"]["step_time_s"], rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- explain
+CASES = [("seed", "problems/models/seed-moe.yaml", "problems/hw/seed-3gpu.yaml"),
+         ("mixtral", "problems/models/mixtral-8x7b.yaml", "problems/hw/h100-8x.yaml")]
+
+
+@pytest.mark.parametrize("name,model,hw", CASES, ids=[c[0] for c in CASES])
+def test_explain_runner_up_is_what_its_pinned_solve_gives(name, model, hw):
+    plan = autopar.solve(model, hw, time_limit_s=30, seed=0).data
+    d = autopar.explain(plan)
+    ups = d["runner_ups"]
+    assert ups and d["runner_ups_complete"]
+    mine = plan["metrics"]["step_time_s"]
+    seen = set()
+    for u in ups[:3]:
+        key = tuple(u["degrees"].values())
+        assert key not in seen and u["degrees"] != {k: plan["strategy"].get(k, 1)
+                                                     for k in u["degrees"]}
+        seen.add(key)
+        assert u["step_time_s"] >= mine and u["loses_s"] == pytest.approx(
+            u["step_time_s"] - mine)
+        pinned = autopar.solve(model, hw, time_limit_s=30, seed=0, pins=u["degrees"]).data
+        assert pinned["metrics"]["step_time_s"] == pytest.approx(u["step_time_s"], rel=1e-3)
+    steps = [u["step_time_s"] for u in ups]
+    assert steps == sorted(steps)
+
+
+def test_explain_sensitivity_and_flip_are_re_evaluations():
+    from autopar.view.explain import KNOBS, runner_up, step_at
+
+    plan = _plan("seed-training")
+    rb = rebuild(plan)
+    d = autopar.explain(plan)
+    other, why = runner_up(plan, rb)
+    assert other is not None, why
+    for row, knob in zip(d["sensitivity"], KNOBS, strict=True):
+        assert row["plus_10pct_s"] == step_at(rb, knob, 1.1)[0]
+        f = row["flips_at"]
+        if f is None:
+            continue
+        # just past the flip the runner-up is faster; just before it, not
+        past, before = (f * 1.001, f / 1.001) if f > 1 else (f / 1.001, f * 1.001)
+        assert step_at(other, knob, past)[0] < step_at(rb, knob, past)[0]
+        assert step_at(other, knob, before)[0] >= step_at(rb, knob, before)[0]
+    # the seed is compute-bound: more FLOP/s is faster, a larger batch slower
+    gemm = d["sensitivity"][2]
+    assert gemm["plus_10pct_s"] < plan["metrics"]["step_time_s"] < gemm["minus_10pct_s"]
+    assert d["sensitivity"][4]["plus_10pct_s"] > plan["metrics"]["step_time_s"]
+
+
+def test_explain_binding_names_the_fullest_gpu_and_the_critical_stage():
+    plan = _plan("seed-training")
+    b = autopar.explain(plan)["binding"]
+    assert b["memory"]["stage"] == 0 and b["memory"]["gpus"] == [0]
+    assert b["memory"]["utilization"] == plan["metrics"]["memory_max_over_capacity"]
+    assert b["stage"]["stage"] == plan["timing"]["critical_stage"]
+    assert b["link"]["exposed_s"] == max(c["exposed_s"] for c in plan["communication"])
+
+
+def test_explain_cli_text_and_json():
+    from click.testing import CliRunner
+
+    from autopar.cli import main
+
+    r = CliRunner().invoke(main, ["explain", str(GOLDEN / "seed-training.json")])
+    assert r.exit_code == 0, r.output
+    assert "runner-ups" in r.output and "flips at" in r.output and "memory: stage 0" in r.output
+    r = CliRunner().invoke(main, ["explain", str(GOLDEN / "seed-training.json"), "--json"])
+    assert json.loads(r.output)["runner_ups"][0]["degrees"]["dp"] == 3

@@ -27,6 +27,7 @@ from .bounds import _CostCache, compute_floor, quick_bound, stage_inputs
 from .deadline import Deadline
 from .degrees import SearchOptions, binding_rules, enumerate_strategies, framework_refusals
 from .experts import placement_key
+from .runner_ups import RunnerUps, runner_ups
 from .stages import StageInputs, best_cut, dp_partition, even_bounds, solve_stages
 
 BOUND_SHARE = 0.5  # of the search time left: bounding layouts before stage cuts are solved
@@ -64,6 +65,7 @@ class SearchResult:
     cpsat_constraints: int = 0
     unbounded: int = 0  # layouts the time limit left without a bound (best_bound covers them)
     timed_out: bool = False  # the time limit, not the bounds, ended the search
+    runner_ups: RunnerUps | None = None  # the next degree choices (`runner_ups`)
 
 def _even_bounds(layers: int, pp: int) -> list[int]:
     return even_bounds(layers, pp)
@@ -106,6 +108,7 @@ def search(p: Problem, opts: SearchOptions, progress: Callable[[str], None] | No
     pending: list[Candidate] = []  # bounded, not solved
     over_memory: list[tuple[float, Strategy]] = []
     incumbent: Candidate | None = None
+    done: list[Candidate] = []  # solved, for the runner-ups
     models = n_vars = n_cons = solved = 0
     proven = True  # every solved candidate's value is its proven optimum
     open_bounds: list[float] = []  # lower bounds of candidates solved but not proven
@@ -152,6 +155,7 @@ def search(p: Problem, opts: SearchOptions, progress: Callable[[str], None] | No
                 open_bounds.append(c.lower_bound)
             if incumbent is None or c.value < incumbent.value:
                 incumbent = c
+            done.append(c)
             solved += 1
             say(f"candidates {solved} solved, {len(strategies) - len(todo)}/{len(strategies)} "
                 f"bounded  best {incumbent.value:.6g} s  bound {c.lower_bound:.6g} s")
@@ -179,11 +183,14 @@ def search(p: Problem, opts: SearchOptions, progress: Callable[[str], None] | No
     best_bound = min([incumbent.value] + open_bounds + unsolved + floor)
     best_bound = min(best_bound, incumbent.value)
     exact = proven and not todo and pruned == len(pending)
+    ups = runner_ups(incumbent, done, pending,
+                     lambda c, top: _solve_candidate(p, c, cache, opts, dl, top), dl)
+    ups.complete = ups.complete and not todo
     return SearchResult(incumbent, "OPTIMAL" if exact else "FEASIBLE", incumbent.value,
                         incumbent.value if exact else best_bound, elapsed,
                         len(strategies), pruned, infeasible, models, cache.placements,
                         cpsat_vars=n_vars, cpsat_constraints=n_cons, unbounded=len(todo),
-                        timed_out=timed_out)
+                        timed_out=timed_out, runner_ups=ups)
 
 
 def _frugal(s: Strategy) -> tuple:

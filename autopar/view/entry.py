@@ -39,3 +39,11 @@ def trace(plan: Plan | dict | str | Path, out: str | Path | None = None
     if out is None:
         return None, doc
     return write_atomic(out, json.dumps(doc, separators=(",", ":"))), doc
+
+
+def explain(plan: Plan | dict | str | Path) -> dict[str, Any]:
+    """Why the plan's layout (`view.explain`): runner-ups, binding constraints, sensitivity."""
+    from .explain import explain_plan
+
+    data, source = plan_data(plan)
+    return explain_plan(data, rebuild(data, source))
