@@ -29,12 +29,13 @@ from .spec import (  # noqa: E402
     load_model,
 )
 from .sweep import sweep  # noqa: E402
-from .view.entry import explain, trace  # noqa: E402
+from .view.entry import explain, plot, trace  # noqa: E402
 from .version import __version__
 
 __all__ = [
     "solve", "check", "place", "make_problem", "load_model", "load_hardware", "Plan", "Finding",
     "ModelSpec", "ModelFile", "MLASpec", "HardwareSpec", "GPUSpec", "LinkSpec", "Workload",
     "Calibration", "AutoparError", "InputError", "InfeasibleError", "sweep", "trace", "explain",
+    "plot",
     "__version__",
 ]

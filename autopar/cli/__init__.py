@@ -5,7 +5,7 @@
 the `autopar` entry point."""
 
 from . import calibrate, check, export, frontier, place, scale, solve, sweep  # noqa: F401, I001
-from . import explain, trace  # noqa: F401
+from . import explain, plot, trace  # noqa: F401
 from .app import main
 
 __all__ = ["main"]

@@ -19,7 +19,7 @@ def runner_ups_section(p: Problem, result, timing: dict[str, Any]) -> dict[str, 
     best = result.best.value
     terms = PHASES + (CP_PHASE,)
     layouts = []
-    for c in ups.found:
+    for i, c in enumerate(ups.found):
         s, ev = c.strategy, c.evaluation
         t = _timing(p, s, ev)
         mine = {k: t.get(k, 0.0) for k in terms if t.get(k, 0.0) or timing.get(k, 0.0)}
@@ -34,5 +34,8 @@ def runner_ups_section(p: Problem, result, timing: dict[str, Any]) -> dict[str, 
             "terms": mine,
             "memory_max_over_capacity": ev.max_memory / p.hw.gpu.memory_bytes,
             "status": c.status,
+            # the optimum of its degrees, what a pinned solve gives; FEASIBLE: a DP cut that
+            # a stage model might improve on
+            "proven": i < ups.proven and c.status != "FEASIBLE",
         })
     return {"by": list(DEGREE_KEYS), "complete": ups.complete, "layouts": layouts}

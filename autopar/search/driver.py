@@ -33,6 +33,10 @@ from .stages import StageInputs, best_cut, dp_partition, even_bounds, solve_stag
 BOUND_SHARE = 0.5  # of the search time left: bounding layouts before stage cuts are solved
 PLACEMENT_SHARE = 0.3  # of the search time: the expert placements the bounds need
 MIN_CPSAT_S = 0.02  # a stage model with less time than this is not built (the DP cut stands)
+RUNNER_UP_SHARE = 0.5  # of the time limit at most (a safety: `runner_ups` bounds the work)
+# runner-ups get CP-SAT stage models up to this many layers x stages (larger ones keep the DP
+# cut, `proven` false where it is not provably optimal): GPT-3's 96 x 8 take 3 s a model
+RUNNER_UP_CPSAT_SIZE = 256
 
 
 @dataclass
@@ -183,8 +187,10 @@ def search(p: Problem, opts: SearchOptions, progress: Callable[[str], None] | No
     best_bound = min([incumbent.value] + open_bounds + unsolved + floor)
     best_bound = min(best_bound, incumbent.value)
     exact = proven and not todo and pruned == len(pending)
-    ups = runner_ups(incumbent, done, pending,
-                     lambda c, top: _solve_candidate(p, c, cache, opts, dl, top), dl)
+    ups_dl = Deadline.after(max(0.0, min(dl.left(), RUNNER_UP_SHARE * dl.limit_s)))
+    ups = runner_ups(incumbent, done, pending, lambda c, top: _solve_candidate(
+        p, c, cache, opts, Deadline.after(min(ups_dl.left(), ups_dl.limit_s / 4)), top,
+        cpsat=p.model.layers * c.strategy.pp <= RUNNER_UP_CPSAT_SIZE), ups_dl)
     ups.complete = ups.complete and not todo
     return SearchResult(incumbent, "OPTIMAL" if exact else "FEASIBLE", incumbent.value,
                         incumbent.value if exact else best_bound, elapsed,
@@ -216,7 +222,7 @@ def _spread(strategies: list[Strategy]) -> list[Strategy]:
 
 
 def _solve_candidate(p: Problem, c: Candidate, cache: _CostCache, opts: SearchOptions,
-                     deadline: Deadline, incumbent: Candidate | None) -> None:
+                     deadline: Deadline, incumbent: Candidate | None, cpsat: bool = True) -> None:
     """Exact stage cut of one candidate: sets bounds, value, evaluation, lower bound, status
     (OPTIMAL, CPSAT when CP-SAT proved it, FEASIBLE when CP-SAT ran out of time)."""
     moe, costs, ctx = cache.entry(c.strategy)
@@ -242,7 +248,7 @@ def _solve_candidate(p: Problem, c: Candidate, cache: _CostCache, opts: SearchOp
     if incumbent is not None and c.lower_bound >= incumbent.value * (1 - 1e-9):
         return  # cannot win; its own value is still exact for the cut found
     left = deadline.left()
-    if left < MIN_CPSAT_S:
+    if left < MIN_CPSAT_S or not cpsat:
         c.status = "FEASIBLE"  # the DP cut, not proven for the full step
         return
     res = solve_stages(inputs, bounds, left, opts.seed, opts.workers)

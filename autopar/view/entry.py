@@ -47,3 +47,13 @@ def explain(plan: Plan | dict | str | Path) -> dict[str, Any]:
 
     data, source = plan_data(plan)
     return explain_plan(data, rebuild(data, source))
+
+
+def plot(plan: Plan | dict | str | Path, out_dir: str | Path, stem: str | None = None
+         ) -> list[Path]:
+    """The memory stack, step Gantt chart and per-component breakdown of a plan as PNGs in
+    `out_dir` (`view.plot`; needs the `plot` extra)."""
+    from .plot import plot_all
+
+    data, source = plan_data(plan)
+    return plot_all(data, rebuild(data, source), out_dir, stem)

@@ -199,7 +199,8 @@ def format_explain(d: dict[str, Any]) -> str:
         deg = " ".join(f"{k.upper()}={u['degrees'][k]}" for k in DEGREE_KEYS)
         lines.append(f"  {i}. {deg}: {u['step_time_s']:.6g} s, loses {u['loses_s']:.4g} s "
                      f"({u['loses_s'] / d['step_time_s'] * 100:.1f}%), most on {u['loses_on']} "
-                     f"(+{u['loses_on_s']:.4g} s)")
+                     f"(+{u['loses_on_s']:.4g} s)"
+                     + ("" if u.get("proven", True) else "  [best found, not proven]"))
     if not d["runner_ups"]:
         lines.append("  none recorded (a serving plan, a plan from before they were kept, "
                      "or no other degree choice fits)")
