@@ -212,3 +212,53 @@ def test_explain_cli_text_and_json():
     assert "runner-ups" in r.output and "flips at" in r.output and "memory: stage 0" in r.output
     r = CliRunner().invoke(main, ["explain", str(GOLDEN / "seed-training.json"), "--json"])
     assert json.loads(r.output)["runner_ups"][0]["degrees"]["dp"] == 3
+
+
+# ----------------------------------------------------------------------------- plot
+def test_plot_writes_three_pngs(tmp_path):
+    pytest.importorskip("matplotlib")
+    paths = autopar.plot(_plan("seed-training"), tmp_path, stem="seed")
+    assert [p.name for p in paths] == ["seed-memory.png", "seed-gantt.png", "seed-breakdown.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+
+
+def test_plot_figures_are_the_plans():
+    from autopar.view.plot import breakdown, memory_rows
+
+    plan = _plan("seed-training")
+    rows = memory_rows(plan)
+    assert len(rows) == 3 and [r["ids"] for r in rows] == [[0], [1], [2]]
+    for r, pat in zip(rows, plan["gpus"]["memory"], strict=True):
+        used = sum(v for k, v in r["terms"].items() if k != "headroom")
+        assert used == pytest.approx(pat["memory"]["total_bytes"])
+        assert r["terms"]["headroom"] == pytest.approx(pat["memory"]["headroom_bytes"])
+    b = breakdown(rebuild(plan))
+    crit = plan["timing"]["critical_stage"]
+    assert sum(b[crit].values()) == pytest.approx(plan["timing"]["step_time_s"], rel=1e-9)
+    assert b[crit]["optimizer"] == pytest.approx(plan["timing"]["per_stage"][crit]
+                                                 ["optimizer_s"])
+    assert all(sum(v.values()) == pytest.approx(plan["timing"]["step_time_s"], rel=1e-9)
+               for v in b.values())
+    assert "idle (waiting for other stages)" in b[2]  # the last stage drains first
+
+
+def test_memory_rows_group_large_clusters():
+    """DeepSeek-V3 on 256 H800: four stage patterns of 64 GPUs, not 256 bars."""
+    from autopar.view.plot import memory_rows
+
+    rows = memory_rows(_plan("deepseek-v3-training-256"))
+    assert len(rows) == 4 and sum(len(r["ids"]) for r in rows) == 256
+
+
+def test_plot_without_matplotlib_is_one_line(monkeypatch, tmp_path):
+    import sys
+
+    from click.testing import CliRunner
+
+    from autopar.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    r = CliRunner().invoke(main, ["plot", str(GOLDEN / "seed-training.json"), "--out",
+                                  str(tmp_path)])
+    assert r.exit_code == 2 and "autopar[plot]" in r.output and r.output.count("\n") == 1

@@ -178,7 +178,8 @@ def _top_level(events: list[Ev]) -> list[Ev]:
 
 def breakdown(rb: Rebuilt) -> dict[int, dict[str, float]]:
     """Stage -> seconds of the step per component (forward, backward and recompute
-    together), exposed communication, bubble and optimizer: the trace's compute lane."""
+    together), exposed communication, bubble, optimizer and the idle rest: the trace's
+    compute lane, which adds up to the step time on every stage."""
     events = step_events(rb, rb.evaluate())
     top = {id(e) for e in _top_level(events)}
     out: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -194,11 +195,17 @@ def breakdown(rb: Rebuilt) -> dict[int, dict[str, float]]:
             out[e.pid][e.cat] += e.dur
         elif id(e) not in top:
             out[e.pid]["other"] += e.dur
+    step = rb.evaluate().step_time
+    for v in out.values():  # what the stage's lane leaves empty: it waits for the others
+        gap = step - sum(v.values())
+        if gap > 1e-9 * step:
+            v["idle (waiting for other stages)"] = gap
     return {k: dict(v) for k, v in out.items()}
 
 
 SPECIAL = {"bubble": ("#D0D0D0", None), "idle (waiting for other stages)": ("white", ".."),
            "optimizer": ("#55A868", None), "other": ("#8C8C8C", None)}
+PALETTE = [i for i in range(20) if i not in (6, 7, 14, 15)]  # tab20 less its reds and greys
 EXPOSED = ("#C44E52", "#E17C7C", "#8E2C2F", "#F2A7A7", "#5E1A1C")
 
 
@@ -216,10 +223,6 @@ def plot_breakdown(plan: dict[str, Any], rb: Rebuilt, path: Path) -> Path:
     plt = _plt()
     data = breakdown(rb)
     step = rb.evaluate().step_time
-    for v in data.values():  # what the stage's lane leaves empty: it waits for the others
-        gap = step - sum(v.values())
-        if gap > 1e-9 * step:
-            v["idle (waiting for other stages)"] = gap
     names = _order(data)
     fig, ax = plt.subplots(figsize=(10.5, max(2.6, 0.5 * len(data) + 1.8)))
     cmap = plt.get_cmap("tab20")
@@ -234,8 +237,8 @@ def plot_breakdown(plan: dict[str, Any], rb: Rebuilt, path: Path) -> Path:
         elif name.endswith("(exposed)"):
             color, exp_i = EXPOSED[exp_i % len(EXPOSED)], exp_i + 1
         else:
-            color, comp_i = cmap(comp_i % 20), comp_i + 1
-            hatch = "//" if comp_i > 20 else None
+            color, comp_i = cmap(PALETTE[comp_i % len(PALETTE)]), comp_i + 1
+            hatch = "//" if comp_i > len(PALETTE) else None
         ax.barh(range(len(stages)), vals, left=left, color=color, label=name, hatch=hatch,
                 edgecolor="0.6" if hatch else "white", linewidth=0.3)
         left = [a + b for a, b in zip(left, vals, strict=True)]
