@@ -5,7 +5,8 @@ The public API: `solve` (search a layout and return its `Plan`), `check` (verify
 independently of the search), `sweep` (a study's grid of solves, docs/studies.md),
 `recommend` (the fewest GPUs that meet a target), `place` (the expert maps an engine
 loads, from measured loads), `verify_plan` (run a plan on a shrunken model over CPU
-processes, docs/verify.md), the loaders `load_model` / `load_hardware` and the spec
+processes, docs/verify.md), `trace` / `explain` / `plot` (seeing a plan,
+docs/seeing-a-plan.md), the loaders `load_model` / `load_hardware` and the spec
 dataclasses, so other planners can build inputs in code.
 """
 
@@ -29,6 +30,7 @@ from .spec import (  # noqa: E402
     load_model,
 )
 from .sweep import recommend, sweep  # noqa: E402
+from .view.entry import explain, plot, trace  # noqa: E402
 from .version import __version__
 
 __all__ = [
@@ -36,5 +38,6 @@ __all__ = [
     "Plan", "Finding",
     "ModelSpec", "ModelFile", "MLASpec", "HardwareSpec", "GPUSpec", "LinkSpec", "Workload",
     "Calibration", "AutoparError", "InputError", "InfeasibleError", "sweep", "recommend",
+    "trace", "explain", "plot",
     "__version__",
 ]

@@ -32,8 +32,10 @@ ALLOWED = {
             "verify"},
     "sweep": {"spec", "model", "schema", "cost", "search", "plan", "check", "export", "serve",
               "api"},
+    "view": {"spec", "model", "schema", "cost", "search", "plan", "check", "export", "serve",
+             "api"},
     "cli": {"spec", "model", "schema", "cost", "search", "plan", "check", "export", "serve",
-            "api", "sweep", "verify"},
+            "api", "sweep", "verify", "view"},
 }
 LEAVES = {"errors", "version"}  # any stage may import them; they import nothing of ours
 TOP = {"__init__", "__main__"}  # the package's front door may import anything

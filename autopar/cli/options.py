@@ -37,6 +37,12 @@ EXIT_CODES = {
     "verify": "0 the plan ran and matched one process within the tolerance; 1 it did not, "
               "or its shards do not cover a tensor (the layer and tensor named); 2 bad input "
               "or torch not installed (the extra to install); 70 internal error",
+    "trace": "0 trace written; 2 bad input (not an autopar plan, or one whose layout the cost "
+             "model cannot re-evaluate); 70 internal error",
+    "explain": "0 explained; 2 bad input (not an autopar plan, or one that cannot be "
+               "re-evaluated); 70 internal error",
+    "plot": "0 pictures written; 2 bad input or the plot extra (matplotlib) not installed; 70 "
+            "internal error",
     "calibrate": "0 calibration written; 2 bad input (one line naming the file, the line or "
                  "field and the problem) or aiconfigurator-core not installed; 70 internal "
                  "error",

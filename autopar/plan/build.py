@@ -20,6 +20,7 @@ from ..schema.gpus import read_gpus
 from ..search import SearchOptions, SearchResult
 from ..search.placement import Placement
 from ..spec.frameworks import load_framework
+from .alternatives import runner_ups_section
 from .document import Plan
 from .gpus import gpus_section
 from .sections import _expert_section, _flops_section, _solver_section, formula_index, inputs_echo
@@ -101,6 +102,9 @@ def build_plan(p: Problem, opts: SearchOptions, result: SearchResult,
         "formulas": formula_index(s.cp > 1, bool(s.moe_capacity_factor),
                                   s.dualpipe and p.training),
     }
+    ups = runner_ups_section(p, result, timing)
+    if ups is not None:
+        data["runner_ups"] = ups
     from .selfcheck import validations
 
     data["validation"] = validations(p, data, table)  # per pattern, not per GPU

@@ -27,11 +27,16 @@ from .bounds import _CostCache, compute_floor, quick_bound, stage_inputs
 from .deadline import Deadline
 from .degrees import SearchOptions, binding_rules, enumerate_strategies, framework_refusals
 from .experts import placement_key
+from .runner_ups import RunnerUps, runner_ups
 from .stages import StageInputs, best_cut, dp_partition, even_bounds, solve_stages
 
 BOUND_SHARE = 0.5  # of the search time left: bounding layouts before stage cuts are solved
 PLACEMENT_SHARE = 0.3  # of the search time: the expert placements the bounds need
 MIN_CPSAT_S = 0.02  # a stage model with less time than this is not built (the DP cut stands)
+RUNNER_UP_SHARE = 0.5  # of the time limit at most (a safety: `runner_ups` bounds the work)
+# runner-ups get CP-SAT stage models up to this many layers x stages (larger ones keep the DP
+# cut, `proven` false where it is not provably optimal): GPT-3's 96 x 8 take 3 s a model
+RUNNER_UP_CPSAT_SIZE = 256
 
 
 @dataclass
@@ -64,6 +69,7 @@ class SearchResult:
     cpsat_constraints: int = 0
     unbounded: int = 0  # layouts the time limit left without a bound (best_bound covers them)
     timed_out: bool = False  # the time limit, not the bounds, ended the search
+    runner_ups: RunnerUps | None = None  # the next degree choices (`runner_ups`)
 
 def _even_bounds(layers: int, pp: int) -> list[int]:
     return even_bounds(layers, pp)
@@ -106,6 +112,7 @@ def search(p: Problem, opts: SearchOptions, progress: Callable[[str], None] | No
     pending: list[Candidate] = []  # bounded, not solved
     over_memory: list[tuple[float, Strategy]] = []
     incumbent: Candidate | None = None
+    done: list[Candidate] = []  # solved, for the runner-ups
     models = n_vars = n_cons = solved = 0
     proven = True  # every solved candidate's value is its proven optimum
     open_bounds: list[float] = []  # lower bounds of candidates solved but not proven
@@ -152,6 +159,7 @@ def search(p: Problem, opts: SearchOptions, progress: Callable[[str], None] | No
                 open_bounds.append(c.lower_bound)
             if incumbent is None or c.value < incumbent.value:
                 incumbent = c
+            done.append(c)
             solved += 1
             say(f"candidates {solved} solved, {len(strategies) - len(todo)}/{len(strategies)} "
                 f"bounded  best {incumbent.value:.6g} s  bound {c.lower_bound:.6g} s")
@@ -179,11 +187,16 @@ def search(p: Problem, opts: SearchOptions, progress: Callable[[str], None] | No
     best_bound = min([incumbent.value] + open_bounds + unsolved + floor)
     best_bound = min(best_bound, incumbent.value)
     exact = proven and not todo and pruned == len(pending)
+    ups_dl = Deadline.after(max(0.0, min(dl.left(), RUNNER_UP_SHARE * dl.limit_s)))
+    ups = runner_ups(incumbent, done, pending, lambda c, top: _solve_candidate(
+        p, c, cache, opts, Deadline.after(min(ups_dl.left(), ups_dl.limit_s / 4)), top,
+        cpsat=p.model.layers * c.strategy.pp <= RUNNER_UP_CPSAT_SIZE), ups_dl)
+    ups.complete = ups.complete and not todo
     return SearchResult(incumbent, "OPTIMAL" if exact else "FEASIBLE", incumbent.value,
                         incumbent.value if exact else best_bound, elapsed,
                         len(strategies), pruned, infeasible, models, cache.placements,
                         cpsat_vars=n_vars, cpsat_constraints=n_cons, unbounded=len(todo),
-                        timed_out=timed_out)
+                        timed_out=timed_out, runner_ups=ups)
 
 
 def _frugal(s: Strategy) -> tuple:
@@ -209,7 +222,7 @@ def _spread(strategies: list[Strategy]) -> list[Strategy]:
 
 
 def _solve_candidate(p: Problem, c: Candidate, cache: _CostCache, opts: SearchOptions,
-                     deadline: Deadline, incumbent: Candidate | None) -> None:
+                     deadline: Deadline, incumbent: Candidate | None, cpsat: bool = True) -> None:
     """Exact stage cut of one candidate: sets bounds, value, evaluation, lower bound, status
     (OPTIMAL, CPSAT when CP-SAT proved it, FEASIBLE when CP-SAT ran out of time)."""
     moe, costs, ctx = cache.entry(c.strategy)
@@ -235,7 +248,7 @@ def _solve_candidate(p: Problem, c: Candidate, cache: _CostCache, opts: SearchOp
     if incumbent is not None and c.lower_bound >= incumbent.value * (1 - 1e-9):
         return  # cannot win; its own value is still exact for the cut found
     left = deadline.left()
-    if left < MIN_CPSAT_S:
+    if left < MIN_CPSAT_S or not cpsat:
         c.status = "FEASIBLE"  # the DP cut, not proven for the full step
         return
     res = solve_stages(inputs, bounds, left, opts.seed, opts.workers)
