@@ -28,12 +28,6 @@ import autopar  # noqa: E402
 from autopar.verify import ShardError  # noqa: E402
 
 M, H = "problems/models/", "problems/hw/"
-MINI = {"model": {"name": "mini-moe", "layers": 8, "hidden": 1024, "heads": 16, "kv_heads": 4,
-                  "head_dim": 64, "ffn_hidden": 2816, "gated_mlp": True, "experts": 8,
-                  "top_k": 2, "expert_ffn_hidden": 512, "shared_experts": 1,
-                  "shared_expert_ffn_hidden": 1024, "dense_layers": [0], "vocab": 32000,
-                  "tie_embeddings": True, "dtype": "bf16"},
-        "workload": {"kind": "training", "global_batch": 16, "seq_len": 1024}}
 DENSE = {"model": {"name": "dense-gqa", "layers": 4, "hidden": 1024, "heads": 8, "kv_heads": 2,
                    "head_dim": 128, "ffn_hidden": 3000, "gated_mlp": True, "vocab": 32003,
                    "dtype": "bf16"},
@@ -49,7 +43,8 @@ CASES = [  # name, model, hardware, extra CLI arguments
     ("Mixtral 8x7B, TP=2 EP=2 PP=2 (ETP=2 searched)", M + "mixtral-8x7b.yaml",
      H + "h100-8x.yaml", ["--tp", "2", "--pp", "2", "--ep", "2"]),
     ("mini MoE (dense layer 0, shared expert, tied embeddings), TP=2 EP=2 PP=2 ETP=1",
-     "@mini", H + "h100-8x.yaml", ["--tp", "2", "--pp", "2", "--ep", "2", "--etp", "1"]),
+     M + "mini-moe.yaml", H + "h100-8x.yaml",
+     ["--tp", "2", "--pp", "2", "--ep", "2", "--etp", "1"]),
     ("seed, EP=3, 1 spare slot, zipf:1.2 (hot experts replicated)", M + "seed-moe.yaml",
      H + "seed-3gpu.yaml", ["--pp", "1", "--ep", "3", "--spare-slots", "1", "--expert-load",
                             "zipf:1.2"]),
@@ -64,7 +59,7 @@ CASES = [  # name, model, hardware, extra CLI arguments
 
 
 def solve(tmp: Path, model: str, hw: str, extra: list[str], name: str) -> dict:
-    files = {"@mini": (tmp / "mini.yaml", MINI), "@two-nodes": (tmp / "two.yaml", TWO_NODES),
+    files = {"@two-nodes": (tmp / "two.yaml", TWO_NODES),
              "@dense": (tmp / "dense.yaml", DENSE), "@four": (tmp / "four.yaml", FOUR)}
     for key in (model, hw):
         if key in files:

@@ -20,13 +20,6 @@ from autopar.verify import ShardError, read_layout
 
 torch = pytest.importorskip("torch")  # the `verify` extra; .ci/run installs it
 
-MINI = {"model": {"name": "mini-moe", "layers": 8, "hidden": 1024, "heads": 16, "kv_heads": 4,
-                  "head_dim": 64, "ffn_hidden": 2816, "gated_mlp": True, "experts": 8,
-                  "top_k": 2, "expert_ffn_hidden": 512, "shared_experts": 1,
-                  "shared_expert_ffn_hidden": 1024, "dense_layers": [0], "vocab": 32000,
-                  "tie_embeddings": True, "dtype": "bf16"},
-        "workload": {"kind": "training", "global_batch": 16, "seq_len": 1024}}
-
 
 @pytest.fixture(scope="module")
 def seed_plan():
@@ -43,14 +36,10 @@ def seed_run(seed_plan):
 
 
 @pytest.fixture(scope="module")
-def mini_plan(tmp_path_factory):
-    import yaml
-
-    path = tmp_path_factory.mktemp("verify") / "mini.yaml"
-    path.write_text(yaml.safe_dump(MINI))
-    return autopar.solve(path, PROBLEMS / "hw/h100-8x.yaml", pins={"tp": 2, "pp": 2, "ep": 2,
-                                                                   "etp": 1},
-                         time_limit_s=5, seed=0).data
+def mini_plan():
+    return autopar.solve(PROBLEMS / "models/mini-moe.yaml", PROBLEMS / "hw/h100-8x.yaml",
+                         pins={"tp": 2, "pp": 2, "ep": 2, "etp": 1}, time_limit_s=5,
+                         seed=0).data
 
 
 def test_seed_plan_runs_on_three_processes_and_matches_one(seed_plan, seed_run):
