@@ -24,7 +24,9 @@ from .search.degrees import check_capacity_pins, recompute_modules_pin
 from .search.experts import placements_for
 from .search.placement import check_budget
 from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
+from .spec.files import load_any_hardware
 from .spec.frameworks import load_framework
+from .spec.groups import MixedHardware, refuse_mixed
 
 __all__ = ["solve", "check", "place", "load_model", "load_hardware", "Plan", "make_problem"]
 
@@ -132,6 +134,21 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     fw = load_framework(framework)
     say = progress or (lambda msg: None)
     say("reading the inputs")
+    if not isinstance(hardware, HardwareSpec):  # a `groups:` file may hold several types
+        hardware = hardware if isinstance(hardware, MixedHardware) else \
+            load_any_hardware(hardware)
+    if isinstance(hardware, MixedHardware):
+        if calibration is not None or frontier or disaggregate or decode_hw is not None:
+            raise refuse_mixed(hardware, "a calibration, --frontier or --disaggregate")
+        from .plan.mixed import solve_mixed_plan
+
+        return solve_mixed_plan(make_problem(model, hardware.groups[0].hw, workload, None,
+                                             flash_attention, fused_grad_accumulation,
+                                             async_tp_allreduce, zero3_gather),
+                                hardware, SearchOptions(pins=dict(pins or {}),
+                                                        time_limit_s=time_limit_s, seed=seed,
+                                                        workers=workers, framework=framework),
+                                deadline, say)
     p = make_problem(model, hardware, workload, calibration, flash_attention,
                      fused_grad_accumulation, async_tp_allreduce, zero3_gather)
     pins = dict(pins or {})

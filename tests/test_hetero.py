@@ -70,3 +70,118 @@ def test_one_type_paths_refuse_a_mixed_file_in_one_line():
     with pytest.raises(InputError) as e:
         load_hardware(MIXED)
     assert e.value.field == "groups" and "2 GPU groups" in str(e.value)
+
+
+# --------------------------------------------------------------------------- the search
+from autopar.api import make_problem  # noqa: E402
+from autopar.cost.evaluate import evaluate  # noqa: E402
+from autopar.search import SearchOptions, search  # noqa: E402
+from autopar.search.bounds import _CostCache  # noqa: E402
+from autopar.search.hetero import (  # noqa: E402
+    Rows,
+    evaluate_mixed,
+    group_problem,
+    reference_problem,
+    search_mixed,
+    stage_groups,
+    tables,
+)
+from autopar.search.stages import _objective  # noqa: E402
+from autopar.spec import parse_model  # noqa: E402
+
+TINY = {"model": {"name": "tiny", "layers": 8, "hidden": 2048, "heads": 16, "kv_heads": 4,
+                  "head_dim": 128, "ffn_hidden": 8192, "gated_mlp": True, "vocab": 32000,
+                  "dtype": "bf16"},
+        "workload": {"kind": "training", "global_batch": 16, "seq_len": 2048}}
+
+
+def small(a: dict, b: dict, gpn: int = 2) -> MixedHardware:
+    return parse_groups({"name": "small", "groups": [
+        {"name": "fast", "gpu": a, "gpus_per_node": gpn,
+         "intra_node": {"bandwidth_gbps": 450}},
+        {"name": "slow", "gpu": b, "gpus_per_node": gpn,
+         "intra_node": {"bandwidth_gbps": 300}}],
+        "inter_node": {"bandwidth_gbps": 25, "latency_us": 8}}, "small.yaml")
+
+
+def tiny_problem(hw):
+    return make_problem(parse_model(TINY, "tiny.yaml"), hw)
+
+
+def test_two_groups_of_one_type_price_as_the_one_type_pipeline():
+    """The mixed evaluation is the homogeneous cost model stage by stage: two H100 groups
+    give exactly `evaluate`'s step on the same cluster."""
+    mixed = small(H100, H100)
+    p = tiny_problem(mixed.groups[0].hw)
+    ref = reference_problem(p, mixed, mixed.groups[0])
+    opts = SearchOptions()
+    gps = [group_problem(p, mixed, g) for g in mixed.groups]
+    caches = [_CostCache(gp, opts) for gp in gps]
+    from autopar.search import enumerate_strategies
+
+    checked = 0
+    for s in enumerate_strategies(ref, opts):
+        groups = stage_groups(mixed, s)
+        if groups is None or s.pp != 2 or s.dualpipe or checked > 40:
+            continue
+        t = tables(gps, caches, s, set(groups))
+        moe, _ = _CostCache(ref, opts).get(s)
+        for b in ([0, 4, 8], [0, 3, 8]):
+            want = evaluate(ref, s, b, moe)
+            got = evaluate_mixed(t, s, b, groups)
+            assert got.step_time == pytest.approx(want.step_time, rel=1e-12)
+            # the cut's affine tables are the homogeneous stage model's, row by row
+            assert Rows.of(t, s, groups).objective(b) == pytest.approx(
+                _objective(t.rows[0], b), rel=1e-12) or s.virtual_stages > 1
+        checked += 1
+    assert checked > 10
+
+
+def test_the_slower_group_gets_fewer_layers_and_the_plan_beats_both_one_type_plans():
+    mixed = small(H100, A100)
+    p = tiny_problem(mixed.groups[0].hw)
+    r = search_mixed(p, mixed, SearchOptions(time_limit_s=30))
+    ev = r.best
+    assert ev is not None and ev.feasible
+    names = [r.hw.groups[g].name for g in ev.groups]
+    layers = {}
+    for k, name in enumerate(names):
+        layers[name] = layers.get(name, 0) + ev.bounds[k + 1] - ev.bounds[k]
+    per_stage = {n: layers[n] / names.count(n) for n in layers}
+    assert per_stage["slow"] < per_stage["fast"]
+    slow_all = search(reference_problem(p, mixed, mixed.groups[1]), SearchOptions())
+    assert ev.step_time < slow_all.objective
+
+
+def test_api_and_cli_plan_a_mixed_file(tmp_path):
+    from click.testing import CliRunner
+
+    import autopar
+    from autopar.cli import main as cli
+
+    hw = tmp_path / "small.yaml"
+    hw.write_text(yaml.safe_dump({"name": "small", "groups": [
+        {"name": "h", "gpu": H100, "gpus_per_node": 2},
+        {"name": "a", "gpu": A100, "gpus_per_node": 2}],
+        "inter_node": {"bandwidth_gbps": 25}}))
+    model = tmp_path / "tiny.yaml"
+    model.write_text(yaml.safe_dump(TINY))
+    plan = autopar.solve(str(model), str(hw), time_limit_s=20)
+    d = plan.data
+    assert d["mixed_groups"] == 1 and {w["group"] for w in d["runs_where"]} == {"h", "a"}
+    assert all(st["memory"]["total_bytes"] <= st["memory"]["capacity_bytes"]
+               for st in d["stages"])
+    assert {st["gpu_type"] for st in d["stages"]} == {"H100-SXM5-80GB", "A100-SXM4-80GB"}
+    assert d["compared"]["slowest_type"]["speedup"] > 1
+    out = tmp_path / "plan.json"
+    res = CliRunner().invoke(cli, ["solve", "--hw", str(hw), "--model", str(model), "--out",
+                                   str(out), "--time-limit", "10"])
+    assert res.exit_code == 0, res.output
+    assert "vs slowest_type" in res.output and out.exists()
+    serve = dict(TINY, workload={"kind": "inference", "batch": 8, "input_len": 512,
+                                 "output_len": 64, "phase": "decode"})
+    model.write_text(yaml.safe_dump(serve))
+    res = CliRunner().invoke(cli, ["solve", "--hw", str(hw), "--model", str(model)])
+    assert res.exit_code == 2 and "serving plans one GPU type" in res.output
+    res = CliRunner().invoke(cli, ["frontier", "--hw", str(hw), "--model", str(model)])
+    assert res.exit_code == 2 and "2 GPU groups" in res.output
