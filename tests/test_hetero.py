@@ -185,3 +185,64 @@ def test_api_and_cli_plan_a_mixed_file(tmp_path):
     assert res.exit_code == 2 and "serving plans one GPU type" in res.output
     res = CliRunner().invoke(cli, ["frontier", "--hw", str(hw), "--model", str(model)])
     assert res.exit_code == 2 and "2 GPU groups" in res.output
+
+
+# --------------------------------------------------------------------------- uneven splits
+from autopar.search.uneven import (  # noqa: E402
+    SplitError,
+    apportion,
+    expert_slots,
+    slowest_rank,
+    split_columns,
+    split_heads,
+)
+
+
+def test_a_two_gpu_tp_group_of_unequal_speed_splits_heads_by_hand():
+    """Llama-3 70B attention (64 heads, 8 KV heads: 8 groups of 8) on a GPU 3x as fast as
+    its partner: by hand, rank 0 finishes g groups in g / 3 and rank 1 the rest in 8 - g;
+    g / 3 <= 8 - g for g <= 6, so 6 groups (48 heads) and 2 (16 heads), both done in 2
+    units, against 4 for the even split (4 / 1 on the slower rank)."""
+    split = split_heads(64, 8, [3.0, 1.0])
+    assert split.kv_heads == [6, 2] and split.q_heads == [48, 16]
+    assert slowest_rank(split.kv_heads, [3.0, 1.0]) == 2.0
+    assert slowest_rank([4, 4], [3.0, 1.0]) == 4.0
+    # H100 and A100 at their catalogue peaks and measured GEMM fractions: 8 groups over a
+    # speed ratio r split as the rounding of 8 r / (r + 1) that minimises the slower rank
+    h, a = load_any_hardware(MIXED).groups
+    from autopar.spec.groups import speed
+
+    r = speed(h.hw, "bf16") / speed(a.hw, "bf16")
+    g = split_heads(64, 8, [r, 1.0]).kv_heads[0]
+    assert g == min(range(1, 8), key=lambda k: max(k / r, 8 - k))
+    with pytest.raises(SplitError):
+        split_heads(64, 8, [1.0] * 9)  # fewer KV groups than ranks
+
+
+def test_ffn_columns_split_in_whole_tiles_by_speed():
+    cols = split_columns(28672, [2.0, 1.0])
+    assert sum(cols) == 28672 and all(c % 128 == 0 for c in cols)
+    # 224 tiles at 2 : 1: 149.3 and 74.7; 150 / 2 = 75 = 74 + 1, so the faster takes 150
+    # (149 / 75 ties at 75 too; ties go to the lower rank) and both finish by 75
+    assert cols == [150 * 128, 74 * 128] and slowest_rank([150, 74], [2.0, 1.0]) == 75
+    with pytest.raises(SplitError):
+        split_columns(1000, [1.0, 1.0])
+
+
+def test_a_gpu_with_half_the_memory_gets_at_most_its_share_of_expert_slots():
+    """8 experts of 10 GB on two equally fast GPUs. 80 GB and 40 GB free: by speed 4 each,
+    which both hold. 100 GB and 50 GB with 30 GB of dense state on each: the smaller has
+    room for 2 (20 GB), so it holds 2 and the larger 6, under its third of the memory's 8 x
+    1/3 = 2.7 slots. 80 and 40 GB with 30 GB dense: 5 + 1 slots cannot hold 8 experts."""
+    gb = 1e9
+    assert expert_slots(8, [1.0, 1.0], [80 * gb, 40 * gb], 10 * gb) == [4, 4]
+    two = expert_slots(8, [1.0, 1.0], [100 * gb, 50 * gb], 10 * gb, [30 * gb, 30 * gb])
+    assert two == [6, 2]
+    share = 50 / 150  # its share of the memory
+    assert two[1] <= share * sum(two) and two[1] <= 2  # 20 GB free: at most 2 slots
+    with pytest.raises(SplitError):
+        expert_slots(8, [1.0, 1.0], [80 * gb, 40 * gb], 10 * gb, [30 * gb, 30 * gb])
+    # Mixtral's 8 experts on a node with one failed GPU: 7 equal GPUs, one holds two
+    assert sorted(apportion(8, [1.0] * 7)) == [1, 1, 1, 1, 1, 1, 2]
+    # a GPU twice as fast takes twice the experts where memory allows
+    assert apportion(9, [2.0, 1.0]) == [6, 3]
