@@ -246,3 +246,69 @@ def test_a_gpu_with_half_the_memory_gets_at_most_its_share_of_expert_slots():
     assert sorted(apportion(8, [1.0] * 7)) == [1, 1, 1, 1, 1, 1, 2]
     # a GPU twice as fast takes twice the experts where memory allows
     assert apportion(9, [2.0, 1.0]) == [6, 3]
+
+
+# --------------------------------------------------------------------------- check
+import copy  # noqa: E402
+
+from autopar.check.mixed import check_mixed  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mixed_plan():
+    import autopar
+
+    mixed = small(H100, A100)
+    return autopar.solve(parse_model(TINY, "tiny.yaml"), mixed, time_limit_s=20).data
+
+
+def _errors(plan, **kw):
+    return [(x.check, x.path) for x in check_mixed(plan, **kw) if x.severity == "error"]
+
+
+def test_check_passes_a_mixed_plan_and_catches_each_tampering(mixed_plan):
+    import autopar
+
+    assert autopar.check(mixed_plan) == []
+    slow = next(k for k, st in enumerate(mixed_plan["stages"]) if st["group"] == "slow")
+    bad = copy.deepcopy(mixed_plan)  # priced as if on the H100: half the A100 stage's time
+    bad["stages"][slow]["busy_s"] /= 1e3
+    bad["stages"][slow]["fwd_s"] /= 1e3
+    bad["stages"][slow]["bwd_s"] /= 1e3
+    assert ("timing", f"stages[{slow}].busy_s") in _errors(bad)
+    assert ("timing", "metrics.step_time_s") in _errors(bad)
+    bad = copy.deepcopy(mixed_plan)  # the A100 stage held to a larger GPU's memory
+    bad["stages"][slow]["memory"]["capacity_bytes"] = 141e9
+    assert ("memory", f"stages[{slow}].memory.capacity_bytes") in _errors(bad)
+    bad = copy.deepcopy(mixed_plan)
+    bad["stages"][slow]["memory"]["weights_bytes"] *= 0.5
+    assert ("memory", f"stages[{slow}].memory.weights_bytes") in _errors(bad)
+    bad = copy.deepcopy(mixed_plan)  # a stage labelled with the other group
+    bad["stages"][slow]["gpu_type"] = "H100-SXM5-80GB"
+    assert ("gpus", f"stages[{slow}].group") in _errors(bad)
+
+
+def test_check_verifies_stated_uneven_heads_and_megatron_refuses_them():
+    import autopar
+
+    plan = autopar.solve(parse_model(TINY, "tiny.yaml"), small(H100, A100), pins={"tp": 2},
+                         time_limit_s=20).data
+    tp = plan["strategy"]["tp"]
+    assert tp == 2 and autopar.check(plan) == []
+    plan["stages"][0]["tp_heads"] = [16 - 4 * (tp - 1)] + [4] * (tp - 1)
+    assert _errors(plan) == []  # whole KV groups of 4 heads: a valid uneven split
+    assert ("framework", "stages.tp_heads") in _errors(plan, framework="megatron")
+    plan["stages"][0]["tp_heads"] = [3] + [4] * (tp - 1)
+    assert ("shards", "stages[0].tp_heads") in _errors(plan)
+
+
+def test_framework_megatron_plans_only_what_it_runs():
+    import autopar
+
+    mf = parse_model(TINY, "tiny.yaml")
+    plan = autopar.solve(mf, small(H100, A100), framework="megatron", time_limit_s=20).data
+    assert plan["framework"] == "megatron"
+    assert autopar.check(plan, framework="megatron") == []
+    with pytest.raises(InputError) as e:
+        autopar.solve(mf, small(H100, A100), framework="deepspeed", time_limit_s=5)
+    assert "runs no pipeline over mixed GPU groups" in str(e.value)

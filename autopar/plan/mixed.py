@@ -20,7 +20,7 @@ from ..search import PIN_KEYS, SearchOptions
 from ..search.deadline import Deadline
 from ..search.hetero import MixedEvaluation, MixedResult
 from ..search.mixed_solve import solve_mixed
-from ..spec.groups import MixedHardware, refuse_mixed
+from ..spec.groups import MIXED_SUPPORT, MixedHardware, refuse_mixed
 from ..version import __version__
 from .document import Plan
 from .memory import _memory
@@ -136,6 +136,10 @@ def solve_mixed_plan(p: Problem, hw: MixedHardware, opts: SearchOptions, deadlin
     able to run the checkpoint; InfeasibleError when no pipeline over every group fits."""
     if p.workload.kind != "training":
         raise refuse_mixed(hw, "serving")
+    if opts.framework != "any" and not MIXED_SUPPORT.get(opts.framework, {}).get(
+            "mixed_pipeline"):
+        raise InputError("framework", opts.framework, "runs no pipeline over mixed GPU "
+                         f"groups (known: {', '.join(MIXED_SUPPORT)}, or any)")
     bad = [k for k in opts.pins if k not in PIN_KEYS]
     if bad:
         raise InputError("pins", bad[0], f"unknown option; known: {', '.join(PIN_KEYS)}")

@@ -264,7 +264,12 @@ def search_mixed(p: Problem, mixed: MixedHardware, opts: SearchOptions,
     lower = reference_problem(p, mixed, fast)
     if ref is None or lower is None:
         return MixedResult(mixed, None, 0, 0, 0, why="the groups share no node size")
-    layouts = [s for s in enumerate_strategies(ref, opts) if not s.dualpipe]
+    # the cut is searched freely (Megatron states it with --pipeline-model-parallel-layout),
+    # so layouts that differ only in Megatron's split flags are one layout here
+    layouts = list(dict.fromkeys(
+        replace(s, first_stage_layers=0, last_stage_layers=0, embedding_in_split=False,
+                loss_in_split=False) for s in enumerate_strategies(ref, opts)
+        if not s.dualpipe))
     orders = list(itertools.permutations(range(len(mixed.groups))))[:6]
     lb_cache = _CostCache(lower, opts)
     bounded = []

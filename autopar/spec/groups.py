@@ -179,3 +179,24 @@ def refuse_mixed(mixed: MixedHardware, what: str) -> InputError:
                       f"{len(mixed.groups)} GPU groups ({kinds}): {what} plans one GPU type; "
                       "`autopar solve` / autopar.solve plan mixed groups for training "
                       "(docs/hardware.md, mixed GPU groups)")
+
+
+# What each training framework runs of a mixed plan, with where it says so: a pipeline whose
+# stages sit on different GPU types (each stage its own type) with per-stage layer counts,
+# and uneven tensor-parallel shards. Read by the mixed solve (a framework not listed, or
+# without mixed_pipeline, is refused in one line) and by `check.mixed`.
+MIXED_SUPPORT: dict[str, dict[str, Any]] = {
+    "megatron": {
+        "mixed_pipeline": True, "uneven_tp": False,
+        "why_pipeline": "each rank is its own process on its own GPU; per-stage layer "
+                        "counts by --pipeline-model-parallel-layout",
+        "why_tp": "TransformerConfig asserts num_attention_heads % tensor_model_parallel_size "
+                  "== 0 and ColumnParallelLinear divides the output size evenly "
+                  "(megatron/core/tensor_parallel/layers.py, divide())",
+    },
+    "torchtitan": {
+        "mixed_pipeline": True, "uneven_tp": False,
+        "why_pipeline": "pipeline stages cut at --parallelism.pipeline_parallel_split_points",
+        "why_tp": "DTensor Shard(dim) placements split a dimension evenly over the TP mesh",
+    },
+}
