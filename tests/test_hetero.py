@@ -312,3 +312,19 @@ def test_framework_megatron_plans_only_what_it_runs():
     with pytest.raises(InputError) as e:
         autopar.solve(mf, small(H100, A100), framework="deepspeed", time_limit_s=5)
     assert "runs no pipeline over mixed GPU groups" in str(e.value)
+
+
+def test_megatron_export_states_the_cut_per_group(mixed_plan):
+    from autopar.export.engines import KindError
+    from autopar.export.mixed import layout, mixed_export
+
+    assert layout([3, 5], 1) == "Ettt|tttttL"
+    assert layout([4, 2], 2) == "Ett|t|tt|tL"
+    text = mixed_export(mixed_plan, "megatron")
+    counts = [b - a + 1 for a, b in mixed_plan["strategy"]["stage_layers"]]
+    assert f"'{layout(counts, mixed_plan['strategy']['virtual_stages'])}'" in text
+    for g in mixed_plan["runs_where"]:
+        assert f"# group {g['group']} ({g['gpu_type']})" in text
+    assert "decoder-first-pipeline-num-layers" not in text
+    with pytest.raises(KindError):
+        mixed_export(mixed_plan, "torchtitan")
