@@ -328,3 +328,23 @@ def test_megatron_export_states_the_cut_per_group(mixed_plan):
     assert "decoder-first-pipeline-num-layers" not in text
     with pytest.raises(KindError):
         mixed_export(mixed_plan, "torchtitan")
+
+
+# --------------------------------------------------------------------------- the oracle
+from autopar.search.mixed_oracle import exhaustive_mixed  # noqa: E402
+
+
+@pytest.mark.parametrize("a, b, layers, batch", [
+    (H100, A100, 6, 8), (A100, H100, 5, 8), (H100, {"type": "H100-SXM5-80GB"}, 6, 4),
+    (H100, A100, 12, 16)])
+def test_the_exhaustive_oracle_agrees_on_small_mixed_cases(a, b, layers, batch):
+    """Every layout, group order and cut priced in full agrees with the search's best."""
+    mixed = small(a, b)
+    spec = {"model": dict(TINY["model"], layers=layers),
+            "workload": dict(TINY["workload"], global_batch=batch)}
+    p = make_problem(parse_model(spec, "tiny.yaml"), mixed.groups[0].hw)
+    oracle = exhaustive_mixed(p, mixed)
+    got = search_mixed(p, mixed, SearchOptions(time_limit_s=60))
+    assert oracle.best is not None and got.best is not None and not got.timed_out
+    assert got.best.step_time == pytest.approx(oracle.best.step_time, rel=1e-12)
+    assert oracle.evaluated > got.evaluated

@@ -30,6 +30,8 @@ from .degrees import SearchOptions, enumerate_strategies
 from .stages import ENUM_CUTS, StageInputs
 
 LADDER = (0.0, 0.01, 0.02, 0.04, 0.08, 0.16)  # slowest-stage caps above the min-max cut
+EXACT_CUTS = 64  # cuts few enough to price every one with `evaluate_mixed`
+KEEP = 4  # else: the cuts best by the affine step that are priced exactly
 
 
 def group_problem(p: Problem, mixed: MixedHardware, g: GPUGroup) -> Problem:
@@ -192,27 +194,26 @@ class Rows:
             b.append(j)
         return b[::-1], float(prev[L])
 
-    def best_cut(self) -> list[int] | None:
-        """Enumerated when there are few cuts, else the min-max DP cut, the min-sum cuts
-        under a ladder of caps above it, then single-layer boundary moves on the step."""
+    def candidates(self, keep: int = KEEP) -> list[list[int]]:
+        """The cuts worth pricing exactly, best first by the affine step: every fitting cut
+        when there are at most EXACT_CUTS, the `keep` best when at most ENUM_CUTS, else the
+        min-max DP cut, the min-sum cuts under a ladder of caps above it and the best of
+        them after single-layer boundary moves."""
         P, L = self.shape
         if P > L:
-            return None
-        if math.comb(L - 1, P - 1) <= ENUM_CUTS:
-            best = None
-            for inner in itertools.combinations(range(1, L), P - 1):
-                b = [0, *inner, L]
-                if self.fits(b):
-                    val = self.objective(b)
-                    if best is None or val < best[1]:
-                        best = (b, val)
-            return best[0] if best else None
+            return []
+        n = math.comb(L - 1, P - 1)
+        if n <= ENUM_CUTS:
+            cuts = [c for c in ([0, *inner, L] for inner in itertools.combinations(
+                range(1, L), P - 1)) if self.fits(c)]
+            cuts.sort(key=self.objective)
+            return cuts if n <= EXACT_CUTS else cuts[:keep]
         b0, top = self.dp_cut()
         if b0 is None:
-            return None
+            return []
         cands = [b0] + [b for b in (self.dp_cut(top * (1 + d))[0] for d in LADDER) if b]
-        best = min(cands, key=self.objective)
-        return self._improve(best)
+        cands = sorted({tuple(c): c for c in cands}.values(), key=self.objective)
+        return [self._improve(cands[0]), *cands][:keep]
 
     def _improve(self, b: list[int]) -> list[int]:
         val, better = self.objective(b), True
@@ -300,14 +301,11 @@ def search_mixed(p: Problem, mixed: MixedHardware, opts: SearchOptions,
                 continue
             n_layouts += 1
             t = tables(gps, caches, s, set(groups))
-            rows = Rows.of(t, s, groups)
-            b = rows.best_cut()
             evaluated += 1
-            if b is None:
-                continue
-            ev = evaluate_mixed(t, s, b, groups)
-            if ev.feasible and (best is None or ev.step_time < best.step_time):
-                best, best_hw = ev, hw
+            for b in Rows.of(t, s, groups).candidates():
+                ev = evaluate_mixed(t, s, b, groups)
+                if ev.feasible and (best is None or ev.step_time < best.step_time):
+                    best, best_hw = ev, hw
     why = "" if best else ("no layout with every stage on one group fits the memory"
                            if n_layouts else "no layout puts whole stages on every group")
     return MixedResult(best_hw, best, n_layouts, evaluated, pruned, timed_out, why)
