@@ -32,6 +32,9 @@ from .stages import ENUM_CUTS, StageInputs
 LADDER = (0.0, 0.01, 0.02, 0.04, 0.08, 0.16)  # slowest-stage caps above the min-max cut
 EXACT_CUTS = 64  # cuts few enough to price every one with `evaluate_mixed`
 KEEP = 4  # else: the cuts best by the affine step that are priced exactly
+# a cut whose affine step (`Rows.objective`) is this far above the incumbent is not priced:
+# the affine pieces differ from `evaluate_mixed` only in the exposed gradient sync
+AFFINE_SLACK = 1.1
 
 
 def group_problem(p: Problem, mixed: MixedHardware, g: GPUGroup) -> Problem:
@@ -230,6 +233,26 @@ class Rows:
         return b
 
 
+def fluid_bound(gps: list[Problem], caches: list[_CostCache], s: Strategy,
+                groups: list[int]) -> float:
+    """A step no cut of layout `s` beats, where each group's layers all cost the same (a
+    dense model): stage k's busy time is at least its layers' (forward + backward) u_g
+    each, so a slowest stage of T holds at most T / u_g layers on group g, and the layers
+    fit only if sum_k T / u_g(k) >= L; the pipeline is at least m T. 0 (no bound) where a
+    group's layers differ, since a group could then take the cheaper ones."""
+    u = []
+    for g in groups:
+        costs = caches[g].get(s)[1]
+        if len({id(c) for c in costs}) != 1:
+            return 0.0
+        c = costs[0]
+        u.append(c.fwd + (c.bwd if gps[g].training else 0.0))
+    if min(u) <= 0:
+        return 0.0
+    layers = len(caches[groups[0]].get(s)[1])
+    return s.num_micro_batches * layers / sum(1 / x for x in u)
+
+
 # --------------------------------------------------------------------------- the search
 @dataclass
 class MixedResult:
@@ -273,11 +296,19 @@ def search_mixed(p: Problem, mixed: MixedHardware, opts: SearchOptions,
         if not s.dualpipe))
     orders = list(itertools.permutations(range(len(mixed.groups))))[:6]
     lb_cache = _CostCache(lower, opts)
-    bounded = []
+    bounded, too_big = [], 0
+    fp8, ref_cache = p.workload.precision == "fp8", _CostCache(ref, opts)
+    room = max(g.hw.gpu.memory_bytes for g in mixed.groups)
     for s in layouts:
         if dl.expired():
             break
-        bounded.append((quick_bound(lower, s, lb_cache)[0], len(bounded), s))
+        time_lb, mem_lb = quick_bound(lower, s, lb_cache)
+        if fp8:  # a GPU without fp8 tensor cores keeps no fp8 weight copies: less memory
+            mem_lb = min(mem_lb, quick_bound(ref, s, ref_cache)[1])
+        if mem_lb > room:  # the stages' mean memory fits no group's GPU
+            too_big += 1
+            continue
+        bounded.append((time_lb, len(bounded), s))
     bounded.sort(key=lambda x: (x[0], x[1]))
     best: MixedEvaluation | None = None
     best_hw = mixed
@@ -286,26 +317,35 @@ def search_mixed(p: Problem, mixed: MixedHardware, opts: SearchOptions,
         hw = mixed.reordered(order)
         gps = [group_problem(p, hw, g) for g in hw.groups]
         per_order.append((hw, gps, [_CostCache(gp, opts) for gp in gps]))
-    n_layouts = evaluated = pruned = 0
-    timed_out = False
+    items = []  # (bound, tie, order index, layout, stage groups): best bound first
     for lb, _, s in bounded:
-        if best is not None and lb >= best.step_time:
-            pruned += 1
-            continue
+        for oi, (hw, gps, caches) in enumerate(per_order):
+            groups = stage_groups(hw, s)
+            if groups is not None and len(set(groups)) > 1:
+                items.append((max(lb, fluid_bound(gps, caches, s, groups)), len(items), oi,
+                              s, groups))
+    items.sort(key=lambda x: (x[0], x[1]))
+    evaluated = pruned = 0
+    timed_out = False
+    for n, (bound, _, oi, s, groups) in enumerate(items):
+        if best is not None and bound >= best.step_time:
+            pruned = len(items) - n
+            break
         if dl.expired():
             timed_out = True
             break
-        for hw, gps, caches in per_order:
-            groups = stage_groups(hw, s)
-            if groups is None or len(set(groups)) < 2:
-                continue
-            n_layouts += 1
-            t = tables(gps, caches, s, set(groups))
-            evaluated += 1
-            for b in Rows.of(t, s, groups).candidates():
-                ev = evaluate_mixed(t, s, b, groups)
-                if ev.feasible and (best is None or ev.step_time < best.step_time):
-                    best, best_hw = ev, hw
+        hw, gps, caches = per_order[oi]
+        t = tables(gps, caches, s, set(groups))
+        evaluated += 1
+        rows = Rows.of(t, s, groups)
+        for b in rows.candidates():
+            if best is not None and rows.objective(b) > AFFINE_SLACK * best.step_time:
+                continue  # the affine step is within a few % of the priced one
+            ev = evaluate_mixed(t, s, b, groups)
+            if ev.feasible and (best is None or ev.step_time < best.step_time):
+                best, best_hw = ev, hw
+    n_layouts = len(items)
     why = "" if best else ("no layout with every stage on one group fits the memory"
-                           if n_layouts else "no layout puts whole stages on every group")
+                           if n_layouts or too_big else
+                           "no layout puts whole stages on every group")
     return MixedResult(best_hw, best, n_layouts, evaluated, pruned, timed_out, why)
