@@ -92,8 +92,8 @@ def serving_row(limit: float) -> dict:
         out["step"] = ev.step_time
         out["plan"] = (f"TP{s.tp} PP{s.pp} DP{s.dp} EP{s.ep} ETP{s.etp}: " + ", ".join(
             f"{n} {ev.bounds[k]}-{ev.bounds[k + 1] - 1} ({st.memory.total / GB:.0f}/"
-            f"{c / GB:.0f} GB)" for k, (n, st, c) in enumerate(zip(names, ev.stages,
-                                                                    ev.capacities))))
+            f"{c / GB:.0f} GB)" for k, (n, st, c) in enumerate(zip(
+                names, ev.stages, ev.capacities, strict=True))))
     out["slow"], out["fast"] = _cmp(slow), _cmp(fast)
     out["cut_short"] = done.result.timed_out
     return out
