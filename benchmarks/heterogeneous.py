@@ -27,6 +27,7 @@ from autopar.spec.files import load_any_hardware  # noqa: E402
 
 MIXED = "problems/hw/h100-a100-mixed.yaml"
 SEVEN = "problems/hw/h100-7gpu.yaml"
+PCIE = "problems/hw/h100-l40s-pcie.yaml"
 # Megatron's precision-aware optimizer (bf16 gradients, fp32 master, 8-bit moments: 10 B per
 # parameter), as problems/models/mixtral-8x7b.yaml states for its own training
 LEAN = {"grad_dtype": "bf16", "master_dtype": "fp32", "state_dtype": "fp8"}
@@ -45,7 +46,8 @@ def _cmp(c: dict) -> tuple[str, str]:
     return (f"no plan: {c.get('why', '')}", "only the mixed plan exists")
 
 
-def training_row(label: str, model: str, optimizer: dict | None, limit: float) -> dict:
+def training_row(label: str, model: str, optimizer: dict | None, limit: float,
+                 hw: str = MIXED) -> dict:
     mf = load_model(ROOT / model)
     if optimizer:
         w = mf.workload
@@ -54,7 +56,7 @@ def training_row(label: str, model: str, optimizer: dict | None, limit: float) -
         mf = replace(mf, workload=parse_workload(data, "benchmark"))
     t0 = time.perf_counter()
     try:
-        plan = autopar.solve(mf, str(ROOT / MIXED), time_limit_s=limit).data
+        plan = autopar.solve(mf, str(ROOT / hw), time_limit_s=limit).data
     except AutoparError as exc:
         return {"case": label, "plan": f"none: {exc}", "wall": time.perf_counter() - t0}
     st = plan["stages"]
@@ -155,6 +157,8 @@ def main() -> None:
                          "problems/models/llama3-70b.yaml", LEAN, lim),
             training_row("Mixtral-8x7B training, 8 H100 + 8 A100",
                          "problems/models/mixtral-8x7b.yaml", None, lim),
+            training_row("Mixtral-8x7B training, 8 H100 + 8 L40S (PCIe only)",
+                         "problems/models/mixtral-8x7b.yaml", None, lim, PCIE),
             serving_row(lim)]
     seven, notes = seven_row(lim)
     rows.append(seven)
@@ -166,7 +170,8 @@ def main() -> None:
         "",
         "Made by `python benchmarks/heterogeneous.py` (time limit "
         f"{lim:g} s a solve; wall {walls}). Hardware: `{MIXED}` (one DGX H100 beside one "
-        f"DGX A100 80GB, 200 Gb/s IB per GPU between), `{SEVEN}`. Each mixed plan is one "
+        f"DGX A100 80GB, 200 Gb/s IB per GPU between), `{PCIE}` (the H100 node beside 8 L40S "
+        f"on PCIe, 100 Gb/s Ethernet), `{SEVEN}`. Each mixed plan is one "
         "pipeline whose stages sit on one group each, priced stage by stage by the one-type "
         "cost model on that group (`search.hetero`); (a) and (b) are the existing search "
         "on one type. `check errors` is what `autopar check` finds in the plan. Mixed "

@@ -151,10 +151,11 @@ def solve_mixed_plan(p: Problem, hw: MixedHardware, opts: SearchOptions, deadlin
     r = done.result
     if r.best is None:
         alone = [c for c in done.compared.values() if c.get("step_time_s")]
-        raise InfeasibleError(f"no pipeline over every group of {hw.name} fits ({r.why}; "
-                              f"{r.layouts} layouts tried)",
-                              "a one-type plan exists: " + alone[0]["hardware"] if alone
-                              else "add GPUs or memory (a one-type plan on a group fits neither)")
+        raise InfeasibleError(f"no pipeline over every group of {hw.name} fits ({r.why})",
+                              "a one-type plan fits " + alone[0]["hardware"] if alone
+                              else "nor does one with every GPU as the slowest type or on the "
+                              "fastest group alone: add GPUs or memory (e.g. a leaner "
+                              "optimizer: workload.optimizer)")
     say("building the mixed plan")
     return Plan(build_mixed_plan(done.problems[0], done.problems, opts, r, done.compared,
                                  opts.framework, time.perf_counter() - t0))

@@ -345,7 +345,9 @@ def search_mixed(p: Problem, mixed: MixedHardware, opts: SearchOptions,
             if ev.feasible and (best is None or ev.step_time < best.step_time):
                 best, best_hw = ev, hw
     n_layouts = len(items)
-    why = "" if best else ("no layout with every stage on one group fits the memory"
+    why = "" if best else (f"no layout with every stage on one group fits the memory "
+                           f"({too_big} layouts need more per GPU on average than any "
+                           f"group's GPU holds, {evaluated} more cut and priced)"
                            if n_layouts or too_big else
                            "no layout puts whole stages on every group")
     return MixedResult(best_hw, best, n_layouts, evaluated, pruned, timed_out, why)
