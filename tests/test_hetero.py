@@ -348,3 +348,42 @@ def test_the_exhaustive_oracle_agrees_on_small_mixed_cases(a, b, layers, batch):
     assert oracle.best is not None and got.best is not None and not got.timed_out
     assert got.best.step_time == pytest.approx(oracle.best.step_time, rel=1e-12)
     assert oracle.evaluated > got.evaluated
+
+
+# --------------------------------------------------------------------------- generated cases
+TYPES = ("H100-SXM5-80GB", "A100-SXM4-80GB", "L40S", "H200-SXM-141GB", "A100-SXM4-40GB")
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_generated_mixed_problems_solve_and_check(seed):
+    """Random groups (type, node size, nodes) and tiny models: every plan the mixed solve
+    returns passes `autopar check`, and each stage sits on one group (in the order the
+    plan numbers them) and fits that group's GPU."""
+    import random
+
+    import autopar
+    from autopar.errors import InfeasibleError
+
+    rng = random.Random(seed)
+    gpn = rng.choice((1, 2, 4))
+    kinds = rng.sample(TYPES, 2)
+    data = {"name": f"gen{seed}", "groups": [
+        {"name": f"g{i}", "gpu": {"type": t}, "gpus_per_node": gpn,
+         "nodes": rng.choice((1, 2)), "intra_node": {"bandwidth_gbps": 300}}
+        for i, t in enumerate(kinds)], "inter_node": {"bandwidth_gbps": 25}}
+    mixed = parse_groups(data, "gen.yaml")
+    spec = {"model": dict(TINY["model"], layers=rng.randint(4, 12)),
+            "workload": dict(TINY["workload"], global_batch=rng.choice((8, 16, 32)))}
+    try:
+        plan = autopar.solve(parse_model(spec, "gen.yaml"), mixed, time_limit_s=20).data
+    except InfeasibleError as exc:
+        assert "no layout puts whole stages on every group" in str(exc) or "memory" in str(exc)
+        return
+    assert autopar.check(plan) == []
+    where = {g["name"]: range(g["first_gpu"], g["first_gpu"] + g["count"])
+             for g in plan["inputs"]["hardware"]["groups"]}
+    types = {g.name: g.hw.gpu.name for g in mixed.groups}
+    for st in plan["stages"]:
+        assert st["memory"]["total_bytes"] <= st["memory"]["capacity_bytes"]
+        assert st["gpus"][0] in where[st["group"]] and st["gpus"][1] in where[st["group"]]
+        assert types[st["group"]] == st["gpu_type"]
