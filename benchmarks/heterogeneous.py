@@ -64,9 +64,18 @@ def training_row(label: str, model: str, optimizer: dict | None, limit: float,
                     f"({x['memory']['total_bytes'] / GB:.0f}/"
                     f"{x['memory']['capacity_bytes'] / GB:.0f} GB)" for x in st)
     s = plan["strategy"]
+    if plan["mode"] == "dp_shares":  # one row per group: the stages are every replica's
+        cut = ", ".join(f"{g}: {x['replicas']} replicas x {x['micro_batches']} micro-batches"
+                        for g, x in plan["shares"].items())
+        mem = ", ".join(f"{x['group']} stage {x['stage']} {x['memory']['total_bytes'] / GB:.0f}"
+                        f"/{x['memory']['capacity_bytes'] / GB:.0f} GB" for x in st)
+        cut = f"{cut}; {mem}"
+    other = plan["compared"].get("other_mixed_form", {})
+    alt = (f"; the {other['form']} form: {other['step_time_s']:.4g} s" if
+           other.get("step_time_s") else f"; the {other.get('form')} form: none")
     return {"case": label, "step": plan["metrics"]["step_time_s"],
-            "plan": f"TP{s['tp']} PP{s['pp']} DP{s['dp']} CP{s.get('cp', 1)} EP{s['ep']}, "
-                    f"mb {s['micro_batch']}x{s['num_micro_batches']}: {cut}",
+            "plan": f"{plan['mode']}: TP{s['tp']} PP{s['pp']} DP{s['dp']} CP{s.get('cp', 1)} "
+                    f"EP{s['ep']}, mb {s['micro_batch']}x{s['num_micro_batches']}: {cut}{alt}",
             "slow": _cmp(plan["compared"]["slowest_type"]),
             "fast": _cmp(plan["compared"]["fast_only"]),
             "check": len(autopar.check(plan)), "wall": time.perf_counter() - t0,
@@ -194,10 +203,15 @@ def main() -> None:
         "- Plans of (a) are plans on this very cluster: the H100s run them no slower than "
         "an A100 would, so (a)'s time bounds what a one-type planner given this cluster "
         "would promise.",
+        "- Two mixed forms are searched and the faster is the plan: one pipeline over the "
+        "groups (`pipeline`: stages on one group each, layers by speed and memory) and "
+        "data-parallel replicas on every group with micro-batch shares by speed "
+        "(`dp_shares`, `search.hetero_dp`: one shape, a common cut, the sync and ZeRO over "
+        "all replicas; the replicas' pipeline sends are priced on the NIC, conservative). "
+        "Megatron and torchtitan give every DP rank the same micro-batches, so with "
+        "`--framework megatron` only the pipeline form is searched.",
         "- Uneven TP shards (`search.uneven.split_heads`, `split_columns`) are pure "
-        "functions: the mixed pipeline keeps each stage on one type, so its TP groups split "
-        "evenly. Data-parallel replicas on different groups (micro-batch shares by speed) "
-        "are not built.",
+        "functions: every stage and replica sits on one type, so its TP groups split evenly.",
         "",
     ])
     Path(a.out).write_text(text)

@@ -387,3 +387,69 @@ def test_generated_mixed_problems_solve_and_check(seed):
         assert st["memory"]["total_bytes"] <= st["memory"]["capacity_bytes"]
         assert st["gpus"][0] in where[st["group"]] and st["gpus"][1] in where[st["group"]]
         assert types[st["group"]] == st["gpu_type"]
+
+
+# --------------------------------------------------------------------------- DP shares
+from autopar.search.hetero_dp import choose_shares, price, replicas, search_shares  # noqa: E402
+
+
+def test_shares_by_hand():
+    """Two replicas, one 3x as slow per micro-batch, 8 micro-batches: max(m1, 3 m2) with
+    m1 + m2 >= 8 is smallest at m2 = 2, m1 = 6 (6 units; 5 + 3 would be 9)."""
+    assert choose_shares(8, 1, [1, 1], [0.0, 0.0], [1.0, 3.0]) == [6, 2]
+    # a fixed cost on the fast replica moves a share to the slow one: max(4 + m1, 3 m2)
+    assert choose_shares(8, 1, [1, 1], [4.0, 0.0], [1.0, 3.0]) == [5, 3]
+    # two replicas on the fast group, micro-batches of 2 samples: 2 x 2 x 3 + 1 x 2 x 2 >= 16
+    assert choose_shares(16, 2, [2, 1], [0.0, 0.0], [1.0, 2.0]) == [3, 2]
+
+
+def test_slower_replicas_take_fewer_micro_batches_and_gain_on_equal_shares():
+    mixed = small(H100, A100)
+    p = tiny_problem(mixed.groups[0].hw)
+    sh = search_shares(p, mixed, SearchOptions(time_limit_s=30))
+    assert sh is not None and sh.feasible
+    fast, slow = sh.micro_batches
+    assert slow < fast
+    samples = sum(r * m * sh.strategy.micro_batch
+                  for r, m in zip(sh.replicas, sh.micro_batches, strict=True))
+    assert samples >= p.workload.batch
+    # the same shape with equal shares (what one-type DP gives every replica)
+    even = -(-p.workload.batch // (sh.strategy.micro_batch * sum(sh.replicas)))
+    from dataclasses import replace as _replace
+
+    from autopar.cost.evaluate import evaluate as _evaluate
+    from autopar.search.hetero_dp import shares_problem
+
+    times = []
+    for g in mixed.groups:
+        gp = shares_problem(p, g, sh.strategy)
+        moe, costs = _CostCache(gp, SearchOptions()).get(sh.strategy)
+        s_even = _replace(sh.strategy, num_micro_batches=even)
+        times.append(_evaluate(gp, s_even, sh.bounds, moe, costs).step_time)
+    assert sh.step_time < max(times)
+    assert replicas(mixed, sh.strategy) == sh.replicas
+    assert price(p, mixed, sh.strategy, sh.replicas, {}).step_time == pytest.approx(
+        sh.step_time)
+
+
+def test_a_shares_plan_checks_and_megatron_refuses_it():
+    import autopar
+    from autopar.export.engines import KindError
+    from autopar.export.mixed import mixed_export
+    from autopar.plan.mixed_shares import build_shares_plan
+
+    mixed = small(H100, A100)
+    p = tiny_problem(mixed.groups[0].hw)
+    sh = search_shares(p, mixed, SearchOptions(time_limit_s=30))
+    plan = build_shares_plan(p, mixed, SearchOptions(), sh, {}, "any", 0.0)
+    assert plan["mode"] == "dp_shares" and autopar.check(plan) == []
+    assert ("framework", "shares") in _errors(plan, framework="megatron")
+    with pytest.raises(KindError):
+        mixed_export(plan, "megatron")
+    bad = copy.deepcopy(plan)
+    bad["shares"]["slow"]["micro_batches"] -= 1
+    assert ("degrees", "shares") in _errors(bad)
+    bad = copy.deepcopy(plan)
+    slow = next(i for i, st in enumerate(bad["stages"]) if st["group"] == "slow")
+    bad["stages"][slow]["memory"]["activations_bytes"] *= 0.5
+    assert ("memory", f"stages[{slow}].memory.activations_bytes") in _errors(bad)

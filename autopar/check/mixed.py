@@ -7,6 +7,7 @@ split a plan states checked for whole KV groups; the framework's mixed-group rul
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -95,10 +96,16 @@ def check_mixed(plan: dict, source: str = "plan", framework: str | None = None,
         f.error("stages", "strategy.stage_layers", "the stages do not hold every layer once, "
                 "in order", s["stage_layers"], f"0..{m.layers - 1}")
         return f.items
-    busy, exposed, opt, worst = [], [], [], 0.0
-    for k, st in enumerate(plan["stages"]):
-        path = f"stages[{k}]"
-        a, b = k * width, (k + 1) * width
+    shares = plan.get("mode") == "dp_shares"
+    runs: dict[str, list[tuple[int, dict]]] = {}  # one pipeline, or one per group (shares)
+    worst = 0.0
+    for idx, st in enumerate(plan["stages"]):
+        path = f"stages[{idx}]"
+        k = int(st.get("stage", idx))
+        if shares:  # every replica of the group runs this stage: the group's GPUs
+            a, b = int(st["gpus"][0]), int(st["gpus"][1]) + 1
+        else:
+            a, b = k * width, (k + 1) * width
         holders = [i for i, (x, y) in enumerate(spans) if x <= a and b <= y]
         if not holders:
             f.error("gpus", f"{path}.gpus", "the stage spans two GPU groups (a stage must "
@@ -108,38 +115,34 @@ def check_mixed(plan: dict, source: str = "plan", framework: str | None = None,
         if st.get("group") != g["name"] or st.get("gpu_type") != hw.gpu.name:
             f.error("gpus", f"{path}.group", "the stage's GPUs are another group's",
                     [st.get("group"), st.get("gpu_type")], [g["name"], hw.gpu.name])
-        want = expected_memory(m, hw, w, lay, k, _own(m, lay), {}, flash)
-        mem = st["memory"]
-        for key in MEMORY_KEYS:
-            if key in mem and not close(mem[key], want[key], TOL):
-                f.error("memory", f"{path}.memory.{key}", "recomputed on the stage's group "
-                        "differs", mem[key], want[key])
-        if not close(mem.get("capacity_bytes", 0.0), hw.gpu.memory_bytes, TOL):
-            f.error("memory", f"{path}.memory.capacity_bytes", "not the group's GPU memory",
-                    mem.get("capacity_bytes"), hw.gpu.memory_bytes)
-        if want["total_bytes"] > hw.gpu.memory_bytes * (1 + TOL):
-            f.error("memory", f"{path}.memory.total_bytes", f"exceeds the {hw.gpu.name} "
-                    "capacity", want["total_bytes"], f"<= {hw.gpu.memory_bytes:.6g}")
-        worst = max(worst, want["total_bytes"] / hw.gpu.memory_bytes)
-        floor = stage_floor_s(m, w, lay, k, hw.gpu.flops(gemm_dtype(m, w)), flash)
-        if st["busy_s"] < floor * (1 - TOL):
-            f.error("timing", f"{path}.busy_s", f"faster than its FLOPs at the {hw.gpu.name} "
-                    "peak", st["busy_s"], f">= {floor:.6g}")
-        if not close(st["busy_s"], st["fwd_s"] + st["bwd_s"], TOL):
-            f.error("timing", f"{path}.busy_s", "not forward + backward", st["busy_s"],
-                    st["fwd_s"] + st["bwd_s"])
-        busy.append(st["busy_s"])
-        exposed.append(st["dp_exposed_s"])
-        opt.append(st["optimizer_s"])
+        lk = replace(lay, num_micro_batches=int(st["micro_batches"])) if shares else lay
+        worst = max(worst, _check_stage(f, st, m, w, lk, k, hw, flash, path))
         _check_heads(f, st, m, lay, path)
-    if len(busy) == lay.pp:
-        counts = [b - a + 1 for a, b in lay.stage_layers]
-        step = pipeline_time(busy, lay.num_micro_batches, lay.virtual_stages, counts) + \
-            max(exposed) + max(opt)
+        runs.setdefault(g["name"] if shares else "", []).append((k, st))
+    steps = []
+    counts = [b - a + 1 for a, b in lay.stage_layers]
+    for name, entries in runs.items():
+        if [k for k, _ in entries] != list(range(lay.pp)):
+            f.error("stages", "stages", f"{name or 'the pipeline'} does not run stages "
+                    f"0..{lay.pp - 1} in order", [k for k, _ in entries])
+            continue
+        mb = int(entries[0][1]["micro_batches"]) if shares else lay.num_micro_batches
+        step = pipeline_time([st["busy_s"] for _, st in entries], mb, lay.virtual_stages,
+                             counts) + max(st["dp_exposed_s"] for _, st in entries) + \
+            max(st["optimizer_s"] for _, st in entries)
+        steps.append(step)
+        if shares and not close(entries[0][1]["group_step_s"], step, TOL):
+            f.error("timing", f"stages ({name}).group_step_s", "the group's pipeline + "
+                    "sync + optimizer", entries[0][1]["group_step_s"], step)
+    if shares:
+        _check_shares(f, plan, groups, lay, w)
+    if steps and len(steps) == len(runs):
+        step = max(steps)
         claimed = plan["metrics"]["step_time_s"]
         if not close(claimed, step, TOL):
             f.error("timing", "metrics.step_time_s", "pipeline of the stage times + the "
-                    "largest exposed sync + the largest optimizer step", claimed, step)
+                    "largest exposed sync + the largest optimizer step (the slowest group's "
+                    "under shares)", claimed, step)
         if not close(plan["metrics"].get("memory_max_over_capacity", worst), worst, TOL):
             f.error("metrics", "metrics.memory_max_over_capacity", "the fullest stage over "
                     "its group's capacity", plan["metrics"]["memory_max_over_capacity"], worst)
@@ -148,6 +151,55 @@ def check_mixed(plan: dict, source: str = "plan", framework: str | None = None,
         _check_mixed_rules(f, plan, name)
         check_framework(f, plan, name, m, w)
     return sorted(f.items, key=lambda x: x.severity != "error")
+
+
+def _check_stage(f: Findings, st: dict, m: ModelSpec, w: Workload, lay: Layout, k: int,
+                 hw: HardwareSpec, flash: bool, path: str) -> float:
+    """One stage entry's memory (recomputed on its group, against its capacity) and busy
+    time (forward + backward, no less than its FLOPs at the group's peak); its fullness."""
+    want = expected_memory(m, hw, w, lay, k, _own(m, lay), {}, flash)
+    mem = st["memory"]
+    for key in MEMORY_KEYS:
+        if key in mem and not close(mem[key], want[key], TOL):
+            f.error("memory", f"{path}.memory.{key}", "recomputed on the stage's group "
+                    "differs", mem[key], want[key])
+    if not close(mem.get("capacity_bytes", 0.0), hw.gpu.memory_bytes, TOL):
+        f.error("memory", f"{path}.memory.capacity_bytes", "not the group's GPU memory",
+                mem.get("capacity_bytes"), hw.gpu.memory_bytes)
+    if want["total_bytes"] > hw.gpu.memory_bytes * (1 + TOL):
+        f.error("memory", f"{path}.memory.total_bytes", f"exceeds the {hw.gpu.name} "
+                "capacity", want["total_bytes"], f"<= {hw.gpu.memory_bytes:.6g}")
+    floor = stage_floor_s(m, w, lay, k, hw.gpu.flops(gemm_dtype(m, w)), flash)
+    if st["busy_s"] < floor * (1 - TOL):
+        f.error("timing", f"{path}.busy_s", f"faster than its FLOPs at the {hw.gpu.name} "
+                "peak", st["busy_s"], f">= {floor:.6g}")
+    if not close(st["busy_s"], st["fwd_s"] + st["bwd_s"], TOL):
+        f.error("timing", f"{path}.busy_s", "not forward + backward", st["busy_s"],
+                st["fwd_s"] + st["bwd_s"])
+    return want["total_bytes"] / hw.gpu.memory_bytes
+
+
+def _check_shares(f: Findings, plan: dict, groups: list, lay: Layout, w: Workload) -> None:
+    """Data-parallel shares: each group a whole number of replicas, the replicas summing to
+    DP, their samples covering the batch."""
+    sh = plan.get("shares", {})
+    size = lay.tp * lay.cp * lay.pp
+    total_r = samples = 0
+    for g, _ in groups:
+        x = sh.get(g["name"])
+        if not isinstance(x, dict):
+            f.error("degrees", f"shares.{g['name']}", "no share for the group")
+            return
+        if x["replicas"] * size != g["count"]:
+            f.error("degrees", f"shares.{g['name']}.replicas", "replicas x TP x CP x PP is "
+                    "not the group's GPUs", x["replicas"], g["count"] // size)
+        total_r += x["replicas"]
+        samples += x["replicas"] * x["micro_batches"] * lay.micro_batch
+    if total_r != lay.dp:
+        f.error("degrees", "shares", "the groups' replicas do not sum to DP", total_r, lay.dp)
+    if samples < w.batch:
+        f.error("degrees", "shares", "the replicas' samples do not cover the batch", samples,
+                f">= {w.batch}")
 
 
 def _own(m: ModelSpec, lay: Layout) -> dict[int, int]:
@@ -178,7 +230,12 @@ def _check_mixed_rules(f: Findings, plan: dict, name: str) -> None:
     if uneven and not rules["uneven_tp"]:
         f.error("framework", "stages.tp_heads", f"{name} splits heads evenly over TP "
                 f"({rules['why_tp']})")
-    types = {st.get("gpu_type") for st in plan["stages"]}
+    counts = {st.get("micro_batches") for st in plan["stages"]} - {None}
+    if len(counts) > 1 and not rules.get("uneven_dp", False):
+        f.error("framework", "shares", f"{name} gives every data-parallel rank the same "
+                f"micro-batches ({rules['why_dp']})")
+    types = {st.get("gpu_type") for st in plan["stages"]} if plan.get("mode") != \
+        "dp_shares" else set()
     if len(types) > 1 and not rules["mixed_pipeline"]:
         f.error("framework", "stages.gpu_type", f"{name} cannot run stages on different GPU "
                 f"types ({rules['why_pipeline']})")

@@ -62,6 +62,10 @@ def mixed_export(plan: dict[str, Any], engine: str, fmt: str = "command") -> str
                         + ("its split points name modules, not layer counts"
                            if engine == "torchtitan" else "mixed groups plan training")
                         + "); the plan's runs_where says per group what runs where")
+    if plan.get("mode") == "dp_shares" and len({x["micro_batches"] for x in
+                                                 plan["shares"].values()}) > 1:
+        raise KindError("a plan with uneven data-parallel shares has no Megatron launch (every "
+                        "DP rank takes the same micro-batches); plan with --framework megatron")
     entry = megatron_entry(plan)
     s = plan["strategy"]
     args = {k: v for k, v in entry["args"].items() if k not in SPLIT_FLAGS}

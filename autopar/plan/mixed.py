@@ -82,7 +82,7 @@ def build_mixed_plan(p: Problem, mixed_groups: list[Problem], opts: SearchOption
                        "hardware": echo})
     base = inputs_echo(p, opts)
     return {
-        "mixed_groups": MIXED_FORMAT,
+        "mixed_groups": MIXED_FORMAT, "mode": "pipeline",
         "autopar_version": __version__,
         "framework": framework,
         "inputs": {"model": base["model"], "workload": base["workload"],
@@ -112,8 +112,11 @@ def build_mixed_plan(p: Problem, mixed_groups: list[Problem], opts: SearchOption
 def mixed_summary(d: dict[str, Any]) -> str:
     """The terminal table of a mixed plan: per stage its group and layers, then the margins."""
     s, m = d["strategy"], d["metrics"]
-    lines = [f"mixed plan on {d['inputs']['hardware']['name']}: TP{s['tp']} PP{s['pp']} "
-             f"DP{s['dp']} CP{s.get('cp', 1)} EP{s['ep']}, step {m['step_time_s']:.4g} s",
+    lines = [f"mixed plan ({d.get('mode', 'pipeline')}) on {d['inputs']['hardware']['name']}: "
+             f"TP{s['tp']} PP{s['pp']} DP{s['dp']} CP{s.get('cp', 1)} EP{s['ep']}, step "
+             f"{m['step_time_s']:.4g} s",
+             *(f"  {g}: {x['replicas']} replicas x {x['micro_batches']} micro-batches "
+               f"({x['samples']} samples)" for g, x in d.get("shares", {}).items()),
              f"{'stage':>5} {'group':<10} {'gpu':<16} {'layers':>9} {'busy s':>9} "
              f"{'memory GB':>10} {'of GB':>6}"]
     for st in d["stages"]:
@@ -149,6 +152,12 @@ def solve_mixed_plan(p: Problem, hw: MixedHardware, opts: SearchOptions, deadlin
     t0 = time.perf_counter()
     done = solve_mixed(p, hw, opts, deadline)
     r = done.result
+    if done.mode == "dp_shares":
+        from .mixed_shares import build_shares_plan
+
+        say("building the mixed plan (data-parallel shares)")
+        return Plan(build_shares_plan(p, hw, opts, done.shares, done.compared,
+                                      opts.framework, time.perf_counter() - t0))
     if r.best is None:
         alone = [c for c in done.compared.values() if c.get("step_time_s")]
         raise InfeasibleError(f"no pipeline over every group of {hw.name} fits ({r.why})",

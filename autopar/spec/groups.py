@@ -187,7 +187,9 @@ def refuse_mixed(mixed: MixedHardware, what: str) -> InputError:
 # without mixed_pipeline, is refused in one line) and by `check.mixed`.
 MIXED_SUPPORT: dict[str, dict[str, Any]] = {
     "megatron": {
-        "mixed_pipeline": True, "uneven_tp": False,
+        "mixed_pipeline": True, "uneven_tp": False, "uneven_dp": False,
+        "why_dp": "every data-parallel rank takes global-batch-size / (micro-batch-size x "
+                  "DP) micro-batches (megatron/core/num_microbatches_calculator.py)",
         "why_pipeline": "each rank is its own process on its own GPU; per-stage layer "
                         "counts by --pipeline-model-parallel-layout",
         "why_tp": "TransformerConfig asserts num_attention_heads % tensor_model_parallel_size "
@@ -195,7 +197,8 @@ MIXED_SUPPORT: dict[str, dict[str, Any]] = {
                   "(megatron/core/tensor_parallel/layers.py, divide())",
     },
     "torchtitan": {
-        "mixed_pipeline": True, "uneven_tp": False,
+        "mixed_pipeline": True, "uneven_tp": False, "uneven_dp": False,
+        "why_dp": "the dataloader gives every data-parallel rank local_batch_size samples",
         "why_pipeline": "pipeline stages cut at --parallelism.pipeline_parallel_split_points",
         "why_tp": "DTensor Shard(dim) placements split a dimension evenly over the TP mesh",
     },
