@@ -140,7 +140,7 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     if isinstance(hardware, MixedHardware):
         if calibration is not None or frontier or disaggregate or decode_hw is not None:
             raise refuse_mixed(hardware, "a calibration, --frontier or --disaggregate")
-        from .plan.mixed import solve_mixed_plan
+        from .plan.mixed_solve import solve_mixed_plan
 
         return solve_mixed_plan(make_problem(model, hardware.groups[0].hw, workload, None,
                                              flash_attention, fused_grad_accumulation,

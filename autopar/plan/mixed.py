@@ -8,21 +8,14 @@ memory on that group and the step from the stage times (`docs/hardware.md`)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 from ..cost.evaluate import StageCost
-from ..cost.fp8 import check_weights
 from ..cost.layer import Problem
-from ..errors import InfeasibleError, InputError
-from ..search import PIN_KEYS, SearchOptions
-from ..search.deadline import Deadline
+from ..search import SearchOptions
 from ..search.hetero import MixedEvaluation, MixedResult
-from ..search.mixed_solve import solve_mixed
-from ..spec.groups import MIXED_SUPPORT, MixedHardware, refuse_mixed
+from ..spec.groups import MixedHardware
 from ..version import __version__
-from .document import Plan
 from .memory import _memory
 from .sections import inputs_echo
 
@@ -131,40 +124,3 @@ def mixed_summary(d: dict[str, Any]) -> str:
             lines.append(f"vs {name}: " + (f"{val:.4g} s ({c['speedup']:.3g}x)" if val
                                            else c.get("why", "no plan")))
     return "\n".join(lines)
-
-
-def solve_mixed_plan(p: Problem, hw: MixedHardware, opts: SearchOptions, deadline: Deadline,
-                     say: Callable[[str], None]) -> Plan:
-    """`autopar.solve` on a mixed file: training only (serving plans one type), each group
-    able to run the checkpoint; InfeasibleError when no pipeline over every group fits."""
-    if p.workload.kind != "training":
-        raise refuse_mixed(hw, "serving")
-    if opts.framework != "any" and not MIXED_SUPPORT.get(opts.framework, {}).get(
-            "mixed_pipeline"):
-        raise InputError("framework", opts.framework, "runs no pipeline over mixed GPU "
-                         f"groups (known: {', '.join(MIXED_SUPPORT)}, or any)")
-    bad = [k for k in opts.pins if k not in PIN_KEYS]
-    if bad:
-        raise InputError("pins", bad[0], f"unknown option; known: {', '.join(PIN_KEYS)}")
-    for g in hw.groups:
-        check_weights(p.model, g.hw, f"{hw.source or hw.name}: group {g.name}")
-    say(f"searching pipelines over {len(hw.groups)} GPU groups")
-    t0 = time.perf_counter()
-    done = solve_mixed(p, hw, opts, deadline)
-    r = done.result
-    if done.mode == "dp_shares":
-        from .mixed_shares import build_shares_plan
-
-        say("building the mixed plan (data-parallel shares)")
-        return Plan(build_shares_plan(p, hw, opts, done.shares, done.compared,
-                                      opts.framework, time.perf_counter() - t0))
-    if r.best is None:
-        alone = [c for c in done.compared.values() if c.get("step_time_s")]
-        raise InfeasibleError(f"no pipeline over every group of {hw.name} fits ({r.why})",
-                              "a one-type plan fits " + alone[0]["hardware"] if alone
-                              else "nor does one with every GPU as the slowest type or on the "
-                              "fastest group alone: add GPUs or memory (e.g. a leaner "
-                              "optimizer: workload.optimizer)")
-    say("building the mixed plan")
-    return Plan(build_mixed_plan(done.problems[0], done.problems, opts, r, done.compared,
-                                 opts.framework, time.perf_counter() - t0))
