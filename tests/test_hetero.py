@@ -453,3 +453,15 @@ def test_a_shares_plan_checks_and_megatron_refuses_it():
     slow = next(i for i, st in enumerate(bad["stages"]) if st["group"] == "slow")
     bad["stages"][slow]["memory"]["activations_bytes"] *= 0.5
     assert ("memory", f"stages[{slow}].memory.activations_bytes") in _errors(bad)
+
+
+def test_one_type_entry_points_refuse_a_mixed_spec_in_one_line():
+    import autopar
+
+    mixed = load_any_hardware(MIXED)
+    for call in (lambda: autopar.make_problem(parse_model(TINY, "t.yaml"), mixed),
+                 lambda: autopar.solve(parse_model(TINY, "t.yaml"), mixed,
+                                       calibration="bundled")):
+        with pytest.raises(InputError) as e:
+            call()
+        assert e.value.field == "groups" and "\n" not in str(e.value)
