@@ -465,3 +465,31 @@ def test_one_type_entry_points_refuse_a_mixed_spec_in_one_line():
         with pytest.raises(InputError) as e:
             call()
         assert e.value.field == "groups" and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("layers, batch", [(6, 16), (8, 32)])
+def test_shares_agree_with_every_split_priced(layers, batch):
+    """For the shape and cut the shares search keeps, every split of the batch between the
+    two groups (each replica >= 1 micro-batch, the batch covered), priced exactly, is no
+    faster than the split it chose."""
+    from dataclasses import replace as _replace
+
+    from autopar.cost.evaluate import evaluate as _evaluate
+    from autopar.search.hetero_dp import shares_problem
+
+    mixed = small(H100, A100)
+    spec = {"model": dict(TINY["model"], layers=layers),
+            "workload": dict(TINY["workload"], global_batch=batch)}
+    p = make_problem(parse_model(spec, "tiny.yaml"), mixed.groups[0].hw)
+    sh = search_shares(p, mixed, SearchOptions(time_limit_s=30))
+    s, (r_f, r_s), mb = sh.strategy, sh.replicas, sh.strategy.micro_batch
+    probs = [shares_problem(p, g, s) for g in mixed.groups]
+    costs = [_CostCache(gp, SearchOptions()).get(s) for gp in probs]
+
+    def step(m: list[int]) -> float:
+        return max(_evaluate(gp, _replace(s, num_micro_batches=k), sh.bounds, moe, c).step_time
+                   for gp, (moe, c), k in zip(probs, costs, m, strict=True))
+
+    best = min(step([m_f, max(1, -(-(batch - r_f * mb * m_f) // (r_s * mb)))])
+               for m_f in range(1, -(-batch // (r_f * mb)) + 1))
+    assert sh.step_time == pytest.approx(best, rel=1e-12)
