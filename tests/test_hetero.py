@@ -493,3 +493,21 @@ def test_shares_agree_with_every_split_priced(layers, batch):
     best = min(step([m_f, max(1, -(-(batch - r_f * mb * m_f) // (r_s * mb)))])
                for m_f in range(1, -(-batch // (r_f * mb)) + 1))
     assert sh.step_time == pytest.approx(best, rel=1e-12)
+
+
+def test_a_mixed_plan_says_when_the_fastest_group_alone_is_faster():
+    """8 H200 beside 2 A100-40GB: the tiny model fits the H200s alone, and no mixed form
+    that also runs stages or replicas on the small, slow cards can beat them."""
+    import autopar
+    from autopar.plan.mixed import mixed_summary
+
+    mixed = parse_groups({"name": "lop", "groups": [
+        {"name": "big", "gpu": {"type": "H200-SXM-141GB"}, "gpus_per_node": 8},
+        {"name": "old", "gpu": {"type": "A100-SXM4-40GB"}, "gpus_per_node": 1,
+         "intra_node": {"bandwidth_gbps": 300}}],
+        "inter_node": {"bandwidth_gbps": 12.5}}, "lop.yaml")
+    d = autopar.solve(parse_model(TINY, "t.yaml"), mixed, time_limit_s=20).data
+    fast = d["compared"]["fast_only"]
+    assert fast["step_time_s"] < d["metrics"]["step_time_s"]  # the 12.5 GB/s NIC binds
+    assert fast["faster_than_mixed"] and "faster than every mixed form" in mixed_summary(d)
+    assert "faster_than_mixed" not in d["compared"]["slowest_type"]

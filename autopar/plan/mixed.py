@@ -123,4 +123,8 @@ def mixed_summary(d: dict[str, Any]) -> str:
             val = c.get("step_time_s")
             lines.append(f"vs {name}: " + (f"{val:.4g} s ({c['speedup']:.3g}x)" if val
                                            else c.get("why", "no plan")))
+    fast = d["compared"].get("fast_only", {})
+    if fast.get("faster_than_mixed"):
+        lines.append(f"note: {fast['hardware']} is faster than every mixed form: plan that "
+                     "group alone (its fields as a one-type file)")
     return "\n".join(lines)
