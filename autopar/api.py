@@ -24,7 +24,9 @@ from .search.degrees import check_capacity_pins, recompute_modules_pin
 from .search.experts import placements_for
 from .search.placement import check_budget
 from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
+from .spec.files import load_any_hardware
 from .spec.frameworks import load_framework
+from .spec.groups import MixedHardware, refuse_mixed
 
 __all__ = ["solve", "check", "place", "verify_plan", "load_model", "load_hardware", "Plan",
            "make_problem"]
@@ -45,7 +47,7 @@ def make_problem(model: ModelSpec | ModelFile | str | Path,
     GPU type without); "defaults" keeps the flat fractions everywhere (`cost.bundled`)."""
     mf = model if isinstance(model, ModelFile) else (
         ModelFile(model) if isinstance(model, ModelSpec) else load_model(model))
-    hw = hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
+    hw = one_type(hardware, "make_problem")
     if calibration is None:
         calibration = default_calibration(hw.gpu.name)
     elif isinstance(calibration, str):
@@ -71,6 +73,13 @@ def make_problem(model: ModelSpec | ModelFile | str | Path,
                                                     f"{', '.join(ZERO3_GATHERS)}")
     return Problem(mf.model, hw, wl, calibration or Calibration(), flash_attention,
                    fused_grad_accumulation, async_tp_allreduce, zero3_gather)
+
+
+def one_type(hardware: Any, what: str) -> HardwareSpec:
+    """A one-type spec from a spec or a file; a mixed one is refused in one line."""
+    if isinstance(hardware, MixedHardware):
+        raise refuse_mixed(hardware, what)
+    return hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
 
 
 def _named_calibration(name: str, hw: HardwareSpec) -> Calibration:
@@ -133,11 +142,30 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     per GPU under the targets, the Pareto frontier, the disaggregated comparison.
 
     `framework` (`spec.frameworks.FRAMEWORKS`): only layouts that framework runs are
-    searched (its rules in `data/frameworks/`); "any" is the whole space."""
+    searched (its rules in `data/frameworks/`); "any" is the whole space.
+
+    Hardware of several GPU groups (a `groups:` file, or `spec.groups.MixedHardware`) plans
+    a training workload over the groups (`plan.mixed_solve`, docs/hardware.md); serving,
+    a calibration, frontier and disaggregation refuse it in one line."""
     deadline = Deadline.after(check_time_limit(time_limit_s))
     fw = load_framework(framework)
     say = progress or (lambda msg: None)
     say("reading the inputs")
+    if not isinstance(hardware, HardwareSpec):  # a `groups:` file may hold several types
+        hardware = hardware if isinstance(hardware, MixedHardware) else \
+            load_any_hardware(hardware)
+    if isinstance(hardware, MixedHardware):
+        if calibration is not None or frontier or disaggregate or decode_hw is not None:
+            raise refuse_mixed(hardware, "a calibration, --frontier or --disaggregate")
+        from .plan.mixed_solve import solve_mixed_plan
+
+        return solve_mixed_plan(make_problem(model, hardware.groups[0].hw, workload, None,
+                                             flash_attention, fused_grad_accumulation,
+                                             async_tp_allreduce, zero3_gather),
+                                hardware, SearchOptions(pins=dict(pins or {}),
+                                                        time_limit_s=time_limit_s, seed=seed,
+                                                        workers=workers, framework=framework),
+                                deadline, say)
     p = make_problem(model, hardware, workload, calibration, flash_attention,
                      fused_grad_accumulation, async_tp_allreduce, zero3_gather)
     pins = dict(pins or {})
@@ -157,8 +185,7 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     from .serve.plan import serve, wants_serving
 
     if wants_serving(p.workload) or frontier or disaggregate or decode_hw is not None:
-        dhw = decode_hw if decode_hw is None or isinstance(decode_hw, HardwareSpec) \
-            else load_hardware(decode_hw)
+        dhw = None if decode_hw is None else one_type(decode_hw, "the decode pool")
         if dhw is not None:  # the decode pool serves the same checkpoint
             check_weights(p.model, dhw, "decode hardware")
         say("searching serving layouts")
@@ -311,7 +338,7 @@ def place(loads: str | Path, ep: int, gpus_per_node: int | None = None, spare_sl
     E = ml.num_experts
     mf = load_model(model) if model is not None else None
     m = mf.model if mf is not None else None
-    hw = load_hardware(hardware) if hardware is not None else None
+    hw = one_type(hardware, "autopar place") if hardware is not None else None
     ids, total = _layer_ids(ml, m, src)
     gpn = min(ep, gpus_per_node or (hw.nvlink_domain if hw else 8))
     cap = -(-E // ep) + spare_slots

@@ -180,6 +180,10 @@ def check_plan(plan: Any, model_file: Any = None, hw: Any = None,
     framework the plan records, if any)."""
     if not isinstance(plan, dict):
         raise InputError(source, "", "a plan must be a JSON object")
+    if "mixed_groups" in plan:  # a pipeline over mixed GPU groups: `check.mixed`
+        from .mixed import check_mixed
+
+        return check_mixed(plan, source, framework, model_file, hw, workload)
     fw_name = plan_framework(plan, framework)
     f = Findings()
     inputs = resolve_inputs(plan, f, model_file, hw, workload, base_dir, source)

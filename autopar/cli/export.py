@@ -35,6 +35,10 @@ def export(plan_path, engine, fmt, model_path) -> None:
 
 def _export(plan, engine, fmt, model_path, source) -> str:
     try:
+        if isinstance(plan, dict) and "mixed_groups" in plan:  # one job over GPU groups
+            from ..export.mixed import mixed_export
+
+            return mixed_export(plan, engine, fmt)
         return export_target(plan, engine, fmt, model_path)
     except KindError as exc:
         raise InputError(str(Path(source)), "", str(exc)) from None

@@ -10,9 +10,11 @@ from .. import api
 from ..errors import InputError
 from ..plan import write_atomic
 from ..plan.files import check_target, default_plan_path, workload_label
+from ..plan.mixed import mixed_summary
 from ..plan.report import summary
 from ..serve.plan import wants_serving
-from ..spec import load_hardware, load_model
+from ..spec import load_model
+from ..spec.files import load_any_hardware
 from ..spec.units import FP8_RECIPES
 from . import options as opt
 from .app import main
@@ -131,7 +133,7 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
                                       **a2a).items()
                 if v is not None}
         calib = opt.read_calibration(calibration)
-        hw = load_hardware(hw_path)
+        hw = load_any_hardware(hw_path)  # a `groups:` file: the mixed plan (api.solve)
         target = None
         if out or not as_json:  # refuse a bad destination before the search, not after it
             label = workload_label(wl.kind, wl.phase, wants_serving(wl) or any(
@@ -160,7 +162,8 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
             return
         guard(lambda: write_atomic(path, text))
         if not quiet:
-            click.echo(summary(plan.data))
+            click.echo(mixed_summary(plan.data) if "mixed_groups" in plan.data
+                       else summary(plan.data))
             if "serving" in plan.data:
                 click.echo(serving_summary(plan.data))
         click.echo(f"plan written to {path}", err=True)

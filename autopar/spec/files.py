@@ -76,6 +76,16 @@ def checkpoint_id(folder: Path) -> str | None:
 
 
 def parse_hardware(data: Any, source: str) -> HardwareSpec:
+    """A one-type hardware file; a `groups:` file of one group is the same spec, one of
+    several groups is refused in one line (`load_any_hardware` reads it)."""
+    from .groups import is_grouped, one_type, parse_groups, refuse_mixed
+
+    if is_grouped(data):
+        mixed = parse_groups(data, source)
+        hw = one_type(mixed)
+        if hw is None:
+            raise refuse_mixed(mixed, "this path")
+        return hw
     f = Fields(source, data)
     hw = _read_hardware_fields(f)
     f.text("notes")
@@ -86,6 +96,18 @@ def parse_hardware(data: Any, source: str) -> HardwareSpec:
 
 def load_hardware(path: str | Path) -> HardwareSpec:
     return parse_hardware(read_data(path), str(path))
+
+
+def load_any_hardware(path: str | Path):
+    """A hardware file of one GPU type (`HardwareSpec`) or of several groups
+    (`groups.MixedHardware`); a `groups:` file of one group is the one-type spec."""
+    from .groups import is_grouped, one_type, parse_groups
+
+    data = read_data(path)
+    if not is_grouped(data):
+        return parse_hardware(data, str(path))
+    mixed = parse_groups(data, str(path))
+    return one_type(mixed) or mixed
 
 
 def parse_workload(data: Any, source: str) -> Workload:

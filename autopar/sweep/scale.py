@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..spec.datafile import read_data
+from ..spec.groups import is_grouped, parse_groups, refuse_mixed
 from .study import Point, Study
 
 MAX_SIZES = 64
@@ -31,6 +32,12 @@ def scale_study(model: str | Path, hardware: str | Path, sizes: list[int],
                 framework: str = "any", time_limit_s: float = 10.0) -> Study:
     """One point per GPU count: the base hardware with `count / gpus_per_node` nodes."""
     m, h = read_data(model), read_data(hardware)
+    if is_grouped(h):  # scaling adds nodes of one type
+        mixed = parse_groups(h, str(hardware))
+        if len(mixed.groups) > 1:
+            raise refuse_mixed(mixed, "autopar scale")
+        raise InputError(str(hardware), "groups", "autopar scale adds nodes to a one-type "
+                         "file: state the group's fields at the top level")
     per = h.get("gpus_per_node") if isinstance(h, dict) else None
     if not isinstance(per, int) or per < 1:
         raise InputError(str(hardware), "gpus_per_node", "needed to count whole nodes")
