@@ -33,7 +33,8 @@ def stage_inputs(p: Problem, s: Strategy, moe: list[MoEState],
 
 
 class _CostCache:
-    """Layer costs do not depend on the ZeRO stage or the micro-batch count: share them.
+    """Layer costs do not depend on the ZeRO stage or the micro-batch count: share them (the
+    Context does on ZeRO-3: its gather lead [fsdp], so ZeRO-3 layouts get their own).
 
     `placing` is the part of the time limit for expert placements, split evenly over the
     `keys` distinct placement problems not yet placed (None: each gets its usual cap)."""
@@ -70,7 +71,7 @@ class _CostCache:
 
     def _entry(self, s: Strategy) -> tuple:
         lk = self._layer_key(s)
-        key = (s.pp, s.dp, *lk)
+        key = (s.pp, s.dp, s.zero >= 3, *lk)  # the Context's ZeRO-3 lead is ZeRO-3's only
         if key not in self.costs:
             moe, costs, total, slowest, edges = self._layers(s, lk)
             self.costs[key] = (moe, costs, Context.of(self.p, s, costs, edges), total, slowest)
