@@ -311,6 +311,22 @@ def test_echo_rebuilds_the_specs():
     assert check_plan(plan) == []
 
 
+def test_echo_states_what_the_catalogue_adds_by_name():
+    """The catalogue's SM count and measured GEMM / NVLink fractions are in the echo, so a
+    plan rebuilt from it prices exactly as solved (not within check's tolerance)."""
+    plan = json.loads(solve(PROBLEMS / "models/mixtral-8x7b.yaml", PROBLEMS / "hw/h100-8x.yaml",
+                            time_limit_s=5, seed=0).to_json())
+    hw = load_hardware(PROBLEMS / "hw/h100-8x.yaml")
+    assert hw.gpu.sms and hw.gpu.gemm_eff and hw.gpu.nvlink_eff
+    rebuilt = inputs_from_echo(plan["inputs"], "plan").hardware.gpu
+    assert dataclasses.replace(rebuilt, sources=()) == dataclasses.replace(hw.gpu, sources=())
+    stated = {"name": "x", "gpus_per_node": 8,
+              "gpu": {"type": "H100-SXM5-80GB", "gemm_eff": 0.5, "nvlink_eff": 0.6}}
+    assert parse_hardware(stated, "hw").gpu.gemm_eff == 0.5
+    with pytest.raises(InputError, match="gemm_eff"):
+        parse_hardware({**stated, "gpu": {"type": "H100-SXM5-80GB", "gemm_eff": 1.5}}, "hw")
+
+
 # --------------------------------------------------------------------------- seed original
 def test_seed_original_reports_its_three_problems():
     plan = json.loads(SEED_ORIGINAL.read_text())

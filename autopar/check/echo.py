@@ -52,7 +52,9 @@ def hardware_from_echo(data: Any, source: str) -> HardwareSpec:
             "name": d["name"],
             "gpu": {"name": gpu["name"], "memory_gb": gpu["memory_bytes"] / GB,
                     "tflops": {k: v / 1e12 for k, v in gpu["peak_flops"].items()},
-                    "hbm_tbps": gpu["hbm_bytes_per_s"] / 1e12},
+                    "hbm_tbps": gpu["hbm_bytes_per_s"] / 1e12,
+                    **{k: gpu[k] for k in ("sms", "gemm_eff", "nvlink_eff")
+                       if gpu.get(k) is not None}},
             "nodes": d["nodes"], "gpus_per_node": d["gpus_per_node"],
             "nvlink_domain": d.get("nvlink_domain"),  # absent before it existed: one node
             "intra_node": {**_link(d["intra_node"]),

@@ -39,7 +39,10 @@ def inputs_echo(p: Problem, opts: SearchOptions, zero3: bool = False) -> dict[st
             "name": hw.name,
             "gpu": {"name": hw.gpu.name, "memory_bytes": hw.gpu.memory_bytes,
                     "peak_flops": hw.gpu.peak_flops, "hbm_bytes_per_s": hw.gpu.hbm_bytes_per_s,
-                    "sources": list(hw.gpu.sources)},
+                    "sources": list(hw.gpu.sources),
+                    # what the catalogue adds by name, stated so the echo is complete
+                    **{k: v for k in ("sms", "gemm_eff", "nvlink_eff")
+                       if (v := getattr(hw.gpu, k)) is not None}},
             "nodes": hw.nodes, "gpus_per_node": hw.gpus_per_node, "num_gpus": hw.num_gpus,
             "nvlink_domain": hw.nvlink_domain,
             "intra_node": {**asdict(hw.intra), "topology": hw.intra_topology},

@@ -144,15 +144,19 @@ def _read_gpu(f: Fields) -> tuple[GPUSpec, float | None]:
     hbm = f.float("hbm_tbps", 0.001, 1000, default=base.get("hbm_tbps", need))
     nvlink = base.get("nvlink_gbps")
     sms = f.int("sms", 1, 100_000, default=base.get("sms"))
+    # measured fractions: the catalogue's (its sources), or stated (a plan's echo states them)
+    gemm_eff = f.float("gemm_eff", 0.01, 1.0, default=base["gemm_tflops"] / base["tflops"]["bf16"]
+                       if "gemm_tflops" in base else None)
+    nvlink_eff = f.float("nvlink_eff", 0.01, 1.0, default=base["allreduce_busbw_gbps"] / nvlink
+                         if "allreduce_busbw_gbps" in base and nvlink else None)
     gpu = GPUSpec(
         name=name,
         memory_bytes=memory_gb * GB,
         peak_flops={k: v * 1e12 for k, v in tflops.items()},
         hbm_bytes_per_s=hbm * 1e12,
         sources=tuple(base.get("sources", ())),
-        gemm_eff=base["gemm_tflops"] / base["tflops"]["bf16"] if "gemm_tflops" in base else None,
-        nvlink_eff=base["allreduce_busbw_gbps"] / nvlink
-        if "allreduce_busbw_gbps" in base and nvlink else None,
+        gemm_eff=gemm_eff,
+        nvlink_eff=nvlink_eff,
         sms=sms,
     )
     return gpu, nvlink

@@ -59,9 +59,9 @@ def _calibration(echo: dict, gpu: str, source: str) -> Calibration:
 
 
 def _with_catalogue(hw: HardwareSpec) -> HardwareSpec:
-    """The echo states the GPU's figures, not what the catalogue adds by name (the SM count
-    reserved communication SMs share, the measured GEMM and NVLink fractions a calibration
-    resolves to): taken back from the catalogue as `spec.hardware` reads them."""
+    """What the catalogue adds by name (the SM count reserved communication SMs share, the
+    measured GEMM and NVLink fractions a calibration resolves to), as `spec.hardware` reads
+    them: older plans' echoes do not state them."""
     base = gpu_catalogue().get(hw.gpu.name)
     if not base:
         return hw
@@ -73,6 +73,15 @@ def _with_catalogue(hw: HardwareSpec) -> HardwareSpec:
                                 if "gemm_tflops" in base else None),
         nvlink_eff=g.nvlink_eff or (base["allreduce_busbw_gbps"] / nvlink
                                     if "allreduce_busbw_gbps" in base and nvlink else None)))
+
+
+def _hardware(inputs: dict, hw: HardwareSpec) -> HardwareSpec:
+    """The echoed hardware; a plan made before the echo stated the catalogue's measured
+    figures (none of them in it) gets them back from the catalogue by the GPU's name."""
+    gpu = (inputs.get("hardware") or {}).get("gpu") or {}
+    if any(k in gpu for k in ("sms", "gemm_eff", "nvlink_eff")):
+        return hw
+    return _with_catalogue(hw)
 
 
 def strategy_of(plan: dict[str, Any], num_gpus: int) -> Strategy:
@@ -96,7 +105,7 @@ def rebuild(plan: dict[str, Any], source: str = "plan") -> Rebuilt:
         raise InputError(source, "inputs", "model, hardware and workload are all needed")
     opts = inputs.get("options", {})
     cal = _calibration(inputs.get("calibration", {}), inp.hardware.gpu.name, source)
-    p = make_problem(inp.model, _with_catalogue(inp.hardware), inp.workload, cal,
+    p = make_problem(inp.model, _hardware(inputs, inp.hardware), inp.workload, cal,
                      bool(opts.get("flash_attention", True)),
                      bool(opts.get("fused_grad_accumulation", True)),
                      bool(opts.get("async_tp_allreduce", True)),
