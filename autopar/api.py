@@ -28,6 +28,7 @@ from .spec import GB, HardwareSpec, ModelFile, ModelSpec, Workload, load_hardwar
 from .spec.files import load_any_hardware
 from .spec.frameworks import load_framework
 from .spec.groups import MixedHardware, refuse_mixed
+from .spec.hardware import default_nodes
 
 __all__ = ["solve", "check", "place", "verify_plan", "load_model", "load_hardware", "Plan",
            "make_problem"]
@@ -251,11 +252,6 @@ def verify_plan(plan: Plan | dict | str | Path, seed: int = 0) -> Any:
 
 
 # --------------------------------------------------------------------------- autopar place
-# Pricing a rebalance without a hardware file: an H100 SXM node of the catalogue with one
-# 400 Gb/s NIC per GPU (problems/hw/h100-4node.yaml's link), stated in the verdict
-DEFAULT_PRICE_HW = {"name": "default (H100 SXM, NVLink, 400 Gb/s NIC per GPU)",
-                    "gpu": {"type": "H100-SXM5-80GB"}, "gpus_per_node": 8,
-                    "inter_node": {"bandwidth_gbps": 50, "latency_us": 8}}
 
 
 def place(loads: str | Path, ep: int, gpus_per_node: int | None = None, spare_slots: int = 0,
@@ -339,7 +335,7 @@ def place(loads: str | Path, ep: int, gpus_per_node: int | None = None, spare_sl
     else:  # the engines' start: slot i holds expert i % E
         cur = [split_gpus([i % E for i in range(ep * cap)], ep, "default", "")] * len(ids)
         cur_name = "the engine default map (slot i -> expert i % E)"
-    pricing = hw or parse_hardware(DEFAULT_PRICE_HW, "default hardware")
+    pricing = hw or parse_hardware(default_nodes(), "default hardware")  # stated in the verdict
     cost = ExpertCost.of(m, training=bool(mf.workload and mf.workload.kind == "training"))
     verdict = rebalance(problems, cur, filled, cost, pricing.gpu.flops(m.weight_dtype or m.dtype),
                         pricing.intra.bytes_per_s, pricing.inter.bytes_per_s, horizon_steps,

@@ -228,3 +228,18 @@ def test_sizes_cut_short_by_the_time_limit_are_said_so():
     rows[1].pop("cut_short")
     rec = Recommendation(t, [a], 4, {}, [a], with_costs(list(rows.values())))
     assert "short" not in text(rec)
+
+
+def test_without_a_hardware_file_the_default_nodes_are_used_and_named():
+    """`--gpu` alone plans on `spec.hardware.default_nodes`: the same answer as the bundled
+    file of those very nodes (8 H100 on NVLink, a 400 Gb/s NIC per GPU), and it says so."""
+    kw = {"gpus": "H100", "max_nodes": 3, "time_limit_s": 5}
+    bare = autopar.recommend(TRAIN, None, "tokens_per_s=6e5", **kw)
+    filed = autopar.recommend(TRAIN, PROBLEMS / "hw/h100-4node.yaml", "tokens_per_s=6e5", **kw)
+    assert bare.answers[0].num_gpus == filed.answers[0].num_gpus
+    assert [r["step_time_s"] for r in bare.rows] == [r["step_time_s"] for r in filed.rows]
+    assert "default nodes (8 x H100-SXM5-80GB" in bare.hardware
+    r = CliRunner().invoke(main, ["recommend", "--model", str(TRAIN), "--target",
+                                  "tokens_per_s=6e5"])
+    assert r.exit_code == 2 and "--hw: give a hardware file, or the GPU types (--gpu)" \
+        in r.output

@@ -20,7 +20,11 @@ from .run import EXIT_INFEASIBLE, guard
 
 
 @main.command(epilog=opt.epilog("recommend"))
-@opt.model_hw
+@click.option("--model", "model_path", required=True, type=click.Path(),
+              help="model YAML (with its workload), HF config.json or checkpoint folder")
+@click.option("--hw", "hw_path", default=None, type=click.Path(dir_okay=False),
+              help="hardware YAML: its nodes and inter-node link (default: nodes of 8 of the "
+                   "first --gpu type, its NVLink, one 400 Gb/s NIC per GPU)")
 @click.option("--target", required=True,
               help="KEY=VALUE pairs: one of tokens_per_s, tokens_per_day (training, or a "
                    "serving workload's output tokens), requests_per_s (serving); serving "
@@ -52,7 +56,7 @@ def recommend(model_path, hw_path, target, ttft_ms, tpot_ms, gpu_types, prices, 
     t = guard(lambda: parse_target(target, "--target", ttft_ms, tpot_ms))
     rec = guard(lambda: run_recommend(model_path, hw_path, t, gpu_types, prices, max_nodes,
                                       time_limit, workers, framework=framework))
-    title = f"{Path(model_path).stem} on {Path(hw_path).stem}"
+    title = f"{Path(model_path).stem} on {Path(hw_path).stem if hw_path else 'default nodes'}"
     click.echo(json.dumps(document(rec), indent=1) if as_json else text(rec))
     if out:
         folder = Path(out)

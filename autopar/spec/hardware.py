@@ -109,6 +109,16 @@ class HardwareSpec:
         return gpu // self.gpus_per_node
 
 
+def default_nodes(gpu_type: str = "H100-SXM5-80GB") -> dict[str, Any]:
+    """The cluster a command assumes where it is given no hardware file (`autopar place`'s
+    rebalance price, `autopar recommend --gpu` alone): nodes of 8 GPUs of `gpu_type` on its
+    catalogue NVLink, one 400 Gb/s NIC per GPU (the HGX / DGX layout of
+    problems/hw/h100-4node.yaml), 8 us; its name says so wherever it is echoed."""
+    return {"name": f"default nodes (8 x {gpu_type}, NVLink, 400 Gb/s NIC per GPU)",
+            "gpu": {"type": gpu_type}, "gpus_per_node": 8,
+            "inter_node": {"bandwidth_gbps": 50, "latency_us": 8}}
+
+
 @cache
 def gpu_catalogue() -> dict[str, dict[str, Any]]:
     text = resources.files("autopar").joinpath("data/gpus.yaml").read_text()

@@ -92,7 +92,8 @@ def text(rec: Recommendation, fmt: str = "simple") -> str:
     note = [f"note: the time limit cut {cut} of the {len(rec.rows)} sizes' searches short "
             "(their figures are the best found; a larger --time-limit may change them and "
             "the answer)", ""] if cut else []
-    return "\n".join([f"target: {rec.target.describe()} (stated: {rec.target.stated})", "",
+    return "\n".join([f"target: {rec.target.describe()} (stated: {rec.target.stated})",
+                      f"nodes: {rec.hardware}, 1 to {rec.max_nodes}", "",
                       tabulate(answer_rows(rec), head, tablefmt=fmt, disable_numparse=True),
                       "", verdict(rec), "", *note,
                       f"each type at every size any type solved; cost per million {tokens} "
@@ -112,7 +113,8 @@ def document(rec: Recommendation) -> dict[str, Any]:
                        "ttft_ms": t.ttft_ms, "tpot_ms": t.tpot_ms},
             "assumption": "meeting the target is monotone in the node count; the answer's "
                           "one-node-fewer row was solved and fails it",
-            "max_nodes": rec.max_nodes, "prices_usd_per_gpu_hour": rec.prices,
+            "hardware": rec.hardware, "max_nodes": rec.max_nodes,
+            "prices_usd_per_gpu_hour": rec.prices,
             "answers": [ans(a) for a in rec.answers],
             "ranked": [a.gpu for a in rec.ranked], "verdict": verdict(rec),
             "cost_key": cost_key(rec.rows), "rows": rec.rows}

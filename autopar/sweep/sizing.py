@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import InputError
 from ..spec.datafile import read_data
 from ..spec.frameworks import load_framework
-from ..spec.hardware import gpu_catalogue
+from ..spec.hardware import default_nodes, gpu_catalogue
 from .cost import cost_key, with_costs
 from .run import solve_point
 from .study import Point
@@ -86,6 +86,7 @@ class Recommendation:
     rows: list[dict[str, Any]]  # every size solved, with its cost and frontier mark
 
     serving: bool = False  # the sizes are serving plans (the tokens are output tokens)
+    hardware: str = ""  # the hardware file, or the default nodes' name
 
     @property
     def met(self) -> bool:
@@ -186,13 +187,19 @@ class Base:
                      self.framework, self.time_limit_s, self.sources)
 
 
-def make_base(model: str | Path, hardware: str | Path, target: Target,
+def make_base(model: str | Path, hardware: str | Path | None, target: Target,
               pins: dict[str, Any] | None = None, framework: str = "any",
-              time_limit_s: float = 10.0) -> tuple[Base, Target]:
+              time_limit_s: float = 10.0, gpu: str | None = None) -> tuple[Base, Target]:
     """Read the files once; the workload is the model file's, made whole requests under
-    the target's limits for a serving target (the target with the limits it is held to)."""
+    the target's limits for a serving target (the target with the limits it is held to).
+    No hardware file: `spec.hardware.default_nodes` of `gpu` (the first type asked)."""
     load_framework(framework)  # a bad name: one line now, not an error row at every size
-    m, h = read_data(model), read_data(hardware)
+    m = read_data(model)
+    if hardware is None and gpu is None:
+        raise InputError("--hw", "", "give a hardware file, or the GPU types (--gpu) to "
+                         "plan on the default nodes")
+    h = default_nodes(gpu) if hardware is None else read_data(hardware)
+    hardware = h["name"] if hardware is None else hardware
     if not isinstance(h, dict) or not isinstance(h.get("gpus_per_node"), int):
         raise InputError(str(hardware), "gpus_per_node", "needed to count whole nodes")
     wl = m.get("workload") if isinstance(m, dict) else None
@@ -235,24 +242,25 @@ def _rank(answers: list[TypeAnswer], prices: dict[str, float]) -> list[TypeAnswe
                                                     or 0.0)))
 
 
-def recommend(model: str | Path, hardware: str | Path, target: str | Target,
+def recommend(model: str | Path, hardware: str | Path | None, target: str | Target,
               gpus: str | list[str] | None = None, prices: str | dict | None = None,
               max_nodes: int = 32, time_limit_s: float = 10.0, workers: int = 1,
               pins: dict[str, Any] | None = None, framework: str = "any") -> Recommendation:
-    """The fewest whole nodes of each GPU type in `gpus` (default: the hardware file's) that
-    meet `target`, ranked; then each type at every size any type's search solved, with
+    """The fewest whole nodes of each GPU type in `gpus` (default: the hardware file's; no
+    file: `spec.hardware.default_nodes`, which the answer names) that meet `target`,
+    ranked; then each type at every size any type's search solved, with
     its cost (GPU-hours and, at the given `prices`, US$ per million tokens, the cost
     frontier marked)."""
     t = target if isinstance(target, Target) else parse_target(target)
     if not isinstance(max_nodes, int) or not 1 <= max_nodes <= MAX_NODES:
         raise InputError("--max-nodes", "", f"1 to {MAX_NODES} nodes, got {max_nodes!r}")
-    base, t = make_base(model, hardware, t, pins, framework, time_limit_s)
-    if max_nodes > 1 and "inter_node" not in base.hardware:
-        raise InputError(str(hardware), "inter_node", "recommend varies the node count: "
-                         "state the inter-node link (bandwidth_gbps, latency_us)")
     types: list[str | None] = [None]  # the hardware file's own GPU
     if gpus is not None:
         types = list(parse_gpus(gpus if isinstance(gpus, str) else ",".join(gpus)))
+    base, t = make_base(model, hardware, t, pins, framework, time_limit_s, types[0])
+    if max_nodes > 1 and "inter_node" not in base.hardware:
+        raise InputError(str(hardware), "inter_node", "recommend varies the node count: "
+                         "state the inter-node link (bandwidth_gbps, latency_us)")
     price = parse_prices(prices)
     names = [g or base_gpu(base.hardware) for g in types]
     missing = [g for g in price if g not in names]
@@ -277,7 +285,8 @@ def recommend(model: str | Path, hardware: str | Path, target: str | Target,
     rows = [r for a in answers for _, r in sorted({**a.tried, **a.also}.items())]
     return Recommendation(t, answers, max_nodes, price, _rank(answers, price),
                           with_costs(rows, price), base.workload is not None
-                          and base.workload.get("kind") == "inference")
+                          and base.workload.get("kind") == "inference",
+                          base.sources["hardware"])
 
 
 __all__ = ["Recommendation", "TypeAnswer", "recommend", "fewest_nodes", "hardware_for",
