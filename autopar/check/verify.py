@@ -186,6 +186,10 @@ def check_plan(plan: Any, model_file: Any = None, hw: Any = None,
         return check_mixed(plan, source, framework, model_file, hw, workload)
     fw_name = plan_framework(plan, framework)
     f = Findings()
+    if plan.get("mode") == "uniform":  # one layout on a mixed cluster, paced by its slowest
+        from .uniform import check_uniform
+
+        hw = check_uniform(f, plan, hw, source)
     inputs = resolve_inputs(plan, f, model_file, hw, workload, base_dir, source)
     if is_coarse(plan):
         from .coarse import check_coarse
