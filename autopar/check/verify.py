@@ -180,6 +180,10 @@ def check_plan(plan: Any, model_file: Any = None, hw: Any = None,
     framework the plan records, if any)."""
     if not isinstance(plan, dict):
         raise InputError(source, "", "a plan must be a JSON object")
+    if plan.get("mode") == "ep_slots" and "mixed_groups" in plan:  # `check.mixed_slots`
+        from .mixed_slots import check_slots_plan
+
+        return check_slots_plan(plan, source, framework, model_file, hw, workload)
     if "mixed_groups" in plan:  # a pipeline over mixed GPU groups: `check.mixed`
         from .mixed import check_mixed
 

@@ -17,6 +17,7 @@ from ..spec.groups import MIXED_SUPPORT, MixedHardware, refuse_mixed
 from .document import Plan
 from .mixed import build_mixed_plan
 from .mixed_shares import build_shares_plan
+from .mixed_slots import build_slots_plan
 from .mixed_uniform import build_uniform_plan
 
 
@@ -39,6 +40,10 @@ def solve_mixed_plan(p: Problem, hw: MixedHardware, opts: SearchOptions, deadlin
     t0 = time.perf_counter()
     done = solve_mixed(p, hw, opts, deadline)
     r = done.result
+    if done.mode == "ep_slots":
+        say("building the mixed plan (EP groups across the types, slots by speed)")
+        return Plan(build_slots_plan(done.uniform[0], hw, opts, done.slots, done.compared,
+                                     opts.framework, time.perf_counter() - t0))
     if done.mode == "uniform":
         say("building the plan paced by the slowest type (faster than every mixed form)")
         q, ur = done.uniform

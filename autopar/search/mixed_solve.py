@@ -4,7 +4,9 @@ and the two one-type plans they are measured against, both by the existing searc
 (`driver.search`): (a) every GPU of the cluster treated as the slowest type, (b) the
 fastest group alone. (a) is itself a plan on the mixed cluster (`spec.groups.
 paced_by_slowest`: every GPU and link at least as good as priced), so it is a third form,
-`uniform`, the plan where it is the fastest. The time limit is shared: 40% for the
+`uniform`, the plan where it is the fastest; a fourth, `ep_slots` (`mixed_ep`), takes
+that form's shape with EP groups across the types and expert slots by speed and memory,
+where the framework runs uneven slots. The time limit is shared: 40% for the
 pipeline, 20% for the shares, the rest for the comparisons."""
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from ..cost.bundled import default_calibration
 from ..cost.layer import Problem
 from ..errors import AutoparError
 from ..spec.groups import MIXED_SUPPORT, MixedHardware, fastest, paced_by_slowest, slowest
+from .bounds import _CostCache, quick_bound
 from .deadline import Deadline
-from .degrees import SearchOptions
+from .degrees import SearchOptions, enumerate_strategies
 from .driver import SearchResult, search
 from .hetero import MixedResult, group_problem, search_mixed
 from .hetero_dp import SharesEvaluation, search_shares
+from .mixed_ep import SlotsEvaluation, search_slots, type_problem
 
 
 @dataclass
@@ -31,6 +35,7 @@ class MixedSolve:
     shares: SharesEvaluation | None = None  # the data-parallel shares, where searched
     # (a): one layout over every GPU paced by the slowest type and links, and its problem
     uniform: tuple[Problem, SearchResult] | None = None
+    slots: SlotsEvaluation | None = None  # EP across the types, slots by speed and memory
 
     def times(self) -> dict[str, float]:
         """Each form that has a plan, and its step (or decode step) time."""
@@ -41,12 +46,14 @@ class MixedSolve:
             out["dp_shares"] = self.shares.step_time
         if self.uniform is not None and self.uniform[1].best is not None:
             out["uniform"] = self.uniform[1].objective
+        if self.slots is not None:
+            out["ep_slots"] = self.slots.step_time
         return out
 
     @property
     def mode(self) -> str | None:
-        """The fastest form ("pipeline", "dp_shares" or "uniform"; ties to the mixed forms,
-        in that order), None if none fits."""
+        """The fastest form ("pipeline", "dp_shares", "uniform" or "ep_slots"; ties to the
+        first, in that order), None if none fits."""
         t = self.times()
         return min(t, key=t.get) if t else None
 
@@ -92,8 +99,11 @@ def solve_mixed(p: Problem, mixed: MixedHardware, opts: SearchOptions,
                                        f"({fast.count} x {fast.hw.gpu.name})", "")[0]}
     done = MixedSolve(r, [group_problem(p, r.hw, g) for g in r.hw.groups], compared, shares,
                       None if slow_r is None else (q_slow, slow_r))
+    if q_slow is not None and p.model.is_moe and len(mixed.groups) > 1:
+        done.slots = _slots(q_slow, mixed, fast, opts, deadline, min(
+            done.times().values(), default=float("inf")))
     if done.mode is not None:
-        if done.mode != "uniform":
+        if done.mode not in ("uniform", "ep_slots"):
             other = {"pipeline": shares, "dp_shares": r.best}[done.mode]
             compared["other_mixed_form"] = {
                 "form": "dp_shares" if done.mode == "pipeline" else "pipeline",
@@ -101,7 +111,7 @@ def solve_mixed(p: Problem, mixed: MixedHardware, opts: SearchOptions,
                    if other is not None else {"why": "none fits" if uneven else "not "
                                               "searched (serving, or a framework without "
                                               "uneven shares)"})}
-        else:  # each mixed form's own time: what pacing by the slowest type beat
+        else:  # each mixed form's own time: what the one-layout form beat
             for form, ev in (("pipeline", r.best), ("dp_shares", shares)):
                 compared[f"mixed_{form}"] = (
                     {"form": form, "step_time_s": ev.step_time,
@@ -117,3 +127,15 @@ def solve_mixed(p: Problem, mixed: MixedHardware, opts: SearchOptions,
             # the mixed forms use every group; leaving the slower ones idle is faster here
             fast_c["faster_than_mixed"] = True
     return done
+
+
+def _slots(q: Problem, mixed: MixedHardware, fast, opts: SearchOptions, deadline: Deadline,
+           beat: float) -> SlotsEvaluation | None:
+    """The `ep_slots` form: the layouts of the paced cluster, bounded by the fastest type."""
+    lower = type_problem(q, fast)
+    lc, qc = _CostCache(lower, opts), _CostCache(q, opts)
+    layouts = [s for s in enumerate_strategies(q, opts) if s.ep > 1]
+    best, _ = search_slots(q, mixed, layouts, lambda s: qc.get(s)[0],
+                           lambda s: quick_bound(lower, s, lc)[0], opts.framework, deadline,
+                           beat)
+    return best
