@@ -28,6 +28,10 @@ from ..spec.frameworks import layout_values, load_framework
 from ..spec.groups import GPUGroup, MixedHardware
 from .stages import even_bounds
 
+# layouts priced at most, best bound first: the bound (the fastest type's) is loose for a
+# layout whose dense parts the slowest type paces, so it rarely stops the search itself
+MAX_PRICED = 48
+
 
 def type_problem(q: Problem, g: GPUGroup) -> Problem:
     """The paced cluster (`q`: every link the slowest's) with group g's own GPU and
@@ -42,7 +46,7 @@ def ep_members(mixed: MixedHardware, s: Strategy) -> list[int] | None:
     n = mixed.num_gpus
     out = []
     for g in mixed.groups:
-        if (s.ep * g.count) % n or g.hw.gpus_per_node % s.tp:
+        if (s.ep * g.count) % n or g.hw.gpus_per_node % max(s.tp, s.etp):
             return None
         out.append(s.ep * g.count // n)
     return out if min(out) >= 1 else None
@@ -164,27 +168,34 @@ def assign_slots(q: Problem, mixed: MixedHardware, s: Strategy, base: list[MoESt
 
 
 def search_slots(q: Problem, mixed: MixedHardware, layouts: list[Strategy], base_of,
-                 bound_of, framework: str, deadline, beat: float = float("inf")
-                 ) -> tuple[SlotsEvaluation | None, int]:
+                 bound_of, framework: str, deadline, beat: float = float("inf"),
+                 most: int = MAX_PRICED) -> tuple[SlotsEvaluation | None, int]:
     """The fastest layout (of `layouts`, on the paced problem `q`) with EP groups across the
     types and uneven slots, the cut even, if faster than `beat`; and how many were priced.
-    `base_of(s)`: its MoE states on `q`; `bound_of(s)`: a lower bound on its step (the
-    fastest type's), so layouts are taken best bound first and the search stops once no
-    bound beats the incumbent."""
+    `base_of(s)`: its MoE states on `q`; `bound_of(s)`: lower bounds on its step (the
+    fastest type's) and on its memory per GPU: layouts are taken best bound first, at most
+    `most` priced, and the search stops once no bound beats the incumbent."""
     m, w = q.model, q.workload
+    room = max(g.hw.gpu.memory_bytes for g in mixed.groups)
     keep = []
     for s in layouts:
         if deadline.expired():
             break
         members = ep_members(mixed, s) if s.ep > 1 and len(mixed.groups) > 1 else None
+        if members is not None and m.experts - sum(members) < min(members):
+            members = None  # one expert a rank: no uneven split exists
         if (members is None or s.moe_capacity_factor or s.dualpipe or not runs_uneven_slots(
                 framework, s, m.experts, m.layers, w.seq_len, m.heads)):
             continue
-        keep.append((bound_of(s), len(keep), s, members))
+        lb, mem_lb = bound_of(s)
+        if mem_lb > room:  # the even split's mean memory: no rank of any type holds it
+            continue
+        keep.append((lb, len(keep), s, members))
     keep.sort(key=lambda x: x[:2])
     best, priced = None, 0
     for lb, _, s, members in keep:
-        if lb >= min(beat, best.step_time if best else beat) or deadline.expired():
+        if lb >= min(beat, best.step_time if best else beat) or deadline.expired() or \
+                priced >= most:
             break
         base = base_of(s)
         if any(x.imbalance != 1.0 for i, x in enumerate(base) if m.is_moe_layer(i)):

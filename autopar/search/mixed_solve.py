@@ -24,7 +24,7 @@ from .degrees import SearchOptions, enumerate_strategies
 from .driver import SearchResult, search
 from .hetero import MixedResult, group_problem, search_mixed
 from .hetero_dp import SharesEvaluation, search_shares
-from .mixed_ep import SlotsEvaluation, search_slots, type_problem
+from .mixed_ep import MAX_PRICED, SlotsEvaluation, search_slots, type_problem
 
 
 @dataclass
@@ -100,7 +100,7 @@ def solve_mixed(p: Problem, mixed: MixedHardware, opts: SearchOptions,
     done = MixedSolve(r, [group_problem(p, r.hw, g) for g in r.hw.groups], compared, shares,
                       None if slow_r is None else (q_slow, slow_r))
     if q_slow is not None and p.model.is_moe and len(mixed.groups) > 1:
-        done.slots = _slots(q_slow, mixed, fast, opts, deadline, min(
+        done.slots = search_ep_slots(q_slow, mixed, fast, opts, deadline.fraction(0.5), min(
             done.times().values(), default=float("inf")))
     if done.mode is not None:
         if done.mode not in ("uniform", "ep_slots"):
@@ -129,13 +129,14 @@ def solve_mixed(p: Problem, mixed: MixedHardware, opts: SearchOptions,
     return done
 
 
-def _slots(q: Problem, mixed: MixedHardware, fast, opts: SearchOptions, deadline: Deadline,
-           beat: float) -> SlotsEvaluation | None:
+def search_ep_slots(q: Problem, mixed: MixedHardware, fast, opts: SearchOptions,
+                    deadline: Deadline, beat: float, most: int = MAX_PRICED
+                    ) -> SlotsEvaluation | None:
     """The `ep_slots` form: the layouts of the paced cluster, bounded by the fastest type."""
     lower = type_problem(q, fast)
     lc, qc = _CostCache(lower, opts), _CostCache(q, opts)
     layouts = [s for s in enumerate_strategies(q, opts) if s.ep > 1]
     best, _ = search_slots(q, mixed, layouts, lambda s: qc.get(s)[0],
-                           lambda s: quick_bound(lower, s, lc)[0], opts.framework, deadline,
-                           beat)
+                           lambda s: quick_bound(lower, s, lc), opts.framework, deadline,
+                           beat, most)
     return best
