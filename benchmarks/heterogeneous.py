@@ -286,7 +286,8 @@ def main() -> None:
         "all replicas; the replicas' pipeline sends are priced on the NIC, conservative); "
         "(a) itself (`uniform`: one layout over every GPU priced at the slowest type, each "
         "GPU field and link the least of any group's, `spec.groups.paced_by_slowest`, so "
-        "its times hold on the mixed cluster: a mixed plan is never slower than (a)); and "
+        "every GPU and link does at least what it was priced at, which `autopar check "
+        "--hw` verifies field by field: a mixed plan is never slower than (a)); and "
         "(a)'s shapes with EP groups across both types and expert slots by speed and "
         "memory (`ep_slots`, `search.mixed_ep`: each type's expert time priced by the "
         "one-type layer cost of a rank holding that many experts, the dense part, the "
@@ -303,7 +304,11 @@ def main() -> None:
         "pipeline loses to (a) because a stage may not span two types (EP 8 at most); the "
         "ep_slots form keeps (a)'s EP 16 and moves experts to the H100s, which gains little "
         "here: the attention, the dense layers and the all-to-all over the NIC stay paced "
-        "by the A100s and the slowest link.",
+        "by the A100s and the slowest link. The H100 is priced from its measured kernel "
+        "tables (the bundled calibration), the A100 from the analytic defaults, and a few "
+        "small measured H100 kernels (the TP all-reduce, the shared expert's fp8 GEMMs with "
+        "their casts) come out slower than the analytic A100's, so at even slots the form "
+        "would price above (a): (a)'s claim to hold on the cluster is field by field.",
         "- Uneven TP shards (`search.uneven.split_heads`, `split_columns`) are pure "
         "functions: every stage and replica sits on one type, so its TP groups split evenly.",
         "",

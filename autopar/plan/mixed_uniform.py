@@ -19,7 +19,8 @@ from .build import build_plan
 from .document import Plan
 
 UNIFORM_NOTE = ("every GPU does equal work and the slowest paces it: the faster GPUs idle "
-                "for part of each step, and the plan's times hold on the mixed cluster")
+                "for part of each step; every GPU and link of the mixed cluster does at "
+                "least what the plan's hardware was priced at (check --hw verifies it)")
 
 
 def build_uniform_plan(q: Problem, mixed: MixedHardware, opts: SearchOptions,
