@@ -380,6 +380,8 @@ def test_generated_mixed_problems_solve_and_check(seed):
         assert "no layout puts whole stages on every group" in str(exc) or "memory" in str(exc)
         return
     assert autopar.check(plan) == []
+    slow = plan["compared"]["slowest_type"].get("step_time_s")
+    assert slow is None or plan["metrics"]["step_time_s"] <= slow  # never worse than (a)
     if plan.get("mode") == "uniform":  # one layout paced by the slowest type was fastest
         forms = [c["step_time_s"] for k, c in plan["compared"].items()
                  if k.startswith("mixed_") and c.get("step_time_s")]
