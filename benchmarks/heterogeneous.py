@@ -46,6 +46,14 @@ def _cmp(c: dict) -> tuple[str, str]:
     return (f"no plan: {c.get('why', '')}", "only the mixed plan exists")
 
 
+def _forms(plan: dict) -> str:
+    """The other mixed forms' times, where the plan is the uniform or ep_slots form."""
+    out = [f"{c['form']} {c['step_time_s']:.4g} s" if c.get("step_time_s") else
+           f"{c['form']} none ({c.get('why', '')})" for k, c in plan["compared"].items()
+           if k.startswith("mixed_")]
+    return f"; the mixed forms: {', '.join(out)}" if out else ""
+
+
 def training_row(label: str, model: str, optimizer: dict | None, limit: float,
                  hw: str = MIXED, framework: str = "any") -> dict:
     mf = load_model(ROOT / model)
@@ -59,6 +67,30 @@ def training_row(label: str, model: str, optimizer: dict | None, limit: float,
         plan = autopar.solve(mf, str(ROOT / hw), time_limit_s=limit, framework=framework).data
     except AutoparError as exc:
         return {"case": label, "plan": f"none: {exc}", "wall": time.perf_counter() - t0}
+    s = plan["strategy"]
+    if plan.get("mode") == "uniform":  # one layout paced by the slowest type was fastest
+        u = plan["uniform_on"]
+        return {"case": label, "step": plan["metrics"]["step_time_s"],
+                "plan": f"uniform: TP{s['tp']} PP{s['pp']} DP{s['dp']} EP{s['ep']} on all "
+                        f"{s['num_gpus']} GPUs paced by {u['paced_by']}{_forms(plan)}",
+                "slow": _cmp(plan["compared"]["slowest_type"]),
+                "fast": _cmp(plan["compared"]["fast_only"]),
+                "check": len(autopar.check(plan, hardware=str(ROOT / hw))),
+                "wall": time.perf_counter() - t0, "cut_short": plan["solver"].get(
+                    "time_limit_reached", False)}
+    if plan.get("mode") == "ep_slots":  # EP groups across the types, slots by speed
+        slots = ", ".join(f"{g}: {x['experts_per_rank']} experts x {x['ranks_per_ep_group']} "
+                          "ranks" for g, x in plan["expert_slots"].items())
+        mem = ", ".join(f"{g} {x['total_bytes'] / GB:.0f}/{x['capacity_bytes'] / GB:.0f} GB"
+                        for g, x in plan["stages"][0]["memory"].items())
+        return {"case": label, "step": plan["metrics"]["step_time_s"],
+                "plan": f"ep_slots: TP{s['tp']} PP{s['pp']} DP{s['dp']} EP{s['ep']} "
+                        f"ETP{s['etp']}, mb {s['micro_batch']}x{s['num_micro_batches']}, per "
+                        f"EP group {slots}; stage 0 {mem}{_forms(plan)}",
+                "slow": _cmp(plan["compared"]["slowest_type"]),
+                "fast": _cmp(plan["compared"]["fast_only"]),
+                "check": len(autopar.check(plan, hardware=str(ROOT / hw))),
+                "wall": time.perf_counter() - t0, "cut_short": False}
     st = plan["stages"]
     cut = ", ".join(f"{x['group']} {x['layers'][0]}-{x['layers'][1]} "
                     f"({x['memory']['total_bytes'] / GB:.0f}/"
@@ -83,28 +115,42 @@ def training_row(label: str, model: str, optimizer: dict | None, limit: float,
 
 
 def serving_row(limit: float) -> dict:
-    """DeepSeek-V3 fp8 decode: the serving search plans one type, so the mixed pipeline's
-    decode step (the same per-stage cost functions) is priced here by `solve_mixed`."""
+    """DeepSeek-V3 fp8 decode: the serving search plans one type, so the mixed forms' decode
+    step (the same per-layer and per-stage cost functions) is priced here by `solve_mixed`:
+    the fastest of the mixed pipeline, one layout paced by the A100 (a) and the same shape
+    with EP groups across both types and expert slots by speed (ep_slots)."""
     hw = load_any_hardware(ROOT / MIXED)
     p = make_problem(ROOT / "problems/models/deepseek-v3.yaml", hw.groups[0].hw)
     t0 = time.perf_counter()
     from autopar.search.deadline import Deadline
 
     done = solve_mixed(p, hw, SearchOptions(time_limit_s=limit), Deadline.after(limit))
-    ev = done.result.best
     out = {"case": f"DeepSeek-V3 fp8 decode, batch {p.workload.batch}, 8 H100 + 8 A100",
            "wall": time.perf_counter() - t0}
     slow, fast = done.compared["slowest_type"], done.compared["fast_only"]
-    if ev is None:
+    ev = done.result.best
+    pipe = "none" if ev is None else (
+        f"{ev.step_time:.4g} s (TP{ev.strategy.tp} PP{ev.strategy.pp} EP{ev.strategy.ep}: "
+        + ", ".join(f"{done.result.hw.groups[g].name} {ev.bounds[k]}-{ev.bounds[k + 1] - 1}"
+                    for k, g in enumerate(ev.groups)) + ")")
+    if done.mode is None:
         out["plan"] = f"none: {done.result.why}"
     else:
-        s = ev.strategy
-        names = [done.result.hw.groups[g].name for g in ev.groups]
-        out["step"] = ev.step_time
-        out["plan"] = (f"TP{s.tp} PP{s.pp} DP{s.dp} EP{s.ep} ETP{s.etp}: " + ", ".join(
-            f"{n} {ev.bounds[k]}-{ev.bounds[k + 1] - 1} ({st.memory.total / GB:.0f}/"
-            f"{c / GB:.0f} GB)" for k, (n, st, c) in enumerate(zip(
-                names, ev.stages, ev.capacities, strict=True))))
+        out["step"] = done.step_time
+        if done.mode == "ep_slots":
+            sl, st = done.slots, done.slots.strategy
+            per = ", ".join(f"{g.name} {n} experts x {r} ranks" for g, n, r in zip(
+                hw.groups, sl.slots, sl.members, strict=True))
+            mem = ", ".join(f"{g.name} {max(x.total for x in ms) / GB:.0f}/{c / GB:.0f} GB"
+                            for g, ms, c in zip(hw.groups, sl.memories, sl.capacities,
+                                                strict=True))
+            out["plan"] = (f"ep_slots: TP{st.tp} PP{st.pp} DP{st.dp} EP{st.ep} ETP{st.etp} "
+                           f"{st.moe_dispatcher}, per EP group of {st.ep}: {per} (of "
+                           f"{p.model.experts}); {mem}; the mixed pipeline: {pipe}")
+        elif done.mode == "uniform":
+            out["plan"] = f"uniform (a); the mixed pipeline: {pipe}"
+        else:
+            out["plan"] = f"pipeline: {pipe}"
     out["slow"], out["fast"] = _cmp(slow), _cmp(fast)
     out["cut_short"] = done.result.timed_out
     return out
@@ -127,6 +173,17 @@ def seven_row(limit: float) -> tuple[dict, list[str]]:
            "check": len(autopar.check(seven)), "wall": time.perf_counter() - t0,
            "cut_short": seven["solver"]["time_limit_reached"]}
     m = load_model(model).model
+    four_hw = replace(load_any_hardware(ROOT / SEVEN), gpus_per_node=4, name="h100-7gpu: 4 of 7")
+    try:
+        four = autopar.solve(model, four_hw, time_limit_s=limit).data
+        f4 = four["strategy"]
+        four_txt = (f"{four['metrics']['step_time_s']:.4g} s (TP{f4['tp']} PP{f4['pp']} "
+                    f"DP{f4['dp']} EP{f4['ep']} zero {f4['zero']} recompute {f4['recompute']})")
+        four_vs = f"all 7 are {four['metrics']['step_time_s'] / step:.2f}x as fast"
+    except AutoparError as exc:
+        four_txt, four_vs = f"no plan ({exc})", "only the 7-GPU plan exists"
+    row["plan"] += ("; on 4 of the 7 (the power-of-two subset an even-split framework "
+                    f"uses): {four_txt}; {four_vs}")
     per_expert = 3 * m.hidden * m.expert_ffn_hidden * m.layers * 10  # B, at 10 B/param
     notes = [f"- The intact node (8 H100) runs Mixtral in {eight.metrics['step_time_s']:.4g} s; "
              f"7 GPUs cost {100 * (step / eight.metrics['step_time_s'] - 1):.0f}% more."]
@@ -141,6 +198,32 @@ def seven_row(limit: float) -> tuple[dict, list[str]]:
                      "experts' states unshardable over EP 7 (EDP = 1), the 7-GPU plan stays "
                      "the one-type one.")
     return row, notes
+
+
+def ep_slots_alone(limit: float) -> list[str]:
+    """The ep_slots form for Mixtral on 8 H100 + 8 A100 on its own, every layout priced
+    within the time limit (the solve prices the best-bound 48, `mixed_ep.MAX_PRICED`, and
+    stops once no bound beats the faster forms)."""
+    from autopar.cost.bundled import default_calibration
+    from autopar.search.deadline import Deadline
+    from autopar.search.mixed_solve import search_ep_slots
+    from autopar.spec.groups import fastest, paced_by_slowest, slowest
+
+    hw = load_any_hardware(ROOT / MIXED)
+    p = make_problem(ROOT / "problems/models/mixtral-8x7b.yaml", hw.groups[0].hw)
+    dt = p.model.dtype
+    q = replace(p, hw=paced_by_slowest(hw, dt),
+                calib=default_calibration(slowest(hw, dt).hw.gpu.name))
+    ev = search_ep_slots(q, hw, fastest(hw, dt), SearchOptions(time_limit_s=limit),
+                         Deadline.after(limit), float("inf"), most=10**6)
+    if ev is None:
+        return ["- Mixtral on 8 H100 + 8 A100, the ep_slots form alone: none fits."]
+    per = ", ".join(f"{g.name} {n} experts x {r} ranks" for g, n, r in zip(
+        hw.groups, ev.slots, ev.members, strict=True))
+    return [f"- Mixtral on 8 H100 + 8 A100, the ep_slots form alone: {ev.step_time:.4g} s "
+            f"({ev.strategy.describe()}; per EP group {per}; against the Mixtral row's "
+            "forms): its dense parts stay paced by the A100s, where the DP shares give the "
+            "A100 replicas fewer micro-batches of the whole model."]
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -172,6 +255,7 @@ def main() -> None:
                          "problems/models/mixtral-8x7b.yaml", None, lim, PCIE),
             serving_row(lim)]
     seven, notes = seven_row(lim)
+    ep_notes = ep_slots_alone(lim)
     rows.append(seven)
     body = table(rows)
     walls = ", ".join(f"{r['wall']:.0f} s" for r in rows)
@@ -183,8 +267,10 @@ def main() -> None:
         f"{lim:g} s a solve; wall {walls}). Hardware: `{MIXED}` (one DGX H100 beside one "
         f"DGX A100 80GB, 200 Gb/s IB per GPU between), `{PCIE}` (the H100 node beside 8 L40S "
         f"on PCIe, 100 Gb/s Ethernet), `{SEVEN}`. Each mixed plan is the "
-        "faster of two forms (notes), each priced stage by stage by the one-type cost model "
-        "on the group the stage sits on; (a) and (b) are the existing search on one type. "
+        "fastest of four forms (notes), each priced by the one-type cost model on the GPU "
+        "type each part sits on; (a) and (b) are the existing search on one type, (a) on "
+        "the cluster paced by its slowest type and links (itself a plan on the cluster: "
+        "the `uniform` form). "
         "`check errors` is what `autopar check` finds in the plan. Mixed "
         "searches cut short by the time limit: " + (", ".join(short) or "none") + ".",
         "",
@@ -193,25 +279,36 @@ def main() -> None:
         "## Notes",
         "",
         *notes,
-        "- DeepSeek-V3 serving: the serving search (TTFT / TPOT targets, frontier) plans one "
-        "type and refuses a mixed file in one line; the row prices one decode step of the "
-        "mixed pipeline with the same per-stage cost functions. The fastest group alone "
-        "cannot hold the 671 B fp8 weights (8 x 80 GB); A100 has no fp8 tensor cores, so "
-        "its stages run the fp8 checkpoint at the 16-bit rate (`GPUSpec.flops`). Where the "
-        "mixed pipeline loses to (a), that is because (a) spreads the experts over all 16 "
-        "GPUs (EP 16) while a mixed stage may not span two types: what would win is an EP "
-        "group across both types with expert slots by speed and memory "
-        "(`search.uneven.expert_slots`), not built.",
-        "- Plans of (a) are plans on this very cluster: the H100s run them no slower than "
-        "an A100 would, so (a)'s time bounds what a one-type planner given this cluster "
-        "would promise.",
-        "- Two mixed forms are searched and the faster is the plan: one pipeline over the "
-        "groups (`pipeline`: stages on one group each, layers by speed and memory) and "
+        "- Four forms are searched and the fastest is the plan: one pipeline over the "
+        "groups (`pipeline`: stages on one group each, layers by speed and memory); "
         "data-parallel replicas on every group with micro-batch shares by speed "
         "(`dp_shares`, `search.hetero_dp`: one shape, a common cut, the sync and ZeRO over "
-        "all replicas; the replicas' pipeline sends are priced on the NIC, conservative). "
-        "Megatron and torchtitan give every DP rank the same micro-batches, so with "
-        "`--framework megatron` only the pipeline form is searched.",
+        "all replicas; the replicas' pipeline sends are priced on the NIC, conservative); "
+        "(a) itself (`uniform`: one layout over every GPU priced at the slowest type, each "
+        "GPU field and link the least of any group's, `spec.groups.paced_by_slowest`, so "
+        "every GPU and link does at least what it was priced at, which `autopar check "
+        "--hw` verifies field by field: a mixed plan is never slower than (a)); and "
+        "(a)'s shapes with EP groups across both types and expert slots by speed and "
+        "memory (`ep_slots`, `search.mixed_ep`: each type's expert time priced by the "
+        "one-type layer cost of a rank holding that many experts, the dense part, the "
+        "collectives and the experts of each layer each paced by their slowest type). "
+        "Megatron and torchtitan give every DP rank the same micro-batches and every EP "
+        "rank E / EP experts, so with `--framework megatron` neither `dp_shares` nor "
+        "`ep_slots` is searched.",
+        *ep_notes,
+        "- DeepSeek-V3 serving: the serving search (TTFT / TPOT targets, frontier) plans one "
+        "type and refuses a mixed file in one line; the row prices one decode step of each "
+        "form with the same per-layer and per-stage cost functions. The fastest group alone "
+        "cannot hold the 671 B fp8 weights (8 x 80 GB); A100 has no fp8 tensor cores, so "
+        "its layers run the fp8 checkpoint at the 16-bit rate (`GPUSpec.flops`). The mixed "
+        "pipeline loses to (a) because a stage may not span two types (EP 8 at most); the "
+        "ep_slots form keeps (a)'s EP 16 and moves experts to the H100s, which gains little "
+        "here: the attention, the dense layers and the all-to-all over the NIC stay paced "
+        "by the A100s and the slowest link. The H100 is priced from its measured kernel "
+        "tables (the bundled calibration), the A100 from the analytic defaults, and a few "
+        "small measured H100 kernels (the TP all-reduce, the shared expert's fp8 GEMMs with "
+        "their casts) come out slower than the analytic A100's, so at even slots the form "
+        "would price above (a): (a)'s claim to hold on the cluster is field by field.",
         "- Uneven TP shards (`search.uneven.split_heads`, `split_columns`) are pure "
         "functions: every stage and replica sits on one type, so its TP groups split evenly.",
         "",

@@ -54,13 +54,14 @@ def _groups(plan: dict, source: str, given: Any = None) -> list[tuple[dict, Hard
 
 
 def stage_floor_s(m: ModelSpec, w: Workload, lay: Layout, stage: int, peak: float,
-                  flash: bool = True) -> float:
+                  flash: bool = True, expert_scale: float = 1.0) -> float:
     """A stage's busy time per micro-batch can be no less than its layers' FLOPs on one
     GPU (forward, and twice that backward in training; TP and CP split them) at its GPU's
-    peak: what a stage priced on a faster group than its own would break."""
+    peak: what a stage priced on a faster group than its own would break. `expert_scale`:
+    a rank's experts over the even share (uneven expert slots route it that much more)."""
     first, last = lay.stage_layers[stage]
     T = tokens_per_micro_batch(w, lay)
-    per_token = sum(fl * (m.top_k / lay.ep if c.is_expert else 1.0 / lay.tp)
+    per_token = sum(fl * (m.top_k / lay.ep * expert_scale if c.is_expert else 1.0 / lay.tp)
                     for x in range(first, last + 1) for c, fl in layer_flops(m, w, x, flash))
     passes = 3 if w.kind == "training" else 1
     return per_token * T * passes / peak

@@ -180,12 +180,20 @@ def check_plan(plan: Any, model_file: Any = None, hw: Any = None,
     framework the plan records, if any)."""
     if not isinstance(plan, dict):
         raise InputError(source, "", "a plan must be a JSON object")
+    if plan.get("mode") == "ep_slots" and "mixed_groups" in plan:  # `check.mixed_slots`
+        from .mixed_slots import check_slots_plan
+
+        return check_slots_plan(plan, source, framework, model_file, hw, workload)
     if "mixed_groups" in plan:  # a pipeline over mixed GPU groups: `check.mixed`
         from .mixed import check_mixed
 
         return check_mixed(plan, source, framework, model_file, hw, workload)
     fw_name = plan_framework(plan, framework)
     f = Findings()
+    if plan.get("mode") == "uniform":  # one layout on a mixed cluster, paced by its slowest
+        from .uniform import check_uniform
+
+        hw = check_uniform(f, plan, hw, source)
     inputs = resolve_inputs(plan, f, model_file, hw, workload, base_dir, source)
     if is_coarse(plan):
         from .coarse import check_coarse

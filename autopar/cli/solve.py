@@ -11,6 +11,8 @@ from ..errors import InputError
 from ..plan import write_atomic
 from ..plan.files import check_target, default_plan_path, workload_label
 from ..plan.mixed import mixed_summary
+from ..plan.mixed_slots import slots_summary
+from ..plan.mixed_uniform import uniform_summary
 from ..plan.report import summary
 from ..serve.plan import wants_serving
 from ..spec import load_model
@@ -162,8 +164,11 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
             return
         guard(lambda: write_atomic(path, text))
         if not quiet:
-            click.echo(mixed_summary(plan.data) if "mixed_groups" in plan.data
+            click.echo(slots_summary(plan.data) if plan.data.get("mode") == "ep_slots"
+                       else mixed_summary(plan.data) if "mixed_groups" in plan.data
                        else summary(plan.data))
+            if plan.data.get("mode") == "uniform":
+                click.echo(uniform_summary(plan.data))
             if "serving" in plan.data:
                 click.echo(serving_summary(plan.data))
         click.echo(f"plan written to {path}", err=True)

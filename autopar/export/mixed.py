@@ -62,6 +62,9 @@ def mixed_export(plan: dict[str, Any], engine: str, fmt: str = "command") -> str
                         + ("its split points name modules, not layer counts"
                            if engine == "torchtitan" else "mixed groups plan training")
                         + "); the plan's runs_where says per group what runs where")
+    if plan.get("mode") == "ep_slots":
+        raise KindError("a plan with uneven expert slots has no Megatron launch (each EP rank "
+                        "holds num_experts / EP experts); plan with --framework megatron")
     if plan.get("mode") == "dp_shares" and len({x["micro_batches"] for x in
                                                  plan["shares"].values()}) > 1:
         raise KindError("a plan with uneven data-parallel shares has no Megatron launch (every "

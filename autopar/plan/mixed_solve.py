@@ -1,5 +1,6 @@
 """`autopar.solve` on a mixed file: the mixed solve (`search.mixed_solve`) and the plan of
-its faster form, the pipeline (`mixed`) or the data-parallel shares (`mixed_shares`)."""
+its fastest form, the pipeline (`mixed`), the data-parallel shares (`mixed_shares`) or one
+layout paced by the slowest type (`mixed_uniform`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from ..spec.groups import MIXED_SUPPORT, MixedHardware, refuse_mixed
 from .document import Plan
 from .mixed import build_mixed_plan
 from .mixed_shares import build_shares_plan
+from .mixed_slots import build_slots_plan
+from .mixed_uniform import build_uniform_plan
 
 
 def solve_mixed_plan(p: Problem, hw: MixedHardware, opts: SearchOptions, deadline: Deadline,
@@ -37,6 +40,14 @@ def solve_mixed_plan(p: Problem, hw: MixedHardware, opts: SearchOptions, deadlin
     t0 = time.perf_counter()
     done = solve_mixed(p, hw, opts, deadline)
     r = done.result
+    if done.mode == "ep_slots":
+        say("building the mixed plan (EP groups across the types, slots by speed)")
+        return Plan(build_slots_plan(done.uniform[0], hw, opts, done.slots, done.compared,
+                                     opts.framework, time.perf_counter() - t0))
+    if done.mode == "uniform":
+        say("building the plan paced by the slowest type (faster than every mixed form)")
+        q, ur = done.uniform
+        return build_uniform_plan(q, hw, opts, ur, done.compared, deadline)
     if done.mode == "dp_shares":
         say("building the mixed plan (data-parallel shares)")
         return Plan(build_shares_plan(p, hw, opts, done.shares, done.compared,

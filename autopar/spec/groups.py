@@ -105,6 +105,36 @@ def fastest(mixed: MixedHardware, dtype: str) -> GPUGroup:
     return max(mixed.groups, key=lambda g: (speed(g.hw, dtype), g.hw.gpu.memory_bytes))
 
 
+def paced_by_slowest(mixed: MixedHardware, dtype: str) -> HardwareSpec | None:
+    """The whole cluster as one type that every GPU and link of it does at least as well as:
+    the slowest type (its name and calibration), each field the least of any group's (peak
+    in each precision, memory, HBM, measured efficiencies), the most reserved, the slowest
+    link inside a node and between nodes. A one-type plan on it is a plan on the mixed cluster
+    (each GPU does equal work, the slowest paces it): the `uniform` form of a mixed solve,
+    and what `check` rebuilds from the mixed file. None when the groups share no node size."""
+    slow = slowest(mixed, dtype)
+    hw = mixed.uniform(slow)
+    if hw is None:
+        return None
+    gs = [g.hw for g in mixed.groups]
+    link = lambda xs: LinkSpec(min(x.bytes_per_s for x in xs),  # noqa: E731
+                               max(x.latency_s for x in xs))
+    inters = [g.inter for g in gs] + [mixed.inter]
+    topo = {g.intra_topology for g in gs}
+    eff = lambda xs: None if None in xs else min(xs)  # noqa: E731
+    gpu = replace(hw.gpu, memory_bytes=min(g.gpu.memory_bytes for g in gs),
+                  peak_flops={k: min(g.gpu.flops(k) for g in gs) for k in hw.gpu.peak_flops},
+                  hbm_bytes_per_s=min(g.gpu.hbm_bytes_per_s for g in gs),
+                  gemm_eff=eff([g.gpu.gemm_eff for g in gs]),
+                  nvlink_eff=eff([g.gpu.nvlink_eff for g in gs]))
+    return replace(hw, gpu=gpu,
+                   intra=link([g.intra for g in gs]),
+                   inter=link(inters) if hw.nodes > 1 else hw.inter,
+                   reserved_bytes=max(g.reserved_bytes for g in gs),
+                   intra_topology=topo.pop() if len(topo) == 1 else "switch",
+                   name=f"{mixed.name} paced by {slow.hw.gpu.name}")
+
+
 def is_grouped(data: Any) -> bool:
     return isinstance(data, Mapping) and "groups" in data
 

@@ -1,0 +1,134 @@
+"""The `ep_slots` form of a mixed solve: one layout whose EP groups hold ranks of every type,
+the experts of each MoE layer apportioned by each type's priced expert time under its memory
+(`search.mixed_ep`); checked independently (`check.mixed_slots`); refused where the
+framework's rules hold E / EP experts on every rank."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+import yaml
+
+import autopar
+from autopar.cost.bundled import default_calibration
+from autopar.search import SearchOptions
+from autopar.search.bounds import _CostCache
+from autopar.search.degrees import enumerate_strategies
+from autopar.search.mixed_ep import (
+    assign_slots,
+    ep_members,
+    expert_time,
+    runs_uneven_slots,
+    type_problem,
+)
+from autopar.spec import parse_model
+from autopar.spec.groups import paced_by_slowest, parse_groups
+
+# two layers of 16 large experts: too big for one group's replica (no DP shares), too few
+# layers for the pipeline over the groups to balance; EP 4 over both types pays
+MOE = {"model": {"name": "wide-moe", "layers": 2, "hidden": 4096, "heads": 32, "kv_heads": 8,
+                 "head_dim": 128, "ffn_hidden": 14336, "gated_mlp": True, "experts": 16,
+                 "top_k": 2, "expert_ffn_hidden": 14336, "vocab": 32000, "dtype": "bf16"},
+       "workload": {"kind": "training", "global_batch": 16, "seq_len": 4096}}
+HW = {"name": "ha", "groups": [
+    {"name": "h100", "gpu": {"type": "H100-SXM5-80GB"}, "gpus_per_node": 2,
+     "intra_node": {"bandwidth_gbps": 450}},
+    {"name": "a100", "gpu": {"type": "A100-SXM4-80GB"}, "gpus_per_node": 2,
+     "intra_node": {"bandwidth_gbps": 300}}],
+    "inter_node": {"bandwidth_gbps": 25}}
+
+
+@pytest.fixture(scope="module")
+def slots(tmp_path_factory):
+    d = tmp_path_factory.mktemp("s")
+    (d / "ha.yaml").write_text(yaml.safe_dump(HW))
+    plan = autopar.solve(parse_model(MOE, "m.yaml"), str(d / "ha.yaml"), time_limit_s=30).data
+    return plan, d / "ha.yaml"
+
+
+def test_ep_across_types_gives_the_faster_type_more_experts_and_wins(slots):
+    plan, _ = slots
+    assert plan["mode"] == "ep_slots"
+    x = plan["expert_slots"]
+    assert x["h100"]["experts_per_rank"] > x["a100"]["experts_per_rank"] >= 1
+    s = plan["strategy"]
+    assert sum(v["experts_per_rank"] * v["ranks_per_ep_group"] for v in x.values()) == 16
+    assert s["spare_slots"] > 0 and s["ep"] > 1
+    step, c = plan["metrics"]["step_time_s"], plan["compared"]
+    for k in ("slowest_type", "mixed_pipeline", "mixed_dp_shares"):
+        assert step < c[k]["step_time_s"], k  # (a) and both mixed forms were found, slower
+    for st in plan["stages"]:
+        for mem in st["memory"].values():
+            assert mem["total_bytes"] <= mem["capacity_bytes"]
+
+
+def test_check_recomputes_an_ep_slots_plan(slots):
+    plan, hw = slots
+    assert autopar.check(plan) == []
+    assert autopar.check(plan, hardware=str(hw)) == []
+    bad = copy.deepcopy(plan)
+    bad["expert_slots"]["h100"]["experts_per_rank"] -= 1  # an expert nobody holds
+    paths = {x.path for x in autopar.check(bad) if x.severity == "error"}
+    assert "expert_slots" in paths and any(".memory.h100." in p for p in paths)
+    bad = copy.deepcopy(plan)
+    bad["stages"][0]["busy_s"] /= 10
+    assert any(x.check == "timing" for x in autopar.check(bad))
+    errs = autopar.check(plan, framework="megatron")
+    assert any(x.path == "expert_slots" and "no uneven expert slots" in x.message for x in errs)
+
+
+def test_framework_rules_decide_uneven_slots():
+    mixed = parse_groups(HW, "ha.yaml")
+    p = autopar.api.make_problem(parse_model(MOE, "m.yaml"), mixed.groups[0].hw)
+    q = replace(p, hw=paced_by_slowest(mixed, "bf16"),
+                calib=default_calibration("A100-SXM4-80GB"))
+    s = next(x for x in enumerate_strategies(q, SearchOptions()) if x.ep == 4)
+    m = q.model
+    runs = {f: runs_uneven_slots(f, s, 16, m.layers, 4096, m.heads)
+            for f in ("any", "megatron", "torchtitan", "sglang", "vllm")}
+    assert runs == {"any": True, "megatron": False, "torchtitan": False, "sglang": True,
+                    "vllm": True}
+    d = autopar.solve(parse_model(MOE, "m.yaml"), mixed, time_limit_s=30,
+                      framework="megatron").data
+    assert d["mode"] != "ep_slots"
+
+
+def test_slots_follow_the_priced_expert_time_and_the_memory_cap():
+    """The greedy's answer is the best of every split of the 16 experts over the two
+    types' ranks (2 each), by the same priced times; a cap holds."""
+    mixed = parse_groups(HW, "ha.yaml")
+    p = autopar.api.make_problem(parse_model(MOE, "m.yaml"), mixed.groups[0].hw)
+    q = replace(p, hw=paced_by_slowest(mixed, "bf16"),
+                calib=default_calibration("A100-SXM4-80GB"))
+    opts = SearchOptions()
+    s = next(x for x in enumerate_strategies(q, opts) if x.ep == 4)
+    base = _CostCache(q, opts).get(s)[0]
+    members = ep_members(mixed, s)
+    assert members == [2, 2]
+    t = [[0.0] + [expert_time(type_problem(q, g), s, base, n) for n in range(1, 8)]
+         for g in mixed.groups]
+    best = min(range(1, 8), key=lambda h: max(t[0][h], t[1][8 - h]))
+    got = assign_slots(q, mixed, s, base, members, [16, 16])
+    assert got == [best, 8 - best] and best > 4  # the H100 ranks hold more
+    assert assign_slots(q, mixed, s, base, members, [5, 16]) == [5, 3]
+
+
+def test_cli_solves_checks_and_refuses_to_export_an_ep_slots_plan(slots, tmp_path):
+    from click.testing import CliRunner
+
+    from autopar.cli import main as cli
+
+    _, hw = slots
+    model = tmp_path / "m.yaml"
+    model.write_text(yaml.safe_dump(MOE))
+    out = tmp_path / "plan.json"
+    res = CliRunner().invoke(cli, ["solve", "--hw", str(hw), "--model", str(model), "--out",
+                                   str(out), "--time-limit", "30"])
+    assert res.exit_code == 0, res.output
+    assert "(ep_slots)" in res.output and "experts on each of its 2 ranks" in res.output
+    res = CliRunner().invoke(cli, ["check", str(out), "--hw", str(hw)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["export", str(out), "--to", "megatron"])
+    assert res.exit_code == 2 and "uneven expert slots" in res.output
