@@ -314,6 +314,25 @@ def test_framework_megatron_plans_only_what_it_runs():
     assert "runs no pipeline over mixed GPU groups" in str(e.value)
 
 
+def test_megatron_runs_an_uneven_mixed_cut_by_its_layout_flag():
+    """7 layers over an H100 stage and an A100 stage split unevenly: Megatron runs that cut
+    with --pipeline-model-parallel-layout, which the plan states (`pipeline_layout`), so
+    `check --framework megatron` passes it; the same cut without it breaks the even-split
+    rule, as a one-type plan's free cut does."""
+    import autopar
+    from autopar.export.mixed import mixed_export
+
+    mf = parse_model({**TINY, "model": dict(TINY["model"], layers=7)}, "odd.yaml")
+    plan = autopar.solve(mf, small(H100, A100), framework="megatron", time_limit_s=20).data
+    counts = [b - a + 1 for a, b in plan["strategy"]["stage_layers"]]
+    assert plan["strategy"]["pp"] == 2 and len(set(counts)) == 2
+    assert plan["strategy"]["pipeline_layout"] is True
+    assert autopar.check(plan, framework="megatron") == []
+    assert "--pipeline-model-parallel-layout" in mixed_export(plan, "megatron")
+    plan["strategy"]["pipeline_layout"] = False
+    assert ("framework", "strategy.pp") in _errors(plan, framework="megatron")
+
+
 def test_megatron_export_states_the_cut_per_group(mixed_plan):
     from autopar.export.engines import KindError
     from autopar.export.mixed import layout, mixed_export
@@ -374,8 +393,10 @@ def test_generated_mixed_problems_solve_and_check(seed):
     mixed = parse_groups(data, "gen.yaml")
     spec = {"model": dict(TINY["model"], layers=rng.randint(4, 12)),
             "workload": dict(TINY["workload"], global_batch=rng.choice((8, 16, 32)))}
+    framework = ("any", "megatron")[seed % 2]  # megatron: its rules hold on what it plans
     try:
-        plan = autopar.solve(parse_model(spec, "gen.yaml"), mixed, time_limit_s=20).data
+        plan = autopar.solve(parse_model(spec, "gen.yaml"), mixed, time_limit_s=20,
+                             framework=framework).data
     except InfeasibleError as exc:
         assert "no layout puts whole stages on every group" in str(exc) or "memory" in str(exc)
         return

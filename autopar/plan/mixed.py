@@ -85,7 +85,8 @@ def build_mixed_plan(p: Problem, mixed_groups: list[Problem], opts: SearchOption
                                                "latency_s": hw.inter.latency_s}}},
         "strategy": {**s.to_dict(), "num_gpus": hw.num_gpus, "stage_width": s.stage_width,
                      "stage_layers": [[ev.bounds[k], ev.bounds[k + 1] - 1]
-                                      for k in range(s.pp)]},
+                                      for k in range(s.pp)],
+                     "pipeline_layout": s.pp > 1},  # the cut as Megatron's layout flag
         "stages": stages,
         "runs_where": runs_where(hw, ev),
         "metrics": {"step_time_s": ev.step_time, "bubble_s": ev.bubble,

@@ -53,7 +53,8 @@ def build_shares_plan(p: Problem, hw: MixedHardware, opts: SearchOptions,
                                                "latency_s": hw.inter.latency_s}}},
         "strategy": {**s.to_dict(), "num_micro_batches": max(sh.micro_batches),
                      "num_gpus": hw.num_gpus, "stage_width": s.stage_width,
-                     "stage_layers": [[b[k], b[k + 1] - 1] for k in range(s.pp)]},
+                     "stage_layers": [[b[k], b[k + 1] - 1] for k in range(s.pp)],
+                     "pipeline_layout": s.pp > 1},  # the cut as Megatron's layout flag
         "shares": {g.name: {"replicas": r, "micro_batches": m, "samples": r * m * s.micro_batch}
                    for g, r, m in zip(hw.groups, sh.replicas, sh.micro_batches, strict=True)},
         "stages": stages,

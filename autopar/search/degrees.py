@@ -156,8 +156,11 @@ def enumerate_strategies(p: Problem, opts: SearchOptions) -> list[Strategy]:
 
 
 def strategy_values(p: Problem, s: Strategy) -> dict:
-    """What a framework rule reads of a layout on this problem (`spec.frameworks`)."""
-    return layout_values({k: getattr(s, k) for k in LAYOUT_DEFAULTS}, p.model.layers,
+    """What a framework rule reads of a layout on this problem (`spec.frameworks`). A
+    one-type layout states an uneven cut with the split flags (`search.splits`), never as a
+    stage-by-stage layout (`pipeline_layout`: what mixed-group plans export)."""
+    given = {k: getattr(s, k) for k in LAYOUT_DEFAULTS if k != "pipeline_layout"}
+    return layout_values(given, p.model.layers,
                          p.model.experts, p.workload.seq_len if p.training else 0,
                          p.model.heads)
 

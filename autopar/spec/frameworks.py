@@ -35,6 +35,9 @@ LAYOUT_DEFAULTS: dict[str, Any] = {
     "a2a_overlap": False, "moe_dispatcher": "alltoall", "a2a_fp8": False,
     "a2a_node_limit": 0, "pipeline_schedule": "1f1b", "moe_capacity_factor": 0.0,
     "moe_pad_to_capacity": False,
+    # the cut stated stage by stage (Megatron's --pipeline-model-parallel-layout): what a
+    # mixed-group plan exports, whose slower groups' stages hold fewer layers
+    "pipeline_layout": False,
 }
 FACTS = ("layers", "experts", "moe", "seq_len", "heads")  # of the model and workload
 _NAMES = frozenset(LAYOUT_DEFAULTS) | frozenset(FACTS)
