@@ -27,7 +27,7 @@ from ..spec.groups import GPUGroup, MixedHardware, fastest, slowest
 from .bounds import _CostCache, quick_bound
 from .deadline import Deadline
 from .degrees import SearchOptions, enumerate_strategies
-from .stages import ENUM_CUTS, StageInputs
+from .stages import ENUM_CUTS, StageInputs, contiguous_cut
 
 LADDER = (0.0, 0.01, 0.02, 0.04, 0.08, 0.16)  # slowest-stage caps above the min-max cut
 EXACT_CUTS = 64  # cuts few enough to price every one with `evaluate_mixed`
@@ -175,27 +175,12 @@ class Rows:
         P, L = self.shape
         if P > L:
             return None, math.inf
-        idx = np.arange(L + 1)
-        prev = np.full(L + 1, np.inf)
-        prev[0] = 0.0
-        args = []
-        for k in range(P):
+
+        def stage(k: int):
             span, fits = self._spans(k)
-            if cap is not None:
-                fits &= span <= cap * (1 + 1e-12)
-                table = np.where(fits, prev[:, None] + span, np.inf)
-            else:
-                table = np.where(fits, np.maximum(prev[:, None], span), np.inf)
-            arg = np.argmin(table, axis=0)
-            prev = table[arg, idx]
-            args.append(arg)
-        if not np.isfinite(prev[L]):
-            return None, math.inf
-        b, j = [L], L
-        for k in range(P - 1, -1, -1):
-            j = int(args[k][j])
-            b.append(j)
-        return b[::-1], float(prev[L])
+            return span, (fits & (span <= cap * (1 + 1e-12)) if cap is not None else fits)
+
+        return contiguous_cut(L, (stage(k) for k in range(P)), summed=cap is not None)
 
     def candidates(self, keep: int = KEEP) -> list[list[int]]:
         """The cuts worth pricing exactly, best first by the affine step: every fitting cut

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,36 +120,46 @@ def even_bounds(layers: int, pp: int) -> list[int]:
 
 
 def dp_partition(x: StageInputs) -> tuple[list[int] | None, float]:
-    """Exact min-max cut into contiguous stages of >= 1 layer under each stage's memory.
-
-    best[k][j]: the smallest slowest-stage time for layers [0, j) on stages 0..k-1; each
-    stage is one vectorized (i, j) table, so the DP costs P numpy steps of L x L.
-    """
+    """Exact min-max cut into contiguous stages of >= 1 layer under each stage's memory."""
     L, P = x.layers, x.stages
     if P > L:
         return None, math.inf
     if x.fixed is not None:
         return _fixed_cut(x)
     pre_busy = np.concatenate([[0.0], np.cumsum(x.busy)])
+    later = np.arange(L + 1)[:, None] < np.arange(L + 1)[None, :]
+
+    def stage(k: int) -> tuple[np.ndarray, np.ndarray]:
+        pre_mem = np.concatenate([[0.0], np.cumsum(x.mem[k])])
+        fits = (pre_mem[None, :] - pre_mem[:, None] + x.c_mem[k] <= x.capacity) & later
+        return pre_busy[None, :] - pre_busy[:, None] + x.c_busy[k], fits
+
+    return contiguous_cut(L, (stage(k) for k in range(P)))
+
+
+def contiguous_cut(L: int, stages: Iterable[tuple[np.ndarray, np.ndarray]],
+                   summed: bool = False) -> tuple[list[int] | None, float]:
+    """Exact DP over cuts of L layers into the stages `stages` yields in order, each an
+    (L+1) x (L+1) pair: span[i, j] the stage's time on layers [i, j), fits[i, j] whether it
+    may take them. Minimises the slowest stage (`summed`: the sum of the stages).
+
+    best[k][j]: the optimum for layers [0, j) on stages 0..k-1; each stage is one vectorized
+    (i, j) table, so the DP costs P numpy steps of L x L."""
     idx = np.arange(L + 1)
-    later = idx[:, None] < idx[None, :]  # i < j: the stage takes layers [i, j)
     prev = np.full(L + 1, np.inf)
     prev[0] = 0.0
     args = []
-    for k in range(P):
-        pre_mem = np.concatenate([[0.0], np.cumsum(x.mem[k])])
-        fits = (pre_mem[None, :] - pre_mem[:, None] + x.c_mem[k] <= x.capacity) & later
-        span = pre_busy[None, :] - pre_busy[:, None] + x.c_busy[k]
-        table = np.where(fits, np.maximum(prev[:, None], span), np.inf)
+    for span, fits in stages:
+        table = np.where(fits, prev[:, None] + span if summed
+                         else np.maximum(prev[:, None], span), np.inf)
         arg = np.argmin(table, axis=0)
         prev = table[arg, idx]
         args.append(arg)
     if not np.isfinite(prev[L]):
         return None, math.inf
-    bounds = [L]
-    j = L
-    for k in range(P - 1, -1, -1):
-        j = int(args[k][j])
+    bounds, j = [L], L
+    for arg in reversed(args):
+        j = int(arg[j])
         bounds.append(j)
     bounds = bounds[::-1]
     if bounds[0] != 0:
