@@ -168,28 +168,16 @@ def _serving(wl: Any, target: Target, src: str) -> tuple[dict[str, Any], Target]
     return out, target
 
 
-@dataclass(frozen=True)
-class Base:
-    """What every size shares: the model, hardware, workload and solve settings."""
-
-    model: dict[str, Any]
-    hardware: dict[str, Any]
-    workload: dict[str, Any] | None
-    pins: dict[str, Any]
-    framework: str
-    time_limit_s: float
-    sources: dict[str, str]
-
-    def point(self, gpu: str | None, nodes: int, index: int = 0) -> Point:
-        return Point(index, {"gpu_type": gpu or base_gpu(self.hardware), "nodes": nodes},
-                     self.model,
-                     hardware_for(self.hardware, gpu, nodes), self.workload, dict(self.pins),
-                     self.framework, self.time_limit_s, self.sources)
+def sized(base: Point, gpu: str | None, nodes: int) -> Point:
+    """`base` (what every size shares: the model, hardware, workload and solve settings)
+    with `nodes` nodes of `gpu` (None: the hardware's own)."""
+    return replace(base, overrides={"gpu_type": gpu or base_gpu(base.hardware), "nodes": nodes},
+                   hardware=hardware_for(base.hardware, gpu, nodes), pins=dict(base.pins))
 
 
 def make_base(model: str | Path, hardware: str | Path | None, target: Target,
               pins: dict[str, Any] | None = None, framework: str = "any",
-              time_limit_s: float = 10.0, gpu: str | None = None) -> tuple[Base, Target]:
+              time_limit_s: float = 10.0, gpu: str | None = None) -> tuple[Point, Target]:
     """Read the files once; the workload is the model file's, made whole requests under
     the target's limits for a serving target (the target with the limits it is held to).
     No hardware file: `spec.hardware.default_nodes` of `gpu` (the first type asked)."""
@@ -211,16 +199,16 @@ def make_base(model: str | Path, hardware: str | Path | None, target: Target,
     elif target.limits:
         raise InputError("--target", "ttft_ms" if target.ttft_ms is not None else "tpot_ms",
                          "latency limits are for serving; the model's workload is training")
-    return Base(model_data, h, wl, dict(pins or {}), framework, time_limit_s,
-                {"model": str(model), "hardware": str(hardware)}), target
+    return Point(0, {}, model_data, h, wl, dict(pins or {}), framework, time_limit_s,
+                 {"model": str(model), "hardware": str(hardware)}), target
 
 
-def answer_type(base: Base, gpu: str | None, target: Target, max_nodes: int) -> TypeAnswer:
+def answer_type(base: Point, gpu: str | None, target: Target, max_nodes: int) -> TypeAnswer:
     """One GPU type's bisection (a top-level function: worker processes run it)."""
     plans: dict[int, dict | None] = {}
 
     def evaluate(n: int) -> dict:
-        row, plan = solve_point(base.point(gpu, n))
+        row, plan = solve_point(sized(base, gpu, n))
         plans[n] = plan
         return row
 
@@ -230,8 +218,8 @@ def answer_type(base: Base, gpu: str | None, target: Target, max_nodes: int) -> 
                       plans.get(nodes) if nodes else None)
 
 
-def _solve_row(base: Base, gpu: str, nodes: int) -> dict:
-    return solve_point(base.point(gpu, nodes))[0]
+def _solve_row(base: Point, gpu: str, nodes: int) -> dict:
+    return solve_point(sized(base, gpu, nodes))[0]
 
 
 def _rank(answers: list[TypeAnswer], prices: dict[str, float]) -> list[TypeAnswer]:
