@@ -92,8 +92,9 @@ def binding(any_plan: dict, framework: str) -> list[str]:
     """The framework's rules the `any` optimum breaks, and its two-batch overlap where the
     framework has none."""
     m, w, s = any_plan["inputs"]["model"], any_plan["inputs"]["workload"], any_plan["strategy"]
+    batch = int(w.get("batch") or 0) if w.get("kind") == "training" else 0
     values = layout_values(s, int(m["layers"]), int(m.get("experts") or 0),
-                           int(w.get("seq_len") or 0), int(m["heads"]))
+                           int(w.get("seq_len") or 0), int(m["heads"]), batch)
     out = [f"`{r.id}`" for r in load_framework(framework).broken(values)]
     tbo = _tbo(any_plan) and framework not in TBO_ENGINES
     return out + (["two-batch overlap (SGLang's; off under this framework)"] if tbo else [])

@@ -53,13 +53,14 @@ def _witness(rule, moe: bool) -> dict:
               "virtual_stages": [1, 2, 3], "spare_slots": [0, 1],
               "cp_comm": ["p2p", "a2a"], "moe_dispatcher": ["alltoall", "deepep"],
               "pipeline_schedule": ["1f1b", "dualpipe", "dualpipev"],
-              "moe_capacity_factor": [0.0, 1.0], "recompute": ["none", "selective", "full"]}
+              "moe_capacity_factor": [0.0, 1.0], "recompute": ["none", "selective", "full"],
+              "micro_batch": [1, 2, 4], "num_micro_batches": [1, 2, 4, 8]}
     for _ in range(20_000):
         lay = {k: rng.choice(v) for k, v in domain.items()}
         lay.update({k: rng.random() < 0.5 for k, v in LAYOUT_DEFAULTS.items()
                     if isinstance(v, bool)})
         values = layout_values(lay, rng.choice([30, 32, 61]), rng.choice([6, 8]) if moe else 0,
-                               rng.choice([4096, 4100]), 32)
+                               rng.choice([4096, 4100]), 32, rng.choice([0, 8, 12, 64]))
         if rule.breaks(values):
             return lay | {"_facts": values}
     raise AssertionError(f"no layout breaks {rule.id}")
@@ -94,7 +95,8 @@ def test_each_rule_refuses_a_layout_that_breaks_it(name, rule):
 
 def _workload(kind: str, facts: dict) -> dict:
     if kind == "training":
-        return {"kind": "training", "global_batch": 8, "seq_len": facts["seq_len"]}
+        return {"kind": "training", "global_batch": facts["global_batch"] or 8,
+                "seq_len": facts["seq_len"]}
     return {"kind": "inference", "batch": 8, "phase": "decode", "input_len": 128,
             "output_len": 16}
 
@@ -227,6 +229,9 @@ def test_the_doc_lists_every_rule_with_its_source():
     doc = (ROOT / "docs/frameworks.md").read_text()
     for name, rule in RULES:
         assert f"`{rule.id}` | `{rule.forbid}`" in doc and rule.source in doc, (name, rule.id)
+    lines = doc.splitlines()  # every rule row sits below its table's header separator
+    heads = [i for i, x in enumerate(lines) if x == "| rule | refuses | why | source |"]
+    assert len(heads) == len(NAMES) and all(lines[i + 1] == "|---|---|---|---|" for i in heads)
 
 
 def test_a_megatron_run_states_its_stage_cut_with_split_flags():
@@ -262,3 +267,18 @@ def test_engines_without_two_batch_overlap_never_plan_it():
     on = replace(p, workload=replace(p.workload, two_batch_overlap=True))
     with pytest.raises(InputError, match="two_batch_overlap"):
         _without_tbo(on, "vllm")
+
+
+def test_uneven_batch_shares_are_searched_only_where_the_framework_runs_them():
+    """[batch-splits-evenly] 64 samples over 7 replicas are 10 on one and 9 on six: `any`
+    prices that (paced by the 10), Megatron / torchtitan / DeepSpeed run global / (micro x
+    DP) on every rank, so under them the search keeps micro x micro-batches x DP == 64."""
+    model, hw = PROBLEMS / "models/mixtral-8x7b.yaml", PROBLEMS / "hw/h100-7gpu.yaml"
+    free = autopar.solve(model, hw, time_limit_s=10).data
+    fs = free["strategy"]
+    assert fs["dp"] == 7 and fs["micro_batch"] * fs["num_micro_batches"] * 7 > 64
+    ids = [x.message for x in autopar.check(free, framework="megatron")]
+    assert any("batch-splits-evenly" in x for x in ids)
+    for name in ("megatron", "torchtitan", "deepspeed"):
+        s = autopar.solve(model, hw, time_limit_s=10, framework=name).data["strategy"]
+        assert s["micro_batch"] * s["num_micro_batches"] * s["dp"] == 64, name

@@ -40,8 +40,9 @@ def check_framework(f: Findings, plan: dict, name: str, m: ModelSpec | None,
         f.warn("framework", "inputs.model", f"no model: {fw.title}'s rules on layers and "
                "experts are not checked (pass --model)")
         return
-    seq = w.seq_len if w is not None and w.kind == "training" else 0
-    values = layout_values(s, m.layers, m.experts, seq, m.heads)
+    train = w is not None and w.kind == "training"
+    values = layout_values(s, m.layers, m.experts, w.seq_len if train else 0, m.heads,
+                           w.batch if train else 0)
     for r in fw.broken(values):
         f.error("framework", f"strategy.{r.field}",
                 f"{fw.name} refuses it (rule {r.id}): {r.why} [{r.source}]",

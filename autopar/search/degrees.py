@@ -162,7 +162,7 @@ def strategy_values(p: Problem, s: Strategy) -> dict:
     given = {k: getattr(s, k) for k in LAYOUT_DEFAULTS if k != "pipeline_layout"}
     return layout_values(given, p.model.layers,
                          p.model.experts, p.workload.seq_len if p.training else 0,
-                         p.model.heads)
+                         p.model.heads, p.workload.batch if p.training else 0)
 
 
 def framework_refusals(p: Problem, opts: SearchOptions, fw: Framework) -> tuple[int, list]:

@@ -39,7 +39,7 @@ LAYOUT_DEFAULTS: dict[str, Any] = {
     # mixed-group plan exports, whose slower groups' stages hold fewer layers
     "pipeline_layout": False,
 }
-FACTS = ("layers", "experts", "moe", "seq_len", "heads")  # of the model and workload
+FACTS = ("layers", "experts", "moe", "seq_len", "heads", "global_batch")  # model, workload
 _NAMES = frozenset(LAYOUT_DEFAULTS) | frozenset(FACTS)
 _BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
         ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
@@ -95,11 +95,13 @@ class Framework:
 
 
 def layout_values(layout: dict[str, Any], layers: int, experts: int, seq_len: int,
-                  heads: int) -> dict[str, Any]:
+                  heads: int, global_batch: int = 0) -> dict[str, Any]:
     """A layout's fields (a plan's `strategy` section or `Strategy.to_dict()`), with the
-    defaults for those it omits, and the model / workload facts the rules read."""
+    defaults for those it omits, and the model / workload facts the rules read
+    (`seq_len` and `global_batch` are a training step's; 0 where the workload serves)."""
     out = {k: layout.get(k, v) for k, v in LAYOUT_DEFAULTS.items()}
-    out.update(layers=layers, experts=experts, moe=experts > 0, seq_len=seq_len, heads=heads)
+    out.update(layers=layers, experts=experts, moe=experts > 0, seq_len=seq_len, heads=heads,
+               global_batch=global_batch)
     return out
 
 
@@ -215,6 +217,11 @@ def plan_refusals(plan: dict[str, Any], name: str) -> list[str]:
     exporter adds them to its `why` (a plan searched under `any` may hold some)."""
     m, w, s = plan["inputs"]["model"], plan["inputs"]["workload"], plan["strategy"]
     values = layout_values(s, int(m["layers"]), int(m.get("experts") or 0),
-                           int(w.get("seq_len") or 0), int(m["heads"]))
+                           int(w.get("seq_len") or 0), int(m["heads"]), _batch(w))
     fw = load_framework(name)
     return [f"rule {r.id}: {r.why}" for r in fw.broken(values)] if fw else []
+
+
+def _batch(w: dict[str, Any]) -> int:
+    """A plan's training batch (what the batch rules read); 0 for a serving workload."""
+    return int(w.get("batch") or 0) if w.get("kind") == "training" else 0
