@@ -147,8 +147,9 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     searched (its rules in `data/frameworks/`); "any" is the whole space.
 
     Hardware of several GPU groups (a `groups:` file, or `spec.groups.MixedHardware`) plans
-    a training workload over the groups (`plan.mixed_solve`, docs/hardware.md); serving,
-    a calibration, frontier and disaggregation refuse it in one line."""
+    a training step or one prefill / decode step over the groups (`plan.mixed_solve`,
+    docs/hardware.md); the serving search (phase both, TTFT / TPOT targets), a
+    calibration, frontier and disaggregation refuse it in one line."""
     deadline = Deadline.after(check_time_limit(time_limit_s))
     fw = load_framework(framework)
     say = progress or (lambda msg: None)

@@ -3,6 +3,8 @@ the check of a mixed plan and the exhaustive oracle on small mixed cases."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -181,8 +183,15 @@ def test_api_and_cli_plan_a_mixed_file(tmp_path):
     serve = dict(TINY, workload={"kind": "inference", "batch": 8, "input_len": 512,
                                  "output_len": 64, "phase": "decode"})
     model.write_text(yaml.safe_dump(serve))
+    res = CliRunner().invoke(cli, ["solve", "--hw", str(hw), "--model", str(model), "--out",
+                                   str(out), "--time-limit", "10"])  # one decode step plans
+    assert res.exit_code == 0 and "TPOT" in res.output, res.output
+    assert json.loads(out.read_text())["metrics"]["tpot_s"] > 0
+    serve["workload"]["tpot_ms"] = 50.0  # a target: the serving search, one type
+    model.write_text(yaml.safe_dump(serve))
     res = CliRunner().invoke(cli, ["solve", "--hw", str(hw), "--model", str(model)])
-    assert res.exit_code == 2 and "serving plans one GPU type" in res.output
+    assert res.exit_code == 2 and "serving search" in res.output and "one GPU type" in \
+        res.output
     res = CliRunner().invoke(cli, ["frontier", "--hw", str(hw), "--model", str(model)])
     assert res.exit_code == 2 and "2 GPU groups" in res.output
 

@@ -132,3 +132,30 @@ def test_cli_solves_checks_and_refuses_to_export_an_ep_slots_plan(slots, tmp_pat
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, ["export", str(out), "--to", "megatron"])
     assert res.exit_code == 2 and "uneven expert slots" in res.output
+
+
+def _serve(phase: str, batch: int) -> dict:
+    return {**MOE, "workload": {"kind": "inference", "phase": phase, "batch": batch,
+                                "input_len": 2048, "output_len": 256}}
+
+
+@pytest.mark.parametrize("phase,batch,key", [("decode", 64, "tpot_s"), ("prefill", 8, "ttft_s")])
+def test_one_inference_step_plans_on_a_mixed_file_and_checks(slots, phase, batch, key):
+    """A decode (prefill) step of the batch is planned over the groups like a training step:
+    the plan states its TPOT (TTFT) and tokens/s per GPU from its step, check recomputes them
+    and catches a hand-edited latency; a serving search (a target) refuses the file."""
+    _, hw = slots
+    d = autopar.solve(parse_model(_serve(phase, batch), "m.yaml"), str(hw),
+                      time_limit_s=20).data
+    mt, w = d["metrics"], d["inputs"]["workload"]
+    assert mt[key] == mt["step_time_s"] and d["compared"]["slowest_type"]["step_time_s"]
+    tokens = batch * (1 if phase == "decode" else 2048)
+    assert mt["tokens_per_s_per_gpu"] == pytest.approx(tokens / mt["step_time_s"] / 4)
+    assert w["phase"] == phase and autopar.check(d, hardware=str(hw)) == []
+    bad = copy.deepcopy(d)
+    bad["metrics"][key] /= 2
+    assert any(x.path == f"metrics.{key}" for x in autopar.check(bad, hardware=str(hw)))
+    target = _serve(phase, batch)
+    target["workload"]["ttft_ms" if phase == "prefill" else "tpot_ms"] = 50.0
+    with pytest.raises(autopar.errors.InputError, match="serving search"):
+        autopar.solve(parse_model(target, "m.yaml"), str(hw), time_limit_s=5)

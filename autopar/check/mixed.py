@@ -27,6 +27,28 @@ MEMORY_KEYS = ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activatio
                "kv_cache_bytes", "workspace_bytes", "reserved_bytes", "total_bytes")
 
 
+def check_rates(f: Findings, plan: dict, w: Workload, gpus: int) -> None:
+    """The figures a mixed plan derives from its step (every form alike): tokens/s in all
+    (the workload's tokens over the step) and per GPU, and an inference step's TTFT (a
+    prefill) or TPOT (a decode step), which is the step itself."""
+    mt = plan.get("metrics", {})
+    step = mt.get("step_time_s")
+    if not isinstance(step, (int, float)) or step <= 0:
+        return
+    want = {"throughput_tokens_per_s": w.batch * w.tokens_per_sample / step}
+    want["tokens_per_s_per_gpu"] = want["throughput_tokens_per_s"] / gpus
+    if w.kind != "training":
+        key = "ttft_s" if w.phase == "prefill" else "tpot_s"
+        want[key] = step
+        if key not in mt:
+            f.error("metrics", f"metrics.{key}", "an inference step states its latency",
+                    None, step)
+    for key, value in want.items():
+        if key in mt and not close(mt[key], value, TOL):
+            f.error("metrics", f"metrics.{key}", "from the workload and the step time",
+                    mt[key], value)
+
+
 def _groups(plan: dict, source: str, given: Any = None) -> list[tuple[dict, HardwareSpec]]:
     """Each group's echo and spec: rebuilt from the echo, or the given mixed file's group of
     that name (the file must hold the plan's groups, each of the same size)."""
@@ -147,6 +169,7 @@ def check_mixed(plan: dict, source: str = "plan", framework: str | None = None,
         if not close(plan["metrics"].get("memory_max_over_capacity", worst), worst, TOL):
             f.error("metrics", "metrics.memory_max_over_capacity", "the fullest stage over "
                     "its group's capacity", plan["metrics"]["memory_max_over_capacity"], worst)
+    check_rates(f, plan, w, lay.num_gpus)
     name = framework or plan.get("framework")
     if name and name != "any":
         _check_mixed_rules(f, plan, name)

@@ -16,7 +16,7 @@ from ..spec import ModelSpec, Workload, load_model
 from ..spec.frameworks import layout_values, load_framework
 from .echo import model_from_echo, workload_from_echo
 from .finding import Finding, Findings, close
-from .mixed import MEMORY_KEYS, TOL, _groups, stage_floor_s
+from .mixed import MEMORY_KEYS, TOL, _groups, check_rates, stage_floor_s
 from .pipeline import pipeline_time
 from .recompute import Layout, expected_memory, gemm_dtype
 
@@ -97,6 +97,7 @@ def check_slots(f: Findings, plan: dict, m: ModelSpec, w: Workload, groups: list
         f.error("timing", "metrics.step_time_s", "pipeline of the stage times + the largest "
                 "exposed sync + the largest optimizer step", plan["metrics"]["step_time_s"],
                 step)
+    check_rates(f, plan, w, lay.num_gpus)
     if peak_s and not close(plan["metrics"].get("memory_max_over_capacity", 0.0),
                             max(peak_s), TOL):
         f.error("metrics", "metrics.memory_max_over_capacity", "the fullest stage of any "

@@ -15,11 +15,28 @@ from ..cost.layer import Problem
 from ..search import SearchOptions
 from ..search.hetero import MixedEvaluation, MixedResult
 from ..spec.groups import MixedHardware
+from ..spec.workload import Workload
 from ..version import __version__
 from .memory import _memory
 from .sections import inputs_echo
 
 MIXED_FORMAT = 1
+
+
+def mixed_metrics(w: Workload, step: float, worst: float, gpus: int,
+                  bubble: float | None = None) -> dict[str, Any]:
+    """A mixed plan's metrics (every form alike): the step, tokens/s in all and per GPU, the
+    fullest GPU over its capacity, and for an inference step its TTFT (a prefill) or TPOT
+    (a decode step): the step itself, as a one-type plan states them."""
+    tokens = w.batch * w.tokens_per_sample / step
+    out: dict[str, Any] = {"step_time_s": step}
+    if bubble is not None:
+        out["bubble_s"] = bubble
+    out |= {"throughput_tokens_per_s": tokens, "tokens_per_s_per_gpu": tokens / gpus,
+            "memory_max_over_capacity": worst}
+    if w.kind != "training":
+        out["ttft_s" if w.phase == "prefill" else "tpot_s"] = step
+    return out
 
 
 def _ranges(xs: list[int]) -> str:
@@ -65,8 +82,6 @@ def build_mixed_plan(p: Problem, mixed_groups: list[Problem], opts: SearchOption
     stages = [_stage(k, st, hw.groups[g], cap, s.stage_width)
               for k, (st, g, cap) in enumerate(zip(ev.stages, ev.groups, ev.capacities,
                                                    strict=True))]
-    w = p.workload
-    tokens = w.batch * w.tokens_per_sample
     groups = []
     for g, gp in zip(hw.groups, mixed_groups, strict=True):
         echo = inputs_echo(gp, opts)["hardware"]
@@ -89,11 +104,9 @@ def build_mixed_plan(p: Problem, mixed_groups: list[Problem], opts: SearchOption
                      "pipeline_layout": s.pp > 1},  # the cut as Megatron's layout flag
         "stages": stages,
         "runs_where": runs_where(hw, ev),
-        "metrics": {"step_time_s": ev.step_time, "bubble_s": ev.bubble,
-                    "throughput_tokens_per_s": tokens / ev.step_time,
-                    "memory_max_over_capacity": max(
-                        st.memory.total / c for st, c in zip(ev.stages, ev.capacities,
-                                                             strict=True))},
+        "metrics": mixed_metrics(p.workload, ev.step_time, max(
+            st.memory.total / c for st, c in zip(ev.stages, ev.capacities, strict=True)),
+            hw.num_gpus, ev.bubble),
         "compared": compared,
         "solver": {"layouts": r.layouts, "evaluated": r.evaluated, "pruned_by_bound": r.pruned,
                    "time_limit_reached": r.timed_out, "solve_time_s": solve_s,
@@ -124,8 +137,21 @@ def mixed_summary(d: dict[str, Any]) -> str:
             val = c.get("step_time_s")
             lines.append(f"vs {name}: " + (f"{val:.4g} s ({c['speedup']:.3g}x)" if val
                                            else c.get("why", "no plan")))
-    fast = d["compared"].get("fast_only", {})
+    return "\n".join(lines + summary_tail(d))
+
+
+def summary_tail(d: dict[str, Any], rates: bool = True) -> list[str]:
+    """The lines every mixed summary ends with: the rates (an inference step's TTFT or
+    TPOT; `rates=False` where the one-type summary printed them), and a note where the
+    fastest group alone beats every form on the whole cluster (the slower groups idle: the
+    plan says so, it does not hide it)."""
+    mt = d.get("metrics", {})
+    out = [f"throughput {mt.get('throughput_tokens_per_s', 0):.4g} tokens/s "
+           f"({mt.get('tokens_per_s_per_gpu', 0):.4g} per GPU)"
+           + (f"; TPOT {mt['tpot_s'] * 1e3:.3g} ms" if "tpot_s" in mt else "")
+           + (f"; TTFT {mt['ttft_s'] * 1e3:.3g} ms" if "ttft_s" in mt else "")] if rates else []
+    fast = d.get("compared", {}).get("fast_only", {})
     if fast.get("faster_than_mixed"):
-        lines.append(f"note: {fast['hardware']} is faster than every mixed form: plan that "
-                     "group alone (its fields as a one-type file)")
-    return "\n".join(lines)
+        out.append(f"note: {fast['hardware']} is faster than every form on the mixed "
+                   "cluster: plan that group alone (its fields as a one-type file)")
+    return out

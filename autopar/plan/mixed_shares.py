@@ -13,7 +13,7 @@ from ..search import SearchOptions
 from ..search.hetero_dp import SharesEvaluation, shares_problem
 from ..spec.groups import MixedHardware
 from ..version import __version__
-from .mixed import MIXED_FORMAT, _ranges, _stage
+from .mixed import MIXED_FORMAT, _ranges, _stage, mixed_metrics
 from .sections import inputs_echo
 
 
@@ -59,9 +59,7 @@ def build_shares_plan(p: Problem, hw: MixedHardware, opts: SearchOptions,
                    for g, r, m in zip(hw.groups, sh.replicas, sh.micro_batches, strict=True)},
         "stages": stages,
         "runs_where": where,
-        "metrics": {"step_time_s": sh.step_time,
-                    "throughput_tokens_per_s": w.batch * w.tokens_per_sample / sh.step_time,
-                    "memory_max_over_capacity": worst},
+        "metrics": mixed_metrics(w, sh.step_time, worst, hw.num_gpus),
         "compared": compared,
         "solver": {"time_limit_reached": False, "solve_time_s": solve_s, "status": "BEST_FOUND",
                    "shares": "affine fit in the micro-batch count, bisection, priced exactly"},

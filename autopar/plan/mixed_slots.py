@@ -15,7 +15,7 @@ from ..search.mixed_ep import SlotsEvaluation, type_problem
 from ..spec.groups import MixedHardware
 from ..version import __version__
 from .memory import _memory
-from .mixed import MIXED_FORMAT, _ranges
+from .mixed import MIXED_FORMAT, _ranges, mixed_metrics, summary_tail
 from .sections import inputs_echo
 
 
@@ -65,9 +65,7 @@ def build_slots_plan(q: Problem, mixed: MixedHardware, opts: SearchOptions,
                         "per_stage": f"{r} of every EP group's {s.ep} ranks, {x} experts of "
                                      f"each MoE layer on each (of {E}); TP{s.tp} ETP{s.etp}"}
                        for g, x, r in zip(mixed.groups, ev.slots, ev.members, strict=True)],
-        "metrics": {"step_time_s": ev.step_time, "bubble_s": ev.bubble,
-                    "throughput_tokens_per_s": w.batch * w.tokens_per_sample / ev.step_time,
-                    "memory_max_over_capacity": worst},
+        "metrics": mixed_metrics(w, ev.step_time, worst, mixed.num_gpus, ev.bubble),
         "compared": compared,
         "solver": {"time_limit_reached": False, "solve_time_s": solve_s, "status": "BEST_FOUND",
                    "slots": "greedy by each type's priced expert time, under its memory"},
@@ -93,4 +91,4 @@ def slots_summary(d: dict[str, Any]) -> str:
             val = c.get("step_time_s")
             lines.append(f"vs {name}: " + (f"{val:.4g} s ({c['speedup']:.3g}x)" if val
                                            else c.get("why", "no plan")))
-    return "\n".join(lines)
+    return "\n".join(lines + summary_tail(d))

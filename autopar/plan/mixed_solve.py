@@ -13,6 +13,7 @@ from ..errors import InfeasibleError, InputError
 from ..search import PIN_KEYS, SearchOptions
 from ..search.deadline import Deadline
 from ..search.mixed_solve import solve_mixed
+from ..serve.plan import wants_serving
 from ..spec.groups import MIXED_SUPPORT, MixedHardware, refuse_mixed
 from .document import Plan
 from .mixed import build_mixed_plan
@@ -23,10 +24,12 @@ from .mixed_uniform import build_uniform_plan
 
 def solve_mixed_plan(p: Problem, hw: MixedHardware, opts: SearchOptions, deadline: Deadline,
                      say: Callable[[str], None]) -> Plan:
-    """`autopar.solve` on a mixed file: training only (serving plans one type), each group
-    able to run the checkpoint; InfeasibleError when no pipeline over every group fits."""
-    if p.workload.kind != "training":
-        raise refuse_mixed(hw, "serving")
+    """`autopar.solve` on a mixed file: a training step or one inference step (a prefill or
+    a decode step of the workload's batch: the TTFT / TPOT a plan states), each group able
+    to run the checkpoint; InfeasibleError when no form fits. A serving search (whole
+    requests, TTFT / TPOT targets) plans one type and refuses the file in one line."""
+    if wants_serving(p.workload):
+        raise refuse_mixed(hw, "the serving search (phase both, or TTFT / TPOT targets)")
     if opts.framework != "any" and not MIXED_SUPPORT.get(opts.framework, {}).get(
             "mixed_pipeline"):
         raise InputError("framework", opts.framework, "runs no pipeline over mixed GPU "

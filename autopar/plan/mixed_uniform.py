@@ -17,6 +17,7 @@ from ..search.experts import placements_for
 from ..spec.groups import MixedHardware, slowest
 from .build import build_plan
 from .document import Plan
+from .mixed import summary_tail
 
 UNIFORM_NOTE = ("every GPU does equal work and the slowest paces it: the faster GPUs idle "
                 "for part of each step; every GPU and link of the mixed cluster does at "
@@ -53,8 +54,4 @@ def uniform_summary(d: dict[str, Any]) -> str:
             val = c.get("step_time_s")
             lines.append(f"vs {name}: " + (f"{val:.4g} s ({c['speedup']:.3g}x)" if val
                                            else c.get("why", "no plan")))
-    fast = d.get("compared", {}).get("fast_only", {})
-    if fast.get("faster_than_mixed"):
-        lines.append(f"note: {fast['hardware']} is faster than every form on the mixed "
-                     "cluster: plan that group alone (its fields as a one-type file)")
-    return "\n".join(lines)
+    return "\n".join(lines + summary_tail(d, rates=False))
