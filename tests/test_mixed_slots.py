@@ -17,9 +17,13 @@ from autopar.search import SearchOptions
 from autopar.search.bounds import _CostCache
 from autopar.search.degrees import enumerate_strategies
 from autopar.search.mixed_ep import (
+    _states,
+    assign_seqs,
     assign_slots,
+    dense_time,
     ep_members,
     expert_time,
+    replicas_of,
     runs_uneven_slots,
     type_problem,
 )
@@ -155,7 +159,40 @@ def test_one_inference_step_plans_on_a_mixed_file_and_checks(slots, phase, batch
     bad = copy.deepcopy(d)
     bad["metrics"][key] /= 2
     assert any(x.path == f"metrics.{key}" for x in autopar.check(bad, hardware=str(hw)))
+    sh = d.get("sequence_shares")
+    if phase == "decode":  # the faster type's replicas take more of the batch
+        assert sh["h100"]["sequences_per_replica"] > sh["a100"]["sequences_per_replica"]
+    if sh:
+        assert sum(x["replicas"] * x["sequences_per_replica"] for x in sh.values()) == batch
+        bad = copy.deepcopy(d)
+        bad["sequence_shares"]["a100"]["sequences_per_replica"] += 1
+        paths = {x.path for x in autopar.check(bad, hardware=str(hw))}
+        assert "sequence_shares" in paths
     target = _serve(phase, batch)
     target["workload"]["ttft_ms" if phase == "prefill" else "tpot_ms"] = 50.0
     with pytest.raises(autopar.errors.InputError, match="serving search"):
         autopar.solve(parse_model(target, "m.yaml"), str(hw), time_limit_s=5)
+
+
+def test_sequence_shares_follow_the_priced_dense_time():
+    """The greedy's shares are the best of every split of a decode batch over the two
+    types' attention-DP replicas (2 each), by the same priced dense times."""
+    mixed = parse_groups(HW, "ha.yaml")
+    p = autopar.api.make_problem(parse_model(_serve("decode", 64), "m.yaml"),
+                                 mixed.groups[0].hw)
+    q = replace(p, hw=paced_by_slowest(mixed, "bf16"),
+                calib=default_calibration("A100-SXM4-80GB"))
+    s = next(x for x in enumerate_strategies(q, SearchOptions())
+             if x.ep == 4 and x.tp == 1 and x.dp == 4 and x.pp == 1 and x.num_micro_batches == 1)
+    base = _CostCache(q, SearchOptions()).get(s)[0]
+    reps = replicas_of(mixed, s)
+    assert reps == [2, 2] and s.micro_batch == 16
+    states = [_states(q, base, n, 4) for n in (4, 4)]
+    tps = [type_problem(q, g) for g in mixed.groups]
+    t = [[0.0] + [dense_time(tp, s, st, b) for b in range(1, 32)]
+         for tp, st in zip(tps, states, strict=True)]
+    best = min(range(1, 31), key=lambda h: max(t[0][h], t[1][32 - h]))
+    got = assign_seqs(q, mixed, s, base, [4, 4], reps)
+    assert got is not None and max(t[0][got[0]], t[1][got[1]]) == max(t[0][best],
+                                                                      t[1][32 - best])
+    assert got[0] > 16 > got[1] and sum(got) == 32

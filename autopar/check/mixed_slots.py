@@ -5,10 +5,17 @@ recomputed term by term on each type with that type's experts per rank (and the 
 they route) and held to that type's GPU; each stage's busy time is at least every type's
 FLOPs at its own peak (a rank with more experts routes more tokens); the step is the
 pipeline of the stage times; a framework whose rules forbid more than E / EP slots on a
-rank refuses the plan."""
+rank refuses the plan.
+
+An inference plan may share its sequences by speed (`sequence_shares`: per group, its
+attention-DP replicas and the sequences on each): the replicas must be the group's (PP 1,
+one micro-batch, TP x CP GPUs each inside the group) and cover the batch exactly; a type's
+memory is recomputed at the larger of its share and the mean (its own KV cache, at least
+the mean's expert tokens) and its FLOP floor at the smaller (a lower bound either way)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +69,18 @@ def check_slots(f: Findings, plan: dict, m: ModelSpec, w: Workload, groups: list
         f.error("degrees", "strategy.num_gpus", "not the groups' GPUs", lay.num_gpus, n)
     mean = m.experts / lay.ep
     moe = [x for x in range(m.layers) if m.is_moe_layer(x)]
+    seqs = _shares(f, plan, groups, lay, w)
+    per = -(-w.batch // lay.dp)
     peak_s = []
     for idx, st in enumerate(plan["stages"]):
         path = f"stages[{idx}]"
         floors = []
         for g, hw in groups:
             e = int(slots[g["name"]]["experts_per_rank"])
-            want = expected_memory(m, hw, w, lay, idx, {x: e for x in moe},
+            b = seqs.get(g["name"], per)
+            w_mem, lay_mem = _at(w, lay, max(b, per))
+            w_low, lay_low = _at(w, lay, min(b, per))
+            want = expected_memory(m, hw, w_mem, lay_mem, idx, {x: e for x in moe},
                                    {x: e / mean for x in moe}, flash)
             mem = st["memory"].get(g["name"], {})
             for key in MEMORY_KEYS:
@@ -80,8 +92,8 @@ def check_slots(f: Findings, plan: dict, m: ModelSpec, w: Workload, groups: list
                         f"{hw.gpu.name} capacity", want["total_bytes"],
                         f"<= {hw.gpu.memory_bytes:.6g}")
             peak_s.append(want["total_bytes"] / hw.gpu.memory_bytes)
-            floors.append(stage_floor_s(m, w, lay, idx, hw.gpu.flops(gemm_dtype(m, w)),
-                                        flash, e / mean))
+            floors.append(stage_floor_s(m, w_low, lay_low, idx,
+                                        hw.gpu.flops(gemm_dtype(m, w)), flash, e / mean))
         if st["busy_s"] < max(floors) * (1 - TOL):
             f.error("timing", f"{path}.busy_s", "faster than a type's FLOPs at its peak",
                     st["busy_s"], f">= {max(floors):.6g}")
@@ -112,3 +124,43 @@ def check_slots(f: Findings, plan: dict, m: ModelSpec, w: Workload, groups: list
         f.error("framework", "expert_slots", f"{name} holds E / EP experts on every EP rank "
                 "(its rules forbid spare slots): no uneven expert slots")
     return sorted(f.items, key=lambda x: x.severity != "error")
+
+
+def _at(w: Workload, lay: Layout, seqs: int) -> tuple[Workload, Layout]:
+    """The workload and layout with `seqs` sequences on every attention-DP replica."""
+    if seqs == -(-w.batch // lay.dp):
+        return w, lay
+    return replace(w, batch=seqs * lay.dp), replace(lay, micro_batch=seqs)
+
+
+def _shares(f: Findings, plan: dict, groups: list, lay: Layout, w: Workload) -> dict[str, int]:
+    """The sequences on each replica of each group a plan states (none: the mean), checked:
+    an inference step, PP 1 and one micro-batch, each group's replicas its own TP x CP GPUs,
+    the shares covering the batch."""
+    shares = plan.get("sequence_shares")
+    if not shares:
+        return {}
+    width = lay.tp * lay.cp
+    if w.kind == "training" or lay.pp != 1 or lay.num_micro_batches != 1:
+        f.error("shards", "sequence_shares", "sequence shares split one inference step of "
+                "PP 1 and one micro-batch", [w.kind, lay.pp, lay.num_micro_batches])
+        return {}
+    out, covered = {}, 0
+    for g, _ in groups:
+        x = shares.get(g["name"])
+        if not isinstance(x, dict):
+            f.error("shards", f"sequence_shares.{g['name']}", "no share for the group")
+            return {}
+        r, b = int(x["replicas"]), int(x["sequences_per_replica"])
+        if g["count"] % width or g["first_gpu"] % width or r != g["count"] // width:
+            f.error("shards", f"sequence_shares.{g['name']}.replicas", "not the group's "
+                    f"attention-DP replicas of {width} GPUs", r, g["count"] / width)
+        if b < 1:
+            f.error("shards", f"sequence_shares.{g['name']}.sequences_per_replica",
+                    "a replica with no sequence", b, ">= 1")
+        out[g["name"]] = max(b, 1)
+        covered += r * b
+    if covered != w.batch:
+        f.error("shards", "sequence_shares", "the replicas' sequences do not cover the batch",
+                covered, w.batch)
+    return out

@@ -59,12 +59,19 @@ def build_slots_plan(q: Problem, mixed: MixedHardware, opts: SearchOptions,
                      "stage_layers": [[b[k], b[k + 1] - 1] for k in range(s.pp)]},
         "expert_slots": {n: {"experts_per_rank": x, "ranks_per_ep_group": r}
                          for n, x, r in zip(names, ev.slots, ev.members, strict=True)},
+        **({"sequence_shares": {n: {"replicas": r, "sequences_per_replica": b}
+                                for n, r, b in zip(names, ev.replicas, ev.seqs, strict=True)}}
+           if ev.seqs else {}),
         "stages": stages,
         "runs_where": [{"group": g.name, "gpu_type": g.hw.gpu.name,
                         "gpus": _ranges(list(g.gpus)), "stages": list(range(s.pp)),
                         "per_stage": f"{r} of every EP group's {s.ep} ranks, {x} experts of "
-                                     f"each MoE layer on each (of {E}); TP{s.tp} ETP{s.etp}"}
-                       for g, x, r in zip(mixed.groups, ev.slots, ev.members, strict=True)],
+                                     f"each MoE layer on each (of {E}); TP{s.tp} ETP{s.etp}"
+                                     + (f"; {ev.seqs[i]} sequences on each of its "
+                                        f"{ev.replicas[i]} attention-DP replicas"
+                                        if ev.seqs else "")}
+                       for i, (g, x, r) in enumerate(zip(mixed.groups, ev.slots, ev.members,
+                                                         strict=True))],
         "metrics": mixed_metrics(w, ev.step_time, worst, mixed.num_gpus, ev.bubble),
         "compared": compared,
         "solver": {"time_limit_reached": False, "solve_time_s": solve_s, "status": "BEST_FOUND",
@@ -80,7 +87,10 @@ def slots_summary(d: dict[str, Any]) -> str:
              f"PP{s['pp']} DP{s['dp']} EP{s['ep']} ETP{s['etp']}, step "
              f"{m['step_time_s']:.4g} s; EP groups across the types, experts per rank:",
              *(f"  {g}: {x['experts_per_rank']} experts on each of its {x['ranks_per_ep_group']}"
-               f" ranks of every EP group" for g, x in d["expert_slots"].items())]
+               f" ranks of every EP group" for g, x in d["expert_slots"].items()),
+             *(f"  {g}: {x['sequences_per_replica']} sequences on each of its "
+               f"{x['replicas']} attention-DP replicas"
+               for g, x in d.get("sequence_shares", {}).items())]
     for st in d["stages"]:
         a, b = st["layers"]
         mem = ", ".join(f"{g} {x['total_bytes'] / 1e9:.1f}/{x['capacity_bytes'] / 1e9:.0f} GB"

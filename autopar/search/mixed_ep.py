@@ -13,6 +13,14 @@ collectives and the expert components are each paced by their slowest rank (`com
 one EP all-to-all separates the attention from the experts, so a fast rank's short
 attention cannot start its experts early. Stage times and the step are `stage_cost` and
 `compose` of those layers; each type's memory is its own `evaluate` against its own GPU.
+
+An inference step also splits its sequences by speed (`seqs`: per group, the sequences on
+each of its attention-DP replicas, where each replica sits on one group: PP 1, one
+micro-batch). The dense components and the TP collectives of a type are priced at its own
+share (the one-type model with that many sequences a replica); the experts at the mean, as
+the all-to-all mixes every replica's tokens over the EP ranks; the all-to-all at the larger
+of the two. A type's memory is priced at the larger of its share and the mean: its own KV
+cache, and at least the mean's expert tokens.
 """
 
 from __future__ import annotations
@@ -75,6 +83,8 @@ class SlotsEvaluation:
     stages: list[StageCost]  # the paced times (memory: `memories`)
     memories: list[list[Memory]]  # per group, per stage: that type's own
     capacities: list[float]
+    seqs: list[int] | None = None  # sequences on each attention-DP replica of group i
+    replicas: list[int] | None = None  # attention-DP replicas of group i
 
     @property
     def feasible(self) -> bool:
@@ -82,22 +92,28 @@ class SlotsEvaluation:
                    for m in ms)
 
 
-def combine(per_type: list[LayerCost], full_recompute: bool) -> LayerCost:
-    """One layer paced rank by rank: the dense components, the collectives and the experts
-    each at their slowest type's time; the expert parameters the fullest rank's."""
-    def expert(c: LayerCost, bwd: bool) -> float:
-        return sum(x.bwd_s if bwd else x.time_s for x in c.components if x.role == "expert")
+def _expert(c: LayerCost, bwd: bool = False) -> float:
+    return sum(x.bwd_s if bwd else x.time_s for x in c.components if x.role == "expert")
 
-    fwd = max(c.compute_fwd - expert(c, False) for c in per_type) + \
-        max(expert(c, False) for c in per_type)
-    bwd = max(c.compute_bwd - expert(c, True) for c in per_type) + \
-        max(expert(c, True) for c in per_type)
+
+def combine(per_type: list[LayerCost], full_recompute: bool,
+            dense: list[LayerCost] | None = None) -> LayerCost:
+    """One layer paced rank by rank: the dense components, the collectives and the experts
+    each at their slowest type's time; the expert parameters the fullest rank's. `dense`:
+    each type's layer at its sequence share, which prices its dense components and TP
+    collectives (the all-to-all: the larger of the two); default `per_type`."""
+    shares = dense or per_type
+    both = [*per_type, *shares]
+    fwd = max(c.compute_fwd - _expert(c) for c in shares) + max(_expert(c) for c in per_type)
+    bwd = max(c.compute_bwd - _expert(c, True) for c in shares) + \
+        max(_expert(c, True) for c in per_type)
     top = max(per_type, key=lambda c: c.compute_fwd)
-    pick = lambda name: max(getattr(c, name) for c in per_type)  # noqa: E731
+    pick = lambda name, cs=per_type: max(getattr(c, name) for c in cs)  # noqa: E731
     return replace(top, compute_fwd=fwd, compute_bwd=bwd,
                    recompute=fwd if full_recompute else pick("recompute"),
-                   **{k: pick(k) for k in ("tp_fwd", "tp_bwd", "ep_fwd", "ep_bwd", "cp_fwd",
-                                           "cp_bwd", "params_expert", "wgrad", "act_bytes")})
+                   **{k: pick(k, shares) for k in ("tp_fwd", "tp_bwd", "cp_fwd", "cp_bwd")},
+                   **{k: pick(k, both) for k in ("ep_fwd", "ep_bwd")},
+                   **{k: pick(k) for k in ("params_expert", "wgrad", "act_bytes")})
 
 
 def _states(p: Problem, base: list[MoEState], n: int, mean: float) -> list[MoEState]:
@@ -105,26 +121,93 @@ def _states(p: Problem, base: list[MoEState], n: int, mean: float) -> list[MoESt
             if p.model.is_moe_layer(i) else x for i, x in enumerate(base)]
 
 
+def replicas_of(mixed: MixedHardware, s: Strategy) -> list[int] | None:
+    """Attention-DP replicas of each group, where an inference step's sequences can be
+    shared by speed: PP 1 and one micro-batch (a replica's sequences are its micro-batch),
+    every replica's TP x CP GPUs inside one group."""
+    width = s.tp * s.cp
+    if s.pp != 1 or s.num_micro_batches != 1 or s.dp < 2 or any(
+            g.count % width or g.first_gpu % width for g in mixed.groups):
+        return None
+    return [g.count // width for g in mixed.groups]
+
+
+def share_problem(tp: Problem, s: Strategy, seqs: int) -> tuple[Problem, Strategy]:
+    """A type's problem and layout with `seqs` sequences on every attention-DP replica."""
+    return (replace(tp, workload=replace(tp.workload, batch=seqs * s.dp)),
+            replace(s, micro_batch=seqs))
+
+
 def price_slots(q: Problem, mixed: MixedHardware, s: Strategy, base: list[MoEState],
-                slots: list[int], members: list[int], bounds: list[int]) -> SlotsEvaluation:
-    """The layout with `slots` experts on each rank of group i: paced stage times, and each
-    type's memory on its own GPU."""
+                slots: list[int], members: list[int], bounds: list[int],
+                seqs: list[int] | None = None) -> SlotsEvaluation:
+    """The layout with `slots` experts on each rank of group i (and `seqs` sequences on
+    each of its attention-DP replicas, where shared): paced stage times, and each type's
+    memory on its own GPU."""
     mean = q.model.experts / s.ep
     tps = [type_problem(q, g) for g in mixed.groups]
-    per = [layer_costs(tp, s, _states(q, base, n, mean)) for tp, n in zip(tps, slots,
-                                                                          strict=True)]
-    costs = [combine(list(ls), s.recompute == "full") for ls in zip(*per, strict=True)]
-    slow = max(range(len(tps)), key=lambda i: per[i][0].compute_fwd)
-    ctx = Context.of(tps[slow], s, costs)
-    stages = [stage_cost(tps[slow], s, k, costs[bounds[k]:bounds[k + 1]], ctx.edges(s, k),
-                         ctx, bounds[k], bounds[k + 1]) for k in range(s.pp)]
+    states = [_states(q, base, n, mean) for n in slots]
+    per = [layer_costs(tp, s, st) for tp, st in zip(tps, states, strict=True)]
+    at = [share_problem(tp, s, b) for tp, b in zip(tps, seqs, strict=True)] if seqs else \
+        [(tp, s) for tp in tps]
+    dense = [layer_costs(a, b, st) for (a, b), st in zip(at, states, strict=True)] \
+        if seqs else per
+    costs = [combine(list(ls), s.recompute == "full", list(ds))
+             for ls, ds in zip(zip(*per, strict=True), zip(*dense, strict=True), strict=True)]
+    slow = max(range(len(tps)), key=lambda i: dense[i][0].compute_fwd)
+    stages = []
+    for k in range(s.pp):  # each type's edges (embedding, LM head) at its share: the slowest
+        cands = []
+        for a, b in (at if seqs else [at[slow]]):
+            ctx = Context.of(a, b, costs)
+            cands.append(stage_cost(a, b, k, costs[bounds[k]:bounds[k + 1]], ctx.edges(b, k),
+                                    ctx, bounds[k], bounds[k + 1]))
+        stages.append(max(cands, key=lambda x: x.busy))
     step, bubble = compose(stages, s.num_micro_batches, s.virtual_stages,
                            s.pipeline_schedule if q.training else "1f1b")
-    mems = [[st.memory for st in evaluate(tp, s, bounds, _states(q, base, n, mean),
-                                          pc).stages]
-            for tp, n, pc in zip(tps, slots, per, strict=True)]
+    mean_seqs = -(-q.workload.batch // s.dp)
+    mems = []
+    for i, tp in enumerate(tps):  # at the larger of the type's share and the mean
+        a, b, pc = tp, s, per[i]
+        if seqs:
+            a, b = share_problem(tp, s, max(seqs[i], mean_seqs))
+            pc = layer_costs(a, b, states[i])
+        mems.append([st.memory for st in evaluate(a, b, bounds, states[i], pc).stages])
     return SlotsEvaluation(s, bounds, slots, members, step, bubble, stages, mems,
-                           [g.hw.gpu.memory_bytes for g in mixed.groups])
+                           [g.hw.gpu.memory_bytes for g in mixed.groups], seqs,
+                           replicas_of(mixed, s) if seqs else None)
+
+
+def dense_time(tp: Problem, s: Strategy, state: list[MoEState], seqs: int) -> float:
+    """A type's dense work and TP collectives over every layer at `seqs` sequences a
+    replica: what the sequence shares balance (the experts see the mean either way)."""
+    a, b = share_problem(tp, s, seqs)
+    return sum(c.compute_fwd - _expert(c) + c.tp_fwd for c in layer_costs(a, b, state))
+
+
+def assign_seqs(q: Problem, mixed: MixedHardware, s: Strategy, base: list[MoEState],
+                slots: list[int], replicas: list[int]) -> list[int] | None:
+    """Sequences on each attention-DP replica of each type: the batch over the replicas,
+    each next step (one more sequence on every replica of a type) to the type whose dense
+    work would then finish first (greedy, exact as for `assign_slots`); None where no
+    split covers the batch exactly."""
+    B, mean = q.workload.batch, q.model.experts / s.ep
+    tps = [type_problem(q, g) for g in mixed.groups]
+    states = [_states(q, base, n, mean) for n in slots]
+    seqs, left = [1] * len(replicas), B - sum(replicas)
+    if left < 0:
+        return None
+    heap = [(dense_time(tp, s, st, 2), i) for i, (tp, st) in enumerate(zip(tps, states,
+                                                                          strict=True))]
+    heapq.heapify(heap)
+    while left > 0 and heap:
+        _, i = heapq.heappop(heap)
+        if replicas[i] > left:
+            continue
+        seqs[i] += 1
+        left -= replicas[i]
+        heapq.heappush(heap, (dense_time(tps[i], s, states[i], seqs[i] + 1), i))
+    return seqs if left == 0 else None
 
 
 def expert_time(tp: Problem, s: Strategy, base: list[MoEState], n: int) -> float:
@@ -202,19 +285,30 @@ def search_slots(q: Problem, mixed: MixedHardware, layouts: list[Strategy], base
             continue  # a measured load: the slots by speed assume uniform routing
         bounds = even_bounds(m.layers, s.pp)
         caps = [m.experts] * len(members)
+        reps = replicas_of(mixed, s) if not q.training and framework == "any" else None
         priced += 1
         for _ in range(m.experts):
             slots = assign_slots(q, mixed, s, base, members, caps)
             if slots is None:
                 break
+            seqs = assign_seqs(q, mixed, s, base, slots, reps) if reps else None
             ev = price_slots(q, mixed, s, base, slots, members, bounds)
-            full = [i for i, (ms, c) in enumerate(zip(ev.memories, ev.capacities, strict=True))
-                    if max(x.total for x in ms) > c]
+            if seqs:  # kept where it fits (the faster type holds more KV) and pays
+                shared = price_slots(q, mixed, s, base, slots, members, bounds, seqs)
+                if not _full(shared) and shared.step_time < ev.step_time:
+                    ev = shared
+            full = _full(ev)
             if not full:
-                if len(set(slots)) > 1 and ev.step_time < min(
-                        beat, best.step_time if best else beat):
+                uneven = len(set(slots)) > 1 or len(set(ev.seqs or [0])) > 1
+                if uneven and ev.step_time < min(beat, best.step_time if best else beat):
                     best = ev
                 break
             for i in full:  # that type holds fewer
                 caps[i] = slots[i] - 1
     return best, priced
+
+
+def _full(ev: SlotsEvaluation) -> list[int]:
+    """The groups whose fullest stage exceeds their GPU's memory."""
+    return [i for i, (ms, c) in enumerate(zip(ev.memories, ev.capacities, strict=True))
+            if max(x.total for x in ms) > c]
