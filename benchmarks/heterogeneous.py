@@ -20,7 +20,6 @@ import autopar  # noqa: E402
 from autopar.api import make_problem  # noqa: E402
 from autopar.errors import AutoparError  # noqa: E402
 from autopar.search import SearchOptions  # noqa: E402
-from autopar.search.mixed_solve import solve_mixed  # noqa: E402
 from autopar.search.uneven import SplitError, expert_slots  # noqa: E402
 from autopar.spec import GB, load_model, parse_workload  # noqa: E402
 from autopar.spec.files import load_any_hardware  # noqa: E402
@@ -83,10 +82,16 @@ def training_row(label: str, model: str, optimizer: dict | None, limit: float,
                           "ranks" for g, x in plan["expert_slots"].items())
         mem = ", ".join(f"{g} {x['total_bytes'] / GB:.0f}/{x['capacity_bytes'] / GB:.0f} GB"
                         for g, x in plan["stages"][0]["memory"].items())
+        seqs = "".join(f"; {g}: {x['sequences_per_replica']} sequences on each of "
+                       f"{x['replicas']} attention-DP replicas"
+                       for g, x in plan.get("sequence_shares", {}).items())
+        lat = "".join(f", {k[:4].upper()} {plan['metrics'][k] * 1e3:.4g} ms"
+                      for k in ("tpot_s", "ttft_s") if k in plan["metrics"])
         return {"case": label, "step": plan["metrics"]["step_time_s"],
                 "plan": f"ep_slots: TP{s['tp']} PP{s['pp']} DP{s['dp']} EP{s['ep']} "
-                        f"ETP{s['etp']}, mb {s['micro_batch']}x{s['num_micro_batches']}, per "
-                        f"EP group {slots}; stage 0 {mem}{_forms(plan)}",
+                        f"ETP{s['etp']} {s.get('moe_dispatcher', '')}, mb {s['micro_batch']}x"
+                        f"{s['num_micro_batches']}{lat}, per EP group {slots}{seqs}; stage 0 "
+                        f"{mem}{_forms(plan)}",
                 "slow": _cmp(plan["compared"]["slowest_type"]),
                 "fast": _cmp(plan["compared"]["fast_only"]),
                 "check": len(autopar.check(plan, hardware=str(ROOT / hw))),
@@ -114,76 +119,55 @@ def training_row(label: str, model: str, optimizer: dict | None, limit: float,
             "cut_short": plan["solver"]["time_limit_reached"]}
 
 
-def serving_row(limit: float) -> dict:
-    """DeepSeek-V3 fp8 decode: the serving search plans one type, so the mixed forms' decode
-    step (the same per-layer and per-stage cost functions) is priced here by `solve_mixed`:
-    the fastest of the mixed pipeline, one layout paced by the A100 (a) and the same shape
-    with EP groups across both types and expert slots by speed (ep_slots)."""
-    hw = load_any_hardware(ROOT / MIXED)
-    p = make_problem(ROOT / "problems/models/deepseek-v3.yaml", hw.groups[0].hw)
-    t0 = time.perf_counter()
-    from autopar.search.deadline import Deadline
-
-    done = solve_mixed(p, hw, SearchOptions(time_limit_s=limit), Deadline.after(limit))
-    out = {"case": f"DeepSeek-V3 fp8 decode, batch {p.workload.batch}, 8 H100 + 8 A100",
-           "wall": time.perf_counter() - t0}
-    slow, fast = done.compared["slowest_type"], done.compared["fast_only"]
-    ev = done.result.best
-    pipe = "none" if ev is None else (
-        f"{ev.step_time:.4g} s (TP{ev.strategy.tp} PP{ev.strategy.pp} EP{ev.strategy.ep}: "
-        + ", ".join(f"{done.result.hw.groups[g].name} {ev.bounds[k]}-{ev.bounds[k + 1] - 1}"
-                    for k, g in enumerate(ev.groups)) + ")")
-    if done.mode is None:
-        out["plan"] = f"none: {done.result.why}"
-    else:
-        out["step"] = done.step_time
-        if done.mode == "ep_slots":
-            sl, st = done.slots, done.slots.strategy
-            per = ", ".join(f"{g.name} {n} experts x {r} ranks" for g, n, r in zip(
-                hw.groups, sl.slots, sl.members, strict=True))
-            mem = ", ".join(f"{g.name} {max(x.total for x in ms) / GB:.0f}/{c / GB:.0f} GB"
-                            for g, ms, c in zip(hw.groups, sl.memories, sl.capacities,
-                                                strict=True))
-            out["plan"] = (f"ep_slots: TP{st.tp} PP{st.pp} DP{st.dp} EP{st.ep} ETP{st.etp} "
-                           f"{st.moe_dispatcher}, per EP group of {st.ep}: {per} (of "
-                           f"{p.model.experts}); {mem}; the mixed pipeline: {pipe}")
-        elif done.mode == "uniform":
-            out["plan"] = f"uniform (a); the mixed pipeline: {pipe}"
-        else:
-            out["plan"] = f"pipeline: {pipe}"
-    out["slow"], out["fast"] = _cmp(slow), _cmp(fast)
-    out["cut_short"] = done.result.timed_out
-    return out
+def _layout(d: dict) -> str:
+    s = d["strategy"]
+    cut = "-".join(str(b - a + 1) for a, b in s.get("stage_layers", [])) if s["pp"] > 1 else ""
+    return (f"TP{s['tp']} PP{s['pp']} DP{s['dp']} EP{s['ep']} zero {s['zero']} recompute "
+            f"{s['recompute']}, mb {s['micro_batch']}x{s['num_micro_batches']}"
+            + (f", layers {cut}" if cut else ""))
 
 
 def seven_row(limit: float) -> tuple[dict, list[str]]:
-    """Mixtral-8x7B training on a node with one failed GPU: one type, so the slowest-type
-    and fast-only plans are this plan; the intact node is the reference."""
+    """Mixtral-8x7B training on a node with one failed GPU: one type, so (a) is the best plan
+    whose splits are all even (what Megatron, torchtitan and DeepSpeed run: every DP rank
+    the same micro-batches), and (b) the power-of-two subset; the intact node is the
+    reference."""
     t0 = time.perf_counter()
     model = str(ROOT / "problems/models/mixtral-8x7b.yaml")
     seven = autopar.solve(model, str(ROOT / SEVEN), time_limit_s=limit).data
     eight = autopar.solve(model, str(ROOT / "problems/hw/h100-8x.yaml"), time_limit_s=limit)
     s, step = seven["strategy"], seven["metrics"]["step_time_s"]
-    same = f"{step:.4g} s (the same 7 GPUs, one type)"
+    batch = seven["inputs"]["workload"]["batch"]
+    q, r = divmod(batch, s["dp"])
+    uneven = (f"; the {batch} samples split unevenly over the {s['dp']} replicas ({r} x "
+              f"{q + 1}, {s['dp'] - r} x {q}: paced by {q + 1})" if r else "")
+    evens = []
+    for fw in ("megatron", "torchtitan", "deepspeed"):
+        try:
+            d = autopar.solve(model, str(ROOT / SEVEN), time_limit_s=limit, framework=fw).data
+            evens.append((d["metrics"]["step_time_s"], fw, d))
+        except AutoparError:
+            continue
     row = {"case": "Mixtral-8x7B training, 7 H100 (one failed)", "step": step,
-           "plan": f"TP{s['tp']} PP{s['pp']} DP{s['dp']} EP{s['ep']} zero {s['zero']} "
-                   f"recompute {s['recompute']}, mb {s['micro_batch']}x"
-                   f"{s['num_micro_batches']}",
-           "slow": (same, "1.00x (nothing to rebalance)"), "fast": (same, "1.00x"),
+           "plan": _layout(seven) + uneven,
            "check": len(autopar.check(seven)), "wall": time.perf_counter() - t0,
            "cut_short": seven["solver"]["time_limit_reached"]}
+    if evens:
+        e_step, fw, d = min(evens, key=lambda x: x[0])
+        row["slow"] = (f"{e_step:.4g} s ({_layout(d)}; the best even-split plan, "
+                       f"--framework {fw}: every GPU is one type, so even splits are what "
+                       "treating them alike gives)",
+                       f"{e_step / step:.2f}x ({100 * (1 - step / e_step):.0f}% less time)")
     m = load_model(model).model
     four_hw = replace(load_any_hardware(ROOT / SEVEN), gpus_per_node=4, name="h100-7gpu: 4 of 7")
     try:
         four = autopar.solve(model, four_hw, time_limit_s=limit).data
-        f4 = four["strategy"]
-        four_txt = (f"{four['metrics']['step_time_s']:.4g} s (TP{f4['tp']} PP{f4['pp']} "
-                    f"DP{f4['dp']} EP{f4['ep']} zero {f4['zero']} recompute {f4['recompute']})")
-        four_vs = f"all 7 are {four['metrics']['step_time_s'] / step:.2f}x as fast"
+        f4 = four["metrics"]["step_time_s"]
+        row["fast"] = (f"{f4:.4g} s ({_layout(four)}; on 4 of the 7, the power-of-two subset)",
+                       f"{f4 / step:.2f}x")
     except AutoparError as exc:
-        four_txt, four_vs = f"no plan ({exc})", "only the 7-GPU plan exists"
-    row["plan"] += ("; on 4 of the 7 (the power-of-two subset an even-split framework "
-                    f"uses): {four_txt}; {four_vs}")
+        row["fast"] = (f"no plan on 4 of the 7 (the power-of-two subset): {exc}",
+                       "only the 7-GPU plans exist")
     per_expert = 3 * m.hidden * m.expert_ffn_hidden * m.layers * 10  # B, at 10 B/param
     notes = [f"- The intact node (8 H100) runs Mixtral in {eight.metrics['step_time_s']:.4g} s; "
              f"7 GPUs cost {100 * (step / eight.metrics['step_time_s'] - 1):.0f}% more."]
@@ -195,8 +179,9 @@ def seven_row(limit: float) -> tuple[dict, list[str]]:
                      f"expert_slots`) does not fit: one expert's weights, gradients and "
                      f"optimizer states are {per_expert / GB:.0f} GB at 10 B/param, so two "
                      f"are {2 * per_expert / GB:.0f} GB on an 80 GB GPU ({exc}). With the "
-                     "experts' states unshardable over EP 7 (EDP = 1), the 7-GPU plan stays "
-                     "the one-type one.")
+                     "experts' states unshardable over EP 7 (EDP = 1), the 7-GPU plans are "
+                     "data-parallel or a 7-stage pipeline; what the uneven splits gain is "
+                     "the batch shares (and the free cut where the framework has none).")
     return row, notes
 
 
@@ -253,7 +238,8 @@ def main() -> None:
                          "problems/models/mixtral-8x7b.yaml", None, lim, MIXED, "megatron"),
             training_row("Mixtral-8x7B training, 8 H100 + 8 L40S (PCIe only)",
                          "problems/models/mixtral-8x7b.yaml", None, lim, PCIE),
-            serving_row(lim)]
+            training_row("DeepSeek-V3 fp8 decode, batch 256 (4096 in, 1024 out), 8 H100 + "
+                         "8 A100", "problems/models/deepseek-v3.yaml", None, lim)]
     seven, notes = seven_row(lim)
     ep_notes = ep_slots_alone(lim)
     rows.append(seven)
@@ -270,7 +256,9 @@ def main() -> None:
         "fastest of four forms (notes), each priced by the one-type cost model on the GPU "
         "type each part sits on; (a) and (b) are the existing search on one type, (a) on "
         "the cluster paced by its slowest type and links (itself a plan on the cluster: "
-        "the `uniform` form). "
+        "the `uniform` form). On the 7-GPU node every GPU is one type: there (a) is the "
+        "best plan with every split even (what Megatron, torchtitan and DeepSpeed run) and "
+        "(b) the power-of-two subset. "
         "`check errors` is what `autopar check` finds in the plan. Mixed "
         "searches cut short by the time limit: " + (", ".join(short) or "none") + ".",
         "",
@@ -296,19 +284,20 @@ def main() -> None:
         "rank E / EP experts, so with `--framework megatron` neither `dp_shares` nor "
         "`ep_slots` is searched.",
         *ep_notes,
-        "- DeepSeek-V3 serving: the serving search (TTFT / TPOT targets, frontier) plans one "
-        "type and refuses a mixed file in one line; the row prices one decode step of each "
-        "form with the same per-layer and per-stage cost functions. The fastest group alone "
+        "- DeepSeek-V3 decode: one decode step is planned over the groups like a training "
+        "step (`autopar solve` on the mixed file; the serving search with TTFT / TPOT "
+        "targets plans one type and refuses it in one line). The fastest group alone "
         "cannot hold the 671 B fp8 weights (8 x 80 GB); A100 has no fp8 tensor cores, so "
         "its layers run the fp8 checkpoint at the 16-bit rate (`GPUSpec.flops`). The mixed "
-        "pipeline loses to (a) because a stage may not span two types (EP 8 at most); the "
-        "ep_slots form keeps (a)'s EP 16 and moves experts to the H100s, which gains little "
-        "here: the attention, the dense layers and the all-to-all over the NIC stay paced "
-        "by the A100s and the slowest link. The H100 is priced from its measured kernel "
-        "tables (the bundled calibration), the A100 from the analytic defaults, and a few "
-        "small measured H100 kernels (the TP all-reduce, the shared expert's fp8 GEMMs with "
-        "their casts) come out slower than the analytic A100's, so at even slots the form "
-        "would price above (a): (a)'s claim to hold on the cluster is field by field.",
+        "pipeline loses to (a) because a stage may not span two types (EP 8 at most). The "
+        "ep_slots form keeps (a)'s EP 16, moves experts to the H100s and shares the "
+        "sequences by speed over the attention-DP replicas (`search.mixed_ep.assign_seqs`): "
+        "a type's dense work and TP collectives are priced at its share, the experts at the "
+        "mean (the all-to-all mixes every replica's tokens), the all-to-all at the larger; "
+        "its memory at the larger of its share and the mean. The A100's dense work is mostly "
+        "reading its attention weights, so its replicas take few sequences. The H100 is "
+        "priced from its measured kernel tables (the bundled calibration), the A100 from the "
+        "analytic defaults.",
         "- Uneven TP shards (`search.uneven.split_heads`, `split_columns`) are pure "
         "functions: every stage and replica sits on one type, so its TP groups split evenly.",
         "",
