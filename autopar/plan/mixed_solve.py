@@ -13,7 +13,6 @@ from ..errors import InfeasibleError, InputError
 from ..search import PIN_KEYS, SearchOptions
 from ..search.deadline import Deadline
 from ..search.mixed_solve import solve_mixed
-from ..serve.plan import wants_serving
 from ..spec.groups import MIXED_SUPPORT, MixedHardware, refuse_mixed
 from .document import Plan
 from .mixed import build_mixed_plan
@@ -28,7 +27,7 @@ def solve_mixed_plan(p: Problem, hw: MixedHardware, opts: SearchOptions, deadlin
     a decode step of the workload's batch: the TTFT / TPOT a plan states), each group able
     to run the checkpoint; InfeasibleError when no form fits. A serving search (whole
     requests, TTFT / TPOT targets) plans one type and refuses the file in one line."""
-    if wants_serving(p.workload):
+    if p.workload.wants_serving:
         raise refuse_mixed(hw, "the serving search (phase both, or TTFT / TPOT targets)")
     if opts.framework != "any" and not MIXED_SUPPORT.get(opts.framework, {}).get(
             "mixed_pipeline"):

@@ -28,10 +28,8 @@ from .frontier import ServingResult, Targets, layouts, serving_ceiling, serving_
 
 
 def wants_serving(w: Workload) -> bool:
-    """Whole requests (phase both) or a latency target make an inference workload a
-    serving search; a plain prefill or decode step keeps the step-time search."""
-    return w.kind == "inference" and (
-        w.phase == "both" or w.ttft_ms is not None or w.tpot_ms is not None)
+    """`Workload.wants_serving`: whether the workload is a serving search."""
+    return w.wants_serving
 
 
 def serve(p: Problem, opts: SearchOptions, frontier: bool = False, disaggregate: bool = False,

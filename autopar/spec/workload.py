@@ -73,6 +73,13 @@ class Workload:
         return self.input_len + self.output_len / 2
 
     @property
+    def wants_serving(self) -> bool:
+        """Whole requests (phase both) or a latency target make an inference workload a
+        serving search; a plain prefill or decode step keeps the step-time search."""
+        return self.kind == "inference" and (
+            self.phase == "both" or self.ttft_ms is not None or self.tpot_ms is not None)
+
+    @property
     def decoding(self) -> bool:
         """A decode step: one new token per sequence over its cached context."""
         return self.kind == "inference" and self.phase == "decode"
