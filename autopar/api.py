@@ -158,17 +158,28 @@ def solve(model: ModelSpec | ModelFile | str | Path,
         hardware = hardware if isinstance(hardware, MixedHardware) else \
             load_any_hardware(hardware)
     if isinstance(hardware, MixedHardware):
-        if calibration is not None or frontier or disaggregate or decode_hw is not None:
-            raise refuse_mixed(hardware, "a calibration, --frontier or --disaggregate")
+        if calibration is not None or decode_hw is not None:
+            raise refuse_mixed(hardware, "a calibration or --decode-hw (name the groups "
+                               "in the file instead)")
+        mp = make_problem(model, hardware.groups[0].hw, workload, None, flash_attention,
+                          fused_grad_accumulation, async_tp_allreduce, zero3_gather)
+        mopts = SearchOptions(pins=dict(pins or {}), time_limit_s=time_limit_s, seed=seed,
+                              workers=workers, framework=framework)
+        if mp.workload.wants_serving or frontier or disaggregate:
+            from .serve.mixed import serve_mixed
+
+            bad = [k for k in mopts.pins if k not in PIN_KEYS]
+            if bad:
+                raise InputError("pins", bad[0], f"unknown option; known: {', '.join(PIN_KEYS)}")
+            if fw is not None:
+                fw.check_kind(mp.workload.kind)
+                mp = _without_tbo(mp, fw.name)
+            say("searching serving layouts paced by the slowest group")
+            return serve_mixed(mp, hardware, mopts, frontier, disaggregate,
+                               deadline.sooner(plan_reserve_s(mp, deadline.limit_s)))
         from .plan.mixed_solve import solve_mixed_plan
 
-        return solve_mixed_plan(make_problem(model, hardware.groups[0].hw, workload, None,
-                                             flash_attention, fused_grad_accumulation,
-                                             async_tp_allreduce, zero3_gather),
-                                hardware, SearchOptions(pins=dict(pins or {}),
-                                                        time_limit_s=time_limit_s, seed=seed,
-                                                        workers=workers, framework=framework),
-                                deadline, say)
+        return solve_mixed_plan(mp, hardware, mopts, deadline, say)
     p = make_problem(model, hardware, workload, calibration, flash_attention,
                      fused_grad_accumulation, async_tp_allreduce, zero3_gather)
     pins = dict(pins or {})

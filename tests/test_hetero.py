@@ -187,11 +187,14 @@ def test_api_and_cli_plan_a_mixed_file(tmp_path):
                                    str(out), "--time-limit", "10"])  # one decode step plans
     assert res.exit_code == 0 and "TPOT" in res.output, res.output
     assert json.loads(out.read_text())["metrics"]["tpot_s"] > 0
-    serve["workload"]["tpot_ms"] = 50.0  # a target: the serving search, one type
+    serve["workload"]["tpot_ms"] = 50.0  # a target: the serving search, paced by the A100s
     model.write_text(yaml.safe_dump(serve))
-    res = CliRunner().invoke(cli, ["solve", "--hw", str(hw), "--model", str(model)])
-    assert res.exit_code == 2 and "serving search" in res.output and "one GPU type" in \
-        res.output
+    res = CliRunner().invoke(cli, ["solve", "--hw", str(hw), "--model", str(model), "--out",
+                                   str(out), "--time-limit", "10"])
+    assert res.exit_code == 0 and "uniform plan on the mixed cluster" in res.output, res.output
+    res = CliRunner().invoke(cli, ["solve", "--hw", str(hw), "--model", str(model),
+                                   "--decode-hw", str(hw)])
+    assert res.exit_code == 2 and "--decode-hw" in res.output
     res = CliRunner().invoke(cli, ["frontier", "--hw", str(hw), "--model", str(model)])
     assert res.exit_code == 2 and "2 GPU groups" in res.output
 

@@ -14,7 +14,7 @@ from ..search import SearchOptions
 from ..search.deadline import Deadline
 from ..search.driver import SearchResult
 from ..search.experts import placements_for
-from ..spec.groups import MixedHardware, slowest
+from ..spec.groups import GPUGroup, MixedHardware, slowest
 from .build import build_plan
 from .document import Plan
 from .mixed import summary_tail
@@ -31,15 +31,22 @@ def build_uniform_plan(q: Problem, mixed: MixedHardware, opts: SearchOptions,
     placed = placements_for(q, r.best.strategy, r.placement, opts.seed, opts.workers,
                             deadline=deadline, budget_s=opts.placement_budget_s)
     plan = build_plan(q, opts, r, placed)
-    slow = slowest(mixed, q.model.dtype)
-    plan.data["mode"] = "uniform"
-    plan.data["uniform_on"] = {
+    mark_uniform(plan.data, mixed, slowest(mixed, q.model.dtype), compared)
+    return plan
+
+
+def mark_uniform(data: dict[str, Any], mixed: MixedHardware, slow: GPUGroup,
+                 compared: dict[str, Any]) -> None:
+    """Make a one-type plan document (a training step's or a serving search's, solved on
+    the cluster paced by `slow`) the uniform plan on `mixed`: `"mode": "uniform"`,
+    `uniform_on` (the groups, the type that paces them) and what it was measured against."""
+    data["mode"] = "uniform"
+    data["uniform_on"] = {
         "hardware": mixed.name, "source": mixed.source, "paced_by": slow.hw.gpu.name,
         "groups": [{"name": g.name, "gpu_type": g.hw.gpu.name, "first_gpu": g.first_gpu,
                     "count": g.count} for g in mixed.groups],
         "note": UNIFORM_NOTE}
-    plan.data["compared"] = compared
-    return plan
+    data["compared"] = compared
 
 
 def uniform_summary(d: dict[str, Any]) -> str:

@@ -1,0 +1,78 @@
+"""The serving search on a mixed file (`serve.mixed`): the uniform plan (the one-type
+serving search on the cluster paced by its slowest type, a plan every group runs at least
+as fast) and, with disaggregation, a prefill pool on one group and a decode pool on the
+other, every ordered pair searched and compared."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+import autopar
+from autopar.errors import InputError
+from autopar.spec import parse_model
+
+MOE = {"model": {"name": "small-moe", "layers": 8, "hidden": 2048, "heads": 16,
+                 "kv_heads": 4, "head_dim": 128, "ffn_hidden": 8192, "gated_mlp": True,
+                 "experts": 8, "top_k": 2, "expert_ffn_hidden": 1024, "vocab": 32000,
+                 "dtype": "bf16"},
+       "workload": {"kind": "inference", "phase": "both", "input_len": 1024,
+                    "output_len": 128, "ttft_ms": 1000.0, "tpot_ms": 40.0}}
+HW = {"name": "ha", "groups": [
+    {"name": "h100", "gpu": {"type": "H100-SXM5-80GB"}, "gpus_per_node": 2,
+     "intra_node": {"bandwidth_gbps": 450}},
+    {"name": "a100", "gpu": {"type": "A100-SXM4-80GB"}, "gpus_per_node": 2,
+     "intra_node": {"bandwidth_gbps": 300}}],
+    "inter_node": {"bandwidth_gbps": 50}}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ms")
+    (d / "ha.yaml").write_text(yaml.safe_dump(HW))
+    plan = autopar.solve(parse_model(MOE, "m.yaml"), str(d / "ha.yaml"), time_limit_s=20,
+                         disaggregate=True).data
+    return plan, d / "ha.yaml"
+
+
+def test_the_uniform_serving_plan_is_paced_by_the_slowest_type_and_checks(served):
+    plan, hw = served
+    assert plan["mode"] == "uniform" and plan["uniform_on"]["paced_by"] == "A100-SXM4-80GB"
+    assert plan["inputs"]["hardware"]["gpu"]["name"] == "A100-SXM4-80GB"
+    assert plan["strategy"]["num_gpus"] == 4
+    pt = plan["serving"]["point"]
+    assert pt["ttft_s"] * 1e3 <= 1000.0 and pt["tpot_s"] * 1e3 <= 40.0
+    assert autopar.check(plan) == [] and autopar.check(plan, hardware=str(hw)) == []
+    bad = copy.deepcopy(plan)
+    bad["uniform_on"]["groups"][1]["count"] = 1  # the groups no longer hold its GPUs
+    assert any(x.path == "uniform_on.groups" for x in autopar.check(bad))
+
+
+def test_pools_by_type_search_both_orders_and_compare_per_gpu(served):
+    plan, _ = served
+    x = plan["pools_by_type"]
+    assert [(r["prefill_group"], r["decode_group"]) for r in x["pairs"]] == [
+        ("h100", "a100"), ("a100", "h100")]
+    found = [r for r in x["pairs"] if "best" in r]
+    assert found, x
+    for r in found:  # each pool on its own type, the point meets the targets
+        b = r["best"]
+        assert b["ttft_s"] * 1e3 <= 1000.0 and b["tpot_s"] * 1e3 <= 40.0
+        assert b["prefill_gpus"] <= 2 and b["decode_gpus"] <= 2
+        assert r["tokens_per_s_per_gpu"] == pytest.approx(r["tokens_per_s"] / r["gpus"])
+    top = max(found, key=lambda r: r["tokens_per_s_per_gpu"])
+    assert x["best"] == f"{top['prefill_group']} -> {top['decode_group']}"
+    a = plan["metrics"]["tokens_per_s_per_gpu"]
+    assert x["uniform_tokens_per_s_per_gpu"] == a
+    assert x["comparison"].startswith("pools by type win" if top["tokens_per_s_per_gpu"] > a
+                                      else "the uniform plan wins")
+
+
+def test_disaggregation_needs_whole_requests(served):
+    _, hw = served
+    m = copy.deepcopy(MOE)
+    m["workload"].update(phase="decode", batch=8, ttft_ms=None)
+    with pytest.raises(InputError, match="phase both"):
+        autopar.solve(parse_model(m, "m.yaml"), str(hw), time_limit_s=5, disaggregate=True)
