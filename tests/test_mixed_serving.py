@@ -76,3 +76,28 @@ def test_disaggregation_needs_whole_requests(served):
     m["workload"].update(phase="decode", batch=8, ttft_ms=None)
     with pytest.raises(InputError, match="phase both"):
         autopar.solve(parse_model(m, "m.yaml"), str(hw), time_limit_s=5, disaggregate=True)
+
+
+def test_groups_apart_sum_their_own_searches_and_the_choice_is_the_most_served(served):
+    """Each group's point is its one-type serving search's (the same solve on that group
+    alone), the sum is the cluster's, and the choice names the answer serving the most;
+    check recomputes the sums and the choice and catches an edited one."""
+    plan, hw = served
+    apart = plan["groups_apart"]
+    spec = autopar.spec.files.load_any_hardware(str(hw))
+    for r, g in zip(apart["groups"], spec.groups, strict=True):
+        one = autopar.solve(parse_model(MOE, "m.yaml"), g.hw, time_limit_s=20).data
+        assert r["tokens_per_s"] == pytest.approx(one["serving"]["point"]["tokens_per_s"])
+    total = sum(r["tokens_per_s"] for r in apart["groups"])
+    assert apart["tokens_per_s"] == pytest.approx(total)
+    assert sum(r["request_share"] for r in apart["groups"]) == pytest.approx(1.0)
+    uniform = plan["metrics"]["tokens_per_s_per_gpu"] * 4
+    pools = max(r["tokens_per_s"] for r in plan["pools_by_type"]["pairs"] if "best" in r)
+    best = max([("uniform", uniform), ("groups_apart", total), ("pools_by_type", pools)],
+               key=lambda x: x[1])[0]
+    assert plan["serving_choice"].startswith(f"{best} serves the most")
+    bad = copy.deepcopy(plan)
+    bad["groups_apart"]["groups"][0]["point"]["tpot_s"] = 1.0  # misses the 40 ms target
+    bad["serving_choice"] = "uniform serves the most" if best != "uniform" else "x"
+    paths = {x.path for x in autopar.check(bad)}
+    assert {"groups_apart.groups[0].point", "serving_choice"} <= paths

@@ -194,6 +194,10 @@ def check_plan(plan: Any, model_file: Any = None, hw: Any = None,
         from .uniform import check_uniform
 
         hw = check_uniform(f, plan, hw, source)
+        if "groups_apart" in plan:  # a serving plan on a mixed file: its other answers
+            from .mixed_serving import check_mixed_serving
+
+            check_mixed_serving(f, plan)
     inputs = resolve_inputs(plan, f, model_file, hw, workload, base_dir, source)
     if is_coarse(plan):
         from .coarse import check_coarse

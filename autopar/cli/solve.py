@@ -14,7 +14,7 @@ from ..plan.mixed import mixed_summary
 from ..plan.mixed_slots import slots_summary
 from ..plan.mixed_uniform import uniform_summary
 from ..plan.report import summary
-from ..serve.mixed import pools_summary
+from ..serve.mixed import mixed_serving_summary
 from ..serve.plan import wants_serving
 from ..spec import load_model
 from ..spec.files import load_any_hardware
@@ -172,7 +172,7 @@ def solve(model_path, hw_path, out, as_json, kind, batch, seq_len, phase, input_
                 click.echo(uniform_summary(plan.data))
             if "serving" in plan.data:
                 click.echo(serving_summary(plan.data))
-            if "pools_by_type" in plan.data:
-                click.echo("\n".join(pools_summary(plan.data)))
+            if "groups_apart" in plan.data:
+                click.echo("\n".join(mixed_serving_summary(plan.data)))
         click.echo(f"plan written to {path}", err=True)
 

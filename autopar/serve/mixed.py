@@ -1,11 +1,15 @@
 """The serving search on a mixed file (several GPU groups): whole requests under TTFT / TPOT
 targets, where one engine's layout must run on every GPU it spans.
 
-Two answers, each a plan on the cluster the file describes:
+Three answers, each runnable on the cluster the file describes, compared by the tokens/s
+the whole cluster serves under the targets (GPUs an answer leaves idle serve nothing):
 - `uniform`: the one-type serving search on the cluster paced by its slowest type and
   links (`spec.groups.paced_by_slowest`: every GPU and link does at least what it is priced
   at), so its TTFT and TPOT hold on every group; the plan document is that search's, with
   `"mode": "uniform"` and `uniform_on` as a training step's uniform form;
+- `groups_apart`: every group its own deployment (the one-type serving search on that
+  group), the requests routed to them in proportion to their rates: the serving
+  counterpart of a training step's data-parallel shares;
 - `pools_by_type` (with `--disaggregate`): a prefill pool on one group and a decode pool on
   another, each priced on its own type (`disagg_search` with the decode pool's hardware),
   the KV cache sent over the NICs between the groups; every ordered pair of groups is
@@ -23,7 +27,7 @@ from typing import Any
 from ..cost.bundled import default_calibration
 from ..cost.fp8 import check_weights
 from ..cost.layer import Problem
-from ..errors import InputError
+from ..errors import InfeasibleError, InputError
 from ..plan.document import Plan
 from ..plan.mixed_uniform import mark_uniform
 from ..search import SearchOptions
@@ -49,11 +53,54 @@ def serve_mixed(p: Problem, mixed: MixedHardware, opts: SearchOptions, frontier:
     if disaggregate and p.workload.phase != "both":
         raise InputError("workload", "phase",
                          "disaggregated serving needs phase both (whole requests)")
-    plan = serve(q, opts, frontier, False, None, deadline.fraction(0.5) if pools else deadline)
+    plan = serve(q, opts, frontier, False, None, deadline.fraction(1 / (2 + pools)))
     mark_uniform(plan.data, mixed, slow, {})
+    plan.data["groups_apart"] = groups_apart(p, mixed, opts, deadline.fraction(1 / (1 + pools)))
     if pools:
         plan.data["pools_by_type"] = pools_by_type(p, mixed, opts, plan.data, deadline)
+    plan.data["serving_choice"] = serving_choice(plan.data)
     return plan
+
+
+def groups_apart(p: Problem, mixed: MixedHardware, opts: SearchOptions,
+                 deadline: Deadline) -> dict[str, Any]:
+    """Each group's own best serving point under the targets (its one-type search), and
+    their sum: the requests split in proportion to each group's rate."""
+    rows: list[dict[str, Any]] = []
+    for k, g in enumerate(mixed.groups):
+        row: dict[str, Any] = {"group": g.name, "gpu": g.hw.gpu.name, "gpus": g.count}
+        try:
+            check_weights(p.model, g.hw, f"group {g.name}")
+            one = serve(replace(p, hw=g.hw, calib=default_calibration(g.hw.gpu.name)), opts,
+                        False, False, None, deadline.fraction(1 / (len(mixed.groups) - k)))
+        except (InputError, InfeasibleError) as exc:
+            rows.append({**row, "why": str(exc)})
+            continue
+        pt = one.data["serving"]["point"]
+        rows.append({**row, "strategy": one.data["strategy"], "point": pt,
+                     "tokens_per_s": pt["tokens_per_s"], "requests_per_s": pt["requests_per_s"]})
+    total = sum(r.get("tokens_per_s", 0.0) for r in rows)
+    rate = sum(r.get("requests_per_s", 0.0) for r in rows)
+    for r in rows:
+        if "requests_per_s" in r and rate:
+            r["request_share"] = r["requests_per_s"] / rate
+    return {"groups": rows, "tokens_per_s": total,
+            "tokens_per_s_per_gpu": total / mixed.num_gpus}
+
+
+def serving_choice(d: dict[str, Any]) -> str:
+    """Which answer serves the most tokens/s on the whole cluster under the targets."""
+    n = int(d["strategy"]["num_gpus"])
+    cands = {"uniform": float(d["metrics"].get("tokens_per_s_per_gpu", 0.0)) * n,
+             "groups_apart": d["groups_apart"]["tokens_per_s"]}
+    pools = d.get("pools_by_type", {})
+    top = [r for r in pools.get("pairs", []) if "best" in r]
+    if top:
+        cands["pools_by_type"] = max(r["tokens_per_s"] for r in top)
+    best = max(cands, key=cands.get)
+    rest = ", ".join(f"{k} {v:.0f}" for k, v in cands.items() if k != best)
+    return (f"{best} serves the most: {cands[best]:.0f} tokens/s on the {n} GPUs under the "
+            f"targets ({rest})")
 
 
 def pools_by_type(p: Problem, mixed: MixedHardware, opts: SearchOptions,
@@ -114,9 +161,32 @@ def pools_summary(d: dict[str, Any]) -> list[str]:
         head = f"  prefill {r['prefill_group']} -> decode {r['decode_group']}: "
         if "best" in r:
             lines.append(head + f"{r['tokens_per_s_per_gpu']:.1f} tokens/s/GPU on "
-                         f"{r['gpus']} GPUs, TTFT {r['best']['ttft_s'] * 1e3:.0f} ms, TPOT "
-                         f"{r['best']['tpot_s'] * 1e3:.1f} ms")
+                         f"{r['gpus']} GPUs, {_latency(r['best'])}")
         else:
             lines.append(head + r["why"])
     return ["pools by type (prefill on one group, decode on another):", *lines,
             x["comparison"]]
+
+
+def mixed_serving_summary(d: dict[str, Any]) -> list[str]:
+    """The terminal lines a serving plan on a mixed file adds: each group apart, the pools
+    by type, and which answer serves the most."""
+    if "groups_apart" not in d:
+        return []
+    lines = ["groups apart (each group its own deployment, requests by their rates):"]
+    for r in d["groups_apart"]["groups"]:
+        if "point" in r:
+            pt, s = r["point"], r["point"]["layout"]
+            lay = f"TP{s['tp']} PP{s['pp']} DP{s['dp']} EP{s['ep']}"
+            lines.append(f"  {r['group']} ({r['gpus']} x {r['gpu']}): {lay}, "
+                         f"{r['tokens_per_s']:.0f} tokens/s, {_latency(pt)}, "
+                         f"{r['request_share']:.0%} of the requests")
+        else:
+            lines.append(f"  {r['group']}: {r['why']}")
+    return [*lines, *pools_summary(d), d["serving_choice"]]
+
+
+def _latency(pt: dict[str, Any]) -> str:
+    """A point's TTFT and TPOT, each where the phase has it."""
+    return ", ".join(f"{k} {pt[key] * 1e3:.{d}f} ms" for k, key, d in (
+        ("TTFT", "ttft_s", 0), ("TPOT", "tpot_s", 1)) if pt.get(key) is not None)
