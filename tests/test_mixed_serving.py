@@ -88,6 +88,7 @@ def test_groups_apart_sum_their_own_searches_and_the_choice_is_the_most_served(s
     for r, g in zip(apart["groups"], spec.groups, strict=True):
         one = autopar.solve(parse_model(MOE, "m.yaml"), g.hw, time_limit_s=20).data
         assert r["tokens_per_s"] == pytest.approx(one["serving"]["point"]["tokens_per_s"])
+        assert r["launch"] == one["launch"]  # what runs on that group, engine by engine
     total = sum(r["tokens_per_s"] for r in apart["groups"])
     assert apart["tokens_per_s"] == pytest.approx(total)
     assert sum(r["request_share"] for r in apart["groups"]) == pytest.approx(1.0)

@@ -8,8 +8,8 @@ the whole cluster serves under the targets (GPUs an answer leaves idle serve not
   at), so its TTFT and TPOT hold on every group; the plan document is that search's, with
   `"mode": "uniform"` and `uniform_on` as a training step's uniform form;
 - `groups_apart`: every group its own deployment (the one-type serving search on that
-  group), the requests routed to them in proportion to their rates: the serving
-  counterpart of a training step's data-parallel shares;
+  group, with its engines' launch arguments), the requests routed to them in proportion to
+  their rates: the serving counterpart of a training step's data-parallel shares;
 - `pools_by_type` (with `--disaggregate`): a prefill pool on one group and a decode pool on
   another, each priced on its own type (`disagg_search` with the decode pool's hardware),
   the KV cache sent over the NICs between the groups; every ordered pair of groups is
@@ -78,7 +78,8 @@ def groups_apart(p: Problem, mixed: MixedHardware, opts: SearchOptions,
             continue
         pt = one.data["serving"]["point"]
         rows.append({**row, "strategy": one.data["strategy"], "point": pt,
-                     "tokens_per_s": pt["tokens_per_s"], "requests_per_s": pt["requests_per_s"]})
+                     "tokens_per_s": pt["tokens_per_s"], "requests_per_s": pt["requests_per_s"],
+                     "launch": one.data.get("launch", {})})  # the group's own engines
     total = sum(r.get("tokens_per_s", 0.0) for r in rows)
     rate = sum(r.get("requests_per_s", 0.0) for r in rows)
     for r in rows:
