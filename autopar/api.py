@@ -147,13 +147,18 @@ def solve(model: ModelSpec | ModelFile | str | Path,
     searched (its rules in `data/frameworks/`); "any" is the whole space.
 
     Hardware of several GPU groups (a `groups:` file, or `spec.groups.MixedHardware`) plans
-    a training step or one prefill / decode step over the groups (`plan.mixed_solve`,
-    docs/hardware.md); the serving search (phase both, TTFT / TPOT targets), a
-    calibration, frontier and disaggregation refuse it in one line."""
+    a training step or one prefill / decode step over the groups (`plan.mixed_solve`); the
+    serving search on it (phase both, targets, `frontier`, `disaggregate`) gives the plan
+    paced by the slowest type with the groups apart and the pools by type beside it
+    (`serve.mixed`; docs/hardware.md); a calibration or `decode_hw` refuse it in one line."""
     deadline = Deadline.after(check_time_limit(time_limit_s))
     fw = load_framework(framework)
     say = progress or (lambda msg: None)
     say("reading the inputs")
+    pins = dict(pins or {})
+    bad = [k for k in pins if k not in PIN_KEYS]
+    if bad:
+        raise InputError("pins", bad[0], f"unknown option; known: {', '.join(PIN_KEYS)}")
     if not isinstance(hardware, HardwareSpec):  # a `groups:` file may hold several types
         hardware = hardware if isinstance(hardware, MixedHardware) else \
             load_any_hardware(hardware)
@@ -163,14 +168,11 @@ def solve(model: ModelSpec | ModelFile | str | Path,
                                "in the file instead)")
         mp = make_problem(model, hardware.groups[0].hw, workload, None, flash_attention,
                           fused_grad_accumulation, async_tp_allreduce, zero3_gather)
-        mopts = SearchOptions(pins=dict(pins or {}), time_limit_s=time_limit_s, seed=seed,
+        mopts = SearchOptions(pins=pins, time_limit_s=time_limit_s, seed=seed,
                               workers=workers, framework=framework)
         if mp.workload.wants_serving or frontier or disaggregate:
             from .serve.mixed import serve_mixed
 
-            bad = [k for k in mopts.pins if k not in PIN_KEYS]
-            if bad:
-                raise InputError("pins", bad[0], f"unknown option; known: {', '.join(PIN_KEYS)}")
             if fw is not None:
                 fw.check_kind(mp.workload.kind)
                 mp = _without_tbo(mp, fw.name)
@@ -182,10 +184,6 @@ def solve(model: ModelSpec | ModelFile | str | Path,
         return solve_mixed_plan(mp, hardware, mopts, deadline, say)
     p = make_problem(model, hardware, workload, calibration, flash_attention,
                      fused_grad_accumulation, async_tp_allreduce, zero3_gather)
-    pins = dict(pins or {})
-    bad = [k for k in pins if k not in PIN_KEYS]
-    if bad:
-        raise InputError("pins", bad[0], f"unknown option; known: {', '.join(PIN_KEYS)}")
     if "recompute_modules" in pins:
         pins["recompute_modules"] = recompute_modules_pin(pins, p.model)
     check_cp_pins(p, pins)
