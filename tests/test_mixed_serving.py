@@ -102,3 +102,16 @@ def test_groups_apart_sum_their_own_searches_and_the_choice_is_the_most_served(s
     bad["serving_choice"] = "uniform serves the most" if best != "uniform" else "x"
     paths = {x.path for x in autopar.check(bad)}
     assert {"groups_apart.groups[0].point", "serving_choice"} <= paths
+
+
+def test_a_target_only_the_faster_group_meets_names_that_group(served):
+    """TPOT 0.4 ms: the H100s alone meet it (0.40 ms), every GPU paced by the A100 does not
+    (0.46 ms): infeasible, and the answer says which group serves alone."""
+    _, hw = served
+    m = copy.deepcopy(MOE)
+    m["workload"]["tpot_ms"] = 0.4
+    with pytest.raises(autopar.errors.InfeasibleError) as e:
+        autopar.solve(parse_model(m, "m.yaml"), str(hw), time_limit_s=10)
+    assert "every GPU as A100" in e.value.reason
+    assert "group h100 alone serves" in e.value.suggestion
+    assert "a100 alone" not in e.value.suggestion

@@ -40,8 +40,10 @@ from .plan import serve
 
 def serve_mixed(p: Problem, mixed: MixedHardware, opts: SearchOptions, frontier: bool,
                 disaggregate: bool, deadline: Deadline) -> Plan:
-    """The uniform serving plan on `mixed`, with its pools-by-type comparison under
-    `disaggregate` (phase both: whole requests)."""
+    """The uniform serving plan on `mixed`, with the groups apart beside it and, under
+    `disaggregate` (phase both: whole requests), the pools by type. Where no layout paced
+    by the slowest type meets the targets, the InfeasibleError names the groups that meet
+    them alone."""
     dtype = p.model.dtype
     paced = paced_by_slowest(mixed, dtype)
     if paced is None:
@@ -53,7 +55,15 @@ def serve_mixed(p: Problem, mixed: MixedHardware, opts: SearchOptions, frontier:
     if disaggregate and p.workload.phase != "both":
         raise InputError("workload", "phase",
                          "disaggregated serving needs phase both (whole requests)")
-    plan = serve(q, opts, frontier, False, None, deadline.fraction(1 / (2 + pools)))
+    try:
+        plan = serve(q, opts, frontier, False, None, deadline.fraction(1 / (2 + pools)))
+    except InfeasibleError as exc:
+        alone = [r for r in groups_apart(p, mixed, opts, deadline)["groups"] if "point" in r]
+        if not alone:
+            raise
+        raise InfeasibleError(f"every GPU as {slow.hw.gpu.name}: {exc.reason}", "; ".join(
+            f"group {r['group']} alone serves {r['tokens_per_s']:.0f} tokens/s under the "
+            f"targets (its fields as a one-type file)" for r in alone)) from exc
     mark_uniform(plan.data, mixed, slow, {})
     plan.data["groups_apart"] = groups_apart(p, mixed, opts, deadline.fraction(1 / (1 + pools)))
     if pools:
