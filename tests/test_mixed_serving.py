@@ -66,8 +66,9 @@ def test_pools_by_type_search_both_orders_and_compare_per_gpu(served):
     assert x["best"] == f"{top['prefill_group']} -> {top['decode_group']}"
     a = plan["metrics"]["tokens_per_s_per_gpu"]
     assert x["uniform_tokens_per_s_per_gpu"] == a
-    assert x["comparison"].startswith("pools by type win" if top["tokens_per_s_per_gpu"] > a
-                                      else "the uniform plan wins")
+    assert x["comparison"].startswith("per GPU, the pools beat the uniform plan"
+                                      if top["tokens_per_s_per_gpu"] > a
+                                      else "per GPU, the uniform plan beats the pools")
 
 
 def test_disaggregation_needs_whole_requests(served):

@@ -153,7 +153,8 @@ def pools_by_type(p: Problem, mixed: MixedHardware, opts: SearchOptions,
     n = int(uniform["strategy"]["num_gpus"])
     out["best"] = f"{best['prefill_group']} -> {best['decode_group']}"
     out["comparison"] = (
-        f"{'pools by type win' if b > a else 'the uniform plan wins'}: {max(a, b):.1f} vs "
+        "per GPU, " + ("the pools beat the uniform plan" if b > a else
+                       "the uniform plan beats the pools") + f": {max(a, b):.1f} vs "
         f"{min(a, b):.1f} tokens/s/GPU (x{max(a, b) / max(min(a, b), 1e-30):.2f}); pools "
         f"{best['tokens_per_s']:.0f} tokens/s on {best['gpus']} GPUs (prefill on "
         f"{best['best']['prefill_gpus']} x {best['prefill_gpu']}, decode on "
