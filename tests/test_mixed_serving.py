@@ -116,3 +116,62 @@ def test_a_target_only_the_faster_group_meets_names_that_group(served):
     assert "every GPU as A100" in e.value.reason
     assert "group h100 alone serves" in e.value.suggestion
     assert "a100 alone" not in e.value.suggestion
+
+
+TYPES = ("H100-SXM5-80GB", "A100-SXM4-80GB", "L40S", "H200-SXM-141GB")
+
+
+def _generated(seed: int, phase: str) -> tuple[object, dict]:
+    """Random two-group clusters (types, node size, nodes) and a small MoE of random depth
+    and experts, one inference workload of `phase`."""
+    import random
+
+    from autopar.spec.groups import parse_groups
+
+    rng = random.Random(seed)
+    gpn = rng.choice((2, 4))
+    data = {"name": f"gen{seed}", "groups": [
+        {"name": f"g{i}", "gpu": {"type": t}, "gpus_per_node": gpn,
+         "nodes": rng.choice((1, 2)), "intra_node": {"bandwidth_gbps": 300}}
+        for i, t in enumerate(rng.sample(TYPES, 2))], "inter_node": {"bandwidth_gbps": 25}}
+    m = copy.deepcopy(MOE)
+    m["model"].update(layers=rng.randint(2, 8), experts=rng.choice((8, 16)))
+    w = {"kind": "inference", "phase": phase, "input_len": rng.choice((512, 2048)),
+         "output_len": 128, "batch": rng.choice((16, 32, 64))}
+    if phase == "both":
+        w.update(tpot_ms=rng.choice((20.0, 50.0)), ttft_ms=2000.0)
+        w.pop("batch")
+    m["workload"] = w
+    return parse_groups(data, "gen.yaml"), m
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_generated_inference_steps_on_mixed_files_check(seed):
+    """Every plan a decode or prefill step gets on a random mixed cluster passes check and is
+    never slower than (a); ep_slots plans with sequence shares cover the batch."""
+    mixed, m = _generated(seed, ("decode", "prefill")[seed % 2])
+    try:
+        plan = autopar.solve(parse_model(m, "gen.yaml"), mixed, time_limit_s=20).data
+    except autopar.errors.InfeasibleError:
+        return
+    assert autopar.check(plan) == [], plan.get("mode")
+    slow = plan["compared"]["slowest_type"].get("step_time_s")
+    assert slow is None or plan["metrics"]["step_time_s"] <= slow * (1 + 1e-9)
+    key = "tpot_s" if m["workload"]["phase"] == "decode" else "ttft_s"
+    assert plan["metrics"][key] == plan["metrics"]["step_time_s"]
+    for x in plan.get("sequence_shares", {}).values():
+        assert x["sequences_per_replica"] >= 1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_generated_serving_searches_on_mixed_files_check(seed):
+    """Whole requests on a random mixed cluster: the plan (or an infeasible answer) checks,
+    and its choice is the answer serving the most."""
+    mixed, m = _generated(100 + seed, "both")
+    try:
+        plan = autopar.solve(parse_model(m, "gen.yaml"), mixed, time_limit_s=20,
+                             disaggregate=seed == 0).data
+    except autopar.errors.InfeasibleError:
+        return
+    assert plan["mode"] == "uniform" and autopar.check(plan) == []
+    assert plan["serving_choice"].split()[0] in ("uniform", "groups_apart", "pools_by_type")
