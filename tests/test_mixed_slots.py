@@ -196,3 +196,10 @@ def test_sequence_shares_follow_the_priced_dense_time():
     assert got is not None and max(t[0][got[0]], t[1][got[1]]) == max(t[0][best],
                                                                       t[1][32 - best])
     assert got[0] > 16 > got[1] and sum(got) == 32
+
+
+def test_the_view_tools_refuse_a_mixed_plan_in_one_line(slots):
+    plan, _ = slots
+    for tool in (autopar.explain, autopar.trace):
+        with pytest.raises(autopar.errors.InputError, match="mixed-group plan \\(ep_slots\\)"):
+            tool(plan)

@@ -100,6 +100,12 @@ def rebuild(plan: dict[str, Any], source: str = "plan") -> Rebuilt:
     inputs = plan.get("inputs")
     if not isinstance(inputs, dict) or "strategy" not in plan:
         raise InputError(source, "inputs", "the plan has no inputs echo or strategy to rebuild")
+    if "mixed_groups" in plan:  # its stages sit on several GPU types: no one-type rebuild
+        form = plan.get("mode", "pipeline")
+        raise InputError(source, "mixed_groups", f"a mixed-group plan ({form}): trace, "
+                         "explain and plot rebuild one-type plans; `autopar check` "
+                         "recomputes this one and its stages state each group's times and "
+                         "memory")
     inp = inputs_from_echo(inputs, source)
     if inp.model is None or inp.hardware is None or inp.workload is None:
         raise InputError(source, "inputs", "model, hardware and workload are all needed")
