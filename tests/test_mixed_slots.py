@@ -203,3 +203,7 @@ def test_the_view_tools_refuse_a_mixed_plan_in_one_line(slots):
     for tool in (autopar.explain, autopar.trace):
         with pytest.raises(autopar.errors.InputError, match="mixed-group plan \\(ep_slots\\)"):
             tool(plan)
+    from autopar.verify import read_layout
+
+    with pytest.raises(autopar.errors.InputError, match="verify runs one-type plans"):
+        read_layout(plan)

@@ -58,10 +58,11 @@ def where_lines(plan: dict[str, Any]) -> list[str]:
 
 def mixed_export(plan: dict[str, Any], engine: str, fmt: str = "command") -> str:
     if engine != "megatron":
-        raise KindError(f"a mixed-group plan exports --to megatron only ({engine}: "
-                        + ("its split points name modules, not layer counts"
-                           if engine == "torchtitan" else "mixed groups plan training")
-                        + "); the plan's runs_where says per group what runs where")
+        why = ("its split points name modules, not layer counts" if engine == "torchtitan"
+               else "a serving engine runs one GPU type per engine; the serving search on a "
+               "mixed file gives one-type plans")
+        raise KindError(f"a mixed-group plan exports --to megatron only ({engine}: {why}); "
+                        "the plan's runs_where says per group what runs where")
     if plan.get("mode") == "ep_slots":
         raise KindError("a plan with uneven expert slots has no Megatron launch (each EP rank "
                         "holds num_experts / EP experts); plan with --framework megatron")

@@ -180,6 +180,10 @@ def read_layout(plan: dict, source: str = "plan") -> Layout:
     shard description that is not numbers where numbers belong is one InputError."""
     if not isinstance(plan, dict):
         raise InputError(source, "", "a plan must be a JSON object")
+    if "mixed_groups" in plan:  # no per-GPU records: its groups state what runs where
+        raise InputError(source, "mixed_groups", "a mixed-group plan states its stages per "
+                         "group, not per GPU: verify runs one-type plans (`autopar check` "
+                         "recomputes this one)")
     try:
         return _read_layout(plan, source)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
