@@ -13,7 +13,7 @@ from ..errors import InfeasibleError, InputError
 from ..search import PIN_KEYS, SearchOptions
 from ..search.deadline import Deadline
 from ..search.mixed_solve import solve_mixed
-from ..spec.groups import MIXED_SUPPORT, MixedHardware, refuse_mixed
+from ..spec.groups import MIXED_SUPPORT, MixedHardware
 from .document import Plan
 from .mixed import build_mixed_plan
 from .mixed_shares import build_shares_plan
@@ -28,7 +28,9 @@ def solve_mixed_plan(p: Problem, hw: MixedHardware, opts: SearchOptions, deadlin
     to run the checkpoint; InfeasibleError when no form fits. A serving search (whole
     requests, TTFT / TPOT targets) plans one type and refuses the file in one line."""
     if p.workload.wants_serving:
-        raise refuse_mixed(hw, "the serving search (phase both, or TTFT / TPOT targets)")
+        raise InputError("workload", "phase", "solve_mixed_plan plans a training step or one "
+                         "prefill / decode step; the serving search on a mixed file is "
+                         "serve.mixed.serve_mixed (autopar.solve takes either)")
     if opts.framework != "any" and not MIXED_SUPPORT.get(opts.framework, {}).get(
             "mixed_pipeline"):
         raise InputError("framework", opts.framework, "runs no pipeline over mixed GPU "

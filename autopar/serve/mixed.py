@@ -32,7 +32,7 @@ from ..plan.document import Plan
 from ..plan.mixed_uniform import mark_uniform
 from ..search import SearchOptions
 from ..search.deadline import Deadline
-from ..spec.groups import MixedHardware, paced_by_slowest, refuse_mixed, slowest
+from ..spec.groups import MixedHardware, paced_by_slowest, slowest
 from .disagg import disagg_search
 from .frontier import Targets
 from .plan import serve
@@ -47,7 +47,10 @@ def serve_mixed(p: Problem, mixed: MixedHardware, opts: SearchOptions, frontier:
     dtype = p.model.dtype
     paced = paced_by_slowest(mixed, dtype)
     if paced is None:
-        raise refuse_mixed(mixed, "the serving search on groups of different node sizes")
+        sizes = ", ".join(f"{g.name} {g.hw.gpus_per_node}" for g in mixed.groups)
+        raise InputError(mixed.source or mixed.name, "groups", "the serving search paces "
+                         "every GPU by the slowest type, which needs one node size for every "
+                         f"group (GPUs per node: {sizes})")
     slow = slowest(mixed, dtype)
     check_weights(p.model, paced, f"{mixed.source or mixed.name}: every GPU as {slow.name}")
     q = replace(p, hw=paced, calib=default_calibration(slow.hw.gpu.name))

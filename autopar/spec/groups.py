@@ -207,8 +207,9 @@ def refuse_mixed(mixed: MixedHardware, what: str) -> InputError:
     kinds = ", ".join(f"{g.count} x {g.hw.gpu.name}" for g in mixed.groups)
     return InputError(mixed.source or mixed.name, "groups",
                       f"{len(mixed.groups)} GPU groups ({kinds}): {what} plans one GPU type; "
-                      "`autopar solve` / autopar.solve plan mixed groups for a training step "
-                      "or one prefill / decode step (docs/hardware.md, mixed GPU groups)")
+                      "`autopar solve` / autopar.solve plan mixed groups (a training step, one "
+                      "prefill / decode step, or the serving search; docs/hardware.md, mixed "
+                      "GPU groups)")
 
 
 # What each training framework runs of a mixed plan, with where it says so: a pipeline whose
