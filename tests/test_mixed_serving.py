@@ -176,10 +176,3 @@ def test_generated_serving_searches_on_mixed_files_check(seed):
     assert plan["mode"] == "uniform" and autopar.check(plan) == []
     assert plan["serving_choice"].split()[0] in ("uniform", "groups_apart", "pools_by_type")
 
-
-def test_groups_of_different_node_sizes_are_refused_for_serving_in_one_line(tmp_path):
-    hw = copy.deepcopy(HW)
-    hw["groups"][1]["gpus_per_node"] = 4
-    (tmp_path / "odd.yaml").write_text(yaml.safe_dump(hw))
-    with pytest.raises(InputError, match=r"one node size .*h100 2, a100 4"):
-        autopar.solve(parse_model(MOE, "m.yaml"), str(tmp_path / "odd.yaml"), time_limit_s=5)

@@ -46,11 +46,9 @@ def serve_mixed(p: Problem, mixed: MixedHardware, opts: SearchOptions, frontier:
     them alone."""
     dtype = p.model.dtype
     paced = paced_by_slowest(mixed, dtype)
-    if paced is None:
-        sizes = ", ".join(f"{g.name} {g.hw.gpus_per_node}" for g in mixed.groups)
-        raise InputError(mixed.source or mixed.name, "groups", "the serving search paces "
-                         "every GPU by the slowest type, which needs one node size for every "
-                         f"group (GPUs per node: {sizes})")
+    if paced is None:  # the groups' node sizes tile no common node (`MixedHardware.uniform`)
+        raise InputError(mixed.source or mixed.name, "groups", "no node size tiles every "
+                         "group: the serving search paces every GPU by the slowest type")
     slow = slowest(mixed, dtype)
     check_weights(p.model, paced, f"{mixed.source or mixed.name}: every GPU as {slow.name}")
     q = replace(p, hw=paced, calib=default_calibration(slow.hw.gpu.name))
