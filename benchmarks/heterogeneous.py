@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 import autopar  # noqa: E402
 from autopar.api import make_problem  # noqa: E402
 from autopar.errors import AutoparError  # noqa: E402
+from autopar.model.components import weight_bytes  # noqa: E402
 from autopar.search import SearchOptions  # noqa: E402
 from autopar.search.uneven import SplitError, expert_slots  # noqa: E402
 from autopar.spec import GB, load_model, parse_workload  # noqa: E402
@@ -248,6 +249,24 @@ def serving_table(limit: float) -> list[str]:
                     f"{pt['ttft_s'] * 1e3:.0f} | {pt['tpot_s'] * 1e3:.1f} | - |")
     rows.append(f"| groups apart, in all | {n} | {apart['tokens_per_s']:.0f} | "
                 f"{apart['tokens_per_s_per_gpu']:.0f} | - | - | - |")
+    ds = load_model(ROOT / "problems/models/deepseek-v3.yaml")
+    dw = replace(ds.workload, phase="both", ttft_ms=5000.0, tpot_ms=100.0)
+    dd = autopar.solve(ds, str(ROOT / MIXED), dw, time_limit_s=limit).data
+    dp, why = dd["serving"]["point"], {r["group"]: r.get("why", "") for r in
+                                       dd["groups_apart"]["groups"]}
+    ds_s = dd["strategy"]
+    deepseek = (f"DeepSeek-V3 fp8 whole requests (4096 in / 1024 out, TTFT 5 s, TPOT 100 ms) "
+                f"on the same cluster: the uniform plan (TP{ds_s['tp']} DP{ds_s['dp']} "
+                f"EP{ds_s['ep']}) serves {dp['tokens_per_s']:.0f} tokens/s at "
+                f"concurrency {dp['concurrency']}, TPOT {dp['tpot_s'] * 1e3:.1f} ms, check "
+                f"errors {len(autopar.check(dd, hardware=str(ROOT / MIXED)))}; no group holds "
+                f"the {weight_bytes(ds.model) / GB:.0f} GB of weights alone ("
+                + ", ".join(f"{g.name} {g.count} x {g.hw.gpu.memory_bytes / GB:.0f} GB: "
+                            + ("infeasible" if why.get(g.name) else "serves")
+                            for g in load_any_hardware(ROOT / MIXED).groups)
+                + "), so there are no "
+                "groups apart or pools; the decode-step forms (ep_slots with sequence shares) "
+                "are in the first table, one step of batch 256.")
     return ["## Serving whole requests on 8 H100 + 8 A100", "",
             f"Qwen3-30B-A3B (`{model.relative_to(ROOT)}`, 2048 in / 1024 out) under TTFT 2 s "
             f"and TPOT 50 ms, `autopar solve --hw {MIXED} --phase both --ttft-ms 2000 "
@@ -260,7 +279,7 @@ def serving_table(limit: float) -> list[str]:
             "`check errors` counts the whole plan's (its sums, its choice). "
             + d["serving_choice"] + ".", "",
             "| plan | GPUs | tokens/s | tokens/s/GPU | TTFT ms | TPOT ms | check errors |",
-            "|---|---|---|---|---|---|---|", *rows, ""]
+            "|---|---|---|---|---|---|---|", *rows, "", deepseek, ""]
 
 
 def table(rows: list[dict]) -> list[str]:
