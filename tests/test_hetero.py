@@ -195,7 +195,12 @@ def test_api_and_cli_plan_a_mixed_file(tmp_path):
     res = CliRunner().invoke(cli, ["solve", "--hw", str(hw), "--model", str(model),
                                    "--decode-hw", str(hw)])
     assert res.exit_code == 2 and "--decode-hw" in res.output
-    res = CliRunner().invoke(cli, ["frontier", "--hw", str(hw), "--model", str(model)])
+    res = CliRunner().invoke(cli, ["frontier", "--hw", str(hw), "--model", str(model),
+                                   "--time-limit", "10"])  # the paced cluster's frontier
+    assert res.exit_code == 0 and "every GPU priced as the slowest type" in res.output, \
+        res.output
+    res = CliRunner().invoke(cli, ["frontier", "--hw", str(hw), "--model", str(model),
+                                   "--disaggregate"])
     assert res.exit_code == 2 and "2 GPU groups" in res.output
 
 

@@ -20,8 +20,10 @@ from ..serve.evaluate import Evaluator
 from ..serve.frontier import Targets, serving_search
 from ..serve.plan import why_not_served
 from ..serve.report import frontier_document, frontier_png, frontier_table
-from ..spec import load_hardware, load_model
+from ..spec import HardwareSpec, load_hardware, load_model
+from ..spec.files import load_any_hardware
 from ..spec.frameworks import load_framework
+from ..spec.groups import MixedHardware, paced_by_slowest, refuse_mixed
 from . import options as opt
 from .app import main
 from .run import Interruptible, guard
@@ -75,7 +77,9 @@ def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_le
                      tpot_ms=wl.tpot_ms if tpot_ms is None else tpot_ms)
         wl = apply_scheduler(wl, token_budget, two_batch_overlap)
         calib = opt.read_calibration(calibration)
-        p = make_problem(replace(mf, workload=wl), hw_path, calibration=calib)
+        hw, paced = frontier_hardware(hw_path, mf.model.dtype,
+                                      calib is not None or bool(disaggregate or decode_hw))
+        p = make_problem(replace(mf, workload=wl), hw, calibration=calib)
         pins = {k: v for k, v in dict(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp).items()
                 if v is not None}
         fw = load_framework(framework)
@@ -93,10 +97,10 @@ def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_le
         if res.best is None:  # the answer, exit code and advice of `solve`
             raise InfeasibleError(*why_not_served(p, opts, res, targets, None, deadline))
         dis = disagg_search(p, opts, targets, dhw, deadline) if split else None
-        return p, res, dis
+        return p, res, dis, paced
 
     with Interruptible() as stop:  # SIGINT / SIGTERM: exit 130 / 143, nothing written
-        p, res, dis = guard(lambda: stop.run(run))
+        p, res, dis, paced = guard(lambda: stop.run(run))
         doc = frontier_document(p, res, dis)
         if out:
             text = json.dumps(doc, indent=1, allow_nan=False)
@@ -108,4 +112,22 @@ def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_le
             click.echo(json.dumps(doc, indent=1))
         else:
             click.echo(frontier_table(res, dis))
+            if paced:  # a mixed file: say what the points are priced on
+                click.echo(f"on {p.hw.name}: every GPU priced as the slowest type, so each "
+                           "point holds on every group (autopar solve adds the groups apart)")
 
+
+
+def frontier_hardware(path: str, dtype: str, one_type_only: bool
+                      ) -> tuple[HardwareSpec, bool]:
+    """The hardware the frontier is drawn on, and whether it is a mixed file's: a one-type
+    file as it is; a mixed file as the cluster paced by its slowest type (the uniform serving
+    plan's, `serve.mixed`), whose every point holds on every group. A calibration or the
+    pools refuse a mixed file."""
+    hw = load_any_hardware(path)
+    if not isinstance(hw, MixedHardware):
+        return hw, False
+    paced = paced_by_slowest(hw, dtype) if not one_type_only else None
+    if paced is None:
+        raise refuse_mixed(hw, "a calibration, --disaggregate or --decode-hw on the frontier")
+    return paced, True
