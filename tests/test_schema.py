@@ -93,15 +93,33 @@ def plans() -> dict[str, dict]:
                              time_limit_s=5),
         "serving": solve(SERVE, SEED_HW, time_limit_s=5, frontier=True, disaggregate=True),
     }
+    from test_mixed_serving import HW as SERVE_HW
+    from test_mixed_serving import MOE as SERVE_MOE
+    from test_mixed_uniform import MODEL as PAIR_MODEL
+    from test_mixed_uniform import PAIR
+
+    from autopar.spec import parse_model
+    from autopar.spec.groups import parse_groups
+
+    built["uniform on a mixed file"] = solve(parse_model(PAIR_MODEL, "m.yaml"),
+                                             parse_groups(PAIR, "pair.yaml"), time_limit_s=10,
+                                             framework="megatron")
+    built["serving on a mixed file"] = solve(parse_model(SERVE_MOE, "m.yaml"),
+                                             parse_groups(SERVE_HW, "ha.yaml"), time_limit_s=10,
+                                             disaggregate=True)
     out = {name: json.loads(p.to_json()) for name, p in built.items()}
     out["records form"] = records_form(out["training"])
     return out
 
 
 @pytest.mark.parametrize("kind", ["training", "training options", "decode step", "serving",
-                                  "records form"])
+                                  "records form", "uniform on a mixed file",
+                                  "serving on a mixed file"])
 def test_every_key_a_plan_writes_is_in_the_schema(plans, kind):
     plan = plans[kind]
+    if "mixed file" in kind:  # the sections a plan on a mixed file adds are walked too
+        assert plan["mode"] == "uniform" and "uniform_on" in plan
+        assert ("groups_apart" in plan) == (kind == "serving on a mixed file")
     jsonschema.validate(plan, SCHEMA)
     assert schema_problems(plan) == []  # and by the reader `autopar check` uses
     assert undeclared(plan, SCHEMA) == set()
@@ -114,3 +132,8 @@ def test_the_walk_notices_an_undeclared_key(plans):
     plan["gpus"]["experts"][0]["experts"][0]["surprise"] = 3
     assert undeclared(plan, SCHEMA) == {".solver.surprise", ".launch.vllm.surprise",
                                         ".gpus.experts[].experts[].surprise"}
+    mixed = json.loads(json.dumps(plans["serving on a mixed file"]))
+    mixed["groups_apart"]["groups"][0]["surprise"] = 4
+    mixed["uniform_on"]["groups"][0]["surprise"] = 5
+    assert undeclared(mixed, SCHEMA) == {".groups_apart.groups[].surprise",
+                                         ".uniform_on.groups[].surprise"}
