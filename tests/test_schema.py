@@ -137,3 +137,70 @@ def test_the_walk_notices_an_undeclared_key(plans):
     mixed["uniform_on"]["groups"][0]["surprise"] = 5
     assert undeclared(mixed, SCHEMA) == {".groups_apart.groups[].surprise",
                                          ".uniform_on.groups[].surprise"}
+
+
+MIXED_SCHEMA = json.loads((Path(__file__).parents[1] / "autopar/schema/mixed.schema.json")
+                          .read_text())
+
+
+@pytest.fixture(scope="module")
+def mixed_plans() -> dict[str, dict]:
+    """One plan of each mixed form: a pipeline, data-parallel shares, expert slots, and
+    expert slots with an inference step's sequence shares."""
+    import copy
+
+    from test_hetero import TINY
+    from test_mixed_slots import HW, MOE, _serve
+
+    from autopar.spec import parse_model
+    from autopar.spec.groups import parse_groups
+
+    small = parse_groups({"name": "small", "groups": [
+        {"name": "h", "gpu": {"type": "H100-SXM5-80GB"}, "gpus_per_node": 2},
+        {"name": "a", "gpu": {"type": "A100-SXM4-80GB"}, "gpus_per_node": 2}],
+        "inter_node": {"bandwidth_gbps": 25}}, "small.yaml")
+    shares = copy.deepcopy(TINY)
+    shares["workload"]["global_batch"] = 64
+    ha = parse_groups(HW, "ha.yaml")
+    built = {"pipeline": solve(parse_model(TINY, "m.yaml"), small, time_limit_s=10,
+                               framework="megatron"),
+             "dp_shares": solve(parse_model(shares, "m.yaml"), small, time_limit_s=10),
+             "ep_slots": solve(parse_model(MOE, "m.yaml"), ha, time_limit_s=20),
+             "ep_slots decode": solve(parse_model(_serve("decode", 64), "m.yaml"), ha,
+                                      time_limit_s=20)}
+    return {k: json.loads(p.to_json()) for k, p in built.items()}
+
+
+@pytest.mark.parametrize("kind", ["pipeline", "dp_shares", "ep_slots", "ep_slots decode"])
+def test_every_key_a_mixed_plan_writes_is_in_its_schema(mixed_plans, kind):
+    plan = mixed_plans[kind]
+    assert plan["mode"] == kind.split()[0] and ("sequence_shares" in plan) == (
+        kind == "ep_slots decode")
+    jsonschema.validate(plan, MIXED_SCHEMA)
+    assert schema_problems(plan, MIXED_SCHEMA) == []
+    assert undeclared(plan, MIXED_SCHEMA) == set()
+
+
+def test_a_malformed_mixed_plan_gets_schema_findings_not_a_crash(mixed_plans):
+    """Each broken section is one schema finding naming its path (it was an internal error:
+    a KeyError or a TypeError out of the recomputation)."""
+    import copy
+
+    from autopar.check.verify import check_plan
+
+    cases = [(["stages"], None, "stages"), (["metrics"], None, "metrics"),
+             (["stages", 0, "memory"], "x", "stages[0].memory"),
+             (["sequence_shares", "g0"], {"replicas": "x"}, "sequence_shares.g0.replicas")]
+    for keys, value, path in cases:
+        plan = copy.deepcopy(mixed_plans["ep_slots decode" if keys[0] == "sequence_shares"
+                                          else "dp_shares"])
+        node = plan
+        for k in keys[:-1]:
+            node = node[k]
+        if value is None:
+            del node[keys[-1]]
+        else:
+            node[keys[-1]] = value
+        found = check_plan(plan)
+        assert found and all(x.check == "schema" for x in found), (path, found)
+        assert path in {x.path for x in found}, (path, [x.path for x in found])

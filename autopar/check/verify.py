@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..schema.gpus import pattern_path, read_gpus
-from ..schema.rules import plan_schema, schema_problems
+from ..schema.rules import mixed_schema, plan_schema, schema_problems
 from ..spec import HardwareSpec, ModelFile, ModelSpec, Workload, load_hardware, load_model
 from . import capacity
 from .a2a import check_a2a
@@ -180,14 +180,8 @@ def check_plan(plan: Any, model_file: Any = None, hw: Any = None,
     framework the plan records, if any)."""
     if not isinstance(plan, dict):
         raise InputError(source, "", "a plan must be a JSON object")
-    if plan.get("mode") == "ep_slots" and "mixed_groups" in plan:  # `check.mixed_slots`
-        from .mixed_slots import check_slots_plan
-
-        return check_slots_plan(plan, source, framework, model_file, hw, workload)
-    if "mixed_groups" in plan:  # a pipeline over mixed GPU groups: `check.mixed`
-        from .mixed import check_mixed
-
-        return check_mixed(plan, source, framework, model_file, hw, workload)
+    if "mixed_groups" in plan:  # a plan over mixed GPU groups: its own format and check
+        return _check_mixed_doc(plan, source, framework, model_file, hw, workload)
     fw_name = plan_framework(plan, framework)
     f = Findings()
     if plan.get("mode") == "uniform":  # one layout on a mixed cluster, paced by its slowest
@@ -324,6 +318,24 @@ def _schema(f: Findings, plan: dict) -> set[str]:
         f.error("schema", path or "(plan)", problem)
         broken.add(re.split(r"[.\[]", path)[0])
     return broken
+
+
+def _check_mixed_doc(plan: dict, source: str, framework: str | None, model_file: Any,
+                     hw: Any, workload: Workload | None) -> list[Finding]:
+    """A mixed-group plan: its schema (`mixed.schema.json`) first, one finding per problem,
+    then `check.mixed` (pipeline, dp_shares) or `check.mixed_slots` (ep_slots); a plan too
+    malformed for them is a schema finding rather than a crash."""
+    f = Findings()
+    for path, problem in schema_problems(plan, mixed_schema()):
+        f.error("schema", path or "(plan)", problem)
+    if f.items:
+        return f.items
+    if plan["mode"] == "ep_slots":
+        from .mixed_slots import check_slots_plan as run
+    else:
+        from .mixed import check_mixed as run
+    got = _guarded(f, "(plan)", lambda: run(plan, source, framework, model_file, hw, workload))
+    return f.items if got is None else got
 
 
 def _guarded(f: Findings, path: str, fn: Callable[[], Any]) -> Any:

@@ -30,6 +30,13 @@ def plan_schema() -> dict[str, Any]:
     return json.loads(resources.files("autopar").joinpath("schema/plan.schema.json").read_text())
 
 
+@cache
+def mixed_schema() -> dict[str, Any]:
+    """The format of a plan over mixed GPU groups (`"mixed_groups": 1`)."""
+    return json.loads(resources.files("autopar").joinpath("schema/mixed.schema.json")
+                      .read_text())
+
+
 def _join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
@@ -81,9 +88,15 @@ def _problems(value: Any, schema: dict, path: str, out: list[tuple[str, str]],
         for key in schema.get("required", ()):
             if key not in value:
                 out.append((_join(path, key), "missing (required by the schema)"))
-        for key, sub in schema.get("properties", {}).items():
+        props = schema.get("properties", {})
+        for key, sub in props.items():
             if key in value:
                 _problems(value[key], sub, _join(path, key), out, root)
+        rest = schema.get("additionalProperties")
+        if isinstance(rest, dict):  # a map: every other key's value by one schema
+            for key in value:
+                if key not in props:
+                    _problems(value[key], rest, _join(path, key), out, root)
     if isinstance(value, list):
         if len(value) < schema.get("minItems", 0):
             out.append((path, f"{len(value)} items, fewer than {schema['minItems']}"))
