@@ -187,11 +187,12 @@ def check_plan(plan: Any, model_file: Any = None, hw: Any = None,
     if plan.get("mode") == "uniform":  # one layout on a mixed cluster, paced by its slowest
         from .uniform import check_uniform
 
-        hw = check_uniform(f, plan, hw, source)
+        given = hw
+        hw = _guarded(f, "uniform_on", lambda: check_uniform(f, plan, given, source))
         if "groups_apart" in plan:  # a serving plan on a mixed file: its other answers
             from .mixed_serving import check_mixed_serving
 
-            check_mixed_serving(f, plan)
+            _guarded(f, "groups_apart", lambda: check_mixed_serving(f, plan))
     inputs = resolve_inputs(plan, f, model_file, hw, workload, base_dir, source)
     if is_coarse(plan):
         from .coarse import check_coarse
