@@ -176,3 +176,15 @@ def test_generated_serving_searches_on_mixed_files_check(seed):
     assert plan["mode"] == "uniform" and autopar.check(plan) == []
     assert plan["serving_choice"].split()[0] in ("uniform", "groups_apart", "pools_by_type")
 
+
+
+def test_without_targets_the_uniform_plan_stands_alone(served):
+    """No targets: the lowest request latency at the given concurrency, on every GPU; there
+    are no rates to add up over the groups."""
+    _, hw = served
+    m = copy.deepcopy(MOE)
+    m["workload"].update(ttft_ms=None, tpot_ms=None, batch=16)
+    d = autopar.solve(parse_model(m, "m.yaml"), str(hw), time_limit_s=10).data
+    assert d["mode"] == "uniform" and d["serving"]["point"]["concurrency"] == 16
+    assert "groups_apart" not in d and "serving_choice" not in d
+    assert autopar.check(d, hardware=str(hw)) == []

@@ -2,7 +2,8 @@
 targets, where one engine's layout must run on every GPU it spans.
 
 Three answers, each runnable on the cluster the file describes, compared by the tokens/s
-the whole cluster serves under the targets (GPUs an answer leaves idle serve nothing):
+the whole cluster serves under the targets (GPUs an answer leaves idle serve nothing;
+without targets the plan is the uniform one, the lowest latency at the given concurrency):
 - `uniform`: the one-type serving search on the cluster paced by its slowest type and
   links (`spec.groups.paced_by_slowest`: every GPU and link does at least what it is priced
   at), so its TTFT and TPOT hold on every group; the plan document is that search's, with
@@ -66,6 +67,8 @@ def serve_mixed(p: Problem, mixed: MixedHardware, opts: SearchOptions, frontier:
             f"group {r['group']} alone serves {r['tokens_per_s']:.0f} tokens/s under the "
             f"targets (its fields as a one-type file)" for r in alone)) from exc
     mark_uniform(plan.data, mixed, slow, {})
+    if p.workload.ttft_ms is None and p.workload.tpot_ms is None:
+        return plan  # the lowest latency at the given concurrency: no rates to add up
     plan.data["groups_apart"] = groups_apart(p, mixed, opts, deadline.fraction(1 / (1 + pools)))
     if pools:
         plan.data["pools_by_type"] = pools_by_type(p, mixed, opts, plan.data, deadline)
