@@ -117,7 +117,6 @@ def frontier(model_path, hw_path, as_json, out, png, phase, input_len, output_le
                            "point holds on every group (autopar solve adds the groups apart)")
 
 
-
 def frontier_hardware(path: str, dtype: str, one_type_only: bool
                       ) -> tuple[HardwareSpec, bool]:
     """The hardware the frontier is drawn on, and whether it is a mixed file's: a one-type
