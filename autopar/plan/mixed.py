@@ -132,24 +132,28 @@ def mixed_summary(d: dict[str, Any]) -> str:
                      f"{f'{a}-{b}':>9} {st['busy_s']:>9.4g} "
                      f"{st['memory']['total_bytes'] / 1e9:>10.1f} "
                      f"{st['memory']['capacity_bytes'] / 1e9:>6.0f}")
-    for name, c in d["compared"].items():
-        if isinstance(c, dict):
-            val = c.get("step_time_s")
-            lines.append(f"vs {name}: " + (f"{val:.4g} s ({c['speedup']:.3g}x)" if val
-                                           else c.get("why", "no plan")))
     return "\n".join(lines + summary_tail(d))
 
 
-def summary_tail(d: dict[str, Any], rates: bool = True) -> list[str]:
-    """The lines every mixed summary ends with: the rates (an inference step's TTFT or
-    TPOT; `rates=False` where the one-type summary printed them), and a note where the
-    fastest group alone beats every form on the whole cluster (the slower groups idle: the
-    plan says so, it does not hide it)."""
+def summary_tail(d: dict[str, Any], rates: bool = True,
+                 skip: tuple[str, ...] = ()) -> list[str]:
+    """The lines every mixed summary ends with: each plan it was measured against (but
+    `skip`) and the margin, the rates (an inference step's TTFT or TPOT; `rates=False`
+    where the one-type summary printed them), and a note where the fastest group alone
+    beats every form on the whole cluster (the slower groups idle: the plan says so, it
+    does not hide it)."""
+    out = []
+    for name, c in d.get("compared", {}).items():
+        if isinstance(c, dict) and name not in skip:
+            val = c.get("step_time_s")
+            out.append(f"vs {name}: " + (f"{val:.4g} s ({c['speedup']:.3g}x)" if val
+                                         else c.get("why", "no plan")))
     mt = d.get("metrics", {})
-    out = [f"throughput {mt.get('throughput_tokens_per_s', 0):.4g} tokens/s "
-           f"({mt.get('tokens_per_s_per_gpu', 0):.4g} per GPU)"
-           + (f"; TPOT {mt['tpot_s'] * 1e3:.3g} ms" if "tpot_s" in mt else "")
-           + (f"; TTFT {mt['ttft_s'] * 1e3:.3g} ms" if "ttft_s" in mt else "")] if rates else []
+    if rates:
+        out.append(f"throughput {mt.get('throughput_tokens_per_s', 0):.4g} tokens/s "
+                   f"({mt.get('tokens_per_s_per_gpu', 0):.4g} per GPU)"
+                   + (f"; TPOT {mt['tpot_s'] * 1e3:.3g} ms" if "tpot_s" in mt else "")
+                   + (f"; TTFT {mt['ttft_s'] * 1e3:.3g} ms" if "ttft_s" in mt else ""))
     fast = d.get("compared", {}).get("fast_only", {})
     if fast.get("faster_than_mixed"):
         out.append(f"note: {fast['hardware']} is faster than every form on the mixed "

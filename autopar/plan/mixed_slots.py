@@ -96,9 +96,4 @@ def slots_summary(d: dict[str, Any]) -> str:
         mem = ", ".join(f"{g} {x['total_bytes'] / 1e9:.1f}/{x['capacity_bytes'] / 1e9:.0f} GB"
                         for g, x in st["memory"].items())
         lines.append(f"  stage {st['stage']} layers {a}-{b}: busy {st['busy_s']:.4g} s; {mem}")
-    for name, c in d["compared"].items():
-        if isinstance(c, dict):
-            val = c.get("step_time_s")
-            lines.append(f"vs {name}: " + (f"{val:.4g} s ({c['speedup']:.3g}x)" if val
-                                           else c.get("why", "no plan")))
     return "\n".join(lines + summary_tail(d))

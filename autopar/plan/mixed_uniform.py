@@ -56,9 +56,5 @@ def uniform_summary(d: dict[str, Any]) -> str:
     lines = [f"uniform plan on the mixed cluster {u['hardware']} (" + ", ".join(
         f"{g['name']}: {g['count']} x {g['gpu_type']}" for g in u["groups"]) +
         f"), paced by {u['paced_by']}: {u['note']}"]
-    for name, c in d.get("compared", {}).items():
-        if isinstance(c, dict) and name != "slowest_type":
-            val = c.get("step_time_s")
-            lines.append(f"vs {name}: " + (f"{val:.4g} s ({c['speedup']:.3g}x)" if val
-                                           else c.get("why", "no plan")))
-    return "\n".join(lines + summary_tail(d, rates=False))
+    # it is the slowest-type plan itself: not measured against itself
+    return "\n".join(lines + summary_tail(d, rates=False, skip=("slowest_type",)))
